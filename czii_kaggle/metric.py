@@ -1,0 +1,242 @@
+"""The competition metric: per-type F-beta over matched particle centres.
+
+Mirrors the Kaggle metric of "CZII - CryoET Object Identification"
+(``kaggle.com/code/metric/czi-cryoet-84969``, whose ``compute_metrics`` and
+``score`` are reproduced verbatim in several public repositories). What that
+code does, and so what this module does:
+
+* submission rows of experiments that are not in the solution are dropped
+  first; only then is an unknown ``particle_type`` in the submission an error;
+* for each (experiment, particle type) a reference point is a true positive
+  when at least one candidate lies within ``MATCH_RADIUS_FRACTION * radius_A``
+  (distance ``<=``, inclusive); ``tp`` counts distinct reference points,
+  ``fp = n_candidates - tp`` and ``fn = n_references - tp``. ``fp`` is **not**
+  clipped: one candidate within range of two references gives ``tp = 2``,
+  ``fp = -1`` (Kaggle's comment calls this "extremely rare"; it needs two
+  references of one type closer than one radius);
+* counts are summed over experiments per type; ``precision = tp / (tp + fp)``
+  (0 when ``tp + fp == 0``), ``recall = tp / (tp + fn)`` (0 when
+  ``tp + fn == 0``), F-beta is 0 when ``precision + recall == 0``;
+* the score is ``sum(weight * f_beta) / sum(all weights)``: Kaggle divides by
+  the sum of *all* weights (7) even when a type is absent from the solution,
+  so an absent type scores 0. An empty solution scores 0.0;
+* a solution holding the same ``(experiment, x, y, z)`` twice is rejected
+  (Kaggle asserts this).
+
+One difference that cannot change a score: Kaggle skips candidates of a type
+the solution does not hold at all; :func:`score_table` counts them as false
+positives of that type (its F-beta is 0 either way).
+
+All coordinates are in Angstrom.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from . import particles
+from .particles import MATCH_RADIUS_FRACTION, METRIC_BETA
+
+#: Columns the metric reads from a solution or submission frame (extra columns are ignored).
+METRIC_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z")
+_XYZ = ["x", "y", "z"]
+
+
+def _as_points(xyz_A, name: str) -> np.ndarray:
+    arr = np.asarray(xyz_A, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 3)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (n, 3), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds non-finite coordinates")
+    return arr
+
+
+def match_counts(ref_xyz_A, cand_xyz_A, radius_A: float) -> tuple[int, int, int]:
+    """True/false positives and false negatives of one experiment and particle type.
+
+    Parameters
+    ----------
+    ref_xyz_A : array_like, shape (n_ref, 3), float
+        Reference (ground-truth) centres in Angstrom; ``(0, 3)`` or ``[]`` for none.
+    cand_xyz_A : array_like, shape (n_cand, 3), float
+        Candidate (submitted) centres in Angstrom, same axis order as ``ref_xyz_A``.
+    radius_A : float
+        Particle radius in Angstrom; a candidate matches a reference within
+        ``MATCH_RADIUS_FRACTION * radius_A`` (inclusive).
+
+    Returns
+    -------
+    tp, fp, fn : int
+        ``tp`` distinct references with a candidate in range,
+        ``fp = n_cand - tp`` (may be negative, as in Kaggle's code, when one
+        candidate covers two references), ``fn = n_ref - tp``.
+    """
+    ref = _as_points(ref_xyz_A, "ref_xyz_A")
+    cand = _as_points(cand_xyz_A, "cand_xyz_A")
+    n_ref, n_cand = len(ref), len(cand)
+    if n_ref == 0 or n_cand == 0:
+        return 0, n_cand, n_ref
+    n_in_range = cKDTree(cand).query_ball_point(
+        ref, r=MATCH_RADIUS_FRACTION * float(radius_A), return_length=True
+    )
+    tp = int(np.count_nonzero(n_in_range))
+    return tp, n_cand - tp, n_ref - tp
+
+
+def _check_frame(df: pd.DataFrame, what: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame, not {type(df).__name__}")
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{what} lacks column(s) {', '.join(missing)}; needs {', '.join(METRIC_COLUMNS)}"
+        )
+    unknown = sorted(set(df["particle_type"].astype(str)) - set(particles.NAMES))
+    if unknown:
+        raise ValueError(
+            f"{what} has unknown particle_type(s) {', '.join(map(repr, unknown))}; "
+            f"known types: {', '.join(particles.NAMES)}"
+        )
+    xyz = df[_XYZ].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    bad = ~np.isfinite(xyz).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise ValueError(f"{what} has {int(bad.sum())} row(s) with non-finite x/y/z (rows {rows})")
+
+
+def _groups(df: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+    """``(experiment, particle_type) -> (n, 3)`` float64 Angstrom points."""
+    if df.empty:
+        return {}
+    keys = [df["experiment"].astype(str), df["particle_type"].astype(str)]
+    xyz = df[_XYZ].to_numpy(dtype=np.float64)
+    return {k: xyz[idx] for k, idx in df.groupby(keys, sort=False).indices.items()}
+
+
+def _run_counts(solution: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
+    """Per (experiment, scored type) counts: columns experiment, particle_type, tp, fp, fn."""
+    _check_frame(solution, "solution")
+    experiments = sorted(set(solution["experiment"].astype(str)))
+    if not isinstance(submission, pd.DataFrame):
+        raise TypeError(f"submission must be a pandas DataFrame, not {type(submission).__name__}")
+    if "experiment" in submission.columns:
+        submission = submission[submission["experiment"].astype(str).isin(experiments)]
+    _check_frame(submission, "submission")
+    dup = solution.duplicated(subset=["experiment", *_XYZ])
+    if dup.any():
+        rows = np.flatnonzero(dup.to_numpy())[:5].tolist()
+        raise ValueError(
+            f"solution repeats {int(dup.sum())} (experiment, x, y, z) point(s) (rows {rows}); "
+            "the Kaggle metric rejects such a solution"
+        )
+    refs, cands = _groups(solution), _groups(submission)
+    empty = np.empty((0, 3))
+    rows = []
+    for experiment in experiments:
+        for name in particles.SCORED:
+            key = (experiment, name)
+            tp, fp, fn = match_counts(
+                refs.get(key, empty), cands.get(key, empty), particles.get(name).radius_A
+            )
+            rows.append((experiment, name, tp, fp, fn))
+    return pd.DataFrame(rows, columns=["experiment", "particle_type", "tp", "fp", "fn"]).astype(
+        {"tp": np.int64, "fp": np.int64, "fn": np.int64}
+    )
+
+
+def _table_from_counts(counts: pd.DataFrame, beta: float) -> pd.DataFrame:
+    """Per-type table from counts indexed by particle_type (tp, fp, fn)."""
+    counts = counts.reindex(list(particles.SCORED), fill_value=0)
+    tp = counts["tp"].to_numpy(np.int64)
+    fp = counts["fp"].to_numpy(np.int64)
+    fn = counts["fn"].to_numpy(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        b2 = float(beta) ** 2
+        f_beta = np.where(
+            precision + recall > 0,
+            (1 + b2) * precision * recall / (b2 * precision + recall),
+            0.0,
+        )
+    table = pd.DataFrame(
+        {
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "precision": precision,
+            "recall": recall,
+            "f_beta": f_beta,
+            "weight": np.array([particles.get(n).weight for n in particles.SCORED], np.int64),
+        },
+        index=pd.Index(list(particles.SCORED), name="particle_type"),
+    )
+    return table
+
+
+def _score_from_table(table: pd.DataFrame) -> float:
+    total_weight = sum(p.weight for p in particles.PARTICLES)
+    return float((table["weight"] * table["f_beta"]).sum() / total_weight)
+
+
+def score_table(
+    solution: pd.DataFrame, submission: pd.DataFrame, beta: float = METRIC_BETA
+) -> pd.DataFrame:
+    """Per-type counts, precision, recall and F-beta, summed over the solution's experiments.
+
+    Parameters
+    ----------
+    solution, submission : pandas.DataFrame
+        Columns ``experiment, particle_type, x, y, z`` (Angstrom); others are ignored.
+        Submission rows of experiments not in ``solution`` are ignored.
+    beta : float
+        F-beta's beta (the competition uses 4).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``particle_type`` (every scored type, particle table order);
+        columns ``tp, fp, fn`` (int64), ``precision, recall, f_beta`` (float64),
+        ``weight`` (int64). Unscored types (beta-amylase) are left out.
+
+    Raises
+    ------
+    ValueError
+        Missing columns, an unknown ``particle_type``, non-finite coordinates, or a
+        solution that repeats an ``(experiment, x, y, z)`` point.
+    """
+    counts = _run_counts(solution, submission)
+    return _table_from_counts(counts.groupby("particle_type")[["tp", "fp", "fn"]].sum(), beta)
+
+
+def score(solution: pd.DataFrame, submission: pd.DataFrame, beta: float = METRIC_BETA) -> float:
+    """The competition score: ``sum(weight * f_beta) / sum(weights)``, in [0, 1].
+
+    See :func:`score_table` for the inputs and errors.
+    """
+    return _score_from_table(score_table(solution, submission, beta=beta))
+
+
+def score_runs(
+    solution: pd.DataFrame, submission: pd.DataFrame, beta: float = METRIC_BETA
+) -> pd.DataFrame:
+    """The score of each experiment of ``solution`` on its own.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``experiment`` (sorted); column ``score`` then one F-beta
+        column per scored type (named after the type). A run that lacks a type
+        scores 0 for it, as the whole-solution metric does.
+    """
+    counts = _run_counts(solution, submission)
+    rows = {}
+    for experiment, run in counts.groupby("experiment", sort=True):
+        table = _table_from_counts(run.set_index("particle_type")[["tp", "fp", "fn"]], beta)
+        rows[experiment] = {"score": _score_from_table(table), **table["f_beta"].to_dict()}
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=["score", *particles.SCORED])
+    out.index.name = "experiment"
+    return out.astype(np.float64)
