@@ -64,6 +64,10 @@ PARTICLES: tuple[Particle, ...] = (
 BY_NAME: dict[str, Particle] = {p.name: p for p in PARTICLES}
 NAMES: tuple[str, ...] = tuple(p.name for p in PARTICLES)
 SCORED: tuple[str, ...] = tuple(p.name for p in PARTICLES if p.scored)
+#: name -> YOLO class id (index in PARTICLES).
+CLASS_IDS: dict[str, int] = {p.name: i for i, p in enumerate(PARTICLES)}
+#: name -> radius in Angstrom.
+RADII_A: dict[str, float] = {p.name: p.radius_A for p in PARTICLES}
 
 #: F-beta's beta in the competition metric (recall-weighted).
 METRIC_BETA: float = 4.0
@@ -84,7 +88,7 @@ def get(name: str) -> Particle:
 def class_id(name: str) -> int:
     """YOLO class id of a particle type (its index in :data:`PARTICLES`)."""
     get(name)
-    return NAMES.index(name)
+    return CLASS_IDS[name]
 
 
 def table() -> pd.DataFrame:

@@ -1,0 +1,360 @@
+"""OME-Zarr tomogram reading and writing (czii_kaggle.io)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from itertools import product
+
+import numpy as np
+import pytest
+import zarr
+
+from czii_kaggle import io
+from czii_kaggle.errors import CziiInputError
+
+VOXEL_A = 10.012444537618887
+REAL_ZARR = ("zarr-metadata", "TS_5_4-denoised.zarr")
+
+
+@pytest.fixture
+def volume():
+    """Odd-sized random (z, y, x) volume: exercises edge chunks and odd binning."""
+    return np.random.default_rng(0).normal(size=(10, 9, 7)).astype(np.float32)
+
+
+@pytest.fixture
+def tomo(tmp_path, volume):
+    """``volume`` written with small (4, 4, 4) chunks, so every axis has a partial chunk."""
+    return io.write_tomogram(tmp_path / "denoised.zarr", volume, VOXEL_A, chunks=(4, 4, 4))
+
+
+def _bin2_reference(v):
+    """Mean of each 2x2x2 block, blocks truncated at odd edges (reference for downsample2)."""
+    out = np.empty(tuple(math.ceil(s / 2) for s in v.shape))
+    for i, j, k in product(*(range(s) for s in out.shape)):
+        out[i, j, k] = v[2 * i : 2 * i + 2, 2 * j : 2 * j + 2, 2 * k : 2 * k + 2].mean(dtype=np.float64)
+    return out
+
+
+def _real_zarr(real_root):
+    return real_root.joinpath(*REAL_ZARR)
+
+
+# ------------------------------------------------------------------ round trip
+
+
+def test_round_trip_level0_exact(tomo, volume):
+    got, vs = io.read_tomogram(tomo)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(got, volume)
+    assert vs == VOXEL_A
+
+
+def test_levels_are_mean_binned_with_doubling_voxel_size(tomo, volume):
+    lvl1, vs1 = io.read_tomogram(tomo, level=1)
+    lvl2, vs2 = io.read_tomogram(tomo, level=2)
+    assert lvl1.shape == (5, 5, 4) and lvl2.shape == (3, 3, 2)
+    np.testing.assert_allclose(lvl1, _bin2_reference(volume), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lvl2, _bin2_reference(lvl1), rtol=1e-5, atol=1e-6)
+    assert (vs1, vs2) == (2 * VOXEL_A, 4 * VOXEL_A)
+    assert [io.read_voxel_size(tomo, k) for k in range(3)] == [VOXEL_A, 2 * VOXEL_A, 4 * VOXEL_A]
+
+
+def test_zarr_itself_reads_what_we_write(tomo, volume):
+    group = zarr.open_group(str(tomo), mode="r")
+    np.testing.assert_array_equal(np.asarray(group["0"][:]), volume)
+    assert tuple(group["2"].shape) == (3, 3, 2)
+
+
+def test_open_level_is_read_only(tomo):
+    arr = io.open_level(tomo, 0)
+    with pytest.raises(Exception):
+        arr[0, 0, 0] = 1.0
+    np.testing.assert_array_equal(io.read_tomogram(tomo)[0][0, 0, 0], arr[0, 0, 0])
+
+
+def test_z_range_slabs_are_chunk_aligned(tomo, volume):
+    slabs = list(io.iter_slabs(tomo, 0, z_range=(3, 10)))
+    assert [z0 for z0, _ in slabs] == [3, 4, 8]
+    assert [s.shape[0] for _, s in slabs] == [1, 4, 2]
+    assert all(s.dtype == np.float32 and s.shape[1:] == (9, 7) for _, s in slabs)
+    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), volume[3:10])
+    got, _ = io.read_tomogram(tomo, z_range=(3, 10))
+    np.testing.assert_array_equal(got, volume[3:10])
+    sub, _ = io.read_tomogram(tomo, level=1, z_range=(1, 2))
+    np.testing.assert_array_equal(sub, io.read_tomogram(tomo, level=1)[0][1:2])
+
+
+@pytest.mark.parametrize("z_range", [(5, 5), (-1, 3), (0, 11), (7, 2)])
+def test_bad_z_range(tomo, z_range):
+    with pytest.raises(ValueError, match="z_range"):
+        io.read_tomogram(tomo, z_range=z_range)
+
+
+class _RecordingArray:
+    """Stands in for the zarr array and records which z slices are read."""
+
+    def __init__(self, arr, reads):
+        self._arr, self._reads = arr, reads
+        self.shape, self.ndim, self.chunks = arr.shape, arr.ndim, arr.chunks
+
+    def __getitem__(self, key):
+        self._reads.append((key.start, key.stop))
+        return self._arr[key]
+
+
+@pytest.mark.parametrize("z_range", [None, (3, 10), (1, 3)])
+def test_each_chunk_decoded_once(tomo, monkeypatch, z_range):
+    reads = []
+    real_open = io._open_v2_array
+    monkeypatch.setattr(io, "_open_v2_array", lambda p: _RecordingArray(real_open(p), reads))
+    list(io.iter_slabs(tomo, 0, z_range))
+    start, stop = z_range or (0, 10)
+    depth = 4
+    rows = [a // depth for a, _ in reads]
+    assert all((b - 1) // depth == a // depth for a, b in reads), "a read spans two chunk rows"
+    assert len(set(rows)) == len(rows), "a chunk row is read twice"
+    assert sorted(z for a, b in reads for z in range(a, b)) == list(range(start, stop))
+
+
+# ------------------------------------------------------------------ Kaggle's exact layout
+
+
+def test_level_shapes_match_real_data():
+    assert io.level_shapes((184, 630, 630)) == [(184, 630, 630), (92, 315, 315), (46, 158, 158)]
+
+
+def test_full_size_write_matches_real_metadata_byte_for_byte(tmp_path, real_root):
+    real = _real_zarr(real_root)
+    out = io.write_tomogram(tmp_path / "denoised.zarr", np.zeros((184, 630, 630), np.float32), VOXEL_A)
+    assert (out / ".zgroup").read_bytes() == (real / ".zgroup").read_bytes()
+    assert (out / "2" / ".zarray").read_bytes() == (real / "2" / ".zarray").read_bytes()
+    # The real .zattrs differs only in z/y scales (10.0124441964... vs x 10.0124445376...).
+    attrs = json.loads((real / ".zattrs").read_text())
+    for ds in attrs["multiscales"][0]["datasets"]:
+        scale = ds["coordinateTransformations"][0]["scale"]
+        scale[:] = [scale[-1]] * 3
+    assert (out / ".zattrs").read_text() == json.dumps(attrs)
+    assert [tuple(io.open_level(out, k).shape) for k in range(3)] == io.level_shapes((184, 630, 630))
+    assert sorted(p.name for p in (out / "0").iterdir()) == [".zarray", "0"]
+    assert len(list((out / "0").rglob("*/*/*"))) == 9  # 1 x 3 x 3 chunks of 256^3
+
+
+def test_small_write_has_real_structure_every_level(tomo, real_root):
+    real_zarray = json.loads((_real_zarr(real_root) / "2" / ".zarray").read_text())
+    for k, shape in enumerate(io.level_shapes((10, 9, 7))):
+        expected = dict(real_zarray, shape=list(shape), chunks=[4, 4, 4])
+        assert (tomo / str(k) / ".zarray").read_text() == json.dumps(expected, indent=4, sort_keys=True)
+    real_attrs = json.loads((_real_zarr(real_root) / ".zattrs").read_text())
+    ours = json.loads((tomo / ".zattrs").read_text())
+    for a in (real_attrs, ours):
+        for ds in a["multiscales"][0]["datasets"]:
+            ds["coordinateTransformations"][0]["scale"] = None
+    assert json.dumps(ours) == json.dumps(real_attrs)
+
+
+def test_chunks_are_blosc_lz4_byte_shuffled_float32(tomo):
+    header = (tomo / "0" / "0" / "0" / "0").read_bytes()[:4]
+    flags, typesize = header[2], header[3]
+    assert flags >> 5 == 1, "compressor code is not lz4"  # Blosc header: bits 5-7
+    assert flags & 0x1, "byte shuffle is off"
+    assert typesize == 4
+
+
+def test_write_refuses_existing_path_unless_overwrite(tomo, volume):
+    with pytest.raises(FileExistsError, match="overwrite"):
+        io.write_tomogram(tomo, volume, VOXEL_A)
+    io.write_tomogram(tomo, volume[:4, :4, :4] + 1, 5.0, n_levels=1, overwrite=True)
+    got, vs = io.read_tomogram(tomo)
+    np.testing.assert_array_equal(got, volume[:4, :4, :4] + 1)
+    assert vs == 5.0 and not (tomo / "1").exists()
+    assert [p.name for p in tomo.parent.iterdir()] == [tomo.name], "temporary folder left behind"
+
+
+@pytest.mark.parametrize(
+    "shape, vs", [((4, 4), 10.0), ((0, 4, 4), 10.0), ((4, 4, 4), 0.0), ((4, 4, 4), float("nan"))]
+)
+def test_write_rejects_bad_arguments(tmp_path, shape, vs):
+    with pytest.raises(ValueError):
+        io.write_tomogram(tmp_path / "x.zarr", np.zeros(shape, np.float32), vs)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+# ------------------------------------------------------------------ the real metadata folder
+
+
+def test_real_metadata_voxel_sizes(real_root):
+    real = _real_zarr(real_root)
+    assert io.read_voxel_size(real) == 10.012444537618887
+    assert io.read_voxel_size(real, 1) == 20.024889075237773
+    assert io.read_voxel_size(real, 2) == 40.04977815047555
+
+
+def test_real_level2_reads_as_fill_value(real_root):
+    vol, vs = io.read_tomogram(_real_zarr(real_root), level=2)
+    assert vol.shape == (46, 158, 158) and vol.dtype == np.float32
+    assert not vol.any()
+    assert vs == 40.04977815047555
+
+
+def test_real_level0_absent_is_an_input_error(real_root):
+    with pytest.raises(CziiInputError, match=r"level 0 array '0'.*absent"):
+        io.read_tomogram(_real_zarr(real_root), level=0)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(CziiInputError, match="does not exist") as err:
+        io.read_tomogram(tmp_path / "nope.zarr")
+    assert err.value.path == tmp_path / "nope.zarr"
+
+
+def test_file_instead_of_folder(tmp_path):
+    f = tmp_path / "denoised.zarr"
+    f.write_text("x")
+    with pytest.raises(CziiInputError, match="not a folder"):
+        io.open_level(f)
+
+
+def test_plain_folder_is_not_a_zarr_group(tmp_path):
+    (tmp_path / "denoised.zarr").mkdir()
+    with pytest.raises(CziiInputError, match="no .zgroup"):
+        io.read_voxel_size(tmp_path / "denoised.zarr")
+
+
+def test_level_array_given_instead_of_group(tomo):
+    with pytest.raises(CziiInputError, match="single zarr array") as err:
+        io.read_tomogram(tomo / "0")
+    assert err.value.path == tomo / "0"
+
+
+def test_group_without_zattrs(tomo):
+    (tomo / ".zattrs").unlink()
+    with pytest.raises(CziiInputError, match=".zattrs"):
+        io.read_tomogram(tomo)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"foo": 1}', '{"multiscales": [{"datasets": []}]}'])
+def test_bad_zattrs(tomo, text):
+    (tomo / ".zattrs").write_text(text)
+    with pytest.raises(CziiInputError, match=r"\.zattrs"):
+        io.read_tomogram(tomo)
+
+
+def test_misnamed_level_arrays(tomo):
+    for k in range(3):
+        (tomo / str(k)).rename(tomo / f"s{k}")
+    for k in range(3):
+        with pytest.raises(CziiInputError, match=f"level {k} array '{k}'.*absent") as err:
+            io.open_level(tomo, k)
+        assert err.value.path == tomo / str(k)
+
+
+def test_level_beyond_the_pyramid(tomo):
+    with pytest.raises(CziiInputError, match=r"level 3 absent.*levels 0\.\.2"):
+        io.read_tomogram(tomo, level=3)
+    with pytest.raises(CziiInputError, match="level -1 absent"):
+        io.read_voxel_size(tomo, level=-1)
+
+
+def test_missing_level0_other_levels_still_read(tomo):
+    shutil.rmtree(tomo / "0")
+    with pytest.raises(CziiInputError, match="level 0"):
+        io.read_tomogram(tomo)
+    assert io.read_tomogram(tomo, level=1)[0].shape == (5, 5, 4)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b"", "empty or corrupt chunk file: 0 bytes"),
+        (lambda b: b[:10], "less than a Blosc header"),
+        (lambda b: b[:-1], "truncated or corrupt chunk file"),  # blosc itself decodes this silently
+        (lambda b: b[:16] + b"garbage-bytes" * 20, "truncated or corrupt chunk file"),
+    ],
+)
+def test_empty_truncated_or_corrupt_chunk(tomo, damage, message):
+    chunk = tomo / "0" / "1" / "0" / "1"
+    chunk.write_bytes(damage(chunk.read_bytes()))
+    with pytest.raises(CziiInputError, match=message) as err:
+        io.read_tomogram(tomo)
+    assert err.value.path == chunk
+    assert io.read_tomogram(tomo, z_range=(0, 4))[0].shape == (4, 9, 7)
+
+
+def test_undecodable_chunk_with_plausible_header(tmp_path):
+    smooth = np.linspace(0, 1, 32**3, dtype=np.float32).reshape(32, 32, 32)  # compressed, not memcpy'd
+    tomo = io.write_tomogram(tmp_path / "t.zarr", smooth, VOXEL_A, n_levels=1, chunks=(16, 16, 16))
+    chunk = tomo / "0" / "1" / "0" / "1"
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[:16] + bytes(len(good) - 16))  # header intact, payload zeroed
+    with pytest.raises(CziiInputError, match=r"cannot decode .* z 16:32 \(files 0/1/\*/\*") as err:
+        io.read_tomogram(tomo)
+    assert err.value.path == tomo
+
+
+def test_wrong_ndim(tmp_path):
+    tomo = io.write_tomogram(tmp_path / "t.zarr", np.zeros((4, 4, 4), np.float32), VOXEL_A, n_levels=1)
+    zarray = json.loads((tomo / "0" / ".zarray").read_text())
+    zarray.update(shape=[4, 4], chunks=[4, 4])
+    (tomo / "0" / ".zarray").write_text(json.dumps(zarray))
+    with pytest.raises(CziiInputError, match="2 dimensions"):
+        io.read_tomogram(tomo)
+
+
+def test_bad_scale(tomo):
+    attrs = json.loads((tomo / ".zattrs").read_text())
+    attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [1, 1, "ten"]
+    (tomo / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(CziiInputError, match="x scale 'ten'"):
+        io.read_tomogram(tomo)
+
+
+# ------------------------------------------------------------------ non-finite voxels
+
+
+@pytest.fixture
+def nan_tomo(tmp_path, volume):
+    v = volume.copy()
+    v[2, 3, 4] = np.nan
+    v[5, 0, 0] = np.inf
+    v[9, 8, 6] = -np.inf
+    return io.write_tomogram(tmp_path / "nan.zarr", v, VOXEL_A, chunks=(4, 4, 4)), v
+
+
+def test_nan_fill_is_default_and_warns(nan_tomo):
+    path, v = nan_tomo
+    finite = np.isfinite(v)
+    with pytest.warns(RuntimeWarning, match=rf"{path.name}.*3 non-finite"):
+        got, _ = io.read_tomogram(path)
+    expected_fill = np.median(v[finite])
+    np.testing.assert_allclose(got[~finite], expected_fill, rtol=1e-6)
+    np.testing.assert_array_equal(got[finite], v[finite])
+
+
+def test_nan_raise(nan_tomo):
+    path, _ = nan_tomo
+    with pytest.raises(CziiInputError, match="3 non-finite"):
+        io.read_tomogram(path, nan_policy="raise")
+
+
+def test_finite_volume_does_not_warn(tomo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        io.read_tomogram(tomo, nan_policy="raise")
+
+
+@pytest.mark.parametrize("policy", ["fill", "raise"])
+def test_all_nan_is_an_error(tmp_path, policy):
+    path = io.write_tomogram(tmp_path / "n.zarr", np.full((3, 3, 3), np.nan, np.float32), VOXEL_A)
+    with pytest.raises(CziiInputError, match="no finite voxel"):
+        io.read_tomogram(path, nan_policy=policy)
+
+
+def test_unknown_nan_policy(tomo):
+    with pytest.raises(ValueError, match="nan_policy"):
+        io.read_tomogram(tomo, nan_policy="ignore")
