@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from czii_kaggle.preprocess import (
+    PreprocessConfig,
+    denoise,
+    normalize,
+    percentile_range,
+    preprocess_volume,
+    stack_slices,
+)
+
+
+def test_normalize_clips_percentiles_to_uint8():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(8, 64, 64)).astype(np.float32)
+    vol[0, 0, 0] = 1e6  # an outlier must not squash the contrast
+    out = normalize(vol, (1, 99))
+    assert out.dtype == np.uint8 and out.shape == vol.shape
+    lo, hi = np.percentile(vol, [1, 99])
+    inside = (vol > lo) & (vol < hi)
+    assert (out[vol <= lo] == 0).all() and (out[vol >= hi] == 255).all()
+    assert 100 < out[inside].mean() < 155  # roughly centred: contrast kept
+    # monotone: a brighter voxel never maps lower
+    order = np.argsort(vol.ravel())
+    assert (np.diff(out.ravel()[order].astype(int)) >= 0).all()
+
+
+def test_normalize_float_and_constant_volume():
+    vol = np.full((4, 40, 40), 3.5, np.float32)
+    assert (normalize(vol) == 0).all()
+    f = normalize(np.linspace(0, 1, 1000, dtype=np.float32).reshape(10, 10, 10), (0, 100), out="float")
+    assert f.dtype == np.float32 and f.min() == 0.0 and f.max() == 1.0
+
+
+def test_percentile_range_ignores_nan():
+    vol = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    vol[0] = np.nan
+    lo, hi = percentile_range(vol, (0, 100))
+    assert (lo, hi) == (100.0, 999.0)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "median"])
+def test_denoise_reduces_noise_keeps_shape(method):
+    rng = np.random.default_rng(1)
+    vol = rng.normal(size=(16, 48, 48)).astype(np.float32)
+    out = denoise(vol, method, 1.0 if method == "gaussian" else 3)
+    assert out.shape == vol.shape and out.dtype == np.float32
+    assert out.std() < 0.7 * vol.std()
+    assert denoise(vol, "none") is vol
+
+
+def test_stack_slices_neighbours_and_edges():
+    vol = np.arange(5, dtype=np.uint8)[:, None, None] * np.ones((1, 6, 7), np.uint8)
+    imgs = stack_slices(vol, [0, 2, 4], slice_offset=1)
+    assert imgs.shape == (3, 6, 7, 3)
+    assert imgs[1, 0, 0].tolist() == [1, 2, 3]
+    assert imgs[0, 0, 0].tolist() == [0, 0, 1]  # edge slice repeats
+    assert imgs[2, 0, 0].tolist() == [3, 4, 4]
+    assert stack_slices(vol, [2], slice_offset=0)[0, 0, 0].tolist() == [2, 2, 2]
+    assert stack_slices(vol, [2], slice_offset=2)[0, 0, 0].tolist() == [0, 2, 4]
+
+
+def test_preprocess_config_validation_and_roundtrip():
+    with pytest.raises(ValueError, match="clip_percentiles"):
+        PreprocessConfig(clip_percentiles=(99, 1))
+    with pytest.raises(ValueError, match="denoise"):
+        PreprocessConfig(denoise="bilateral")
+    cfg = PreprocessConfig(slice_offset=2, denoise="median", denoise_size_vox=3)
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    vol = np.random.default_rng(2).normal(size=(6, 32, 32)).astype(np.float32)
+    assert preprocess_volume(vol, cfg).dtype == np.uint8
