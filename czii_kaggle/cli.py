@@ -1,0 +1,165 @@
+"""``czii-kaggle`` (also ``python -m czii_kaggle``): thin wrappers over library functions.
+
+Every subcommand parses its arguments and calls one function a notebook can call too.
+Bad input ends with one clear line naming the file and the problem (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import CziiInputError
+
+
+def _cmd_simulate(a) -> None:
+    from .simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(
+        a.out, n_train=a.n_train, n_test=a.n_test, config=SimConfig(shape_vox=tuple(a.shape), difficulty=a.difficulty),
+        seed=a.seed, real_train_layouts=a.real_layouts,
+    )
+    print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
+    print(f"train runs:    {', '.join(ds.train_runs) or '-'}\ntest runs:     {', '.join(ds.test_runs) or '-'}")
+
+
+def _cmd_score(a) -> None:
+    from . import metric, submission
+
+    solution = submission.read_solution(a.solution)
+    sub = submission.validate_submission(a.submission)
+    print(metric.score_table(solution, sub).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"score: {metric.score(solution, sub):.4f}")
+
+
+def _cmd_build_dataset(a) -> None:
+    from .dataset import DatasetConfig, build_dataset
+
+    cfg = DatasetConfig(slice_step=a.slice_step, tile_vox=a.tile or None, seed=a.seed)
+    print(build_dataset(a.data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg))
+
+
+def _cmd_train(a) -> None:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(model=a.model, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device)
+    print(train(a.data_yaml, a.out, cfg))
+
+
+def _cmd_predict(a) -> None:
+    from .predict import predict_runs, scored_only
+    from .submission import write_submission
+
+    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=a.weights)
+    sub = write_submission(scored_only(pred.picks), a.out)
+    if a.detections_out:
+        pred.detections.to_csv(a.detections_out, index=False)
+    print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for _, row in pred.report[pred.report["status"] != "ok"].iterrows():
+        print(f"FAILED {row['experiment']}: {row['error']}", file=sys.stderr)
+    print(f"wrote {len(sub)} picks of {int((pred.report['status'] == 'ok').sum())}/{len(pred.report)} runs to {a.out}")
+
+
+def _cmd_tune(a) -> None:
+    from .predict import tune_bundle
+
+    table = tune_bundle(a.data, a.runs, a.weights)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _cmd_show(a) -> None:
+    from .viz import save_run_figure
+
+    print(save_run_figure(a.data, a.run, a.out, split=a.split))
+
+
+def _cmd_demo(a) -> None:
+    from .demo import run_demo
+
+    run_demo(a.out, n_test=a.n_test, difficulty=a.difficulty, seed=a.seed, weights=a.weights)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="czii-kaggle", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write a simulated dataset in the Kaggle layout")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--n-train", type=int, default=4)
+    s.add_argument("--n-test", type=int, default=2)
+    s.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630), metavar=("Z", "Y", "X"))
+    s.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in 0..1")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--real-layouts", action="store_true", help="training runs use the real runs' pick layouts")
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("score", help="score a submission against a solution with the competition metric")
+    s.add_argument("--solution", required=True, type=Path)
+    s.add_argument("--submission", required=True, type=Path)
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("build-dataset", help="write a YOLO slice dataset from training runs")
+    s.add_argument("--data", required=True, type=Path, help="Kaggle-layout data root")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--runs", nargs="*")
+    s.add_argument("--val-runs", nargs="*")
+    s.add_argument("--slice-step", type=int, default=2)
+    s.add_argument("--tile", type=int, default=320, help="crop side in voxels (0: whole slices)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_build_dataset)
+
+    s = sub.add_parser("train", help="train a detector on a slice dataset")
+    s.add_argument("--data-yaml", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="bundle folder (model.pt + czii_config.json)")
+    s.add_argument("--model", default=str(Path(__file__).parent / "model_cfg" / "yolo11p-czii.yaml"))
+    s.add_argument("--epochs", type=int, default=30)
+    s.add_argument("--imgsz", type=int, default=320)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("predict", help="predict runs and write submission.csv")
+    s.add_argument("--data", required=True, type=Path, help="Kaggle-layout data root")
+    s.add_argument("--split", default="test", choices=("train", "test"))
+    s.add_argument("--runs", nargs="*")
+    s.add_argument("--out", type=Path, default=Path("submission.csv"))
+    s.add_argument("--weights", type=Path, help="bundle folder or .pt (default: the shipped model)")
+    s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--runs", nargs="+", required=True, help="validation runs (train split, with picks)")
+    s.add_argument("--weights", required=True, type=Path, help="bundle folder")
+    s.set_defaults(func=_cmd_tune)
+
+    s = sub.add_parser("show", help="save a figure of a run's tomogram with its picks")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--run", required=True)
+    s.add_argument("--split", default="train", choices=("train", "test"))
+    s.add_argument("--out", type=Path, default=Path("run.png"))
+    s.set_defaults(func=_cmd_show)
+
+    s = sub.add_parser("demo", help="the main job: simulate a test set, predict it with the shipped model, score")
+    s.add_argument("--out", type=Path, default=Path("out/demo"))
+    s.add_argument("--n-test", type=int, default=2)
+    s.add_argument("--difficulty", default="medium")
+    s.add_argument("--seed", type=int, default=2024)
+    s.add_argument("--weights", type=Path)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CziiInputError as exc:
+        print(f"czii-kaggle: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

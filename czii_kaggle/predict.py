@@ -1,0 +1,220 @@
+"""The prediction pipeline: runs of a Kaggle-layout root -> particles -> submission.
+
+read zarr -> preprocess -> YOLO per slice -> 3D aggregation -> thresholds + NMS.
+A run that fails (bad zarr, NaNs everywhere, ...) is reported and skipped; the
+other runs' predictions are kept. On GPUs the runs are shared out over every
+visible device (one model per device, one worker thread each); on CPU every
+core serves one run at a time.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import io, layout, particles, picks as picks_io
+from .aggregate import AggregateConfig, aggregate
+from .detect import DetectConfig, detect_volume, empty_detections, load_model
+from .errors import CziiInputError
+from .preprocess import PreprocessConfig, preprocess_volume
+from .train import CONFIG_FILE, MODEL_FILE
+from .tune import tune_thresholds
+
+#: The shipped model bundle (weights + the configs it was trained and tuned with).
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A trained model and the configs that go with it.
+
+    ``weights``: the YOLO ``.pt``; the configs are read from ``czii_config.json`` beside it
+    (keys ``preprocess``, ``detect``, ``aggregate``), defaults where a key is absent.
+    """
+
+    weights: Path
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+
+
+def load_bundle(path: str | Path | None = None) -> Bundle:
+    """Load a bundle from a folder (``model.pt`` + ``czii_config.json``) or a ``.pt`` file.
+
+    ``None`` loads the shipped default bundle.
+    """
+    path = Path(path) if path is not None else DEFAULT_BUNDLE
+    weights = path / MODEL_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise CziiInputError(weights, "weights file not found (pass --weights, or reinstall czii_kaggle for the shipped model)")
+    cfg_path = weights.parent / CONFIG_FILE
+    cfg = {}
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CziiInputError(cfg_path, f"not valid JSON ({exc})") from None
+    return Bundle(
+        weights=weights,
+        preprocess=PreprocessConfig.from_dict(cfg["preprocess"]) if "preprocess" in cfg else PreprocessConfig(),
+        detect=DetectConfig.from_dict(cfg["detect"]) if "detect" in cfg else DetectConfig(),
+        aggregate=AggregateConfig.from_dict(cfg["aggregate"]) if "aggregate" in cfg else AggregateConfig(),
+    )
+
+
+def visible_devices() -> list[str]:
+    """Every visible CUDA device (``cuda:0``, ``cuda:1``...), else ``["cpu"]``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
+               progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Raw detections of one tomogram, with the seconds spent in each stage."""
+    t0 = time.perf_counter()
+    volume, voxel_size_A = io.read_tomogram(zarr_path)
+    t1 = time.perf_counter()
+    vol_u8 = preprocess_volume(volume, bundle.preprocess)
+    del volume
+    t2 = time.perf_counter()
+    dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect,
+                         bundle.preprocess.slice_offset, device, progress)
+    t3 = time.perf_counter()
+    return dets, {"read_s": t1 - t0, "preprocess_s": t2 - t1, "inference_s": t3 - t2}
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict_runs` returns.
+
+    picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices`` (Angstrom).
+    detections : raw per-slice detections of every run.
+    report : one row per run: ``experiment, status, n_picks, read_s, preprocess_s,
+    inference_s, aggregate_s, total_s, error``.
+    """
+
+    picks: pd.DataFrame
+    detections: pd.DataFrame
+    report: pd.DataFrame
+
+
+def predict_runs(
+    root: str | Path,
+    split: str = "test",
+    runs: list[str] | None = None,
+    bundle: Bundle | str | Path | None = None,
+    devices: list[str] | None = None,
+    tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE,
+    progress: bool = True,
+) -> Prediction:
+    """Predict every run of ``split`` under a Kaggle-layout ``root``.
+
+    Parameters
+    ----------
+    bundle : Bundle, path or None
+        The model bundle; ``None``: the shipped default.
+    devices : list of str
+        Devices to share the runs over; default :func:`visible_devices`.
+    """
+    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    runs = list(runs) if runs is not None else layout.list_runs(root, split)
+    devices = devices or visible_devices()
+    if devices == ["cpu"]:
+        from . import offline
+
+        offline.set_cpu_threads()
+    models = {d: load_model(bundle.weights) for d in devices}
+    todo: queue.Queue = queue.Queue()
+    for run in runs:
+        todo.put(run)
+    results: dict[str, tuple] = {}
+    bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not progress)
+    lock = threading.Lock()
+
+    def worker(device: str) -> None:
+        while True:
+            try:
+                run = todo.get_nowait()
+            except queue.Empty:
+                return
+            t0 = time.perf_counter()
+            try:
+                dets, times = detect_run(models[device], layout.tomogram_path(root, split, run, tomo_type),
+                                         run, bundle, device, progress=progress and len(devices) == 1)
+                t1 = time.perf_counter()
+                found = aggregate(dets, bundle.aggregate)
+                times["aggregate_s"] = time.perf_counter() - t1
+                out = (dets, found, {"status": "ok", "error": "", **times})
+            except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
+                msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
+                out = (empty_detections(), None, {"status": "failed", "error": msg.strip()})
+                tqdm.write(f"[czii_kaggle] run {run} failed and is skipped: {msg.strip().splitlines()[-1]}")
+            out[2]["total_s"] = time.perf_counter() - t0
+            with lock:
+                results[run] = out
+                bar.update(1)
+
+    threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bar.close()
+    picks = [results[r][1] for r in runs if results[r][1] is not None and len(results[r][1])]
+    dets = [results[r][0] for r in runs if len(results[r][0])]
+    report = pd.DataFrame(
+        [{"experiment": r, "n_picks": 0 if results[r][1] is None else len(results[r][1]), **results[r][2]}
+         for r in runs]
+    )
+    cols = ["experiment", "status", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s", "error"]
+    report = report.reindex(columns=cols)
+    empty_picks = aggregate(empty_detections(), bundle.aggregate)
+    return Prediction(
+        picks=pd.concat(picks, ignore_index=True) if picks else empty_picks,
+        detections=pd.concat(dets, ignore_index=True) if dets else empty_detections(),
+        report=report,
+    )
+
+
+def scored_only(picks: pd.DataFrame) -> pd.DataFrame:
+    """The picks of scored particle types (beta-amylase is detected, never submitted)."""
+    return picks[picks["particle_type"].isin(particles.SCORED)].reset_index(drop=True)
+
+
+def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig) -> Path:
+    """Write ``config`` under the ``aggregate`` key of the bundle's ``czii_config.json``."""
+    path = Path(bundle_dir) / CONFIG_FILE
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    cfg["aggregate"] = config.to_dict()
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def tune_bundle(
+    root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Tune a bundle's per-class thresholds on training runs with picks; save them beside the weights.
+
+    Predicts ``runs`` of the ``train`` split, keeps every 3D candidate, picks per class the
+    threshold and minimum support that maximise the metric against the runs' picks
+    (:func:`czii_kaggle.tune.tune_thresholds`) and writes them into the bundle's
+    ``czii_config.json``. Returns the per-class table.
+    """
+    bundle = load_bundle(bundle_dir)
+    pred = predict_runs(root, "train", runs=runs, bundle=bundle, devices=devices, progress=progress)
+    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False)
+    truth = picks_io.read_all_picks(root, runs)
+    config, table = tune_thresholds(candidates, truth, bundle.aggregate)
+    save_aggregate_config(bundle.weights.parent, config)
+    return table

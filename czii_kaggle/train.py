@@ -1,0 +1,149 @@
+"""Training wrapper: offline-safe Ultralytics YOLO on a slice dataset from :mod:`czii_kaggle.dataset`.
+
+The model is built from a yaml (``yolo11n.yaml`` by default, no weight download);
+augmentations respect tomograms: flips in x-y (90-degree rotations are baked into
+the dataset by ``DatasetConfig.rot90``), mild scale and translation, no colour jitter,
+no shear or perspective (particle size in pixels is a real cue).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from . import offline
+from .preprocess import PreprocessConfig
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "czii_config.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of :func:`train`.
+
+    Attributes
+    ----------
+    model : str
+        Ultralytics model yaml (built from scratch) or a local ``.pt`` to fine-tune.
+    epochs, imgsz, batch : int
+        ``imgsz`` in pixels = voxels (images are never rescaled beyond letterboxing).
+    seed : int
+    device : str
+        ``"auto"`` (first GPU if any, else CPU), ``"cpu"``, ``"0"``, ``"0,1"``...
+    workers : int
+        Data-loader workers.
+    patience : int
+        Early stopping patience in epochs.
+    lr0 : float
+    fliplr, flipud : float
+        Flip probabilities (x-y flips are physical symmetries of a tomogram slice).
+    scale, translate, mosaic : float
+        Ultralytics augmentation strengths.
+    amp : bool
+        Mixed precision on GPU (its check runs offline; ignored on CPU).
+    """
+
+    model: str = "yolo11n.yaml"
+    epochs: int = 30
+    imgsz: int = 320
+    batch: int = 16
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    patience: int = 50
+    lr0: float = 0.01
+    fliplr: float = 0.5
+    flipud: float = 0.5
+    scale: float = 0.1
+    translate: float = 0.1
+    mosaic: float = 1.0
+    amp: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"0"`` (or ``"0,1,..."`` for every visible GPU when training) else ``"cpu"``."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return ",".join(str(i) for i in range(torch.cuda.device_count()))
+    return "cpu"
+
+
+def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig()) -> Path:
+    """Train a detector on ``data_yaml``; write ``model.pt`` and ``czii_config.json`` into ``out_dir``.
+
+    ``czii_config.json`` records the preprocessing and labelling the dataset was built
+    with (read from ``data.yaml``) so inference reuses training's choices, plus this
+    training config.
+
+    Returns
+    -------
+    Path of the saved ``model.pt``.
+    """
+    ultralytics = offline.import_ultralytics()
+    data_yaml = Path(data_yaml).resolve()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = yaml.safe_load(data_yaml.read_text()).get("czii", {})
+    device = resolve_device(config.device)
+    if device == "cpu":
+        offline.set_cpu_threads()
+    model = ultralytics.YOLO(config.model)
+    model.train(
+        data=str(data_yaml),
+        epochs=config.epochs,
+        imgsz=config.imgsz,
+        batch=config.batch,
+        seed=config.seed,
+        deterministic=True,
+        device=device,
+        workers=config.workers,
+        patience=config.patience,
+        lr0=config.lr0,
+        fliplr=config.fliplr,
+        flipud=config.flipud,
+        scale=config.scale,
+        translate=config.translate,
+        mosaic=config.mosaic,
+        degrees=0.0,
+        shear=0.0,
+        perspective=0.0,
+        mixup=0.0,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.2,
+        amp=config.amp,
+        project=str(out_dir),
+        name="ultralytics",
+        exist_ok=True,
+        plots=False,
+        verbose=False,
+    )
+    weights_dir = out_dir / "ultralytics" / "weights"
+    best = weights_dir / "best.pt"
+    if not best.exists():
+        best = weights_dir / "last.pt"
+    model_path = out_dir / MODEL_FILE
+    shutil.copy2(best, model_path)
+    dataset_cfg = meta.get("config", {})
+    bundle = {
+        "preprocess": dataset_cfg.get("preprocess", PreprocessConfig().to_dict()),
+        "labels": dataset_cfg.get("labels", {}),
+        "train": config.to_dict(),
+        "train_runs": meta.get("train_runs", []),
+        "val_runs": meta.get("val_runs", []),
+    }
+    cfg_path = out_dir / CONFIG_FILE
+    old = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    old.update(bundle)
+    cfg_path.write_text(json.dumps(old, indent=2))
+    return model_path

@@ -1,0 +1,104 @@
+"""Retrain the shipped model bundle exactly as it was made.
+
+    .venv/bin/python scripts/train_shipped_model.py --work runs/shipped
+
+Steps (each skipped when its output already exists, so an interrupted run resumes):
+1. simulate the training runs: the 5 real pick layouts of ../shared/czii-real plus random
+   layouts, at mixed difficulties (fixed seed);
+2. build the YOLO slice dataset (whole runs held out for validation);
+3. train the pico YOLO11 from its yaml (no pretrained weights) on CPU or GPU;
+4. tune per-class thresholds on the validation runs with the competition metric;
+5. copy ``model.pt`` + ``czii_config.json`` into ``czii_kaggle/models/`` and write
+   ``czii_kaggle/models/TRAINING.json`` (every setting, seed and validation score).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from czii_kaggle import layout, particles  # noqa: E402
+from czii_kaggle.dataset import DatasetConfig, build_dataset  # noqa: E402
+from czii_kaggle.predict import DEFAULT_BUNDLE, tune_bundle  # noqa: E402
+from czii_kaggle.simulate import SimConfig, simulate_dataset  # noqa: E402
+from czii_kaggle.train import CONFIG_FILE, MODEL_FILE, TrainConfig, train  # noqa: E402
+
+SIM_SEED = 7
+#: 5 real layouts (TS_5_4, TS_69_2, TS_6_4, TS_6_6, TS_73_6 in that order) then random ones.
+TRAIN_DIFFICULTIES = ["easy", "medium", "hard", "medium", "easy",
+                      "medium", "hard", "easy", "medium", "hard", "medium", "hard"]
+#: Whole runs held out for validation and threshold tuning: one real layout, two random.
+VAL_RUNS = ["TS_6_6", f"TS_sim_{SIM_SEED}_10", f"TS_sim_{SIM_SEED}_11"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "shipped")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-install", action="store_true", help="do not copy the bundle into czii_kaggle/models")
+    a = ap.parse_args(argv)
+    work = a.work.resolve()
+    t0 = time.time()
+    log = {}
+
+    sim_dir = work / "sim"
+    root = sim_dir / "czii-cryo-et-object-identification"
+    if not (sim_dir / "simulation.json").exists():
+        simulate_dataset(sim_dir, n_train=len(TRAIN_DIFFICULTIES), n_test=0, config=SimConfig(), seed=SIM_SEED,
+                         real_train_layouts=True, difficulties=TRAIN_DIFFICULTIES)
+    runs = layout.list_pick_runs(root)
+    log["simulate_s"] = time.time() - t0
+
+    ds_cfg = DatasetConfig(slice_step=3, tile_vox=320, tile_overlap_vox=0, empty_fraction=0.05, seed=a.seed)
+    data_yaml = work / "dataset" / "data.yaml"
+    if not data_yaml.exists():
+        build_dataset(root, work / "dataset", val_runs=VAL_RUNS, runs=runs, config=ds_cfg)
+    log["dataset_s"] = time.time() - t0
+
+    tr_cfg = TrainConfig(model=str(REPO / "czii_kaggle" / "model_cfg" / "yolo11p-czii.yaml"), epochs=a.epochs,
+                         imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device, workers=2, patience=100)
+    bundle = work / "bundle"
+    if not (bundle / MODEL_FILE).exists():
+        train(data_yaml, bundle, tr_cfg)
+    log["train_s"] = time.time() - t0
+
+    table = tune_bundle(root, VAL_RUNS, bundle)
+    print(table.to_string(index=False))
+    log["tune_s"] = time.time() - t0
+    val_score = float((table["f_beta"] * table["particle_type"].map(lambda n: particles.get(n).weight)).sum() / 7.0)
+
+    record = {
+        "command": "python scripts/train_shipped_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "simulation": {"seed": SIM_SEED, "config": asdict(SimConfig()), "train_difficulties": TRAIN_DIFFICULTIES,
+                       "runs": runs, "val_runs": VAL_RUNS},
+        "dataset": ds_cfg.to_dict(),
+        "train": tr_cfg.to_dict(),
+        "validation_tuned_table": table.to_dict(orient="records"),
+        "validation_score": val_score,
+        "timings_s": log,
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+    }
+    (bundle / "TRAINING.json").write_text(json.dumps(record, indent=1, default=str))
+    if not a.no_install:
+        DEFAULT_BUNDLE.mkdir(exist_ok=True)
+        for name in (MODEL_FILE, CONFIG_FILE, "TRAINING.json"):
+            shutil.copy2(bundle / name, DEFAULT_BUNDLE / name)
+        print(f"installed the bundle into {DEFAULT_BUNDLE}")
+    print(f"validation score (tuned, {len(VAL_RUNS)} held-out runs): {val_score:.4f}; total {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
