@@ -256,8 +256,9 @@ def build_dataset(
         boxes = slice_boxes(picks_io.read_run_picks(root, run), voxel_size_A, vol_u8.shape[0], config.labels)
         by_slice = dict(tuple(boxes.groupby("z_index")))
         ny, nx = vol_u8.shape[1:]
-        # validation images: whole slices, no rotation, so validation mirrors inference
-        tile = config.tile_vox if split == "train" else None
+        # validation images are cut like training ones (Ultralytics validates at the training
+        # imgsz; a whole slice would be shrunk), but never rotated
+        tile = config.tile_vox
         ys, xs = tile_origins(ny, tile, config.tile_overlap_vox), tile_origins(nx, tile, config.tile_overlap_vox)
         th, tw = (min(tile, ny), min(tile, nx)) if tile else (ny, nx)
         for z in range(0, vol_u8.shape[0], config.slice_step):
