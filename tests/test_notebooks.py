@@ -1,0 +1,260 @@
+"""The three notebooks: stored clean, and executed headlessly on tiny simulated data.
+
+Execution uses nbclient with a kernel spec (written to a temporary ``JUPYTER_PATH``)
+that runs this interpreter, so the kernel sees the same ``czii_kaggle`` and packages.
+Parameters are injected papermill-style: the overrides are appended to the cell tagged
+``parameters``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NAMES = ("eda", "train", "inference")
+TINY_SHAPE = (48, 128, 128)
+
+#: Prepended to the inference notebook: records (and refuses) every attempt to reach a
+#: non-local address through Python's socket module. The kernel's own ZMQ channels do
+#: not go through it.
+NETWORK_GUARD = '''
+import socket as _socket
+_NET_ATTEMPTS = []
+_LOCAL = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
+_orig_connect, _orig_getaddrinfo = _socket.socket.connect, _socket.getaddrinfo
+def _guard_connect(self, address):
+    if self.family != getattr(_socket, "AF_UNIX", None) and str(address[0]) not in _LOCAL:
+        _NET_ATTEMPTS.append(("connect", str(address)))
+        raise OSError(f"network blocked by the test: {address}")
+    return _orig_connect(self, address)
+def _guard_getaddrinfo(host, *args, **kwargs):
+    if str(host) not in _LOCAL:
+        _NET_ATTEMPTS.append(("getaddrinfo", str(host)))
+        raise _socket.gaierror(f"network blocked by the test: {host}")
+    return _orig_getaddrinfo(host, *args, **kwargs)
+_socket.socket.connect = _guard_connect
+_socket.getaddrinfo = _guard_getaddrinfo
+'''
+NETWORK_CHECK = "assert not _NET_ATTEMPTS, _NET_ATTEMPTS"
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def _code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+# --------------------------------------------------------------------------- stored form (fast)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_is_stored_clean(name):
+    nb = _read(name)
+    nbformat.validate(nb)
+    cells = _code_cells(nb)
+    assert "parameters" in cells[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
+    assert sum("parameters" in c.metadata.get("tags", []) for c in cells) == 1
+    for c in cells:
+        assert c.outputs == [] and c.execution_count is None, f"stored output in {name}: {c.source[:60]!r}"
+    text = "\n".join(c.source for c in nb.cells)
+    # no machine-specific paths; Kaggle's own mount points are the only absolute paths
+    for path in re.findall(r"""["'](/[^"']*)["']""", text):
+        assert path.startswith("/kaggle/"), f"machine-specific path {path!r} in {name}.ipynb"
+    # the parameters cell holds plain assignments only
+    for line in cells[0].source.splitlines():
+        assert not line.strip() or line.startswith("#") or re.match(r"^\w+ = ", line), line
+
+
+def test_inference_installs_offline_only_when_needed():
+    src = "\n".join(c.source for c in _code_cells(_read("inference")))
+    assert '"--no-index"' in src and '"/kaggle/input/czii-kaggle-offline"' in src
+    assert 'find_spec("czii_kaggle") is None' in src and '"czii_kaggle[detect]"' in src
+    assert "http" not in src.lower()
+
+
+# --------------------------------------------------------------------------- execution (slow)
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory) -> str:
+    """A kernel spec running this interpreter, in a temporary JUPYTER_PATH."""
+    jupyter_dir = tmp_path_factory.mktemp("jupyter")
+    spec_dir = jupyter_dir / "kernels" / "czii-test"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "czii_kaggle test kernel",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("JUPYTER_PATH", str(jupyter_dir))
+    yield "czii-test"
+    mp.undo()
+
+
+def _execute(name: str, params: dict, cwd: Path, kernel_name: str, prepend: str = "", append: str = ""):
+    """Execute a notebook with ``params`` appended to its parameters cell; returns the executed notebook."""
+    from nbclient import NotebookClient
+
+    nb = _read(name)
+    cell = _code_cells(nb)[0]
+    cell.source += "\n# injected by the test\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    if prepend:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(prepend))
+    if append:
+        nb.cells.append(nbformat.v4.new_code_cell(append))
+    for i, c in enumerate(nb.cells):
+        c["id"] = f"test-{i}"
+    NotebookClient(nb, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(cwd)}}).execute()
+    nbformat.write(nb, cwd / f"{name}.executed.ipynb")  # left for inspection
+    return nb
+
+
+def _outputs(nb, kind: str) -> list:
+    """Every output of the executed notebook carrying MIME type / stream text ``kind``."""
+    found = []
+    for c in _code_cells(nb):
+        for o in c.outputs:
+            if kind == "stream" and o.output_type == "stream":
+                found.append(o.text)
+            elif kind in o.get("data", {}):
+                found.append(o["data"][kind])
+    return found
+
+
+@pytest.mark.slow
+def test_eda_notebook_draws_every_figure(tmp_path, kernel_name):
+    out = tmp_path / "figures"
+    nb = _execute(
+        "eda",
+        dict(sim_dir="data", sim_n_train=2, sim_shape_vox=TINY_SHAPE, sim_real_layouts=False,
+             sim_count_scale=20.0, seed=3, crop_size_vox=16, out_dir=str(out)),
+        tmp_path,
+        kernel_name,
+    )
+    import matplotlib.image
+
+    expected = {"pick_counts", "orthoslices", "z_distribution", "nearest_neighbours", "crop_gallery",
+                "intensity_histogram", "picks_3d"}
+    assert {p.stem for p in out.glob("*.png")} == expected
+    for p in out.glob("*.png"):
+        image = matplotlib.image.imread(p)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image[..., :3].std() > 0.01, p.name
+    # each figure is also displayed inline
+    assert len(_outputs(nb, "image/png")) == len(expected)
+    # the counts table shows the simulated picks of both runs
+    from czii_kaggle.picks import read_all_picks
+    from czii_kaggle.viz import pick_counts
+
+    counts = pick_counts(read_all_picks(tmp_path / "data" / "czii-cryo-et-object-identification"))
+    assert len(counts) == 2 and counts.to_numpy().sum() > 0
+    html = _outputs(nb, "text/html")
+    assert any(counts.index[0] in h and "virus-like-particle" in h for h in html)
+
+
+@pytest.mark.slow
+def test_train_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
+    nb = _execute(
+        "train",
+        dict(sim_dir="data", sim_n_train=2, sim_shape_vox=TINY_SHAPE, sim_real_layouts=False,
+             sim_count_scale=20.0, seed=1, slice_step=2, tile_vox=None, epochs=1, imgsz=128, batch=8,
+             device="cpu", work_dir="work", bundle_dir="bundle"),
+        tmp_path,
+        kernel_name,
+    )
+    from czii_kaggle.aggregate import AggregateConfig
+    from czii_kaggle.detect import load_model
+    from czii_kaggle.predict import load_bundle
+
+    bundle_dir = tmp_path / "bundle"
+    model = load_model(bundle_dir / "model.pt")  # a loadable six-class detector
+    assert model.task == "detect"
+    cfg = json.loads((bundle_dir / "czii_config.json").read_text())
+    assert {"preprocess", "labels", "train", "aggregate"} <= set(cfg)
+    from czii_kaggle import layout
+
+    runs = layout.list_pick_runs(tmp_path / "data" / "czii-cryo-et-object-identification")
+    assert len(runs) == 2 and cfg["val_runs"] == runs[-1:] and cfg["train_runs"] == runs[:1]
+    assert cfg["train"]["epochs"] == 1 and cfg["train"]["imgsz"] == 128
+    tuned = AggregateConfig.from_dict(cfg["aggregate"])
+    assert load_bundle(bundle_dir).aggregate == tuned
+    # the tuning table shown is the one saved: one row per type the validation run holds
+    table_html = "\n".join(_outputs(nb, "text/html"))
+    assert "default_f_beta" in table_html and "f_beta" in table_html
+    assert any("score on 1 held-out run(s):" in s for s in _outputs(nb, "stream"))
+    assert (tmp_path / "work" / "validation_detections.png").is_file()
+    assert (tmp_path / "work" / "dataset" / "data.yaml").is_file()
+
+
+@pytest.fixture(scope="module")
+def throwaway_weights(tmp_path_factory) -> Path:
+    """An untrained six-class model built from the package's yaml (the shipped one may not exist yet)."""
+    from czii_kaggle import offline, particles
+
+    cfg = Path(__file__).resolve().parents[1] / "czii_kaggle" / "model_cfg" / "yolo11p-czii.yaml"
+    model = offline.import_ultralytics().YOLO(str(cfg))
+    model.model.names = dict(enumerate(particles.NAMES))
+    path = tmp_path_factory.mktemp("weights") / "throwaway.pt"
+    model.save(str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_inference_notebook_writes_a_valid_submission_offline(tmp_path, kernel_name, throwaway_weights):
+    nb = _execute(
+        "inference",
+        dict(weights=str(throwaway_weights), sim_dir="data", sim_n_test=1, sim_shape_vox=TINY_SHAPE,
+             seed=5, out_csv="out/submission.csv"),
+        tmp_path,
+        kernel_name,
+        prepend=NETWORK_GUARD,
+        append=NETWORK_CHECK,
+    )
+    from czii_kaggle.submission import SUBMISSION_COLUMNS, validate_submission
+
+    csv = tmp_path / "out" / "submission.csv"
+    sub = validate_submission(csv)
+    assert list(pd.read_csv(csv).columns) == SUBMISSION_COLUMNS
+    from czii_kaggle import layout
+
+    test_runs = layout.list_runs(tmp_path / "data" / "czii-cryo-et-object-identification", "test")
+    assert len(test_runs) == 1 and set(sub["experiment"]) <= set(test_runs)
+    streams = "".join(_outputs(nb, "stream"))
+    assert "1/1 runs predicted" in streams
+    match = re.search(r"score against the simulated truth: ([0-9.]+)", streams)
+    assert match and 0.0 <= float(match.group(1)) <= 1.0
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "czii_kaggle" / "models"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHIPPED / "TRAINING.json").is_file(),
+                    reason="no trained shipped model yet (czii_kaggle/models/TRAINING.json absent)")
+def test_inference_notebook_with_the_shipped_model_finds_particles(tmp_path, kernel_name):
+    nb = _execute(
+        "inference",
+        dict(sim_dir="data", sim_n_test=1, sim_shape_vox=(64, 320, 320), seed=11, out_csv="submission.csv"),
+        tmp_path,
+        kernel_name,
+        prepend=NETWORK_GUARD,
+        append=NETWORK_CHECK,
+    )
+    from czii_kaggle import metric
+    from czii_kaggle.submission import read_solution, validate_submission
+
+    sub = validate_submission(tmp_path / "submission.csv")
+    truth = read_solution(tmp_path / "data" / "test_solution.csv")
+    assert len(sub) > 0
+    score = metric.score(truth, sub)
+    assert score > 0.0
+    assert f"score against the simulated truth: {score:.4f}" in "".join(_outputs(nb, "stream"))
