@@ -4,8 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import io, layout, metric, submission
 from .predict import predict_runs, scored_only
 
@@ -27,7 +25,7 @@ def run_demo(
     ``submission`` and ``figure`` paths.
     """
     from .simulate import SimConfig, simulate_dataset
-    from .viz import plot_detections
+    from .viz import busiest_slice, plot_detections
 
     say = print if verbose else (lambda *a, **k: None)
     out_dir = Path(out_dir)
@@ -48,7 +46,7 @@ def run_demo(
     run = ds.test_runs[0]
     volume, voxel_size_A = io.read_tomogram(layout.tomogram_path(ds.root, "test", run))
     run_truth = truth[truth["experiment"] == run]
-    z_index = int(np.bincount(np.rint(run_truth["z"].to_numpy() / voxel_size_A).astype(int)).argmax()) if len(run_truth) else volume.shape[0] // 2
+    z_index = busiest_slice(run_truth, voxel_size_A, volume.shape[0])
     fig = plot_detections(volume, voxel_size_A, z_index, truth=run_truth, predicted=sub[sub["experiment"] == run])
     fig_path = out_dir / "detections.png"
     fig.savefig(fig_path, dpi=110, bbox_inches="tight")

@@ -80,7 +80,8 @@ def visible_devices() -> list[str]:
 
 def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
                progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Raw detections of one tomogram, with the seconds spent in each stage."""
+    """Raw detections of one tomogram, with the seconds spent in each stage and the
+    slice spacing in Angstrom (``slice_step_A``) the aggregation needs."""
     t0 = time.perf_counter()
     volume, voxel_size_A = io.read_tomogram(zarr_path)
     t1 = time.perf_counter()
@@ -90,7 +91,8 @@ def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, de
     dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect,
                          bundle.preprocess.slice_offset, device, progress)
     t3 = time.perf_counter()
-    return dets, {"read_s": t1 - t0, "preprocess_s": t2 - t1, "inference_s": t3 - t2}
+    return dets, {"read_s": t1 - t0, "preprocess_s": t2 - t1, "inference_s": t3 - t2,
+                  "slice_step_A": voxel_size_A * bundle.detect.slice_step}
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Prediction:
     picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices`` (Angstrom).
     detections : raw per-slice detections of every run.
     report : one row per run: ``experiment, status, n_picks, read_s, preprocess_s,
-    inference_s, aggregate_s, total_s, error``.
+    inference_s, aggregate_s, total_s, slice_step_A, error``.
     """
 
     picks: pd.DataFrame
@@ -152,7 +154,7 @@ def predict_runs(
                 dets, times = detect_run(models[device], layout.tomogram_path(root, split, run, tomo_type),
                                          run, bundle, device, progress=progress and len(devices) == 1)
                 t1 = time.perf_counter()
-                found = aggregate(dets, bundle.aggregate)
+                found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
                 times["aggregate_s"] = time.perf_counter() - t1
                 out = (dets, found, {"status": "ok", "error": "", **times})
             except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
@@ -176,7 +178,8 @@ def predict_runs(
         [{"experiment": r, "n_picks": 0 if results[r][1] is None else len(results[r][1]), **results[r][2]}
          for r in runs]
     )
-    cols = ["experiment", "status", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s", "error"]
+    cols = ["experiment", "status", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s",
+            "slice_step_A", "error"]
     report = report.reindex(columns=cols)
     empty_picks = aggregate(empty_detections(), bundle.aggregate)
     return Prediction(
@@ -213,7 +216,8 @@ def tune_bundle(
     """
     bundle = load_bundle(bundle_dir)
     pred = predict_runs(root, "train", runs=runs, bundle=bundle, devices=devices, progress=progress)
-    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False)
+    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
+                           slice_step_A=pred.report["slice_step_A"].median())
     truth = picks_io.read_all_picks(root, runs)
     config, table = tune_thresholds(candidates, truth, bundle.aggregate)
     save_aggregate_config(bundle.weights.parent, config)

@@ -38,7 +38,9 @@ class TrainConfig:
         Data-loader workers.
     patience : int
         Early stopping patience in epochs.
-    lr0 : float
+    optimizer, lr0 : str, float
+        Ultralytics optimizer; ``lr0`` applies only when ``optimizer`` is not ``"auto"``
+        (auto chooses AdamW or SGD and its learning rate from the schedule length).
     fliplr, flipud : float
         Flip probabilities (x-y flips are physical symmetries of a tomogram slice).
     scale, translate, mosaic : float
@@ -55,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2
     patience: int = 50
+    optimizer: str = "auto"
     lr0: float = 0.01
     fliplr: float = 0.5
     flipud: float = 0.5
@@ -108,6 +111,7 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
         device=device,
         workers=config.workers,
         patience=config.patience,
+        optimizer=config.optimizer,
         lr0=config.lr0,
         fliplr=config.fliplr,
         flipud=config.flipud,

@@ -1,0 +1,463 @@
+"""Per-slice YOLO boxes -> 3D particles.
+
+The 2.5D detector sees one z slice at a time, so one particle shows up as a
+short column of boxes on neighbouring slices (more for a large particle, fewer
+for a small one, with gaps where the detector missed it). This module turns
+those boxes into one 3D point per particle:
+
+1. **Cluster** the detections of one class in one run. Distances are measured
+   in a per-class ellipsoid: ``xy_fraction * radius`` across and
+   ``z_fraction * radius`` along z (all in Angstrom, radii from
+   :mod:`czii_kaggle.particles`). Each detection gets a vote density (the
+   confidence of its neighbours inside its ellipsoid, weighted ``1 - d**2``
+   with ``d`` the scaled distance, so a column peaks at its middle). Then a
+   greedy, peak-seeded assignment: the densest unassigned detection seeds a
+   particle and takes every unassigned detection inside *its own* ellipsoid;
+   repeat. A cluster can therefore never reach further than one ellipsoid from
+   its seed, so it cannot chain two neighbouring particles together the way
+   single-linkage connected components do. (Measured against alternatives in
+   ``benchmarks/bench_postprocess.py``-style runs on the real layouts: quick-shift
+   (link to the densest neighbour) scored the same on average but merged some
+   ribosome neighbours; merging fragments or a mean-shift step before the
+   assignment gained < 0.003 and was dropped.)
+2. **Centre** = confidence-weighted mean of the cluster's box centres.
+   **Score** = sum over the distinct slices of the cluster of the best
+   confidence on that slice, divided by the number of slices the particle's
+   full diameter spans (``1 + 2 * radius / slice_step``), clipped to 1. It is
+   the confidence-weighted fraction of the particle's diameter the detector
+   saw: one confident box is a low score for a ribosome (31 slices) and a
+   higher one for an apo-ferritin (13 slices); a second box on the same slice
+   adds nothing. ``n_slices`` = number of distinct slices.
+3. **Select** (:func:`select`): per class keep candidates with
+   ``n_slices >= min_support`` and ``score >= conf_threshold``, then a 3D
+   non-maximum suppression: of two kept candidates closer than
+   ``nms_fraction * radius`` only the higher score stays.
+
+:func:`aggregate` with ``apply_thresholds=False`` stops after step 2 so that
+:mod:`czii_kaggle.tune` can choose the thresholds; ``select(aggregate(d,
+apply_thresholds=False))`` equals ``aggregate(d)``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.spatial import cKDTree
+
+from .errors import CziiInputError
+from .particles import NAMES, PARTICLES, Particle
+
+#: Columns of the raw per-slice detections (``z, x, y, w, h`` in Angstrom).
+DETECTION_COLUMNS: tuple[str, ...] = ("experiment", "z", "x", "y", "w", "h", "confidence", "class_id")
+#: Columns of :func:`aggregate`'s output (``x, y, z`` in Angstrom).
+CANDIDATE_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z", "score", "n_slices")
+
+# Scaled gap between two (run, class) groups in the joint k-d tree: larger than
+# any linking / NMS radius (1 in scaled units), so groups never meet.
+_GROUP_GAP = 4.0
+
+
+@dataclass(frozen=True)
+class ClassParams:
+    """Aggregation options for one particle type.
+
+    Attributes
+    ----------
+    xy_fraction : float
+        x-y half-axis of the linking ellipsoid, as a fraction of the radius.
+        0.7 beat 0.5 and 0.3 on synthetic detections with a few voxels of
+        centre jitter (small particles suffer most from a tight value).
+    z_fraction : float
+        z half-axis of the linking ellipsoid, as a fraction of the radius. It
+        must cover the slices the detector fires on above and below the centre
+        (1.2: a detector that fires out to the full radius still gives one
+        cluster). With 0.7 / 1.2 the closest real same-type pairs (bar an
+        apo-ferritin pair 30 A apart, which one point matches anyway) are more
+        than 1.5 ellipsoid units apart.
+    min_support : int
+        Minimum number of distinct slices a particle needs.
+    conf_threshold : float
+        Minimum particle ``score`` (0..1, see the module docstring).
+    nms_fraction : float
+        3D NMS distance as a fraction of the radius. The closest real pairs of
+        one type are about 1.5 radii apart, so keep it below ~1.4.
+    """
+
+    xy_fraction: float = 0.7
+    z_fraction: float = 1.2
+    min_support: int = 2
+    conf_threshold: float = 0.05
+    nms_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("xy_fraction", "z_fraction", "nms_fraction"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if int(self.min_support) != self.min_support or self.min_support < 1:
+            raise ValueError(f"min_support must be an integer >= 1, not {self.min_support!r}")
+
+
+def default_class_params(particle: Particle) -> ClassParams:
+    """Starting options for one type: geometry as radius fractions, thresholds by difficulty.
+
+    Hard types (beta-galactosidase, thyroglobulin, beta-amylase) get a lower
+    threshold: the metric's beta = 4 rewards recall. :func:`czii_kaggle.tune.tune_thresholds`
+    replaces the thresholds with ones measured on validation runs.
+    """
+    return ClassParams(conf_threshold=0.08 if particle.difficulty == "easy" else 0.04)
+
+
+def _default_params() -> dict[str, ClassParams]:
+    return {p.name: default_class_params(p) for p in PARTICLES}
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """Options of :func:`aggregate` / :func:`select`: one :class:`ClassParams` per particle type.
+
+    Save it beside the trained weights (:func:`save_config`) so inference reuses
+    the thresholds chosen on validation runs.
+    """
+
+    params: Mapping[str, ClassParams] = field(default_factory=_default_params)
+
+    def __post_init__(self) -> None:
+        missing = [n for n in NAMES if n not in self.params]
+        unknown = [n for n in self.params if n not in NAMES]
+        if missing or unknown:
+            raise ValueError(
+                f"AggregateConfig needs exactly the six particle types; missing {missing}, unknown {unknown}"
+            )
+
+    def __getitem__(self, name: str) -> ClassParams:
+        return self.params[name]
+
+    def with_params(self, name: str, **changes) -> AggregateConfig:
+        """A copy with ``changes`` (ClassParams fields) applied to type ``name``."""
+        new = dict(self.params)
+        new[name] = replace(self.params[name], **changes)
+        return AggregateConfig(new)
+
+    def to_dict(self) -> dict:
+        """JSON-ready ``{"params": {name: {field: value}}}``."""
+        return {"params": {n: asdict(self.params[n]) for n in NAMES}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> AggregateConfig:
+        """Inverse of :meth:`to_dict`; types absent from ``d`` keep their defaults."""
+        params = _default_params()
+        for name, values in dict(d.get("params", {})).items():
+            if name not in params:
+                raise ValueError(f"unknown particle type {name!r} in aggregate config")
+            params[name] = ClassParams(**values)
+        return cls(params)
+
+
+def save_config(config: AggregateConfig, path: str | Path) -> Path:
+    """Write ``config`` as JSON to ``path``; returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_config(path: str | Path) -> AggregateConfig:
+    """Read a config written by :func:`save_config`; :class:`CziiInputError` when malformed."""
+    path = Path(path)
+    try:
+        return AggregateConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CziiInputError(path, "aggregate config file not found") from None
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
+        raise CziiInputError(path, f"not a valid aggregate config: {e}") from None
+
+
+def empty_candidates() -> pd.DataFrame:
+    """An empty frame with :data:`CANDIDATE_COLUMNS`."""
+    return pd.DataFrame(
+        {
+            "experiment": pd.Series([], dtype=object),
+            "particle_type": pd.Series([], dtype=object),
+            "x": pd.Series([], dtype=float),
+            "y": pd.Series([], dtype=float),
+            "z": pd.Series([], dtype=float),
+            "score": pd.Series([], dtype=float),
+            "n_slices": pd.Series([], dtype=np.int64),
+        }
+    )
+
+
+def infer_slice_step_A(z_A: np.ndarray) -> float | None:
+    """The slice spacing (Angstrom): the most common gap between consecutive distinct ``z_A`` values.
+
+    Returns ``None`` when fewer than two distinct slices are present. Pass the
+    voxel size explicitly where it is known; this is for detections alone.
+    """
+    u = np.unique(np.round(np.asarray(z_A, dtype=float), 3))
+    gaps = np.round(np.diff(u), 2)
+    gaps = gaps[gaps > 0]
+    if not gaps.size:
+        return None
+    values, counts = np.unique(gaps, return_counts=True)
+    step = float(values[np.argmax(counts)])  # the smallest of the most common gaps
+    # Refine over the whole span, (max - min) / number of steps, when it is a whole number of steps.
+    n_steps = (u[-1] - u[0]) / step
+    if abs(n_steps - round(n_steps)) < 0.05:
+        step = float((u[-1] - u[0]) / round(n_steps))
+    return step
+
+
+def _check_detections(detections: pd.DataFrame) -> None:
+    missing = [c for c in DETECTION_COLUMNS if c not in detections.columns]
+    if missing:
+        raise CziiInputError(None, f"detections lack columns {missing}; expected {list(DETECTION_COLUMNS)}")
+    if detections.empty:
+        return
+    numeric = detections[["z", "x", "y", "confidence", "class_id"]]
+    try:
+        values = numeric.to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        raise CziiInputError(None, "detections have non-numeric z/x/y/confidence/class_id values") from None
+    if not np.isfinite(values).all():
+        raise CziiInputError(None, "detections have NaN or infinite z/x/y/confidence/class_id values")
+    cid = values[:, 4]
+    if (cid != np.round(cid)).any() or cid.min() < 0 or cid.max() >= len(PARTICLES):
+        raise CziiInputError(None, f"detections have class_id outside 0..{len(PARTICLES) - 1}")
+
+
+def _neighbour_lists(points: np.ndarray, radius: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetric neighbour lists (incl. self) of ``points`` (n, k) within ``radius``.
+
+    Returns ``(indptr, indices, dist)``: CSR rows, neighbours of point ``i`` are
+    ``indices[indptr[i]:indptr[i + 1]]`` at distances ``dist[...]``.
+    """
+    n = len(points)
+    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)  # faster to build, same answers
+    pairs = tree.query_pairs(radius, output_type="ndarray")
+    i = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
+    j = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
+    # COO -> CSR groups the pairs by row in linear time (no argsort of the pair list).
+    csr = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n)).tocsr()
+    indptr, indices = csr.indptr, csr.indices
+    row = np.repeat(np.arange(n), np.diff(indptr))
+    dist = np.sqrt(((points[row] - points[indices]) ** 2).sum(axis=1))
+    return indptr, indices, dist
+
+
+def _greedy_seeds(
+    order: np.ndarray, indptr: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy peak-seeded assignment over a neighbour graph, without a Python loop over points.
+
+    The result equals the sequential rule "walk ``order``; an unassigned point
+    becomes a seed and takes all its unassigned neighbours": the seeds are the
+    lexicographically-first maximal independent set in ``order``, found in
+    parallel rounds (each round, every remaining point that outranks all its
+    remaining neighbours is a seed; seeds and their neighbours leave), and every
+    other point joins its best-ranked neighbouring seed. A handful of rounds
+    suffice on detection columns (3 on 100,000 synthetic detections).
+
+    Parameters
+    ----------
+    order : ndarray (n,) int
+        Point indices, best first.
+    indptr, indices : ndarray
+        CSR neighbour lists (each point lists itself), from :func:`_neighbour_lists`.
+
+    Returns
+    -------
+    label : ndarray (n,) int64
+        Group of every point, 0..n_groups-1, numbered in seed order.
+    is_seed : ndarray (n,) bool
+    """
+    n = len(order)
+    prio = np.empty(n, dtype=np.int64)
+    prio[order] = np.arange(n, 0, -1)  # higher = earlier in ``order``
+    row = np.repeat(np.arange(n), np.diff(indptr))
+    r, c = row, indices
+    alive = np.ones(n, dtype=bool)
+    is_seed = np.zeros(n, dtype=bool)
+    while alive.any():
+        live = alive[r] & alive[c]
+        r, c = r[live], c[live]
+        best = np.zeros(n, dtype=np.int64)
+        np.maximum.at(best, r, prio[c])
+        new = alive & (best == prio)
+        is_seed |= new
+        taken = np.zeros(n, dtype=bool)
+        taken[c[new[r]]] = True
+        alive &= ~taken
+    # Every point joins the best-ranked seed among its neighbours (itself if a seed).
+    to_seed = is_seed[indices]
+    best_seed = np.zeros(n, dtype=np.int64)
+    np.maximum.at(best_seed, row[to_seed], prio[indices[to_seed]])
+    seed_rank = n - best_seed  # position of the seed in ``order``
+    _, label = np.unique(seed_rank, return_inverse=True)
+    return label.astype(np.int64), is_seed
+
+
+def _scaled_points(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, group: np.ndarray, xy_scale: np.ndarray, z_scale: np.ndarray
+) -> np.ndarray:
+    """(n, 3) points in which the linking / NMS ellipsoid of every point is the unit ball.
+
+    Coordinates (Angstrom) are divided by per-point scales (Angstrom); each
+    (run, class) ``group`` is then shifted along x past the previous one, so one
+    k-d tree serves all groups and no two groups are ever within distance 1.
+    """
+    sx = x / xy_scale
+    shift = (sx.max() - sx.min() + _GROUP_GAP) if len(sx) else 0.0
+    return np.column_stack([sx + group * shift, y / xy_scale, z / z_scale])
+
+
+def aggregate(
+    detections: pd.DataFrame,
+    config: AggregateConfig | None = None,
+    apply_thresholds: bool = True,
+    slice_step_A: float | None = None,
+) -> pd.DataFrame:
+    """Merge per-slice detections into 3D particles.
+
+    Parameters
+    ----------
+    detections : DataFrame
+        Columns ``experiment, z, x, y, w, h, confidence, class_id``; ``z, x, y``
+        are box centres in Angstrom (``z = slice_index * voxel_size_A``),
+        ``confidence`` in 0..1, ``class_id`` the index in ``particles.PARTICLES``.
+    config : AggregateConfig, optional
+        Per-class options; defaults to ``AggregateConfig()``.
+    apply_thresholds : bool
+        When False, return every candidate with its score (no min support, no
+        threshold, no NMS) for :mod:`czii_kaggle.tune`; then :func:`select`.
+    slice_step_A : float, optional
+        Slice spacing in Angstrom (the tomogram's voxel size). Inferred from
+        the detections' z when None (:func:`infer_slice_step_A`); when it
+        cannot be inferred (all detections on one slice) every candidate has
+        one slice and its score is its best confidence.
+
+    Returns
+    -------
+    DataFrame
+        ``experiment, particle_type, x, y, z, score, n_slices`` (Angstrom;
+        ``score`` float in 0..1; ``n_slices`` int), sorted by experiment,
+        particle type and decreasing score.
+    """
+    config = AggregateConfig() if config is None else config
+    _check_detections(detections)
+    if detections.empty:
+        return empty_candidates()
+
+    exp_codes, exp_names = pd.factorize(detections["experiment"], sort=True)
+    cls = detections["class_id"].to_numpy().astype(np.int64)
+    x = detections["x"].to_numpy(dtype=float)
+    y = detections["y"].to_numpy(dtype=float)
+    z = detections["z"].to_numpy(dtype=float)
+    conf = detections["confidence"].to_numpy(dtype=float)
+    n_cls = len(PARTICLES)
+    group = exp_codes.astype(np.int64) * n_cls + cls
+
+    radius = np.array([p.radius_A for p in PARTICLES])
+    xy_frac = np.array([config[p.name].xy_fraction for p in PARTICLES])
+    z_frac = np.array([config[p.name].z_fraction for p in PARTICLES])
+    pts = _scaled_points(x, y, z, group, (radius * xy_frac)[cls], (radius * z_frac)[cls])
+
+    indptr, nbr, dist = _neighbour_lists(pts)
+    row = np.repeat(np.arange(len(pts)), np.diff(indptr))
+    density = np.bincount(row, weights=conf[nbr] * (1.0 - dist**2), minlength=len(pts))
+    # Densest first; ties broken by confidence, then input order (stable).
+    order = np.lexsort((-conf, -density))
+    label, _ = _greedy_seeds(order, indptr, nbr)
+
+    # Per cluster: confidence-weighted centre; score from the best box of each distinct slice.
+    n_lab = int(label.max()) + 1
+    wsum = np.bincount(label, weights=conf, minlength=n_lab)
+    safe = np.where(wsum > 0, wsum, 1.0)
+    cnt = np.bincount(label, minlength=n_lab).astype(float)
+    cx, cy, cz = (
+        np.where(wsum > 0, np.bincount(label, weights=conf * v, minlength=n_lab) / safe,
+                 np.bincount(label, weights=v, minlength=n_lab) / cnt)
+        for v in (x, y, z)
+    )
+    step = slice_step_A if slice_step_A is not None else infer_slice_step_A(z)
+    slice_key = pd.DataFrame({"label": label, "z": np.round(z, 3), "conf": conf})
+    per_slice = slice_key.groupby(["label", "z"], sort=False)["conf"].max()
+    lab_of_slice = per_slice.index.get_level_values(0).to_numpy()
+    conf_sum = np.bincount(lab_of_slice, weights=per_slice.to_numpy(), minlength=n_lab)
+    n_slices = np.bincount(lab_of_slice, minlength=n_lab)
+
+    lab_group = np.zeros(n_lab, dtype=np.int64)
+    lab_group[label] = group  # all members of a cluster share its (run, class) group
+    lab_cls = lab_group % n_cls
+    if step is None:
+        expected = np.ones(n_lab)
+    else:
+        expected = 1.0 + 2.0 * radius[lab_cls] / step
+    score = np.clip(conf_sum / expected, 0.0, 1.0)
+
+    out = pd.DataFrame(
+        {
+            "experiment": np.asarray(exp_names, dtype=object)[lab_group // n_cls],
+            "particle_type": np.asarray(NAMES, dtype=object)[lab_cls],
+            "x": cx,
+            "y": cy,
+            "z": cz,
+            "score": score,
+            "n_slices": n_slices.astype(np.int64),
+        }
+    )
+    out = out.sort_values(["experiment", "particle_type", "score"], ascending=[True, True, False], kind="stable")
+    out = out.reset_index(drop=True)
+    return select(out, config) if apply_thresholds else out
+
+
+def _check_types(types: np.ndarray) -> None:
+    unknown = set(types.tolist()) - set(NAMES)
+    if unknown:
+        raise CziiInputError(None, f"candidates have unknown particle types {sorted(map(str, unknown))}")
+
+
+def nms_3d(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> pd.DataFrame:
+    """3D non-maximum suppression per (experiment, particle type).
+
+    Of two candidates closer than ``nms_fraction * radius`` (Angstrom) only the
+    higher ``score`` stays (greedy, best first). Returns the kept rows, sorted as
+    :func:`aggregate` sorts.
+    """
+    config = AggregateConfig() if config is None else config
+    if candidates.empty:
+        return candidates.reset_index(drop=True)
+    exp_codes, _ = pd.factorize(candidates["experiment"], sort=True)
+    types = candidates["particle_type"].to_numpy()
+    _check_types(types)
+    cls = pd.Categorical(types, categories=list(NAMES)).codes.astype(np.int64)
+    nms_A = np.array([p.radius_A * config[p.name].nms_fraction for p in PARTICLES])[cls]
+    group = exp_codes.astype(np.int64) * len(PARTICLES) + cls
+    x, y, z = (candidates[c].to_numpy(dtype=float) for c in ("x", "y", "z"))
+    pts = _scaled_points(x, y, z, group, nms_A, nms_A)
+    # "closer than": shrink the radius a hair so exactly-at-distance pairs survive.
+    indptr, nbr, _ = _neighbour_lists(pts, radius=1.0 - 1e-9)
+    order = np.argsort(-candidates["score"].to_numpy(dtype=float), kind="stable")
+    _, keep = _greedy_seeds(order, indptr, nbr)
+    out = candidates.loc[keep]
+    out = out.sort_values(["experiment", "particle_type", "score"], ascending=[True, True, False], kind="stable")
+    return out.reset_index(drop=True)
+
+
+def select(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> pd.DataFrame:
+    """Apply per-class ``min_support`` and ``conf_threshold``, then :func:`nms_3d`.
+
+    ``candidates`` is :func:`aggregate`'s output with ``apply_thresholds=False``.
+    """
+    config = AggregateConfig() if config is None else config
+    if candidates.empty:
+        return candidates.reset_index(drop=True)
+    types = candidates["particle_type"].to_numpy()
+    _check_types(types)
+    min_support = pd.Series({n: config[n].min_support for n in NAMES}).reindex(types).to_numpy()
+    threshold = pd.Series({n: config[n].conf_threshold for n in NAMES}).reindex(types).to_numpy()
+    ok = (candidates["n_slices"].to_numpy() >= min_support) & (candidates["score"].to_numpy() >= threshold)
+    return nms_3d(candidates.loc[ok], config)
