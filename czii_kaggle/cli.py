@@ -12,11 +12,19 @@ from pathlib import Path
 from .errors import CziiInputError
 
 
+def _difficulty(text: str) -> str | float:
+    """``easy`` / ``medium`` / ``hard`` or a number in 0..1."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _cmd_simulate(a) -> None:
     from .simulate import SimConfig, simulate_dataset
 
     ds = simulate_dataset(
-        a.out, n_train=a.n_train, n_test=a.n_test, config=SimConfig(shape_vox=tuple(a.shape), difficulty=a.difficulty),
+        a.out, n_train=a.n_train, n_test=a.n_test, config=SimConfig(shape_vox=tuple(a.shape), difficulty=_difficulty(a.difficulty)),
         seed=a.seed, real_train_layouts=a.real_layouts,
     )
     print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
@@ -76,7 +84,7 @@ def _cmd_show(a) -> None:
 def _cmd_demo(a) -> None:
     from .demo import run_demo
 
-    run_demo(a.out, n_test=a.n_test, difficulty=a.difficulty, seed=a.seed, weights=a.weights)
+    run_demo(a.out, n_test=a.n_test, difficulty=_difficulty(a.difficulty), seed=a.seed, weights=a.weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,8 +128,8 @@ def predict_runs(
     devices : list of str
         Devices to share the runs over; default :func:`visible_devices`.
     """
-    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     runs = list(runs) if runs is not None else layout.list_runs(root, split)
+    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     devices = devices or visible_devices()
     if devices == ["cpu"]:
         from . import offline

@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=0, help="data-loader workers (0 is fastest on 2 cores)")
     ap.add_argument("--no-install", action="store_true", help="do not copy the bundle into czii_kaggle/models")
     a = ap.parse_args(argv)
     work = a.work.resolve()
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     log["dataset_s"] = time.time() - t0
 
     tr_cfg = TrainConfig(model=str(REPO / "czii_kaggle" / "model_cfg" / "yolo11p-czii.yaml"), epochs=a.epochs,
-                         imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device, workers=2, patience=100)
+                         imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device, workers=a.workers, patience=100)
     bundle = work / "bundle"
     if not (bundle / MODEL_FILE).exists():
         train(data_yaml, bundle, tr_cfg)

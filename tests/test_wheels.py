@@ -1,0 +1,320 @@
+"""The offline install archive of ``build_wheels.sh``, installed the way Kaggle does it.
+
+The archive is built (or taken from ``$CZII_WHEELS_DIR``), then installed with
+``pip install --no-index --find-links`` into a fresh virtual environment that holds only
+Kaggle's preinstalled packages (torch, numpy, ...: symlinked from this repository's
+``.venv``, not copied), inside a network namespace with no network (``unshare -n``).
+Still without network, the installed package predicts a small simulated tomogram
+with its bundled weights and writes a valid submission.
+
+Set ``CZII_WHEELS_DIR`` to a folder holding a prebuilt ``czii_kaggle_offline.tar.gz``
+to skip the build; otherwise the archive is built into the repository's ``wheels/``,
+which caches the downloaded wheels between runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = "czii_kaggle_offline.tar.gz"
+#: What Kaggle's image has (build_wheels.sh leaves these and their dependencies out).
+KAGGLE_PREINSTALLED = (
+    "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "opencv-python",
+    "polars", "pyyaml", "tqdm", "pillow", "requests", "psutil",
+)
+#: What the archive must bring.
+MUST_BRING = ("czii-kaggle", "ultralytics", "ultralytics-thop", "zarr", "numcodecs", "asciitree")
+
+
+def _closure(roots) -> dict[str, md.Distribution]:
+    """Installed distributions of ``roots`` and everything they need (extras followed), by canonical name."""
+    installed = {canonicalize_name(d.metadata["Name"]): d for d in md.distributions()}
+    extras_of: dict[str, set[str]] = {}
+    todo = [(canonicalize_name(r), set()) for r in roots]
+    while todo:
+        name, extras = todo.pop()
+        if name not in installed or (name in extras_of and extras <= extras_of[name]):
+            continue
+        extras_of[name] = extras_of.get(name, set()) | extras
+        for text in installed[name].requires or []:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras_of[name])):
+                todo.append((canonicalize_name(req.name), set(req.extras)))
+    return {name: installed[name] for name in extras_of}
+
+
+def _link_preinstalled(links: Path) -> list[str]:
+    """Symlink the top-level files and folders of Kaggle's preinstalled packages (and pip) into ``links``."""
+    links.mkdir()
+    names = []
+    for name, dist in sorted(_closure(KAGGLE_PREINSTALLED + ("pip",)).items()):
+        site = Path(dist.locate_file(""))
+        tops = {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in sorted(tops - {"__pycache__"}):
+            if top.endswith(".pth") or (links / top).exists():
+                continue
+            (links / top).symlink_to(site / top)
+        names.append(name)
+    return names
+
+
+def _run(cmd, env, cwd, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def archive_dir() -> Path:
+    """A folder holding czii_kaggle_offline.tar.gz: $CZII_WHEELS_DIR, else freshly built in wheels/."""
+    prebuilt = os.environ.get("CZII_WHEELS_DIR")
+    if prebuilt:
+        folder = Path(prebuilt)
+        assert (folder / ARCHIVE).is_file(), f"CZII_WHEELS_DIR={prebuilt} holds no {ARCHIVE}"
+        return folder
+    proc = subprocess.run(
+        [str(REPO / "build_wheels.sh"), "--out", str(REPO / "wheels")],
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, f"build_wheels.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return REPO / "wheels"
+
+
+def _build(tmp_path: Path, seed_from: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run build_wheels.sh into ``tmp_path/out``, seeded with the wheels already in ``seed_from``."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for wheel in seed_from.glob("*.whl"):
+        try:
+            os.link(wheel, out / wheel.name)
+        except OSError:
+            (out / wheel.name).write_bytes(wheel.read_bytes())
+    return subprocess.run([str(REPO / "build_wheels.sh"), "--out", str(out), *args],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def no_network() -> list[str]:
+    """The command prefix that runs a command with no network (loopback only)."""
+    try:
+        proc = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("`unshare` (util-linux) is not installed: cannot run the install with no network")
+    if proc.returncode != 0:
+        pytest.skip(f"`unshare -n` is not permitted here ({proc.stderr.strip()}): "
+                    "cannot run the install with no network")
+    return ["unshare", "-n"]
+
+
+@pytest.fixture(scope="module")
+def installed(archive_dir, no_network, tmp_path_factory):
+    """Extract the archive, make a Kaggle-like venv and pip install czii_kaggle from it offline."""
+    tmp = tmp_path_factory.mktemp("kaggle")
+    with tarfile.open(archive_dir / ARCHIVE) as tar:
+        tar.extractall(tmp / "input", filter="data")
+    wheels = tmp / "input" / "czii_kaggle_offline"
+    manifest = {}
+    for line in (wheels / "MANIFEST.tsv").read_text().splitlines()[1:]:
+        file, dist, version, _ = line.split("\t")
+        manifest[canonicalize_name(dist)] = (file, version)
+
+    venv = tmp / "venv"
+    # No pip or setuptools of its own (Python 3.11's ensurepip brings an old setuptools that
+    # torch's requirements reject): Kaggle's pip comes with its preinstalled packages.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                     None, tmp).stdout.strip())
+    preinstalled = _link_preinstalled(tmp / "preinstalled")
+    (site / "kaggle_preinstalled.pth").write_text(str(tmp / "preinstalled") + "\n")
+
+    (tmp / "home").mkdir()
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp / "home"), "TMPDIR": str(tmp),
+        "LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1",
+        # Kaggle's pip knows no config of this machine (its constraint, find-links, local indexes).
+        "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+    }
+    before = json.loads(_run([str(py), "-m", "pip", "list", "--format=json"], env, tmp).stdout)
+    install = _run(no_network + [str(py), "-m", "pip", "install", "--no-index", "--no-cache-dir",
+                                 "--find-links", str(wheels), "czii_kaggle[detect]"], env, tmp)
+    after = json.loads(_run([str(py), "-m", "pip", "list", "--format=json", "--path", str(site)], env, tmp).stdout)
+    return {
+        "tmp": tmp, "wheels": wheels, "manifest": manifest, "py": py, "site": site, "env": env,
+        "preinstalled": preinstalled, "before": {canonicalize_name(p["name"]): p["version"] for p in before},
+        "install": install, "after": {canonicalize_name(p["name"]): p["version"] for p in after},
+    }
+
+
+def test_archive_holds_manifest_and_the_shipped_weights(archive_dir):
+    with tarfile.open(archive_dir / ARCHIVE) as tar:
+        names = tar.getnames()
+        manifest = tar.extractfile("czii_kaggle_offline/MANIFEST.tsv").read().decode().splitlines()
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert all(n.startswith("czii_kaggle_offline/") or n == "czii_kaggle_offline" for n in names)
+    assert manifest[0].split("\t") == ["file", "distribution", "version", "sha256"]
+    rows = [line.split("\t") for line in manifest[1:]]
+    assert {r[0] for r in rows} == {f for f in files if f.endswith(".whl")}
+    for file, _, _, digest in rows:
+        assert hashlib.sha256(files[file]).hexdigest() == digest, file
+    dists = {canonicalize_name(r[1]): r[2] for r in rows}
+    assert set(MUST_BRING) <= set(dists)
+    assert dists["ultralytics"] == next(
+        line.split("==")[1].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+        if line.startswith("ultralytics==")
+    )
+    assert dists["zarr"].startswith("2.18.")
+    assert tuple(int(p) for p in dists["numcodecs"].split(".")[:2]) < (0, 16)
+    # Kaggle's heavy packages stay out.
+    assert not set(dists) & {canonicalize_name(n) for n in KAGGLE_PREINSTALLED}
+    assert not any(d.startswith("nvidia-") and d != "nvidia-ml-py" or d == "triton" for d in dists)
+    czii = next(f for f, _, _, _ in rows if f.startswith("czii_kaggle-"))
+    with zipfile.ZipFile(io.BytesIO(files[czii])) as zf:
+        shipped = zf.read("czii_kaggle/models/model.pt")
+        assert "czii_kaggle/models/czii_config.json" in zf.namelist()
+    assert shipped == (REPO / "czii_kaggle" / "models" / "model.pt").read_bytes()
+
+
+def test_install_uses_only_the_archive(installed):
+    before, after, manifest = installed["before"], installed["after"], installed["manifest"]
+    # The fresh venv sees Kaggle's packages but none of what the archive brings.
+    for name in ("torch", "torchvision", "numpy", "pandas"):
+        assert name in before, f"{name} missing from the Kaggle-like venv"
+    assert not set(MUST_BRING) & set(before)
+    install = installed["install"]
+    out = install.stdout + install.stderr
+    assert install.returncode == 0, f"offline pip install failed:\n{out[-4000:]}"
+    installed_line = re.search(r"^Successfully installed (.+)$", out, re.M)
+    assert installed_line, out[-2000:]
+    newly = {canonicalize_name(item.rsplit("-", 1)[0]): item.rsplit("-", 1)[1] for item in installed_line[1].split()}
+    # Every wheel of the archive was needed and nothing else was installed: no Kaggle package replaced.
+    assert newly == {name: version for name, (_, version) in manifest.items()}
+    assert {n: after[n] for n in newly} == newly
+    # pip took every one of them from the extracted archive.
+    for file, _ in manifest.values():
+        assert re.search(rf"^Processing \S*czii_kaggle_offline/{re.escape(file)}\b", out, re.M), file
+
+
+def test_offline_predict_with_bundled_weights(installed, no_network):
+    tmp = installed["tmp"]
+    assert installed["install"].returncode == 0, "the offline install failed (see test_install_uses_only_the_archive)"
+    script = tmp / "kaggle_predict.py"
+    script.write_text(textwrap.dedent("""
+        import json, socket, sys
+        from pathlib import Path
+
+        try:
+            socket.create_connection(("1.1.1.1", 443), timeout=3).close()
+            network = "reachable"
+        except OSError as exc:
+            network = f"unreachable: {exc}"
+
+        import czii_kaggle  # first: it switches Ultralytics' network touchpoints off before importing it
+        from czii_kaggle import predict, submission
+        from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+        out = Path(sys.argv[1])
+        sim = simulate_dataset(out / "data", n_train=0, n_test=1, config=SimConfig(shape_vox=(32, 128, 128)), seed=3)
+        pred = predict.predict_runs(sim.root, "test", progress=False)
+        sub = submission.write_submission(pred.picks, out / "submission.csv")
+        checked = submission.validate_submission(out / "submission.csv")
+        import numcodecs, torch, ultralytics, zarr
+        print("RESULT " + json.dumps({
+            "network": network,
+            "files": {m.__name__: m.__file__ for m in (czii_kaggle, ultralytics, zarr, numcodecs, torch)},
+            "versions": {m.__name__: m.__version__ for m in (ultralytics, zarr, numcodecs)},
+            "weights": str(predict.load_bundle().weights),
+            "test_runs": sim.test_runs,
+            "report": pred.report.to_dict(orient="records"),
+            "n_rows": len(sub), "n_checked": len(checked),
+        }, default=str))
+    """))
+    proc = _run(no_network + [str(installed["py"]), "-I", str(script), str(tmp / "predict")],
+                installed["env"], tmp)
+    assert proc.returncode == 0, f"offline predict failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["network"].startswith("unreachable")
+    site = str(installed["site"])
+    for module in ("czii_kaggle", "ultralytics", "zarr", "numcodecs"):
+        assert result["files"][module].startswith(site), (module, result["files"][module])
+    assert not result["files"]["torch"].startswith(site)  # Kaggle's own torch
+    assert result["weights"].startswith(site)
+    assert result["versions"]["zarr"].startswith("2.18.")
+    assert [r["experiment"] for r in result["report"]] == result["test_runs"]
+    assert all(r["status"] == "ok" for r in result["report"]), result["report"]
+    assert result["n_rows"] == result["n_checked"] == sum(r["n_picks"] for r in result["report"])
+    assert (tmp / "predict" / "submission.csv").read_text().startswith("id,experiment,particle_type,x,y,z")
+
+
+def test_sdist_only_dependency_is_built_into_a_wheel(archive_dir, tmp_path):
+    # asciitree 0.3.3 was published as a source archive only.
+    proc = _build(tmp_path, archive_dir, "--require", "asciitree==0.3.3")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "asciitree publishes no wheel ('asciitree==0.3.3'): building one from its source archive" in proc.stdout
+    rows = [line.split("\t") for line in (tmp_path / "out" / "MANIFEST.tsv").read_text().splitlines()[1:]]
+    built = [r for r in rows if r[1] == "asciitree"]
+    assert [(r[0], r[2]) for r in built] == [("asciitree-0.3.3-py3-none-any.whl", "0.3.3")]
+    # The wheel of an earlier build that this bundle no longer needs is gone.
+    assert not list((tmp_path / "out").glob("asciitree-1.*.whl"))
+    with tarfile.open(tmp_path / "out" / ARCHIVE) as tar:
+        assert "czii_kaggle_offline/asciitree-0.3.3-py3-none-any.whl" in tar.getnames()
+
+
+def test_unavailable_wheel_fails_naming_the_package(archive_dir, tmp_path):
+    proc = _build(tmp_path, archive_dir, "--platform", "linux_armv7l")
+    assert proc.returncode != 0
+    found = re.search(r"ERROR: cannot get a wheel of (\S+) for CPython 3\.11 on linux_armv7l", proc.stderr)
+    assert found, proc.stderr[-2000:]
+    assert found[1] in _requirement_names()
+    assert not (tmp_path / "out" / ARCHIVE).exists()
+
+
+def _requirement_names() -> set[str]:
+    """Everything czii_kaggle[detect] needs, as installed here (canonical names)."""
+    names = {"czii-kaggle"}
+    todo = [Requirement("czii_kaggle[detect]")]
+    while todo:
+        req = todo.pop()
+        try:
+            dist = md.distribution(req.name)
+        except md.PackageNotFoundError:
+            continue
+        for text in dist.requires or []:
+            dep = Requirement(text)
+            name = canonicalize_name(dep.name)
+            if name not in names and (dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in ("", *req.extras))):
+                names.add(name)
+                todo.append(dep)
+    return names
+
+
+def test_missing_weights_stop_the_build(tmp_path):
+    # A copy of the repository without czii_kaggle/models/.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("build_wheels.sh", "pyproject.toml", "README.md", "requirements.txt"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, repo / name)
+    shutil.copytree(REPO / "czii_kaggle", repo / "czii_kaggle",
+                    ignore=shutil.ignore_patterns("models", "__pycache__"))
+    proc = subprocess.run([str(repo / "build_wheels.sh"), "--out", str(tmp_path / "out")],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"the shipped model is missing: {repo}/czii_kaggle/models/model.pt" in proc.stderr
+    assert not list((tmp_path / "out").glob("*"))
