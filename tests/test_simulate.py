@@ -324,7 +324,7 @@ def test_simulate_dataset_real_layouts(tmp_path, real_root):
 def test_training_run_without_particles_still_has_its_pick_files(tmp_path):
     from czii_kaggle import layout, picks as picks_io
 
-    ds = simulate_dataset(tmp_path, n_train=2, n_test=0, config=SimConfig(shape_vox=(16, 64, 64)), seed=1)
+    ds = sim.simulate_dataset(tmp_path, n_train=2, n_test=0, config=sim.SimConfig(shape_vox=(16, 64, 64)), seed=1)
     assert layout.list_pick_runs(ds.root) == ds.train_runs  # both runs, even one with no particle
     for run in ds.train_runs:
         assert len(list(layout.picks_dir(ds.root, run).glob("*.json"))) == 6
