@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,26 +26,16 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import metric, submission  # noqa: E402
-from czii_kaggle.predict import load_bundle, predict_runs, scored_only, visible_devices  # noqa: E402
+from czii_kaggle.predict import load_bundle, predict_runs, scored_only  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "detection.md"
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    dev = ", ".join(visible_devices())
-    return f"{cpu}, {os.cpu_count()} CPUs, {mem_gib:.0f} GiB RAM, devices: {dev}, Python {platform.python_version()}"
 
 
 def simulate(out: Path, n: int, difficulty: str, seed: int, shape) -> None:
@@ -109,7 +97,7 @@ def main(argv=None) -> int:
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_detection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {machine()}\n- model: `{bundle.weights}`; test shape {tuple(a.shape)}, seeds from {a.seed}, "
+        f"- machine: {describe_machine()}\n- model: `{bundle.weights}`; test shape {tuple(a.shape)}, seeds from {a.seed}, "
         f"{a.n_runs} run(s) per difficulty, simulated data (no real voxels)",
         "**Score per difficulty** (competition metric, F-beta per scored type):\n\n" + fmt(pd.DataFrame(score_rows)),
         "**Per type**:\n\n" + fmt(pd.DataFrame(type_rows)),

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -36,12 +35,14 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as describe_machine  # noqa: E402
 from public_baseline import baseline_aggregate  # noqa: E402
 
 from czii_kaggle import io as czio  # noqa: E402
 from czii_kaggle import metric, picks as picks_io  # noqa: E402
 from czii_kaggle.aggregate import AggregateConfig, ClassParams, aggregate, select  # noqa: E402
 from czii_kaggle.dataset import slice_boxes  # noqa: E402
+from czii_kaggle.detect import DETECTION_COLUMNS  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.particles import NAMES, PARTICLES, SCORED  # noqa: E402
 from czii_kaggle.tune import tune_thresholds  # noqa: E402
@@ -49,7 +50,6 @@ from czii_kaggle.tune import tune_thresholds  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REAL_ROOT = REPO.parent / "shared" / "czii-real"
 RESULTS = REPO / "benchmarks" / "results" / "postprocess.md"
-DETECTION_COLUMNS = ["experiment", "z", "x", "y", "w", "h", "confidence", "class_id"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -330,16 +330,6 @@ def speed(truth: pd.DataFrame, voxel_size_A: float, n_slices: int, tomo_xy_A: fl
     return times, det["experiment"].nunique()
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs visible, Python {platform.python_version()}"
 
 
 def fmt_table(df: pd.DataFrame) -> str:
@@ -436,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = " ".join(["python benchmarks/bench_postprocess.py", *(argv if argv is not None else sys.argv[1:])])
         header = (
             f"\n## {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
-            f"- command: `{cmd}`\n- machine: {machine()}\n\n"
+            f"- command: `{cmd}`\n- machine: {describe_machine()}\n\n"
         )
         with RESULTS.open("a") as f:
             if RESULTS.stat().st_size == 0:

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import simulate as sim  # noqa: E402
@@ -40,22 +39,6 @@ from czii_kaggle.particles import BY_NAME, NAMES  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def machine() -> str:
-    """``nproc``, CPU model and RAM of this machine, one line."""
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
-    model, mem_kb = platform.processor() or "?", 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"nproc {nproc}, CPU {model}, RAM {mem_kb / 2**20:.1f} GiB, load average {load} (shared machine)"
 
 
 def peak_rss_gib() -> float:
@@ -162,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         f"## {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         f"- command: `{cmd}`",
-        f"- machine: {machine()}",
+        f"- machine: {describe_machine()}",
         f"- shape {shape} (z, y, x), difficulty {a.difficulty}, {a.repeat} repeat(s); seconds per stage "
         "(total = layout + render + microscope + scale; write = OME-Zarr, 3 levels, separate), "
         "memory in GiB (numpy peak: tracemalloc during one simulation; RSS: process peak)",

@@ -49,11 +49,10 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.spatial import cKDTree
 
+from .detect import DETECTION_COLUMNS
 from .errors import CziiInputError
 from .particles import NAMES, PARTICLES, Particle
 
-#: Columns of the raw per-slice detections (``z, x, y, w, h`` in Angstrom).
-DETECTION_COLUMNS: tuple[str, ...] = ("experiment", "z", "x", "y", "w", "h", "confidence", "class_id")
 #: Columns of :func:`aggregate`'s output (``x, y, z`` in Angstrom).
 CANDIDATE_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z", "score", "n_slices")
 

@@ -19,6 +19,7 @@ from . import offline, particles
 from .errors import CziiInputError
 from .preprocess import stack_slices
 
+#: Columns of the raw per-slice detections (``z, x, y, w, h`` in Angstrom).
 DETECTION_COLUMNS = ["experiment", "z", "x", "y", "w", "h", "confidence", "class_id"]
 #: Smallest slice side (voxels) the detector accepts: below it no particle fits.
 MIN_SIDE_VOX = 32

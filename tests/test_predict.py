@@ -3,7 +3,6 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from czii_kaggle import io, layout, metric, particles, submission
