@@ -139,10 +139,14 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     model_path = out_dir / MODEL_FILE
     shutil.copy2(best, model_path)
     dataset_cfg = meta.get("config", {})
+    train_record = config.to_dict()
+    shipped_cfg = Path(__file__).resolve().parent / "model_cfg"
+    if Path(config.model).resolve().parent == shipped_cfg:  # no machine path in the record
+        train_record["model"] = f"czii_kaggle/model_cfg/{Path(config.model).name}"
     bundle = {
         "preprocess": dataset_cfg.get("preprocess", PreprocessConfig().to_dict()),
         "labels": dataset_cfg.get("labels", {}),
-        "train": config.to_dict(),
+        "train": train_record,
         "train_runs": meta.get("train_runs", []),
         "val_runs": meta.get("val_runs", []),
     }
