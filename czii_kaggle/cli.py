@@ -55,10 +55,13 @@ def _cmd_train(a) -> None:
 
 
 def _cmd_predict(a) -> None:
-    from .predict import predict_runs, scored_only
+    from .predict import load_bundle, predict_runs, scored_only, with_slice_step
     from .submission import write_submission
 
-    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=a.weights)
+    bundle = load_bundle(a.weights)
+    if a.slice_step:
+        bundle = with_slice_step(bundle, a.slice_step)
+    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle)
     sub = write_submission(scored_only(pred.picks), a.out)
     if a.detections_out:
         pred.detections.to_csv(a.detections_out, index=False)
@@ -134,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("submission.csv"))
     s.add_argument("--weights", type=Path, help="bundle folder or .pt (default: the shipped model)")
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
+    s.add_argument("--slice-step", type=int, help="run on every n-th slice (faster, lower recall)")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")

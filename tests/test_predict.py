@@ -122,3 +122,29 @@ def test_shipped_model_finds_particles(small_dataset):
     # the easy classes are found well
     easy = [p.name for p in particles.PARTICLES if p.difficulty == "easy" and p.name in set(truth.particle_type)]
     assert (table.loc[easy, "recall"] > 0.6).all(), table
+
+
+def test_with_slice_step_scales_support(untrained_bundle):
+    from czii_kaggle.predict import with_slice_step
+
+    b = load_bundle(untrained_bundle)
+    b2 = with_slice_step(b, 2)
+    assert b2.detect.slice_step == 2
+    for name in particles.NAMES:
+        assert b2.aggregate[name].min_support == max(1, -(-b.aggregate[name].min_support // 2))
+    assert with_slice_step(b2, 1).aggregate[particles.NAMES[0]].min_support >= b2.aggregate[particles.NAMES[0]].min_support
+    with pytest.raises(ValueError, match="slice_step"):
+        with_slice_step(b, 0)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
+@pytest.mark.slow
+def test_slice_step_trades_speed_for_recall(small_dataset):
+    from czii_kaggle.predict import with_slice_step
+
+    bundle = with_slice_step(load_bundle(None), 2)
+    pred = predict_runs(small_dataset.root, "test", bundle=bundle, progress=False)
+    voxel = pred.report["slice_step_A"].iloc[0] / 2
+    assert (np.rint(pred.detections["z"] / voxel) % 2 == 0).all()  # only every second slice ran
+    truth = submission.read_solution(small_dataset.solution_csv)
+    assert metric.score(truth, submission.make_submission(scored_only(pred.picks))) > 0.4
