@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import io, layout, particles, picks as picks_io
-from .aggregate import AggregateConfig, aggregate
+from .aggregate import AggregateConfig, aggregate, empty_candidates
 from .detect import DetectConfig, detect_volume, empty_detections, load_model
 from .errors import CziiInputError
 from .preprocess import PreprocessConfig, preprocess_volume
@@ -198,9 +198,8 @@ def predict_runs(
     cols = ["experiment", "status", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s",
             "slice_step_A", "error"]
     report = report.reindex(columns=cols)
-    empty_picks = aggregate(empty_detections(), bundle.aggregate)
     return Prediction(
-        picks=pd.concat(picks, ignore_index=True) if picks else empty_picks,
+        picks=pd.concat(picks, ignore_index=True) if picks else empty_candidates(),
         detections=pd.concat(dets, ignore_index=True) if dets else empty_detections(),
         report=report,
     )
