@@ -33,7 +33,7 @@ class TrainConfig:
         ``imgsz`` in pixels = voxels (images are never rescaled beyond letterboxing).
     seed : int
     device : str
-        ``"auto"`` (first GPU if any, else CPU), ``"cpu"``, ``"0"``, ``"0,1"``...
+        ``"auto"`` (first GPU if any, else CPU), ``"cpu"``, ``"0"``, ``"0,1"``... (see :func:`resolve_device`)
     workers : int
         Data-loader workers.
     patience : int
@@ -71,14 +71,17 @@ class TrainConfig:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"0"`` (or ``"0,1,..."`` for every visible GPU when training) else ``"cpu"``."""
+    """``"auto"`` -> ``"0"`` (the first GPU) when one is visible, else ``"cpu"``.
+
+    Auto never picks several GPUs: Ultralytics trains on several through a DDP child
+    process that imports ultralytics afresh, outside :mod:`czii_kaggle.offline`'s
+    switches. Ask for ``"0,1"`` explicitly where the network is no concern.
+    """
     if device != "auto":
         return device
     import torch
 
-    if torch.cuda.is_available():
-        return ",".join(str(i) for i in range(torch.cuda.device_count()))
-    return "cpu"
+    return "0" if torch.cuda.is_available() else "cpu"
 
 
 def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig()) -> Path:
