@@ -80,6 +80,22 @@ def test_inference_installs_offline_only_when_needed():
     assert "http" not in src.lower()
 
 
+def _code_lines(text: str) -> list[str]:
+    """Statements without indentation, comments or blank lines."""
+    lines = (re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_inference_install_cell_is_the_documented_one():
+    """The notebook installs exactly as wheels/README.md tells a Kaggle user to."""
+    readme = (NOTEBOOKS.parent / "wheels" / "README.md").read_text()
+    block = re.search(r"## First cell of the inference notebook.*?```python\n(.*?)```", readme, re.S).group(1)
+    cell = next(c.source for c in _code_cells(_read("inference")) if "--find-links" in c.source)
+    documented, used = _code_lines(block), _code_lines(cell)
+    it = iter(used)
+    assert all(line in it for line in documented), (documented, used)  # same statements, same order
+
+
 # --------------------------------------------------------------------------- execution (slow)
 
 
