@@ -48,7 +48,7 @@ class DetectConfig:
     """
 
     max_imgsz: int = 640
-    conf: float = 0.05
+    conf: float = 0.01
     iou: float = 0.5
     batch: int = 16
     slice_step: int = 1
