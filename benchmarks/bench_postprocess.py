@@ -43,6 +43,7 @@ from czii_kaggle import metric, picks as picks_io  # noqa: E402
 from czii_kaggle.aggregate import AggregateConfig, ClassParams, aggregate, select  # noqa: E402
 from czii_kaggle.dataset import slice_boxes  # noqa: E402
 from czii_kaggle.detect import DETECTION_COLUMNS  # noqa: E402
+from czii_kaggle.predict import load_bundle  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.particles import NAMES, PARTICLES, SCORED  # noqa: E402
 from czii_kaggle.tune import tune_thresholds  # noqa: E402
@@ -290,7 +291,10 @@ def score_row(solution: pd.DataFrame, submission: pd.DataFrame) -> dict:
     return row
 
 
-def compare(detections: pd.DataFrame, solution: pd.DataFrame, step_A) -> pd.DataFrame:
+def compare(detections: pd.DataFrame, solution: pd.DataFrame, step_A, shipped: AggregateConfig | None = None
+            ) -> pd.DataFrame:
+    """Score table of each method on the same detections; ``shipped`` adds a row with a bundle's
+    thresholds (tuned on other runs), the way the pipeline runs."""
     config = AggregateConfig()
     subs = {
         "public baseline (its thresholds)": baseline_aggregate(detections),
@@ -298,6 +302,9 @@ def compare(detections: pd.DataFrame, solution: pd.DataFrame, step_A) -> pd.Data
         "ours, default thresholds (no tuning)": aggregate(detections, config, slice_step_A=step_A),
         "ours, tuned thresholds (CV)": ours_cross_validated(detections, solution, config, step_A),
     }
+    if shipped is not None:
+        subs["ours, the bundle's thresholds (tuned on its validation runs)"] = aggregate(
+            detections, shipped, slice_step_A=step_A)
     return pd.DataFrame({k: score_row(solution, v) for k, v in subs.items()}).T
 
 
@@ -348,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-root", type=Path, default=DEFAULT_REAL_ROOT)
     ap.add_argument("--detections", type=Path, help="raw detections .csv/.parquet (else synthetic)")
     ap.add_argument("--solution", type=Path, help="truth picks .csv or Kaggle-layout root (with --detections)")
+    ap.add_argument("--weights", type=Path, help="bundle whose thresholds add a row (with --detections; default: shipped)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthetic detector seeds")
     ap.add_argument("--no-variants", action="store_true", help="skip the robustness table")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to the results file")
@@ -372,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         det = read_detections(args.detections)
         sol = read_solution(args.solution)
         sol = sol[sol["experiment"].isin(set(det["experiment"]))]
-        res = compare(det, sol, None)
+        bundle = load_bundle(args.weights)
+        res = compare(det, sol, None, shipped=bundle.aggregate)
         out.append(f"\n**(b) Ours vs public baseline** on `{args.detections}` ({len(det)} detections, "
                    f"{sol['experiment'].nunique()} runs; CV = leave-one-run-out):\n")  # fmt: skip
         out.append(fmt_table(res))

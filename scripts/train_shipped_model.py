@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0, help="data-loader workers (0 is fastest on 2 cores)")
+    ap.add_argument("--init", type=Path, help="fine-tune from this model.pt instead of training from the yaml")
     ap.add_argument("--no-install", action="store_true", help="do not copy the bundle into czii_kaggle/models")
     a = ap.parse_args(argv)
     work = a.work.resolve()
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
         build_dataset(root, work / "dataset", val_runs=VAL_RUNS, runs=runs, config=ds_cfg)
     log["dataset_s"] = time.time() - t0
 
-    tr_cfg = TrainConfig(model=str(REPO / "czii_kaggle" / "model_cfg" / "yolo11p-czii.yaml"), epochs=a.epochs,
+    start = a.init.resolve() if a.init else REPO / "czii_kaggle" / "model_cfg" / "yolo11p-czii.yaml"
+    tr_cfg = TrainConfig(model=str(start), epochs=a.epochs,
                          imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device, workers=a.workers, patience=100)
     bundle = work / "bundle"
     if not (bundle / MODEL_FILE).exists():
