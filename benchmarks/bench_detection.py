@@ -31,7 +31,7 @@ from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import metric, submission  # noqa: E402
-from czii_kaggle.predict import load_bundle, predict_runs, scored_only  # noqa: E402
+from czii_kaggle.predict import load_bundle, predict_runs, scored_only, with_tta  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "detection.md"
 
@@ -63,13 +63,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=90210, help="never used in training")
     ap.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630))
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_detection")
+    ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
+                    help="flipped views per slice (default: the bundle's own setting)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     bundle = load_bundle(a.weights)
+    if a.tta_views:
+        bundle = with_tta(bundle, a.tta_views)
 
     score_rows, type_rows, time_rows, all_dets, all_truth = [], [], [], [], []
     for i, diff in enumerate(a.difficulties):
-        out = a.work / diff
+        out = a.work / diff / f"seed{a.seed + i}_n{a.n_runs}_{'x'.join(map(str, a.shape))}"
         simulate(out, a.n_runs, diff, a.seed + i, a.shape)
         root = out / "czii-cryo-et-object-identification"
         pred = predict_runs(root, "test", bundle=bundle, progress=False)
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_detection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {describe_machine()}\n- model: `{bundle.weights}`; test shape {tuple(a.shape)}, seeds from {a.seed}, "
+        f"- machine: {describe_machine()}\n- model: `{bundle.weights}`, {bundle.detect.tta_views} view(s) per slice; test shape {tuple(a.shape)}, seeds from {a.seed}, "
         f"{a.n_runs} run(s) per difficulty, simulated data (no real voxels)",
         "**Score per difficulty** (competition metric, F-beta per scored type):\n\n" + fmt(pd.DataFrame(score_rows)),
         "**Per type**:\n\n" + fmt(pd.DataFrame(type_rows)),

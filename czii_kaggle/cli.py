@@ -55,12 +55,14 @@ def _cmd_train(a) -> None:
 
 
 def _cmd_predict(a) -> None:
-    from .predict import load_bundle, predict_runs, scored_only, with_slice_step
+    from .predict import load_bundle, predict_runs, scored_only, with_slice_step, with_tta
     from .submission import write_submission
 
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)
+    if a.tta_views:
+        bundle = with_tta(bundle, a.tta_views)
     pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle)
     sub = write_submission(scored_only(pred.picks), a.out)
     if a.detections_out:
@@ -74,7 +76,7 @@ def _cmd_predict(a) -> None:
 def _cmd_tune(a) -> None:
     from .predict import tune_bundle
 
-    table = tune_bundle(a.data, a.runs, a.weights)
+    table = tune_bundle(a.data, a.runs, a.weights, tta_views=a.tta_views)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
@@ -138,12 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", type=Path, help="bundle folder or .pt (default: the shipped model)")
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
     s.add_argument("--slice-step", type=int, help="run on every n-th slice (faster, lower recall)")
+    s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
+                   help="flipped views per slice (default: the bundle's, as its thresholds were tuned)")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--runs", nargs="+", required=True, help="validation runs (train split, with picks)")
     s.add_argument("--weights", required=True, type=Path, help="bundle folder")
+    s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
+                   help="tune for this many flipped views per slice (saved in the bundle; default: its own)")
     s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("show", help="save a figure of a run's tomogram with its picks")

@@ -86,6 +86,15 @@ def with_slice_step(bundle: Bundle, slice_step: int) -> Bundle:
     return replace(bundle, detect=replace(bundle.detect, slice_step=slice_step), aggregate=agg)
 
 
+def with_tta(bundle: Bundle, tta_views: int) -> Bundle:
+    """The bundle with ``tta_views`` test-time views per slice (see :class:`DetectConfig`).
+
+    A bundle's thresholds fit the views it was tuned with (its ``czii_config.json``
+    ``detect.tta_views``); more views raise the scores a little, so re-tune when it matters.
+    """
+    return replace(bundle, detect=replace(bundle.detect, tta_views=tta_views))
+
+
 def visible_devices() -> list[str]:
     """Every visible CUDA device (``cuda:0``, ``cuda:1``...), else ``["cpu"]``."""
     import torch
@@ -210,31 +219,49 @@ def scored_only(picks: pd.DataFrame) -> pd.DataFrame:
     return picks[picks["particle_type"].isin(particles.SCORED)].reset_index(drop=True)
 
 
-def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig) -> Path:
-    """Write ``config`` under the ``aggregate`` key of the bundle's ``czii_config.json``."""
+def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detect: DetectConfig | None = None) -> Path:
+    """Write ``config`` under the ``aggregate`` key of the bundle's ``czii_config.json``
+    (and ``detect``, the inference settings the thresholds were tuned with, when given)."""
     path = Path(bundle_dir) / CONFIG_FILE
     cfg = json.loads(path.read_text()) if path.is_file() else {}
     cfg["aggregate"] = config.to_dict()
+    if detect is not None:
+        cfg["detect"] = detect.to_dict()
     path.write_text(json.dumps(cfg, indent=2))
     return path
 
 
 def tune_bundle(
     root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
-    progress: bool = True,
+    progress: bool = True, tta_views: int | None = None,
+    more: list[tuple[str | Path, list[str]]] | None = None,
 ) -> pd.DataFrame:
     """Tune a bundle's per-class thresholds on training runs with picks; save them beside the weights.
 
     Predicts ``runs`` of the ``train`` split, keeps every 3D candidate, picks per class the
     threshold and minimum support that maximise the metric against the runs' picks
     (:func:`czii_kaggle.tune.tune_thresholds`) and writes them into the bundle's
-    ``czii_config.json``. Returns the per-class table.
+    ``czii_config.json``. ``tta_views`` (default: the bundle's) is saved with them, so
+    inference runs as tuned. ``more``: further ``(root, runs)`` pooled with the first
+    (runs of the same name in two roots stay apart). Returns the per-class table.
     """
     bundle = load_bundle(bundle_dir)
-    pred = predict_runs(root, "train", runs=runs, bundle=bundle, devices=devices, progress=progress)
-    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
-                           slice_step_A=pred.report["slice_step_A"].median())
-    truth = picks_io.read_all_picks(root, runs)
-    config, table = tune_thresholds(candidates, truth, bundle.aggregate)
-    save_aggregate_config(bundle.weights.parent, config)
+    if tta_views is not None:
+        bundle = with_tta(bundle, tta_views)
+    all_candidates, all_truth = [], []
+    for i, (src, src_runs) in enumerate([(root, runs), *(more or [])]):
+        pred = predict_runs(src, "train", runs=src_runs, bundle=bundle, devices=devices, progress=progress)
+        failed = pred.report[pred.report["status"] != "ok"]
+        if len(failed):
+            raise CziiInputError(Path(src), f"cannot tune: runs {list(failed['experiment'])} failed "
+                                            f"({'; '.join(failed['error'].astype(str))})")
+        candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
+                               slice_step_A=pred.report["slice_step_A"].median())
+        truth = picks_io.read_all_picks(src, src_runs)
+        prefix = f"{i}/" if more else ""
+        all_candidates.append(candidates.assign(experiment=prefix + candidates["experiment"].astype(str)))
+        all_truth.append(truth.assign(experiment=prefix + truth["experiment"].astype(str)))
+    config, table = tune_thresholds(pd.concat(all_candidates, ignore_index=True),
+                                    pd.concat(all_truth, ignore_index=True), bundle.aggregate)
+    save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect)
     return table

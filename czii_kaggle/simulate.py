@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -507,12 +507,27 @@ def _ice_slab_A(depth_A: float, rng: np.random.Generator) -> tuple[float, float]
     return z0, z0 + thickness
 
 
+def count_scales(count_scale: float | Mapping[str, float]) -> dict[str, float]:
+    """``{name: factor}`` for every type from one factor or a partial mapping (missing types: 1)."""
+    if isinstance(count_scale, Mapping):
+        unknown = sorted(set(count_scale) - set(NAMES))
+        if unknown:
+            raise ValueError(f"count_scale names unknown particle types {unknown}; known types: {', '.join(NAMES)}")
+        scale = {name: float(count_scale.get(name, 1.0)) for name in NAMES}
+    else:
+        scale = dict.fromkeys(NAMES, float(count_scale))
+    bad = {n: f for n, f in scale.items() if not f >= 0}
+    if bad:
+        raise ValueError(f"count_scale factors must be >= 0, not {bad}")
+    return scale
+
+
 def random_layout(
     shape_vox: tuple[int, int, int],
     voxel_size_A: float,
     rng: np.random.Generator,
     run: str = "sim",
-    count_scale: float = 1.0,
+    count_scale: float | Mapping[str, float] = 1.0,
     overlap: float = 0.9,
 ) -> pd.DataFrame:
     """Random particle picks like a real run.
@@ -527,8 +542,9 @@ def random_layout(
         Source of randomness.
     run : str
         Experiment name of the picks.
-    count_scale : float
-        Multiplies the mean counts.
+    count_scale : float or mapping
+        Multiplies the mean counts: one factor for every type, or ``{name: factor}``
+        (types left out keep 1), e.g. to show a detector more of the rare hard types.
     overlap : float
         Centres closer than ``overlap * (r1 + r2)`` are rejected.
 
@@ -544,7 +560,8 @@ def random_layout(
     vol_frac = float(np.prod(shape) / np.prod(FULL_SHAPE_VOX))
     ext_A = (shape - 1) * voxel_size_A  # z, y, x
     z_lo, z_hi = _ice_slab_A(ext_A[0], rng)
-    counts = {name: rng.poisson(REAL_MEAN_COUNTS[name] * vol_frac * count_scale) for name in NAMES}
+    scale = count_scales(count_scale)
+    counts = {name: rng.poisson(REAL_MEAN_COUNTS[name] * vol_frac * scale[name]) for name in NAMES}
     placed: list[tuple[np.ndarray, float]] = []
     rows = []
     for name in sorted(NAMES, key=lambda n: -BY_NAME[n].radius_A):
@@ -1139,7 +1156,7 @@ def simulate_dataset(
     real_train_layouts: bool = False,
     real_root: str | Path | None = None,
     difficulties: list[float | str] | None = None,
-    count_scale: float = 1.0,
+    count_scale: float | Mapping[str, float] = 1.0,
 ) -> SimDataset:
     """Simulate training and test runs in the exact Kaggle layout.
 
@@ -1166,8 +1183,9 @@ def simulate_dataset(
         Where the real picks are (see :func:`real_layouts`).
     difficulties : list, optional
         One difficulty (float or name) per run, training runs first.
-    count_scale : float
-        Multiplies the random layouts' mean counts.
+    count_scale : float or mapping
+        Multiplies the random layouts' mean counts (one factor, or ``{name: factor}``);
+        real layouts keep their own picks.
 
     Returns
     -------
@@ -1226,6 +1244,7 @@ def simulate_dataset(
     solution.to_csv(out_dir / "test_solution.csv", index=False)
     meta = {
         "seed": seed,
+        "count_scale": count_scales(count_scale),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "runs": [{"run": r, "split": s, "seed": rs, "difficulty": d, "n_picks": len(p)} for s, r, p, rs, d in plan],
     }

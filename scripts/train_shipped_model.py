@@ -39,6 +39,18 @@ TRAIN_DIFFICULTIES = ["easy", "medium", "hard", "medium", "easy",
 VAL_RUNS = ["TS_6_6", f"TS_sim_{SIM_SEED}_10", f"TS_sim_{SIM_SEED}_11"]
 
 
+def parse_count_scale(items: list[str]) -> dict[str, float]:
+    """``["beta-galactosidase=3", ...]`` -> ``{"beta-galactosidase": 3.0, ...}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--count-scale takes NAME=FACTOR, not {item!r}")
+        particles.get(name)
+        out[name] = float(value)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "shipped")
@@ -50,7 +62,29 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="data-loader workers (0 is fastest on 2 cores)")
     ap.add_argument("--init", type=Path, help="fine-tune from this model.pt instead of training from the yaml")
     ap.add_argument("--no-install", action="store_true", help="do not copy the bundle into czii_kaggle/models")
+    ap.add_argument("--sim-seed", type=int, default=SIM_SEED, help="master seed of the simulated runs")
+    ap.add_argument("--n-runs", type=int, default=len(TRAIN_DIFFICULTIES),
+                    help="simulated runs: the 5 real layouts first, then random ones")
+    ap.add_argument("--difficulties", nargs="+", default=TRAIN_DIFFICULTIES,
+                    help="difficulty per run (names or 0..1), repeated to --n-runs")
+    ap.add_argument("--val-runs", nargs="+", help=f"held-out runs (default {' '.join(VAL_RUNS)} for seed {SIM_SEED})")
+    ap.add_argument("--count-scale", nargs="*", default=[], metavar="NAME=FACTOR",
+                    help="multiply a type's mean count in the random layouts (real layouts keep theirs)")
+    ap.add_argument("--tune-more", nargs="*", default=[], metavar="ROOT:RUN,RUN",
+                    help="further held-out runs (train split of another simulated root) to tune the thresholds on")
+    ap.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 3, 4),
+                    help="flipped views per slice at inference (thresholds are tuned for it)")
     a = ap.parse_args(argv)
+    tune_more = []
+    for item in a.tune_more:
+        src, sep, names = item.rpartition(":")
+        if not sep or not names:
+            raise SystemExit(f"--tune-more takes ROOT:RUN,RUN, not {item!r}")
+        tune_more.append((Path(src).absolute(), names.split(",")))
+    difficulties = [a.difficulties[i % len(a.difficulties)] for i in range(a.n_runs)]
+    difficulties = [float(d) if d.replace(".", "", 1).isdigit() else d for d in difficulties]
+    val_runs = a.val_runs or ["TS_6_6", f"TS_sim_{a.sim_seed}_10", f"TS_sim_{a.sim_seed}_11"]
+    count_scale = parse_count_scale(a.count_scale)
     work = a.work.resolve()
     t0 = time.time()
     log = {}
@@ -58,15 +92,18 @@ def main(argv=None) -> int:
     sim_dir = work / "sim"
     root = sim_dir / "czii-cryo-et-object-identification"
     if not (sim_dir / "simulation.json").exists():
-        simulate_dataset(sim_dir, n_train=len(TRAIN_DIFFICULTIES), n_test=0, config=SimConfig(), seed=SIM_SEED,
-                         real_train_layouts=True, difficulties=TRAIN_DIFFICULTIES)
+        simulate_dataset(sim_dir, n_train=a.n_runs, n_test=0, config=SimConfig(), seed=a.sim_seed,
+                         real_train_layouts=True, difficulties=difficulties, count_scale=count_scale or 1.0)
     runs = layout.list_pick_runs(root)
+    missing = sorted(set(val_runs) - set(runs))
+    if missing:
+        raise SystemExit(f"validation runs {missing} are not among the simulated runs {runs}")
     log["simulate_s"] = time.time() - t0
 
     ds_cfg = DatasetConfig(slice_step=3, tile_vox=320, tile_overlap_vox=0, empty_fraction=0.05, seed=a.seed)
     data_yaml = work / "dataset" / "data.yaml"
     if not data_yaml.exists():
-        build_dataset(root, work / "dataset", val_runs=VAL_RUNS, runs=runs, config=ds_cfg)
+        build_dataset(root, work / "dataset", val_runs=val_runs, runs=runs, config=ds_cfg)
     log["dataset_s"] = time.time() - t0
 
     start = a.init.resolve() if a.init else REPO / "czii_kaggle" / "model_cfg" / "yolo11p-czii.yaml"
@@ -77,15 +114,19 @@ def main(argv=None) -> int:
         train(data_yaml, bundle, tr_cfg)
     log["train_s"] = time.time() - t0
 
-    table = tune_bundle(root, VAL_RUNS, bundle)
+    table = tune_bundle(root, val_runs, bundle, tta_views=a.tta_views, more=tune_more)
     print(table.to_string(index=False))
     log["tune_s"] = time.time() - t0
-    val_score = float((table["f_beta"] * table["particle_type"].map(lambda n: particles.get(n).weight)).sum() / 7.0)
+    weights = table["particle_type"].map(lambda n: particles.get(n).weight)
+    val_score = float((table["f_beta"] * weights).sum() / weights.sum())
 
     record = {
         "command": "python scripts/train_shipped_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "simulation": {"seed": SIM_SEED, "config": asdict(SimConfig()), "train_difficulties": TRAIN_DIFFICULTIES,
-                       "runs": runs, "val_runs": VAL_RUNS},
+        "simulation": {"seed": a.sim_seed, "config": asdict(SimConfig()), "train_difficulties": difficulties,
+                       "count_scale": count_scale, "runs": runs, "val_runs": val_runs,
+                       "tuned_also_on": [{"root": str(src.relative_to(REPO)) if src.is_relative_to(REPO) else str(src),
+                                          "runs": names} for src, names in tune_more]},
+        "tta_views": a.tta_views,
         "dataset": ds_cfg.to_dict(),
         "train": tr_cfg.to_dict(),
         "validation_tuned_table": table.to_dict(orient="records"),
@@ -93,13 +134,16 @@ def main(argv=None) -> int:
         "timings_s": log,
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
     }
+    previous = a.init.resolve().parent / "TRAINING.json" if a.init else None
+    if previous is not None and previous.is_file():  # the record of the model this one was fine-tuned from
+        record["fine_tuned_from"] = json.loads(previous.read_text())
     (bundle / "TRAINING.json").write_text(json.dumps(record, indent=1, default=str))
     if not a.no_install:
         DEFAULT_BUNDLE.mkdir(exist_ok=True)
         for name in (MODEL_FILE, CONFIG_FILE, "TRAINING.json"):
             shutil.copy2(bundle / name, DEFAULT_BUNDLE / name)
         print(f"installed the bundle into {DEFAULT_BUNDLE}")
-    print(f"validation score (tuned, {len(VAL_RUNS)} held-out runs): {val_score:.4f}; total {time.time() - t0:.0f} s")
+    print(f"validation score (tuned, {len(val_runs) + sum(len(r) for _, r in tune_more)} held-out runs): {val_score:.4f}; total {time.time() - t0:.0f} s")
     return 0
 
 

@@ -3,9 +3,11 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from czii_kaggle import io, layout, metric, particles, submission
+from czii_kaggle import io, layout, metric, particles, picks, submission
+from czii_kaggle.aggregate import AggregateConfig
 from czii_kaggle.detect import DETECTION_COLUMNS, DetectConfig, detect_volume, image_size, load_model
 from czii_kaggle.errors import CziiInputError
 from czii_kaggle.predict import DEFAULT_BUNDLE, load_bundle, predict_runs, scored_only
@@ -148,3 +150,61 @@ def test_slice_step_trades_speed_for_recall(small_dataset):
     assert (np.rint(pred.detections["z"] / voxel) % 2 == 0).all()  # only every second slice ran
     truth = submission.read_solution(small_dataset.solution_csv)
     assert metric.score(truth, submission.make_submission(scored_only(pred.picks))) > 0.4
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
+def test_tta_views_are_flipped_back_into_the_slice_frame(small_dataset):
+    """Each TTA view's boxes equal the plain detector's on the flipped volume, flipped back."""
+    from czii_kaggle.preprocess import preprocess_volume
+
+    bundle = load_bundle(None)
+    model = load_model(bundle.weights)
+    run = small_dataset.test_runs[0]
+    vol, vs = io.read_tomogram(layout.tomogram_path(small_dataset.root, "test", run))
+    vol = preprocess_volume(vol[:12], bundle.preprocess)
+    nz, ny, nx = vol.shape
+
+    def plain(v):
+        return detect_volume(model, np.ascontiguousarray(v), vs, run, DetectConfig(tta_views=1), progress=False)
+
+    expected = [plain(vol)]
+    for flip_x, flip_y in [(True, True), (True, False)]:
+        d = plain(vol[:, ::-1 if flip_y else 1, ::-1 if flip_x else 1])
+        if flip_x:
+            d["x"] = nx * vs - d["x"]
+        if flip_y:
+            d["y"] = ny * vs - d["y"]
+        expected.append(d)
+    key = ["z", "class_id", "x", "y"]
+    want = pd.concat(expected).sort_values(key)[key + ["confidence"]].to_numpy(float)
+    got = detect_volume(model, vol, vs, run, DetectConfig(tta_views=3), progress=False)
+    got = got.sort_values(key)[key + ["confidence"]].to_numpy(float)
+    assert len(want) > 10 and got.shape == want.shape
+    np.testing.assert_allclose(got[:, :4], want[:, :4], atol=0.5)  # Angstrom
+    np.testing.assert_allclose(got[:, 4], want[:, 4], atol=1e-3)  # confidence
+    with pytest.raises(ValueError, match="tta_views"):
+        DetectConfig(tta_views=5)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
+@pytest.mark.slow
+def test_tune_bundle_pools_roots_and_saves_tta(tmp_path):
+    """Runs of one name in two roots are tuned on side by side, not merged; the TTA setting is saved."""
+    from czii_kaggle.predict import tune_bundle
+
+    roots = []
+    for seed in (11, 12):  # both roots hold a run called TS_5_4 (the first real layout, cropped)
+        ds = simulate_dataset(tmp_path / f"sim{seed}", n_train=1, n_test=0, seed=seed, real_train_layouts=True,
+                              config=SimConfig(shape_vox=(64, 320, 320), difficulty="easy"))
+        roots.append((ds.root, ds.train_runs))
+    assert roots[0][1] == roots[1][1] == ["TS_5_4"]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    table = tune_bundle(*roots[0], bundle, progress=False, tta_views=2, more=[roots[1]]).set_index("particle_type")
+    n_truth = pd.concat([picks.read_all_picks(r, runs) for r, runs in roots])["particle_type"].value_counts()
+    assert n_truth.sum() > 20
+    for name, n in n_truth.items():  # every pick of both roots was a candidate's target
+        assert table.loc[name, "tp"] + table.loc[name, "fn"] == n
+    saved = load_bundle(bundle)
+    assert saved.detect.tta_views == 2
+    assert saved.aggregate == AggregateConfig.from_dict(json.loads((bundle / "czii_config.json").read_text())["aggregate"])

@@ -222,6 +222,20 @@ def test_random_layout_scales_with_volume_and_count_scale():
     assert abs(np.mean(full) - expected) < 0.15 * expected
     assert abs(np.mean(more) - 2 * expected) < 0.15 * 2 * expected
 
+def test_random_layout_count_scale_per_type():
+    boost = {"beta-galactosidase": 4.0, "ribosome": 0.0}
+    lays = [sim.random_layout((92, 630, 630), VS, np.random.default_rng(s), count_scale=boost) for s in range(8)]
+    n = pd.concat(lays)["particle_type"].value_counts() / len(lays)
+    half = {k: v / 2 for k, v in sim.REAL_MEAN_COUNTS.items()}  # half the full depth
+    assert n.get("ribosome", 0) == 0
+    assert abs(n["beta-galactosidase"] - 4 * half["beta-galactosidase"]) < 0.25 * 4 * half["beta-galactosidase"]
+    assert abs(n["apo-ferritin"] - half["apo-ferritin"]) < 0.25 * half["apo-ferritin"]
+    with pytest.raises(ValueError, match="unknown particle types"):
+        sim.count_scales({"beta-galactosidas": 2.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        sim.count_scales({"ribosome": -1.0})
+
+
 
 def _raw_real_picks(real_root, run: str) -> pd.DataFrame:
     rows = []
