@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from czii_kaggle import layout, particles  # noqa: E402
 from czii_kaggle.dataset import DatasetConfig, build_dataset  # noqa: E402
 from czii_kaggle.predict import DEFAULT_BUNDLE, tune_bundle  # noqa: E402
-from czii_kaggle.simulate import SimConfig, simulate_dataset  # noqa: E402
+from czii_kaggle.simulate import SimConfig, difficulty_value, simulate_dataset  # noqa: E402
 from czii_kaggle.train import CONFIG_FILE, MODEL_FILE, TrainConfig, train  # noqa: E402
 
 SIM_SEED = 7
@@ -81,8 +81,10 @@ def main(argv=None) -> int:
         if not sep or not names:
             raise SystemExit(f"--tune-more takes ROOT:RUN,RUN, not {item!r}")
         tune_more.append((Path(src).absolute(), names.split(",")))
-    difficulties = [a.difficulties[i % len(a.difficulties)] for i in range(a.n_runs)]
-    difficulties = [float(d) if d.replace(".", "", 1).isdigit() else d for d in difficulties]
+    try:  # names or numbers as text, checked before anything runs
+        difficulties = [difficulty_value(a.difficulties[i % len(a.difficulties)]) for i in range(a.n_runs)]
+    except ValueError as exc:
+        raise SystemExit(f"--difficulties: {exc}") from None
     val_runs = a.val_runs or ["TS_6_6", f"TS_sim_{a.sim_seed}_10", f"TS_sim_{a.sim_seed}_11"]
     count_scale = parse_count_scale(a.count_scale)
     work = a.work.resolve()
