@@ -24,9 +24,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # Kaggle's image has these (and whatever they depend on); --with-torch drops torch/torchvision.
 KAGGLE_PREINSTALLED="torch torchvision numpy scipy pandas matplotlib opencv-python polars pyyaml tqdm pillow requests psutil"
 # Run-time requirements taken from requirements.txt (the one place their pins live).
-PINNED_FROM_REQUIREMENTS="ultralytics zarr numcodecs asciitree"
+PINNED_FROM_REQUIREMENTS="ultralytics onnxruntime zarr numcodecs asciitree"
 ARCHIVE_NAME=czii_kaggle_offline
-REQUIRED_IN_BUNDLE="czii-kaggle ultralytics ultralytics-thop zarr numcodecs asciitree"
+REQUIRED_IN_BUNDLE="czii-kaggle ultralytics ultralytics-thop onnxruntime zarr numcodecs asciitree"
 
 usage() {
   cat <<EOF
@@ -183,7 +183,15 @@ def check_czii_wheel(wheel, src_root):
             if not src.is_file() or hashlib.sha256(zf.read(name)).hexdigest() != sha256(src):
                 raise SystemExit(f"[build_wheels] ERROR: {wheel}: {name} differs from its source {src}")
         size = zf.getinfo("czii_kaggle/models/model.pt").file_size
+        onnx = json.loads(zf.read("czii_kaggle/models/czii_config.json")).get("onnx") or {}
+        pt_sha = hashlib.sha256(zf.read("czii_kaggle/models/model.pt")).hexdigest()
+        has_onnx = f"czii_kaggle/models/{onnx.get('file', 'model.onnx')}" in names
     print(f"czii_kaggle wheel holds models/model.pt ({size / 1e6:.1f} MB) and models/czii_config.json")
+    if not has_onnx or onnx.get("source_sha256") != pt_sha:
+        print("WARNING: no up-to-date models/model.onnx: CPU inference will run the .pt with torch "
+              "(run `czii-kaggle export-onnx` before building for ONNX Runtime's faster CPU path)")
+    else:
+        print("czii_kaggle wheel holds models/model.onnx, exported from this model.pt (ONNX Runtime on CPU)")
 
 
 def is_pure(wheel):

@@ -31,6 +31,7 @@ from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import metric, submission  # noqa: E402
+from czii_kaggle.detect import BACKENDS  # noqa: E402
 from czii_kaggle.predict import load_bundle, predict_runs, scored_only, with_tta  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "detection.md"
@@ -65,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_detection")
     ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
                     help="flipped views per slice (default: the bundle's own setting)")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto",
+                    help="torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU-only machine when the bundle has it)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     bundle = load_bundle(a.weights)
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
         out = a.work / diff / f"seed{a.seed + i}_n{a.n_runs}_{'x'.join(map(str, a.shape))}"
         simulate(out, a.n_runs, diff, a.seed + i, a.shape)
         root = out / "czii-cryo-et-object-identification"
-        pred = predict_runs(root, "test", bundle=bundle, progress=False)
+        pred = predict_runs(root, "test", bundle=bundle, progress=False, backend=a.backend)
         truth = submission.read_solution(out / "test_solution.csv")
         sub = submission.make_submission(scored_only(pred.picks))
         table = metric.score_table(truth, sub)
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_detection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {describe_machine()}\n- model: `{bundle.weights}`, {bundle.detect.tta_views} view(s) per slice; test shape {tuple(a.shape)}, seeds from {a.seed}, "
+        f"- machine: {describe_machine()}\n- model: `{bundle.weights}` run by {', '.join(sorted(set(times['backend'])))}, {bundle.detect.tta_views} view(s) per slice; test shape {tuple(a.shape)}, seeds from {a.seed}, "
         f"{a.n_runs} run(s) per difficulty, simulated data (no real voxels)",
         "**Score per difficulty** (competition metric, F-beta per scored type):\n\n" + fmt(pd.DataFrame(score_rows)),
         "**Per type**:\n\n" + fmt(pd.DataFrame(type_rows)),

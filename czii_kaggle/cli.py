@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .detect import BACKENDS
 from .errors import CziiInputError
 
 
@@ -63,7 +64,7 @@ def _cmd_predict(a) -> None:
         bundle = with_slice_step(bundle, a.slice_step)
     if a.tta_views:
         bundle = with_tta(bundle, a.tta_views)
-    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle)
+    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
     sub = write_submission(scored_only(pred.picks), a.out)
     if a.detections_out:
         pred.detections.to_csv(a.detections_out, index=False)
@@ -76,8 +77,14 @@ def _cmd_predict(a) -> None:
 def _cmd_tune(a) -> None:
     from .predict import tune_bundle
 
-    table = tune_bundle(a.data, a.runs, a.weights, tta_views=a.tta_views)
+    table = tune_bundle(a.data, a.runs, a.weights, tta_views=a.tta_views, backend=a.backend)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _cmd_export_onnx(a) -> None:
+    from .predict import export_bundle_onnx
+
+    print(export_bundle_onnx(a.weights, imgsz=a.imgsz))
 
 
 def _cmd_show(a) -> None:
@@ -142,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice-step", type=int, help="run on every n-th slice (faster, lower recall)")
     s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
                    help="flipped views per slice (default: the bundle's, as its thresholds were tuned)")
+    s.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="torch, onnx (ONNX Runtime, CPU) or auto: onnx on a CPU-only machine when the bundle has it")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")
@@ -150,7 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True, type=Path, help="bundle folder")
     s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
                    help="tune for this many flipped views per slice (saved in the bundle; default: its own)")
+    s.add_argument("--backend", choices=BACKENDS, default="auto", help="as for predict")
     s.set_defaults(func=_cmd_tune)
+
+    s = sub.add_parser("export-onnx", help="add an ONNX Runtime copy of a bundle's model.pt (faster CPU inference)")
+    s.add_argument("--weights", type=Path, help="bundle folder (default: the shipped model)")
+    s.add_argument("--imgsz", type=int, help="largest image side (default: the bundle's detect.max_imgsz)")
+    s.set_defaults(func=_cmd_export_onnx)
 
     s = sub.add_parser("show", help="save a figure of a run's tomogram with its picks")
     s.add_argument("--data", required=True, type=Path)

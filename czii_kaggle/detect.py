@@ -28,6 +28,10 @@ TTA_FLIPS: tuple[tuple[bool, bool], ...] = ((False, False), (True, True), (True,
 #: Smallest slice side (voxels) the detector accepts: below it no particle fits.
 MIN_SIDE_VOX = 32
 
+#: How the model runs: ``"torch"`` (the ``.pt``, CPU or GPU) or ``"onnx"`` (an ONNX Runtime
+#: copy made by :func:`export_onnx`, CPU); ``"auto"`` lets :mod:`czii_kaggle.predict` choose.
+BACKENDS = ("auto", "torch", "onnx")
+
 
 @dataclass(frozen=True)
 class DetectConfig:
@@ -89,15 +93,26 @@ def empty_detections() -> pd.DataFrame:
     )
 
 
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime can be imported here (it is an optional dependency)."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def load_model(weights: str | Path):
     """Load a YOLO detection model from a local weights file (never downloads).
 
-    Raises :class:`CziiInputError` when the file is missing, unreadable, not a detection
-    model, or its classes are not the six particle types.
+    ``weights`` is a PyTorch ``.pt`` or an ONNX export of one (``.onnx``, run by ONNX
+    Runtime on the CPU). Raises :class:`CziiInputError` when the file is missing,
+    unreadable, not a detection model, or its classes are not the six particle types.
     """
     weights = Path(weights)
     if not weights.is_file():
         raise CziiInputError(weights, "weights file not found")
+    if weights.suffix == ".onnx" and not onnxruntime_available():
+        raise CziiInputError(weights, "an ONNX model needs onnxruntime, which is not installed "
+                                      "(pip install onnxruntime, or use the .pt weights)")
     ultralytics = offline.import_ultralytics()
     try:
         model = ultralytics.YOLO(str(weights), task="detect")
@@ -109,6 +124,30 @@ def load_model(weights: str | Path):
     if names != list(particles.NAMES):
         raise CziiInputError(weights, f"model classes {names} are not the particle types {list(particles.NAMES)}")
     return model
+
+
+def export_onnx(weights: str | Path, imgsz: int = 640, simplify: bool = True) -> Path:
+    """Export a YOLO ``.pt`` to ONNX for ONNX Runtime on the CPU, offline.
+
+    Dynamic batch and image size (any slice up to ``imgsz`` pixels, as
+    :func:`detect_volume` letterboxes it), fp32, the class names in its metadata.
+    Needs the ``onnx`` package (and ``onnxslim`` for ``simplify``; without it the
+    graph is exported unsimplified). Writes ``{weights stem}.onnx`` beside ``weights``.
+
+    Returns
+    -------
+    Path of the ``.onnx`` file.
+    """
+    import importlib.util
+
+    model = load_model(weights)  # a clear error for a missing or wrong .pt
+    if Path(weights).suffix != ".pt":
+        raise CziiInputError(weights, "only a PyTorch .pt model can be exported to ONNX")
+    if importlib.util.find_spec("onnx") is None:
+        raise CziiInputError(weights, "exporting to ONNX needs the onnx package (pip install onnx onnxslim)")
+    simplify = simplify and importlib.util.find_spec("onnxslim") is not None
+    out = model.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=simplify, device="cpu", verbose=False)
+    return Path(out)
 
 
 def image_size(shape_yx: tuple[int, int], max_imgsz: int = 640) -> int:

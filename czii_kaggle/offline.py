@@ -19,7 +19,8 @@ Before the import, :func:`configure_offline` sets the environment:
 ``YOLO_VERBOSE`` is left as the user set it. After the import every entry of
 :data:`TOUCHPOINTS` is applied: functions are replaced in the module that defines them
 *and* in every loaded ``ultralytics.*`` module that did ``from ... import name``;
-constants, the analytics switch and the settings keys are set. A replaced function keeps
+constants, the analytics switch and the settings keys are set (in memory, with
+:data:`QUIET_SETTINGS`, so that no settings file is rewritten). A replaced function keeps
 its original in the attribute named by :data:`ORIGINAL_ATTR`.
 
 Not covered (this package never does it): a URL given as a *predict source*
@@ -50,6 +51,10 @@ OFFLINE_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
 #: (Ultralytics 8.4 has no ``hub`` setting; its successor, the Platform callbacks,
 #: is switched off in :data:`TOUCHPOINTS`.)
 OFFLINE_SETTINGS = ("sync", "clearml", "comet", "dvc", "mlflow", "wandb")
+#: Settings Ultralytics would otherwise write back to settings.json on its own (not network):
+#: ``openvino_msg``, switched off after its one-time tip at the first export. Set in memory
+#: so that no settings file, a user's own included, is ever rewritten with the values above.
+QUIET_SETTINGS = {"openvino_msg": False}
 
 _ASSETS_REPO = "ultralytics/assets"
 _CONFIG_SUBDIR = Path("czii_kaggle") / "ultralytics"
@@ -387,6 +392,8 @@ def _apply_touchpoints() -> None:
     """Apply :data:`TOUCHPOINTS` (idempotent) and patch every loaded re-import of a replaced function."""
     from ultralytics.utils import SETTINGS
 
+    for key, value in QUIET_SETTINGS.items():
+        dict.__setitem__(SETTINGS, key, value)
     replacements: dict[int, Callable] = {}
     for tp in TOUCHPOINTS:
         if tp.kind == "setting":

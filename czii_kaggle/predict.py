@@ -8,12 +8,14 @@ core serves one run at a time.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import queue
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 
 from . import io, layout, particles, picks as picks_io
 from .aggregate import AggregateConfig, aggregate, empty_candidates
-from .detect import DetectConfig, detect_volume, empty_detections, load_model
+from .detect import (BACKENDS, DetectConfig, detect_volume, empty_detections, export_onnx, load_model,
+                     onnxruntime_available)
 from .errors import CziiInputError
 from .preprocess import PreprocessConfig, preprocess_volume
 from .train import CONFIG_FILE, MODEL_FILE
@@ -30,6 +33,8 @@ from .tune import tune_thresholds
 
 #: The shipped model bundle (weights + the configs it was trained and tuned with).
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models"
+#: ONNX Runtime copy of a bundle's ``model.pt`` (:func:`export_bundle_onnx`).
+ONNX_FILE = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,35 @@ class Bundle:
 
     ``weights``: the YOLO ``.pt``; the configs are read from ``czii_config.json`` beside it
     (keys ``preprocess``, ``detect``, ``aggregate``), defaults where a key is absent.
+    ``onnx``: the ONNX Runtime copy of ``weights`` when the bundle holds one made from
+    these very weights (``czii_config.json`` key ``onnx`` records their sha256), else None.
     """
 
     weights: Path
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    onnx: Path | None = None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _matching_onnx(weights: Path, record: dict | None) -> Path | None:
+    """The bundle's ONNX file when ``record`` (``czii_config.json``'s ``onnx``) says it was
+    exported from ``weights`` as they are now; a stale copy is ignored with a warning."""
+    if not record:
+        return None
+    path = weights.parent / str(record.get("file", ONNX_FILE))
+    if not path.is_file():
+        return None
+    if record.get("source_sha256") != file_sha256(weights):
+        warnings.warn(f"{path} was exported from other weights than {weights.name} (sha256 differs); "
+                      "it is not used: re-export it with `czii-kaggle export-onnx`", RuntimeWarning, stacklevel=3)
+        return None
+    return path
 
 
 def load_bundle(path: str | Path | None = None) -> Bundle:
@@ -67,7 +95,54 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         preprocess=PreprocessConfig.from_dict(cfg["preprocess"]) if "preprocess" in cfg else PreprocessConfig(),
         detect=DetectConfig.from_dict(cfg["detect"]) if "detect" in cfg else DetectConfig(),
         aggregate=AggregateConfig.from_dict(cfg["aggregate"]) if "aggregate" in cfg else AggregateConfig(),
+        onnx=_matching_onnx(weights, cfg.get("onnx")),
     )
+
+
+def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None = None) -> Path:
+    """Export a bundle's ``model.pt`` to ``model.onnx`` beside it, for ONNX Runtime on the CPU.
+
+    Records the export (file, sha256 of the ``.pt`` it came from, image size) under the
+    ``onnx`` key of the bundle's ``czii_config.json``; :func:`load_bundle` uses the copy
+    only while that sha256 still matches, so retrained weights never run with a stale
+    export. ``imgsz`` defaults to the bundle's ``detect.max_imgsz``. Returns the path.
+    """
+    path = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
+    bundle = load_bundle(path)
+    imgsz = imgsz or bundle.detect.max_imgsz
+    exported = export_onnx(bundle.weights, imgsz=imgsz)
+    target = bundle.weights.parent / ONNX_FILE
+    if exported != target:
+        exported.replace(target)
+    cfg_path = bundle.weights.parent / CONFIG_FILE
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg["onnx"] = {"file": ONNX_FILE, "source": bundle.weights.name, "source_sha256": file_sha256(bundle.weights),
+                   "imgsz": imgsz, "dynamic": True}
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return target
+
+
+def choose_backend(bundle: Bundle, backend: str = "auto", devices: list[str] | None = None) -> str:
+    """``"torch"`` or ``"onnx"``: how ``bundle`` runs on ``devices``.
+
+    ``"auto"``: ONNX Runtime when every device is the CPU, the bundle holds an up-to-date
+    ONNX copy and onnxruntime is installed (faster on CPU: see ``benchmarks/``); else torch.
+    ``"onnx"`` insists (a clear error when it cannot), and always runs on the CPU.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "torch":
+        return "torch"
+    if backend == "onnx":
+        if bundle.onnx is None:
+            raise CziiInputError(bundle.weights.parent / ONNX_FILE,
+                                 f"no ONNX copy of {bundle.weights.name} made from these weights; "
+                                 f"run `czii-kaggle export-onnx --weights {bundle.weights.parent}`")
+        if not onnxruntime_available():
+            raise CziiInputError(bundle.onnx, "the onnx backend needs onnxruntime, which is not installed")
+        return "onnx"
+    on_cpu = (devices or visible_devices()) == ["cpu"]
+    return "onnx" if on_cpu and bundle.onnx is not None and onnxruntime_available() else "torch"
 
 
 def with_slice_step(bundle: Bundle, slice_step: int) -> Bundle:
@@ -127,7 +202,7 @@ class Prediction:
 
     picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices`` (Angstrom).
     detections : raw per-slice detections of every run.
-    report : one row per run: ``experiment, status, n_picks, read_s, preprocess_s,
+    report : one row per run: ``experiment, status, backend, n_picks, read_s, preprocess_s,
     inference_s, aggregate_s, total_s, slice_step_A, error``.
     """
 
@@ -144,6 +219,7 @@ def predict_runs(
     devices: list[str] | None = None,
     tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE,
     progress: bool = True,
+    backend: str = "auto",
 ) -> Prediction:
     """Predict every run of ``split`` under a Kaggle-layout ``root``.
 
@@ -153,15 +229,21 @@ def predict_runs(
         The model bundle; ``None``: the shipped default.
     devices : list of str
         Devices to share the runs over; default :func:`visible_devices`.
+    backend : ``"auto"``, ``"torch"`` or ``"onnx"``
+        See :func:`choose_backend` (``"onnx"`` runs on the CPU).
     """
     runs = list(runs) if runs is not None else layout.list_runs(root, split)
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     devices = devices or visible_devices()
+    backend = choose_backend(bundle, backend, devices)
+    if backend == "onnx":
+        devices = ["cpu"]
     if devices == ["cpu"]:
         from . import offline
 
         offline.set_cpu_threads()
-    models = {d: load_model(bundle.weights) for d in devices}
+    weights = bundle.onnx if backend == "onnx" else bundle.weights
+    models = {d: load_model(weights) for d in devices}
     todo: queue.Queue = queue.Queue()
     for run in runs:
         todo.put(run)
@@ -182,10 +264,10 @@ def predict_runs(
                 t1 = time.perf_counter()
                 found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
                 times["aggregate_s"] = time.perf_counter() - t1
-                out = (dets, found, {"status": "ok", "error": "", **times})
+                out = (dets, found, {"status": "ok", "error": "", "backend": backend, **times})
             except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
                 msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
-                out = (empty_detections(), None, {"status": "failed", "error": msg.strip()})
+                out = (empty_detections(), None, {"status": "failed", "error": msg.strip(), "backend": backend})
                 tqdm.write(f"[czii_kaggle] run {run} failed and is skipped: {msg.strip().splitlines()[-1]}")
             out[2]["total_s"] = time.perf_counter() - t0
             with lock:
@@ -204,7 +286,7 @@ def predict_runs(
         [{"experiment": r, "n_picks": 0 if results[r][1] is None else len(results[r][1]), **results[r][2]}
          for r in runs]
     )
-    cols = ["experiment", "status", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s",
+    cols = ["experiment", "status", "backend", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s",
             "slice_step_A", "error"]
     report = report.reindex(columns=cols)
     return Prediction(
@@ -234,7 +316,7 @@ def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detec
 def tune_bundle(
     root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
     progress: bool = True, tta_views: int | None = None,
-    more: list[tuple[str | Path, list[str]]] | None = None,
+    more: list[tuple[str | Path, list[str]]] | None = None, backend: str = "auto",
 ) -> pd.DataFrame:
     """Tune a bundle's per-class thresholds on training runs with picks; save them beside the weights.
 
@@ -243,14 +325,16 @@ def tune_bundle(
     (:func:`czii_kaggle.tune.tune_thresholds`) and writes them into the bundle's
     ``czii_config.json``. ``tta_views`` (default: the bundle's) is saved with them, so
     inference runs as tuned. ``more``: further ``(root, runs)`` pooled with the first
-    (runs of the same name in two roots stay apart). Returns the per-class table.
+    (runs of the same name in two roots stay apart). ``backend``: as :func:`predict_runs`.
+    Returns the per-class table.
     """
     bundle = load_bundle(bundle_dir)
     if tta_views is not None:
         bundle = with_tta(bundle, tta_views)
     all_candidates, all_truth = [], []
     for i, (src, src_runs) in enumerate([(root, runs), *(more or [])]):
-        pred = predict_runs(src, "train", runs=src_runs, bundle=bundle, devices=devices, progress=progress)
+        pred = predict_runs(src, "train", runs=src_runs, bundle=bundle, devices=devices, progress=progress,
+                            backend=backend)
         failed = pred.report[pred.report["status"] != "ok"]
         if len(failed):
             raise CziiInputError(Path(src), f"cannot tune: runs {list(failed['experiment'])} failed "

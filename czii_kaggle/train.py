@@ -19,6 +19,8 @@ from .preprocess import PreprocessConfig
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "czii_config.json"
+#: The folder holding the ``czii_kaggle`` package (the repository in a development install).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def record(self) -> dict:
+        """:meth:`to_dict` for saved records: a ``model`` file inside the project is given
+        relative to the project's root (``czii_kaggle/model_cfg/...``, ``runs/...``), never
+        as this machine's absolute path."""
+        d = self.to_dict()
+        path = Path(self.model)
+        if path.is_file():
+            try:
+                d["model"] = path.resolve().relative_to(PROJECT_ROOT).as_posix()
+            except ValueError:
+                pass
+        return d
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -142,10 +157,7 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     model_path = out_dir / MODEL_FILE
     shutil.copy2(best, model_path)
     dataset_cfg = meta.get("config", {})
-    train_record = config.to_dict()
-    shipped_cfg = Path(__file__).resolve().parent / "model_cfg"
-    if Path(config.model).resolve().parent == shipped_cfg:  # no machine path in the record
-        train_record["model"] = f"czii_kaggle/model_cfg/{Path(config.model).name}"
+    train_record = config.record()
     bundle = {
         "preprocess": dataset_cfg.get("preprocess", PreprocessConfig().to_dict()),
         "labels": dataset_cfg.get("labels", {}),

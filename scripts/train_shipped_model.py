@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from czii_kaggle import layout, particles  # noqa: E402
 from czii_kaggle.dataset import DatasetConfig, build_dataset  # noqa: E402
 from czii_kaggle.predict import DEFAULT_BUNDLE, tune_bundle  # noqa: E402
+from czii_kaggle.preprocess import PreprocessConfig  # noqa: E402
 from czii_kaggle.simulate import SimConfig, difficulty_value, simulate_dataset  # noqa: E402
 from czii_kaggle.train import CONFIG_FILE, MODEL_FILE, TrainConfig, train  # noqa: E402
 
@@ -72,6 +73,8 @@ def main(argv=None) -> int:
                     help="multiply a type's mean count in the random layouts (real layouts keep theirs)")
     ap.add_argument("--tune-more", nargs="*", default=[], metavar="ROOT:RUN,RUN",
                     help="further held-out runs (train split of another simulated root) to tune the thresholds on")
+    ap.add_argument("--slice-offset", type=int, default=PreprocessConfig().slice_offset,
+                    help="2.5D offset k: an image stacks slices z-k, z, z+k (inference reuses it)")
     ap.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 3, 4),
                     help="flipped views per slice at inference (thresholds are tuned for it)")
     a = ap.parse_args(argv)
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"validation runs {missing} are not among the simulated runs {runs}")
     log["simulate_s"] = time.time() - t0
 
-    ds_cfg = DatasetConfig(slice_step=3, tile_vox=320, tile_overlap_vox=0, empty_fraction=0.05, seed=a.seed)
+    ds_cfg = DatasetConfig(preprocess=PreprocessConfig(slice_offset=a.slice_offset), slice_step=3, tile_vox=320, tile_overlap_vox=0, empty_fraction=0.05, seed=a.seed)
     data_yaml = work / "dataset" / "data.yaml"
     if not data_yaml.exists():
         build_dataset(root, work / "dataset", val_runs=val_runs, runs=runs, config=ds_cfg)
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
                                           "runs": names} for src, names in tune_more]},
         "tta_views": a.tta_views,
         "dataset": ds_cfg.to_dict(),
-        "train": tr_cfg.to_dict(),
+        "train": tr_cfg.record(),
         "validation_tuned_table": table.to_dict(orient="records"),
         "validation_score": val_score,
         "timings_s": log,

@@ -271,7 +271,10 @@ _SCRIPT = textwrap.dedent(
             cv2.imwrite(str(work / "data" / split / "images" / f"im{i}.png"), img)
             (work / "data" / split / "labels" / f"im{i}.txt").write_text("\\n".join(rows) + "\\n")
     data = work / "data.yaml"
-    data.write_text(f"path: {work / 'data'}\\ntrain: train/images\\nval: val/images\\nnames:\\n  0: a\\n  1: b\\n")
+    from czii_kaggle.particles import NAMES  # six classes, so czii_kaggle's own loaders accept the model
+
+    names = "".join(f"  {i}: {n}\\n" for i, n in enumerate(NAMES))
+    data.write_text(f"path: {work / 'data'}\\ntrain: train/images\\nval: val/images\\nnames:\\n{names}")
 
     from czii_kaggle import offline
 
@@ -293,6 +296,13 @@ _SCRIPT = textwrap.dedent(
     ann = Annotator(image.copy(), pil=True)
     ann.box_label([4, 4, 40, 40], "a 0.91", color=(0, 255, 0))
 
+    # ONNX export (onnx / onnxslim requirement checks) and ONNX Runtime inference, offline too
+    from czii_kaggle.detect import export_onnx, load_model
+
+    onnx_path = export_onnx(best, imgsz=64)
+    onnx_results = load_model(onnx_path).predict(image, imgsz=64, device="cpu", conf=0.0, verbose=False)
+    top = [sorted(r[0].boxes.conf.tolist(), reverse=True)[:5] for r in (results, onnx_results)]
+
     t0 = time.perf_counter()
     try:
         ul.YOLO("yolo11n.pt")
@@ -310,6 +320,8 @@ _SCRIPT = textwrap.dedent(
         "plots": sorted(p.name for p in save_dir.iterdir()),
         "plotted_shape": list(plotted.shape),
         "n_boxes": len(results[0].boxes),
+        "onnx": str(onnx_path),
+        "top_conf": top,
         "font_is_truetype": isinstance(ann.font, ImageFont.FreeTypeFont),
         "font_path": str(getattr(ann.font, "path", None)),
         "error": error,
@@ -372,6 +384,11 @@ def test_offline_run_succeeds_without_any_network_event(offline_run):
     assert "results.csv" in s["plots"]
     assert any(name.endswith((".png", ".jpg")) for name in s["plots"]), s["plots"]
     assert s["plotted_shape"] == [64, 64, 3]
+    # Exported to ONNX and predicted with ONNX Runtime, as the torch model did.
+    assert Path(s["onnx"]).is_file() and s["n_boxes"] > 0
+    torch_top, onnx_top = s["top_conf"]
+    assert len(onnx_top) == len(torch_top) > 0
+    assert max(abs(a - b) for a, b in zip(onnx_top, torch_top)) < 1e-3
     assert s["font_is_truetype"] and Path(s["font_path"]).is_file()
     # The weight name that would download fails at once with the offline error.
     assert s["error"] is not None and "czii_kaggle runs offline: refusing to download" in s["error"]

@@ -10,7 +10,7 @@ from czii_kaggle import io, layout, metric, particles, picks, submission
 from czii_kaggle.aggregate import AggregateConfig
 from czii_kaggle.detect import DETECTION_COLUMNS, DetectConfig, detect_volume, image_size, load_model
 from czii_kaggle.errors import CziiInputError
-from czii_kaggle.predict import DEFAULT_BUNDLE, load_bundle, predict_runs, scored_only
+from czii_kaggle.predict import DEFAULT_BUNDLE, file_sha256, load_bundle, predict_runs, scored_only
 from czii_kaggle.simulate import SimConfig, simulate_dataset
 
 SHIPPED = DEFAULT_BUNDLE / "TRAINING.json"  # written only beside a really trained shipped model
@@ -208,3 +208,82 @@ def test_tune_bundle_pools_roots_and_saves_tta(tmp_path):
     saved = load_bundle(bundle)
     assert saved.detect.tta_views == 2
     assert saved.aggregate == AggregateConfig.from_dict(json.loads((bundle / "czii_config.json").read_text())["aggregate"])
+
+
+# --------------------------------------------------------------------------------------
+# The ONNX Runtime backend (CPU)
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    """A copy of the shipped bundle with a fresh ONNX export, made through the command line."""
+    from czii_kaggle import cli
+
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    bundle = tmp_path_factory.mktemp("onnx") / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle, ignore=shutil.ignore_patterns("*.onnx"))
+    cfg = json.loads((bundle / "czii_config.json").read_text())
+    cfg.pop("onnx", None)
+    (bundle / "czii_config.json").write_text(json.dumps(cfg))
+    assert load_bundle(bundle).onnx is None
+    assert cli.main(["export-onnx", "--weights", str(bundle)]) == 0
+    return bundle
+
+
+@pytest.mark.slow
+def test_onnx_backend_predicts_what_torch_predicts(onnx_bundle, small_dataset):
+    """ONNX Runtime gives the torch model's particles (same places, same scores) on real runs."""
+    bundle = load_bundle(onnx_bundle)
+    assert bundle.onnx == onnx_bundle / "model.onnx"
+    saved = json.loads((onnx_bundle / "czii_config.json").read_text())["onnx"]
+    assert saved["source_sha256"] == file_sha256(bundle.weights)
+    runs = small_dataset.test_runs[:2]
+    got = {be: predict_runs(small_dataset.root, "test", runs=runs, bundle=bundle, backend=be, progress=False)
+           for be in ("torch", "onnx")}
+    assert (got["onnx"].report["backend"] == "onnx").all() and (got["torch"].report["backend"] == "torch").all()
+    key = ["experiment", "particle_type", "x", "y", "z", "score"]
+    t = got["torch"].picks.sort_values(key[:5])[key].reset_index(drop=True)
+    o = got["onnx"].picks.sort_values(key[:5])[key].reset_index(drop=True)
+    assert len(t) > 20 and len(o) == len(t)
+    pd.testing.assert_frame_equal(o[key[:2]], t[key[:2]])
+    np.testing.assert_allclose(o[key[2:5]].to_numpy(float), t[key[2:5]].to_numpy(float), atol=1.0)  # Angstrom
+    np.testing.assert_allclose(o["score"].to_numpy(float), t["score"].to_numpy(float), atol=1e-3)
+    # "auto" on a CPU-only machine takes the ONNX copy
+    auto = predict_runs(small_dataset.root, "test", runs=runs[:1], bundle=bundle, devices=["cpu"], progress=False)
+    assert (auto.report["backend"] == "onnx").all()
+
+
+def test_stale_or_missing_onnx_is_never_used(tmp_path, onnx_bundle, untrained_bundle, monkeypatch):
+    from czii_kaggle.predict import choose_backend
+
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    assert choose_backend(load_bundle(b), "auto", ["cpu"]) == "onnx"
+    assert choose_backend(load_bundle(b), "auto", ["cuda:0", "cuda:1"]) == "torch"  # GPUs run the .pt
+    with pytest.raises(ValueError, match="backend must be one of"):
+        choose_backend(load_bundle(b), "tensorrt", ["cpu"])
+    shutil.copy2(untrained_bundle / "model.pt", b / "model.pt")  # retrained weights, old export
+    with pytest.warns(RuntimeWarning, match="model.onnx was exported from other weights"):
+        stale = load_bundle(b)
+    assert stale.onnx is None and choose_backend(stale, "auto", ["cpu"]) == "torch"
+    with pytest.raises(CziiInputError, match=r"model.onnx: no ONNX copy of model.pt made from these weights"):
+        choose_backend(stale, "onnx", ["cpu"])
+    # without onnxruntime an ONNX model is a clear error, and auto falls back to torch
+    import czii_kaggle.detect as detect_mod
+    import czii_kaggle.predict as predict_mod
+
+    monkeypatch.setattr(detect_mod, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(predict_mod, "onnxruntime_available", lambda: False)
+    with pytest.raises(CziiInputError, match="model.onnx: an ONNX model needs onnxruntime"):
+        load_model(onnx_bundle / "model.onnx")
+    assert choose_backend(load_bundle(onnx_bundle), "auto", ["cpu"]) == "torch"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
+def test_shipped_bundle_has_an_up_to_date_onnx_copy():
+    """The shipped model.onnx was exported from the shipped model.pt (sha256 recorded and equal)."""
+    pytest.importorskip("onnxruntime")
+    bundle = load_bundle(None)
+    assert bundle.onnx == DEFAULT_BUNDLE / "model.onnx"
+    assert load_model(bundle.onnx).names == load_model(bundle.weights).names

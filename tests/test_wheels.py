@@ -41,7 +41,7 @@ KAGGLE_PREINSTALLED = (
     "polars", "pyyaml", "tqdm", "pillow", "requests", "psutil",
 )
 #: What the archive must bring.
-MUST_BRING = ("czii-kaggle", "ultralytics", "ultralytics-thop", "zarr", "numcodecs", "asciitree")
+MUST_BRING = ("czii-kaggle", "ultralytics", "ultralytics-thop", "onnxruntime", "zarr", "numcodecs", "asciitree")
 
 
 def _closure(roots) -> dict[str, md.Distribution]:
@@ -188,7 +188,9 @@ def test_archive_holds_manifest_and_the_shipped_weights(archive_dir):
     with zipfile.ZipFile(io.BytesIO(files[czii])) as zf:
         shipped = zf.read("czii_kaggle/models/model.pt")
         assert "czii_kaggle/models/czii_config.json" in zf.namelist()
+        shipped_onnx = zf.read("czii_kaggle/models/model.onnx")
     assert shipped == (REPO / "czii_kaggle" / "models" / "model.pt").read_bytes()
+    assert shipped_onnx == (REPO / "czii_kaggle" / "models" / "model.onnx").read_bytes()
 
 
 def test_install_uses_only_the_archive(installed):
@@ -234,10 +236,10 @@ def test_offline_predict_with_bundled_weights(installed, no_network):
         pred = predict.predict_runs(sim.root, "test", progress=False)
         sub = submission.write_submission(pred.picks, out / "submission.csv")
         checked = submission.validate_submission(out / "submission.csv")
-        import numcodecs, torch, ultralytics, zarr
+        import numcodecs, onnxruntime, torch, ultralytics, zarr
         print("RESULT " + json.dumps({
             "network": network,
-            "files": {m.__name__: m.__file__ for m in (czii_kaggle, ultralytics, zarr, numcodecs, torch)},
+            "files": {m.__name__: m.__file__ for m in (czii_kaggle, ultralytics, zarr, numcodecs, torch, onnxruntime)},
             "versions": {m.__name__: m.__version__ for m in (ultralytics, zarr, numcodecs)},
             "weights": str(predict.load_bundle().weights),
             "test_runs": sim.test_runs,
@@ -258,6 +260,9 @@ def test_offline_predict_with_bundled_weights(installed, no_network):
     assert result["versions"]["zarr"].startswith("2.18.")
     assert [r["experiment"] for r in result["report"]] == result["test_runs"]
     assert all(r["status"] == "ok" for r in result["report"]), result["report"]
+    # a CPU-only Kaggle kernel runs the bundled ONNX copy with the bundled onnxruntime (no onnx package needed)
+    assert all(r["backend"] == "onnx" for r in result["report"]), result["report"]
+    assert result["files"]["onnxruntime"].startswith(site)
     assert result["n_rows"] == result["n_checked"] == sum(r["n_picks"] for r in result["report"])
     assert (tmp / "predict" / "submission.csv").read_text().startswith("id,experiment,particle_type,x,y,z")
 
