@@ -2,14 +2,15 @@
 
 The metric sums TP / FP / FN over runs *per particle type* and each type's
 F-beta depends only on that type's candidates, so every type is tuned on its
-own. For one type and one ``min_support`` the candidates are support-filtered
-and NMS-ed once (:func:`czii_kaggle.aggregate.nms_3d`); after that a score
+own (a candidate's ``share`` comes from the other classes' candidates before any
+threshold, so it does not change while they are tuned). For one type and one
+``min_support`` / ``min_share`` pair the candidates are filtered and NMS-ed once (:func:`czii_kaggle.aggregate.nms_3d`); after that a score
 threshold only removes the lowest-scored candidates, so every threshold of the
 grid is counted at once: a reference is a true positive at threshold ``t`` when
 the best candidate within ``0.5 * radius`` (the metric's rule, inclusive) has
 ``score >= t``.
 
-The chosen pair replaces the configured one only when it is strictly better on
+The chosen setting replaces the configured one only when it is strictly better on
 the validation runs, so tuning never scores below the starting config there.
 Use :func:`czii_kaggle.aggregate.save_config` / ``load_config`` to keep the result.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from .aggregate import AggregateConfig, nms_3d
+from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
 from .errors import CziiInputError
 from .particles import MATCH_RADIUS_FRACTION, METRIC_BETA, NAMES, get
 
@@ -29,13 +30,14 @@ from .particles import MATCH_RADIUS_FRACTION, METRIC_BETA, NAMES, get
 DEFAULT_THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 201), 3))
 #: Minimum supports (slices) tried by default.
 DEFAULT_SUPPORT_GRID: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8)
+#: Minimum class shares tried by default (0: off; see :mod:`czii_kaggle.aggregate`).
+DEFAULT_SHARE_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 TABLE_COLUMNS: tuple[str, ...] = (
-    "particle_type", "threshold", "min_support", "f_beta", "precision", "recall",
+    "particle_type", "threshold", "min_support", "min_share", "f_beta", "precision", "recall",
     "tp", "fp", "fn", "default_f_beta",
 )  # fmt: skip
 
-_EXPERIMENT_GAP_A = 1.0e6  # separates experiments along a 4th k-d tree axis (Angstrom)
 
 
 def _best_ref_scores(refs: pd.DataFrame, cands: pd.DataFrame, radius_A: float) -> np.ndarray:
@@ -47,8 +49,8 @@ def _best_ref_scores(refs: pd.DataFrame, cands: pd.DataFrame, radius_A: float) -
     if len(refs) == 0 or len(cands) == 0:
         return best
     codes, _ = pd.factorize(pd.concat([refs["experiment"], cands["experiment"]]).astype(str))
-    ref_pts = np.column_stack([refs[["x", "y", "z"]].to_numpy(float), codes[: len(refs)] * _EXPERIMENT_GAP_A])
-    cand_pts = np.column_stack([cands[["x", "y", "z"]].to_numpy(float), codes[len(refs):] * _EXPERIMENT_GAP_A])
+    ref_pts = np.column_stack([refs[["x", "y", "z"]].to_numpy(float), codes[: len(refs)] * EXPERIMENT_GAP_A])
+    cand_pts = np.column_stack([cands[["x", "y", "z"]].to_numpy(float), codes[len(refs):] * EXPERIMENT_GAP_A])
     pairs = cKDTree(ref_pts).sparse_distance_matrix(
         cKDTree(cand_pts), MATCH_RADIUS_FRACTION * radius_A, output_type="ndarray"
     )
@@ -109,8 +111,9 @@ def tune_thresholds(
     config: AggregateConfig | None = None,
     grid: Sequence[float] = DEFAULT_THRESHOLD_GRID,
     support_grid: Sequence[int] | None = DEFAULT_SUPPORT_GRID,
+    share_grid: Sequence[float] | None = DEFAULT_SHARE_GRID,
 ) -> tuple[AggregateConfig, pd.DataFrame]:
-    """Choose each type's ``conf_threshold`` (and ``min_support``) to maximise its F-beta.
+    """Choose each type's ``conf_threshold`` (and ``min_support``, ``min_share``) to maximise its F-beta.
 
     Parameters
     ----------
@@ -126,6 +129,10 @@ def tune_thresholds(
         Score thresholds to try.
     support_grid : sequence of int, optional
         ``min_support`` values to try; ``None`` keeps the configured one.
+    share_grid : sequence of float, optional
+        ``min_share`` values to try; ``None`` keeps the configured one. Where several
+        settings score the same, the lowest ``min_share`` (then ``min_support``,
+        then threshold) is kept.
 
     Returns
     -------
@@ -149,22 +156,26 @@ def tune_thresholds(
         start = config[name]
         radius_A = get(name).radius_A
         supports = [start.min_support] if support_grid is None else sorted({*support_grid, start.min_support})
+        shares = [start.min_share] if share_grid is None else sorted({*share_grid, start.min_share})
         thresholds = np.unique(np.append(np.asarray(grid, dtype=float), start.conf_threshold))
         cls_cands = candidates[candidates["particle_type"] == name]
+        cls_share = candidate_share(cls_cands)
         best_row, default_row = None, None
-        for m in supports:
-            kept = nms_3d(cls_cands[cls_cands["n_slices"] >= m], config)
-            sweep = sweep_counts(refs, kept, radius_A, thresholds).assign(min_support=m)
-            if m == start.min_support:
-                default_row = sweep.loc[sweep["threshold"] == start.conf_threshold].iloc[0]
-            # The lowest threshold among the best: beta = 4 favours recall on unseen runs.
-            top = sweep.loc[sweep["f_beta"].idxmax()]
-            if best_row is None or top["f_beta"] > best_row["f_beta"]:
-                best_row = top
+        for q in shares:
+            for m in supports:
+                kept = nms_3d(cls_cands[(cls_cands["n_slices"].to_numpy() >= m) & (cls_share >= q)], config)
+                sweep = sweep_counts(refs, kept, radius_A, thresholds).assign(min_support=m, min_share=q)
+                if m == start.min_support and q == start.min_share:
+                    default_row = sweep.loc[sweep["threshold"] == start.conf_threshold].iloc[0]
+                # The lowest threshold among the best: beta = 4 favours recall on unseen runs.
+                top = sweep.loc[sweep["f_beta"].idxmax()]
+                if best_row is None or top["f_beta"] > best_row["f_beta"]:
+                    best_row = top
         if best_row["f_beta"] <= default_row["f_beta"]:
             best_row = default_row
         config = config.with_params(
-            name, conf_threshold=float(best_row["threshold"]), min_support=int(best_row["min_support"])
+            name, conf_threshold=float(best_row["threshold"]), min_support=int(best_row["min_support"]),
+            min_share=float(best_row["min_share"]),
         )
         rows.append({"particle_type": name, **best_row.to_dict(), "default_f_beta": float(default_row["f_beta"])})
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))

@@ -7,8 +7,9 @@ Steps (each skipped when its output already exists, so an interrupted run resume
    layouts, at mixed difficulties (fixed seed);
 2. build the YOLO slice dataset (whole runs held out for validation);
 3. train the pico YOLO11 from its yaml (no pretrained weights) on CPU or GPU;
-4. tune per-class thresholds on the validation runs with the competition metric;
-5. copy ``model.pt`` + ``czii_config.json`` into ``czii_kaggle/models/`` and write
+4. export the ONNX Runtime copy (``model.onnx``, used on CPU-only machines);
+5. tune per-class thresholds on the validation runs with the competition metric;
+6. copy ``model.pt``, ``model.onnx`` + ``czii_config.json`` into ``czii_kaggle/models/`` and write
    ``czii_kaggle/models/TRAINING.json`` (every setting, seed and validation score).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from czii_kaggle import layout, particles  # noqa: E402
 from czii_kaggle.dataset import DatasetConfig, build_dataset  # noqa: E402
-from czii_kaggle.predict import DEFAULT_BUNDLE, tune_bundle  # noqa: E402
+from czii_kaggle.predict import DEFAULT_BUNDLE, ONNX_FILE, export_bundle_onnx, load_bundle, tune_bundle  # noqa: E402
 from czii_kaggle.preprocess import PreprocessConfig  # noqa: E402
 from czii_kaggle.simulate import SimConfig, difficulty_value, simulate_dataset  # noqa: E402
 from czii_kaggle.train import CONFIG_FILE, MODEL_FILE, TrainConfig, train  # noqa: E402
@@ -119,6 +120,8 @@ def main(argv=None) -> int:
         train(data_yaml, bundle, tr_cfg)
     log["train_s"] = time.time() - t0
 
+    if load_bundle(bundle).onnx is None:  # before tuning: CPU tuning then runs what CPU inference runs
+        export_bundle_onnx(bundle)
     table = tune_bundle(root, val_runs, bundle, tta_views=a.tta_views, more=tune_more)
     print(table.to_string(index=False))
     log["tune_s"] = time.time() - t0
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
     (bundle / "TRAINING.json").write_text(json.dumps(record, indent=1, default=str))
     if not a.no_install:
         DEFAULT_BUNDLE.mkdir(exist_ok=True)
-        for name in (MODEL_FILE, CONFIG_FILE, "TRAINING.json"):
+        for name in (MODEL_FILE, ONNX_FILE, CONFIG_FILE, "TRAINING.json"):
             shutil.copy2(bundle / name, DEFAULT_BUNDLE / name)
         print(f"installed the bundle into {DEFAULT_BUNDLE}")
     print(f"validation score (tuned, {len(val_runs) + sum(len(r) for _, r in tune_more)} held-out runs): {val_score:.4f}; total {time.time() - t0:.0f} s")

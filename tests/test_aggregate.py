@@ -180,7 +180,9 @@ def test_conf_threshold_filters_by_score():
 
 
 def _cands(rows):
-    return pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
+    """Candidates from tuples of the leading :data:`CANDIDATE_COLUMNS`; ``share`` 1 (no rival) unless given."""
+    out = pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS)[: len(rows[0])])
+    return out if "share" in out else out.assign(share=1.0)
 
 
 def test_nms_keeps_the_higher_score():
@@ -279,3 +281,35 @@ def test_default_params_cover_every_type_and_reject_nonsense():
         ClassParams(min_support=0)
     with pytest.raises(ValueError):
         AggregateConfig({"ribosome": ClassParams()})
+
+
+def test_share_is_the_candidates_part_of_the_score_at_its_spot():
+    """A weak beta-galactosidase column on a thyroglobulin column has a small share; alone it has 1."""
+    bg, thy = "beta-galactosidase", "thyroglobulin"
+    det = pd.concat(
+        [
+            column(thy, 1000.0, 1000.0, 800.0, conf=0.8),
+            column(bg, 1010.0, 1005.0, 805.0, conf=0.2),  # same particle, another class
+            column(bg, 3000.0, 3000.0, 800.0, conf=0.2),  # alone
+            column(thy, 1000.0, 1000.0, 800.0, conf=0.8, experiment="TS_2"),  # same place, other run
+            column(bg, 1010.0, 1005.0, 805.0, conf=0.2, experiment="TS_3"),
+            column(thy, 1000.0 + 60.0, 1000.0, 800.0, conf=0.8, experiment="TS_3"),  # > 0.5 * 90 A away
+        ],
+        ignore_index=True,
+    )
+    cands = aggregate(det, apply_thresholds=False, slice_step_A=VOXEL_A).set_index(["experiment", "particle_type", "x"])
+    on_thy = cands.loc[("TS_1", bg)].sort_values("x")
+    assert len(on_thy) == 2
+    s_bg, s_thy = on_thy["score"].iloc[0], cands.loc[("TS_1", thy), "score"].iloc[0]
+    assert on_thy["share"].iloc[0] == pytest.approx(s_bg / (s_bg + s_thy)) and on_thy["share"].iloc[0] < 0.4
+    assert on_thy["share"].iloc[1] == 1.0  # the lone one
+    # the thyroglobulin's rival is the weak beta-galactosidase within 0.5 * 130 A of it
+    assert cands.loc[("TS_1", thy), "share"].iloc[0] == pytest.approx(s_thy / (s_thy + s_bg))
+    assert (cands.loc[("TS_2", thy), "share"] == 1.0).all()  # rivals never cross runs
+    assert (cands.loc[("TS_3", bg), "share"] == 1.0).all()  # nor the beta-galactosidase's own match radius
+    # min_share removes the one on the thyroglobulin, keeps the lone one
+    cfg = AggregateConfig().with_params(bg, conf_threshold=0.0, min_support=1, min_share=0.5)
+    kept = aggregate(det[det["experiment"] == "TS_1"], cfg, slice_step_A=VOXEL_A)
+    assert kept[kept["particle_type"] == bg]["x"].round().tolist() == [3000.0]
+    with pytest.raises(ValueError, match="min_share"):
+        ClassParams(min_share=1.5)

@@ -36,7 +36,8 @@ def make_case(seed=0, n_per_type=30, n_fp=40, fp_support=(1, 8), fp_scores=(0.0,
                                       "x": rng.uniform(7000, 9000, n_fp), "y": rng.uniform(0, 6000, n_fp),
                                       "z": rng.uniform(0, 1800, n_fp), "score": rng.uniform(*fp_scores, n_fp),
                                       "n_slices": rng.integers(*fp_support, n_fp)}))  # fmt: skip
-    return pd.concat(sol, ignore_index=True), pd.concat(cand, ignore_index=True)[list(CANDIDATE_COLUMNS)]
+    cand = pd.concat(cand, ignore_index=True).assign(share=1.0)  # no rival class anywhere
+    return pd.concat(sol, ignore_index=True), cand[list(CANDIDATE_COLUMNS)]
 
 
 def test_sweep_counts_match_the_metric():
@@ -116,3 +117,19 @@ def test_bad_frames_raise_input_error():
         tune_thresholds(cand.drop(columns="score"), sol)
     with pytest.raises(CziiInputError, match="solution"):
         tune_thresholds(cand, sol.drop(columns="z"))
+
+
+def test_min_share_is_tuned_when_fps_sit_on_another_class():
+    """Beta-galactosidase FPs on thyroglobulin particles (share < 0.3) and true ones alone (share 1)."""
+    sol, cand = make_case(seed=8, n_fp=0)
+    bg, thy = "beta-galactosidase", "thyroglobulin"
+    on_thy = cand[cand["particle_type"] == thy].assign(particle_type=bg, share=0.2, score=0.8)
+    cand = pd.concat([cand, on_thy], ignore_index=True)
+    tuned, table = tune_thresholds(cand, sol, AggregateConfig())
+    assert 0.2 < tuned[bg].min_share <= 1.0
+    row = table.set_index("particle_type").loc[bg]
+    assert row["min_share"] == tuned[bg].min_share and row["precision"] == 1.0
+    assert all(tuned[n].min_share == 0.0 for n in particles.NAMES if n != bg)  # nothing to gain there
+    assert metric.score(sol, select(cand, tuned)) > metric.score(sol, select(cand, tuned.with_params(bg, min_share=0.0)))
+    fixed, _ = tune_thresholds(cand, sol, AggregateConfig(), share_grid=None)
+    assert fixed[bg].min_share == 0.0
