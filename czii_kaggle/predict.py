@@ -141,7 +141,7 @@ def choose_backend(bundle: Bundle, backend: str = "auto", devices: list[str] | N
         if not onnxruntime_available():
             raise CziiInputError(bundle.onnx, "the onnx backend needs onnxruntime, which is not installed")
         return "onnx"
-    on_cpu = (devices or visible_devices()) == ["cpu"]
+    on_cpu = all(d == "cpu" for d in (devices or visible_devices()))
     return "onnx" if on_cpu and bundle.onnx is not None and onnxruntime_available() else "torch"
 
 
@@ -202,7 +202,7 @@ class Prediction:
 
     picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices`` (Angstrom).
     detections : raw per-slice detections of every run.
-    report : one row per run: ``experiment, status, backend, n_picks, read_s, preprocess_s,
+    report : one row per run: ``experiment, status, backend, device, worker, n_picks, read_s, preprocess_s,
     inference_s, aggregate_s, total_s, slice_step_A, error``.
     """
 
@@ -228,22 +228,24 @@ def predict_runs(
     bundle : Bundle, path or None
         The model bundle; ``None``: the shipped default.
     devices : list of str
-        Devices to share the runs over; default :func:`visible_devices`.
+        Devices to share the runs over, one worker thread with its own model each
+        (a device named twice gets two workers); default :func:`visible_devices`.
     backend : ``"auto"``, ``"torch"`` or ``"onnx"``
         See :func:`choose_backend` (``"onnx"`` runs on the CPU).
     """
     runs = list(runs) if runs is not None else layout.list_runs(root, split)
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    devices = devices or visible_devices()
+    devices = list(devices or visible_devices())
     backend = choose_backend(bundle, backend, devices)
-    if backend == "onnx":
-        devices = ["cpu"]
-    if devices == ["cpu"]:
+    on_cpu = all(d == "cpu" for d in devices)
+    if backend == "onnx" and not on_cpu:
+        devices, on_cpu = ["cpu"], True
+    if on_cpu:
         from . import offline
 
         offline.set_cpu_threads()
     weights = bundle.onnx if backend == "onnx" else bundle.weights
-    models = {d: load_model(weights) for d in devices}
+    models = [load_model(weights) for _ in devices]  # one model per worker, never shared between threads
     todo: queue.Queue = queue.Queue()
     for run in runs:
         todo.put(run)
@@ -251,7 +253,8 @@ def predict_runs(
     bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not progress)
     lock = threading.Lock()
 
-    def worker(device: str) -> None:
+    def worker(i: int) -> None:
+        device = devices[i]
         while True:
             try:
                 run = todo.get_nowait()
@@ -259,22 +262,22 @@ def predict_runs(
                 return
             t0 = time.perf_counter()
             try:
-                dets, times = detect_run(models[device], layout.tomogram_path(root, split, run, tomo_type),
+                dets, times = detect_run(models[i], layout.tomogram_path(root, split, run, tomo_type),
                                          run, bundle, device, progress=progress and len(devices) == 1)
                 t1 = time.perf_counter()
                 found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
                 times["aggregate_s"] = time.perf_counter() - t1
-                out = (dets, found, {"status": "ok", "error": "", "backend": backend, **times})
+                out = (dets, found, {"status": "ok", "error": "", **times})
             except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
                 msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
-                out = (empty_detections(), None, {"status": "failed", "error": msg.strip(), "backend": backend})
+                out = (empty_detections(), None, {"status": "failed", "error": msg.strip()})
                 tqdm.write(f"[czii_kaggle] run {run} failed and is skipped: {msg.strip().splitlines()[-1]}")
-            out[2]["total_s"] = time.perf_counter() - t0
+            out[2].update(total_s=time.perf_counter() - t0, backend=backend, device=device, worker=i)
             with lock:
                 results[run] = out
                 bar.update(1)
 
-    threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(devices))]
     for t in threads:
         t.start()
     for t in threads:
@@ -286,7 +289,7 @@ def predict_runs(
         [{"experiment": r, "n_picks": 0 if results[r][1] is None else len(results[r][1]), **results[r][2]}
          for r in runs]
     )
-    cols = ["experiment", "status", "backend", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s",
+    cols = ["experiment", "status", "backend", "device", "worker", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s",
             "slice_step_A", "error"]
     report = report.reindex(columns=cols)
     return Prediction(

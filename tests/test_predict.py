@@ -98,6 +98,21 @@ def test_one_bad_run_never_loses_the_others(tmp_path, small_dataset, untrained_b
     assert set(sub["experiment"]) <= set(runs) - {runs[1]}
 
 
+def test_runs_are_shared_out_over_the_devices(small_dataset, untrained_bundle):
+    """The multi-GPU path (one worker and model per device), on two CPU workers: every run is
+    predicted once, by one of the workers, with the same result as one worker gives."""
+    runs = small_dataset.test_runs
+    one = predict_runs(small_dataset.root, "test", bundle=untrained_bundle, devices=["cpu"], progress=False)
+    two = predict_runs(small_dataset.root, "test", bundle=untrained_bundle, devices=["cpu", "cpu"], progress=False)
+    assert list(two.report["experiment"]) == runs and (two.report["status"] == "ok").all()
+    assert set(two.report["worker"]) == {0, 1} and set(one.report["worker"]) == {0}
+    assert (two.report["device"] == "cpu").all() and (two.report["backend"] == "torch").all()
+    key = ["experiment", "z", "x", "y", "class_id"]
+    pd.testing.assert_frame_equal(two.detections.sort_values(key).reset_index(drop=True),
+                                  one.detections.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(two.picks, one.picks)
+
+
 def test_run_with_nan_tomogram_is_handled(tmp_path, untrained_bundle):
     root = tmp_path / "data"
     vol = np.random.default_rng(0).normal(size=(16, 64, 64)).astype(np.float32)
