@@ -273,7 +273,7 @@ def baseline_cross_validated(detections: pd.DataFrame, solution: pd.DataFrame):
     for run in sorted(solution["experiment"].unique()):
         tuned, _ = tune_thresholds(
             cands[cands["experiment"] != run], solution[solution["experiment"] != run], no_nms,
-            grid=grid, support_grid=(1, 2, 3, 4, 5, 6, 7, 8, 10, 12),
+            grid=grid, support_grid=(1, 2, 3, 4, 5, 6, 7, 8, 10, 12), share_grid=None,
         )  # fmt: skip
         c = cands[cands["experiment"] == run]
         thr = c["particle_type"].map(lambda n: tuned[n].conf_threshold).to_numpy(float)

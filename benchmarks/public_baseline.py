@@ -73,6 +73,7 @@ def baseline_aggregate(detections: pd.DataFrame, apply_thresholds: bool = True) 
             "z": centre[2],
             "score": score,
             "n_slices": size.astype(np.int64),
+            "share": 1.0,  # the notebook knows no class share: nothing is ever dropped for it
         },
         columns=list(CANDIDATE_COLUMNS),
     )

@@ -203,6 +203,8 @@ def test_train_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
     assert cfg["train"]["epochs"] == 1 and cfg["train"]["imgsz"] == 128
     tuned = AggregateConfig.from_dict(cfg["aggregate"])
     assert load_bundle(bundle_dir).aggregate == tuned
+    # the ONNX copy of the trained weights is made (this environment has onnx) and matches them
+    assert load_bundle(bundle_dir).onnx == bundle_dir / "model.onnx"
     # the tuning table shown is the one saved: one row per type the validation run holds
     table_html = "\n".join(_outputs(nb, "text/html"))
     assert "default_f_beta" in table_html and "f_beta" in table_html
