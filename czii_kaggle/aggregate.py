@@ -361,9 +361,9 @@ def aggregate(
     Returns
     -------
     DataFrame
-        ``experiment, particle_type, x, y, z, score, n_slices`` (Angstrom;
-        ``score`` float in 0..1; ``n_slices`` int), sorted by experiment,
-        particle type and decreasing score.
+        ``experiment, particle_type, x, y, z, score, n_slices, share`` (Angstrom;
+        ``score`` and ``share`` float in 0..1; ``n_slices`` int), sorted by
+        experiment, particle type and decreasing score.
     """
     config = AggregateConfig() if config is None else config
     _check_detections(detections)

@@ -200,7 +200,7 @@ def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, de
 class Prediction:
     """What :func:`predict_runs` returns.
 
-    picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices`` (Angstrom).
+    picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices, share`` (Angstrom).
     detections : raw per-slice detections of every run.
     report : one row per run: ``experiment, status, backend, device, worker, n_picks, read_s, preprocess_s,
     inference_s, aggregate_s, total_s, slice_step_A, error``.

@@ -119,7 +119,8 @@ def tune_thresholds(
     ----------
     candidates : DataFrame
         ``aggregate(detections, config, apply_thresholds=False)`` of the
-        validation runs: ``experiment, particle_type, x, y, z, score, n_slices``.
+        validation runs: ``experiment, particle_type, x, y, z, score, n_slices`` and
+        ``share`` (taken as 1 when absent).
     solution : DataFrame
         Ground-truth picks of the same runs: ``experiment, particle_type, x, y, z``
         (Angstrom). Candidates of experiments absent from it are ignored.
