@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=("train", "test"))
     s.add_argument("--runs", nargs="*")
     s.add_argument("--out", type=Path, default=Path("submission.csv"))
-    s.add_argument("--weights", type=Path, help="bundle folder or .pt (default: the shipped model)")
+    s.add_argument("--weights", type=Path, help="bundle folder, .pt or .onnx (default: the shipped model)")
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
     s.add_argument("--slice-step", type=int, help="run on every n-th slice (faster, lower recall)")
     s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),

@@ -75,7 +75,8 @@ def _matching_onnx(weights: Path, record: dict | None) -> Path | None:
 
 
 def load_bundle(path: str | Path | None = None) -> Bundle:
-    """Load a bundle from a folder (``model.pt`` + ``czii_config.json``) or a ``.pt`` file.
+    """Load a bundle from a folder (``model.pt`` + ``czii_config.json``), a ``.pt`` file or an
+    ``.onnx`` file (run by ONNX Runtime); the configs come from ``czii_config.json`` beside it.
 
     ``None`` loads the shipped default bundle.
     """
@@ -95,7 +96,7 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         preprocess=PreprocessConfig.from_dict(cfg["preprocess"]) if "preprocess" in cfg else PreprocessConfig(),
         detect=DetectConfig.from_dict(cfg["detect"]) if "detect" in cfg else DetectConfig(),
         aggregate=AggregateConfig.from_dict(cfg["aggregate"]) if "aggregate" in cfg else AggregateConfig(),
-        onnx=_matching_onnx(weights, cfg.get("onnx")),
+        onnx=weights if weights.suffix == ".onnx" else _matching_onnx(weights, cfg.get("onnx")),
     )
 
 
@@ -131,6 +132,10 @@ def choose_backend(bundle: Bundle, backend: str = "auto", devices: list[str] | N
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if bundle.weights.suffix == ".onnx":  # given an ONNX file itself: nothing else to run
+        if backend == "torch":
+            raise CziiInputError(bundle.weights, "is an ONNX model: the torch backend needs the .pt weights")
+        return "onnx"
     if backend == "torch":
         return "torch"
     if backend == "onnx":
@@ -244,7 +249,7 @@ def predict_runs(
         from . import offline
 
         offline.set_cpu_threads()
-    weights = bundle.onnx if backend == "onnx" else bundle.weights
+    weights = (bundle.onnx or bundle.weights) if backend == "onnx" else bundle.weights
     models = [load_model(weights) for _ in devices]  # one model per worker, never shared between threads
     todo: queue.Queue = queue.Queue()
     for run in runs:

@@ -278,6 +278,10 @@ def test_stale_or_missing_onnx_is_never_used(tmp_path, onnx_bundle, untrained_bu
     assert choose_backend(load_bundle(b), "auto", ["cuda:0", "cuda:1"]) == "torch"  # GPUs run the .pt
     with pytest.raises(ValueError, match="backend must be one of"):
         choose_backend(load_bundle(b), "tensorrt", ["cpu"])
+    direct = load_bundle(b / "model.onnx")  # an .onnx file itself runs with ONNX Runtime, anywhere
+    assert direct.onnx == b / "model.onnx" and choose_backend(direct, "auto", ["cuda:0"]) == "onnx"
+    with pytest.raises(CziiInputError, match="model.onnx: is an ONNX model: the torch backend needs the .pt"):
+        choose_backend(direct, "torch", ["cpu"])
     shutil.copy2(untrained_bundle / "model.pt", b / "model.pt")  # retrained weights, old export
     with pytest.warns(RuntimeWarning, match="model.onnx was exported from other weights"):
         stale = load_bundle(b)
