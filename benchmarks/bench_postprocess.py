@@ -28,7 +28,7 @@ import datetime as _dt
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -305,6 +305,8 @@ def compare(detections: pd.DataFrame, solution: pd.DataFrame, step_A, shipped: A
     if shipped is not None:
         subs["ours, the bundle's thresholds (tuned on its validation runs)"] = aggregate(
             detections, shipped, slice_step_A=step_A)
+        no_share = AggregateConfig({n: replace(shipped[n], min_share=0.0) for n in NAMES})
+        subs["ours, the bundle's thresholds, class share off"] = aggregate(detections, no_share, slice_step_A=step_A)
     return pd.DataFrame({k: score_row(solution, v) for k, v in subs.items()}).T
 
 
