@@ -93,11 +93,16 @@ def empty_detections() -> pd.DataFrame:
     )
 
 
-def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime can be imported here (it is an optional dependency)."""
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported here, without importing it."""
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime can be imported here (it is an optional dependency)."""
+    return _installed("onnxruntime")
 
 
 def load_model(weights: str | Path):
@@ -138,14 +143,12 @@ def export_onnx(weights: str | Path, imgsz: int = 640, simplify: bool = True) ->
     -------
     Path of the ``.onnx`` file.
     """
-    import importlib.util
-
     model = load_model(weights)  # a clear error for a missing or wrong .pt
     if Path(weights).suffix != ".pt":
         raise CziiInputError(weights, "only a PyTorch .pt model can be exported to ONNX")
-    if importlib.util.find_spec("onnx") is None:
+    if not _installed("onnx"):
         raise CziiInputError(weights, "exporting to ONNX needs the onnx package (pip install onnx onnxslim)")
-    simplify = simplify and importlib.util.find_spec("onnxslim") is not None
+    simplify = simplify and _installed("onnxslim")
     out = model.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=simplify, device="cpu", verbose=False)
     return Path(out)
 

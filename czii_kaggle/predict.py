@@ -207,8 +207,8 @@ class Prediction:
 
     picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices, share`` (Angstrom).
     detections : raw per-slice detections of every run.
-    report : one row per run: ``experiment, status, backend, device, worker, n_picks, read_s, preprocess_s,
-    inference_s, aggregate_s, total_s, slice_step_A, error``.
+    report : one row per run: ``experiment, status, backend, device, worker, n_picks, read_s,
+    preprocess_s, inference_s, aggregate_s, total_s, slice_step_A, error``.
     """
 
     picks: pd.DataFrame
@@ -294,8 +294,8 @@ def predict_runs(
         [{"experiment": r, "n_picks": 0 if results[r][1] is None else len(results[r][1]), **results[r][2]}
          for r in runs]
     )
-    cols = ["experiment", "status", "backend", "device", "worker", "n_picks", "read_s", "preprocess_s", "inference_s", "aggregate_s", "total_s",
-            "slice_step_A", "error"]
+    cols = ["experiment", "status", "backend", "device", "worker", "n_picks", "read_s", "preprocess_s",
+            "inference_s", "aggregate_s", "total_s", "slice_step_A", "error"]
     report = report.reindex(columns=cols)
     return Prediction(
         picks=pd.concat(picks, ignore_index=True) if picks else empty_candidates(),

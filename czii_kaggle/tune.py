@@ -4,7 +4,8 @@ The metric sums TP / FP / FN over runs *per particle type* and each type's
 F-beta depends only on that type's candidates, so every type is tuned on its
 own (a candidate's ``share`` comes from the other classes' candidates before any
 threshold, so it does not change while they are tuned). For one type and one
-``min_support`` / ``min_share`` pair the candidates are filtered and NMS-ed once (:func:`czii_kaggle.aggregate.nms_3d`); after that a score
+``min_support`` / ``min_share`` pair the candidates are filtered and NMS-ed
+once (:func:`czii_kaggle.aggregate.nms_3d`); after that a score
 threshold only removes the lowest-scored candidates, so every threshold of the
 grid is counted at once: a reference is a true positive at threshold ``t`` when
 the best candidate within ``0.5 * radius`` (the metric's rule, inclusive) has

@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"validation runs {missing} are not among the simulated runs {runs}")
     log["simulate_s"] = time.time() - t0
 
-    ds_cfg = DatasetConfig(preprocess=PreprocessConfig(slice_offset=a.slice_offset), slice_step=3, tile_vox=320, tile_overlap_vox=0, empty_fraction=0.05, seed=a.seed)
+    ds_cfg = DatasetConfig(preprocess=PreprocessConfig(slice_offset=a.slice_offset), slice_step=3, tile_vox=320,
+                           tile_overlap_vox=0, empty_fraction=0.05, seed=a.seed)
     data_yaml = work / "dataset" / "data.yaml"
     if not data_yaml.exists():
         build_dataset(root, work / "dataset", val_runs=val_runs, runs=runs, config=ds_cfg)
