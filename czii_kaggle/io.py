@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import struct
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ import numpy as np
 import zarr
 
 from .errors import CziiInputError
+from .outputs import atomic_dir
 
 NAN_POLICIES = ("fill", "raise")
 
@@ -152,8 +150,32 @@ def _dataset(zarr_path: Path, level: int) -> tuple[list, dict]:
     return axes, ds
 
 
-def read_voxel_size(zarr_path: str | Path, level: int = 0) -> float:
-    """Voxel size of one level in Angstrom: the x-axis ``scale`` in ``.zattrs``.
+#: Angstrom per unit, for the OME-Zarr 0.4 space units a tomogram may give its axes (and short forms).
+UNIT_A = {
+    "angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "millimeter": 1e7, "centimeter": 1e8,
+    "meter": 1e10, "picometer": 1e-2, "femtometer": 1e-5,
+    "\u00e5": 1.0, "a": 1.0, "nm": 10.0, "um": 1e4, "\u00b5m": 1e4, "mm": 1e7, "pm": 1e-2,
+}
+#: Level-0 voxel sizes (Angstrom) a cryo-ET tomogram can plausibly have; level k allows 2**k times more.
+PLAUSIBLE_VOXEL_A = (1.0, 100.0)
+
+
+def _axis_unit_A(zarr_path: Path, axis: object, name: str) -> float:
+    """Angstrom per unit of one ``.zattrs`` axis (no unit given: Angstrom, as on Kaggle)."""
+    unit = axis.get("unit") if isinstance(axis, dict) else None
+    if unit is None:
+        return 1.0
+    if not isinstance(unit, str) or unit.strip().lower() not in UNIT_A:
+        raise CziiInputError(
+            zarr_path / ".zattrs",
+            f"axis {name!r} has unit {unit!r}, not a length unit this reader knows "
+            f"(angstrom, nanometer, micrometer, millimeter, meter, picometer)",
+        )
+    return UNIT_A[unit.strip().lower()]
+
+
+def read_voxel_sizes(zarr_path: str | Path, level: int = 0) -> tuple[float, ...]:
+    """Voxel size of one level along each axis, in Angstrom (``.zattrs`` ``scale`` times its axis unit).
 
     Parameters
     ----------
@@ -164,8 +186,15 @@ def read_voxel_size(zarr_path: str | Path, level: int = 0) -> float:
 
     Returns
     -------
-    float
-        Angstrom per voxel along x (10.012444537618887 at level 0 of the real data).
+    tuple of float
+        Angstrom per voxel along each axis in ``.zattrs`` order (``z, y, x`` on Kaggle).
+        Units are converted (OME-Zarr 0.4 ``axes[i].unit``: ``"nanometer"`` multiplies
+        by 10); an axis without a unit is read as Angstrom.
+
+    Raises
+    ------
+    CziiInputError
+        No scale, a scale that is not a positive number, or an unknown unit.
     """
     zarr_path = Path(zarr_path)
     axes, ds = _dataset(zarr_path, level)
@@ -179,11 +208,61 @@ def read_voxel_size(zarr_path: str | Path, level: int = 0) -> float:
         raise CziiInputError(zarr_path, f"{where} has no scale coordinateTransformation")
     scale = scales[0]
     names = [a.get("name") if isinstance(a, dict) else a for a in axes]
-    ix = names.index("x") if "x" in names and len(names) == len(scale) else len(scale) - 1
-    value = scale[ix]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise CziiInputError(zarr_path, f"{where} x scale {value!r} is not a positive number")
-    return float(value)
+    if len(names) != len(scale):
+        names, axes = [None] * (len(scale) - 1) + ["x"], [None] * len(scale)
+    sizes = []
+    for axis, name, value in zip(axes, names, scale):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            label = f"{name} scale" if name else "scale"
+            raise CziiInputError(zarr_path, f"{where} {label} {value!r} is not a positive number")
+        sizes.append(float(value) * _axis_unit_A(zarr_path, axis, str(name)))
+    return tuple(sizes)
+
+
+def read_voxel_size(zarr_path: str | Path, level: int = 0) -> float:
+    """Voxel size of one level in Angstrom: the x-axis ``scale`` in ``.zattrs``, in its unit.
+
+    Parameters
+    ----------
+    zarr_path : str or Path
+        The tomogram's ``{type}.zarr`` folder.
+    level : int
+        Multiscale level (0: full resolution).
+
+    Returns
+    -------
+    float
+        Angstrom per voxel along x (10.012444537618887 at level 0 of the real data).
+        A scale given in another unit is converted (:func:`read_voxel_sizes`).
+
+    Warns
+    -----
+    RuntimeWarning
+        Naming the file, when the size is far from any cryo-ET voxel size (outside
+        :data:`PLAUSIBLE_VOXEL_A`, times ``2**level``) or the axes' sizes differ by more
+        than 1 % (anisotropic voxels: coordinates along z would be off).
+    """
+    zarr_path = Path(zarr_path)
+    axes, _ = _dataset(zarr_path, level)
+    sizes = read_voxel_sizes(zarr_path, level)
+    names = [a.get("name") if isinstance(a, dict) else a for a in axes]
+    voxel_size_A = sizes[names.index("x")] if "x" in names and len(names) == len(sizes) else sizes[-1]
+    lo, hi = PLAUSIBLE_VOXEL_A[0], PLAUSIBLE_VOXEL_A[1] * 2**level
+    if not lo <= voxel_size_A <= hi:
+        warnings.warn(
+            f"{zarr_path / '.zattrs'}: level {level} voxel size {voxel_size_A:.6g} Angstrom is outside "
+            f"{lo:g}-{hi:g} Angstrom, far from any cryo-ET voxel size: is the scale or its unit wrong?",
+            RuntimeWarning, stacklevel=2,
+        )
+    spatial = sizes[-3:]
+    if max(spatial) > 1.01 * min(spatial):
+        warnings.warn(
+            f"{zarr_path / '.zattrs'}: level {level} voxels are anisotropic "
+            f"({' x '.join(f'{v:.6g}' for v in spatial)} Angstrom); coordinates use the x size "
+            f"{voxel_size_A:.6g} on every axis",
+            RuntimeWarning, stacklevel=2,
+        )
+    return voxel_size_A
 
 
 def open_level(zarr_path: str | Path, level: int = 0):
@@ -257,11 +336,19 @@ def _check_blosc_chunk_row(array_path: Path, zarray: dict, iz: int) -> None:
         if len(header) < 16:
             raise CziiInputError(f, f"empty or corrupt chunk file: {size} bytes, less than a Blosc header")
         nbytes, _, cbytes = struct.unpack("<III", header[4:16])
-        if cbytes != size or (zarray.get("filters") is None and nbytes != chunk_bytes):
+        if cbytes != size:
             raise CziiInputError(
                 f,
                 f"truncated or corrupt chunk file: {size} bytes, its Blosc header says {cbytes} "
                 f"compressed / {nbytes} decoded (one chunk is {chunk_bytes})",
+            )
+        if zarray.get("filters") is None and nbytes != chunk_bytes:
+            # the file is whole (its size matches its header): the metadata describes another chunk
+            raise CziiInputError(
+                array_path / ".zarray",
+                f"dtype {zarray['dtype']!r} and chunks {list(zarray['chunks'])} make one chunk "
+                f"{chunk_bytes} bytes, but the intact chunk file {f.relative_to(array_path)} holds "
+                f"{nbytes}: wrong dtype or chunk shape in .zarray",
             )
 
 
@@ -344,7 +431,19 @@ def read_tomogram(
     volume : ndarray, float32, C-contiguous, shape (nz, ny, nx)
         Voxels ``(z, y, x)``; with ``z_range``, ``nz = stop - start``.
     voxel_size_A : float
-        Angstrom per voxel at this level (from ``.zattrs``).
+        Angstrom per voxel at this level (from ``.zattrs``, converted from its unit).
+
+    Raises
+    ------
+    CziiInputError
+        As :func:`iter_slabs`; or the volume read has no contrast (every voxel one
+        value: a blank tomogram, or its chunk files absent and read as the fill value).
+
+    Warns
+    -----
+    RuntimeWarning
+        Naming the file: non-finite voxels filled, some chunk files absent, or an
+        implausible or anisotropic voxel size (:func:`read_voxel_size`).
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {nan_policy!r}")
@@ -356,7 +455,43 @@ def read_tomogram(
     for z0, slab in iter_slabs(zarr_path, level, (start, stop)):
         volume[z0 - start : z0 - start + slab.shape[0]] = slab
     _handle_non_finite(volume, zarr_path, level, nan_policy)
+    _check_contrast(volume, zarr_path, level, (start, stop), nz)
     return volume, voxel_size_A
+
+
+def _absent_chunk_files(zarr_path: Path, level: int, z_range: tuple[int, int]) -> tuple[int, int]:
+    """``(absent, expected)`` chunk files of ``level`` covering z ``start:stop`` (absent ones read as fill)."""
+    name = _dataset(zarr_path, level)[1]["path"]
+    zarray = _read_json(zarr_path / name / ".zarray", ".zarray")
+    shape, chunks = zarray["shape"], zarray["chunks"]
+    sep = "/" if zarray.get("dimension_separator") == "/" else "."
+    rows = range(z_range[0] // chunks[0], (z_range[1] - 1) // chunks[0] + 1)
+    grid = [rows, *(range(math.ceil(n / c)) for n, c in zip(shape[1:], chunks[1:]))]
+    keys = [sep.join(str(i) for i in idx) for idx in product(*grid)]
+    absent = sum(not (zarr_path / name / k).is_file() for k in keys)
+    return absent, len(keys)
+
+
+def _check_contrast(volume: np.ndarray, zarr_path: Path, level: int, z_range: tuple[int, int], nz: int) -> None:
+    """Refuse a volume with no contrast (every voxel one value); warn when chunk files are absent.
+
+    A blank volume (all zeros, a constant, or chunk files missing so zarr fills them in)
+    holds no particle, yet a detector would find "particles" in it.
+    """
+    absent, expected = _absent_chunk_files(zarr_path, level, z_range)
+    where = f"level {level}" + ("" if z_range == (0, nz) else f" z {z_range[0]}:{z_range[1]}")
+    lo, hi = float(volume.min()), float(volume.max())
+    if lo == hi:
+        why = (f"all {expected} of its chunk files are absent and read as the fill value" if absent == expected
+               else f"{absent} of its {expected} chunk files are absent" if absent else "a blank tomogram")
+        raise CziiInputError(zarr_path, f"{where} has no contrast: every voxel is {lo:g} ({why}); "
+                                        "no particle can be found in it")
+    if absent:
+        warnings.warn(
+            f"{zarr_path}: {where}: {absent} of its {expected} chunk files are absent and read as the "
+            "fill value (an incomplete copy?)",
+            RuntimeWarning, stacklevel=3,
+        )
 
 
 def _handle_non_finite(volume: np.ndarray, zarr_path: Path, level: int, nan_policy: str) -> None:
@@ -502,10 +637,7 @@ def write_tomogram(
             raise FileExistsError(f"{zarr_path}: exists and is not a zarr group; not replacing it")
 
     enc = ZarrEncoding()
-    zarr_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{zarr_path.name}.", suffix=".tmp", dir=zarr_path.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a tomogram folder is ordinary
+    with atomic_dir(zarr_path, replace=overwrite) as tmp:
         (tmp / ".zgroup").write_text(json.dumps({"zarr_format": 2}, indent=4, sort_keys=True))
         (tmp / ".zattrs").write_text(json.dumps(_zattrs(float(voxel_size_A), n_levels)))
         level = np.ascontiguousarray(volume, dtype=np.float32)
@@ -513,10 +645,4 @@ def write_tomogram(
             if k:
                 level = downsample2(level)
             _write_level(tmp / str(k), level, chunks, enc)
-        if zarr_path.exists():
-            shutil.rmtree(zarr_path)
-        os.replace(tmp, zarr_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return zarr_path

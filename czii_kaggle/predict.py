@@ -191,7 +191,7 @@ def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, de
     t0 = time.perf_counter()
     volume, voxel_size_A = io.read_tomogram(zarr_path)
     t1 = time.perf_counter()
-    vol_u8 = preprocess_volume(volume, bundle.preprocess)
+    vol_u8 = preprocess_volume(volume, bundle.preprocess, source=zarr_path)
     del volume
     t2 = time.perf_counter()
     dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect,

@@ -6,9 +6,12 @@ builder and the detector, so a model always sees images made the same way.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from .errors import CziiInputError
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def percentile_range(volume: np.ndarray, clip_percentiles=(0.5, 99.5), max_sampl
 def normalize(volume: np.ndarray, clip_percentiles=(0.5, 99.5), out: str = "uint8") -> np.ndarray:
     """Clip ``volume`` to its percentile range and scale it to 0..255 (uint8) or 0..1 (float32).
 
-    A constant volume maps to all zeros rather than dividing by zero.
+    A constant volume maps to all zeros rather than dividing by zero
+    (:func:`preprocess_volume` refuses one instead).
 
     Parameters
     ----------
@@ -81,7 +85,11 @@ def normalize(volume: np.ndarray, clip_percentiles=(0.5, 99.5), out: str = "uint
     clip_percentiles : (float, float)
     out : ``"uint8"`` or ``"float"``
     """
-    lo, hi = percentile_range(volume, clip_percentiles)
+    return _rescale(volume, *percentile_range(volume, clip_percentiles), out)
+
+
+def _rescale(volume: np.ndarray, lo: float, hi: float, out: str = "uint8") -> np.ndarray:
+    """``volume`` clipped to ``lo..hi`` and scaled to 0..255 (uint8) or 0..1 (float32)."""
     scale = 1.0 / (hi - lo) if hi > lo else 0.0
     x = np.clip((volume.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(scale), 0.0, 1.0)
     if out == "float":
@@ -103,9 +111,25 @@ def denoise(volume: np.ndarray, method: str = "gaussian", size_vox: float = 1.0)
     raise ValueError(f"unknown denoise method {method!r}")
 
 
-def preprocess_volume(volume: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
-    """Denoise then normalise a tomogram to uint8 (z, y, x)."""
-    return normalize(denoise(volume, config.denoise, config.denoise_size_vox), config.clip_percentiles)
+def preprocess_volume(
+    volume: np.ndarray, config: PreprocessConfig = PreprocessConfig(), source: str | Path | None = None
+) -> np.ndarray:
+    """Denoise then normalise a tomogram to uint8 (z, y, x).
+
+    Raises :class:`CziiInputError` (naming ``source``, the file the volume came from)
+    when the volume has no contrast: its clip percentiles are equal, so every image
+    would be flat, yet a detector finds "particles" in flat images.
+    """
+    smooth = denoise(volume, config.denoise, config.denoise_size_vox)
+    lo, hi = percentile_range(smooth, config.clip_percentiles)
+    if not hi > lo:
+        p_lo, p_hi = config.clip_percentiles
+        raise CziiInputError(
+            source,
+            f"no contrast: the {p_lo:g} and {p_hi:g} intensity percentiles are both {lo:g} "
+            "(a blank or nearly blank tomogram); no particle can be found in it",
+        )
+    return _rescale(smooth, lo, hi)
 
 
 def stack_slices(volume_u8: np.ndarray, z_indices, slice_offset: int = 1) -> np.ndarray:

@@ -192,11 +192,14 @@ def test_real_metadata_voxel_sizes(real_root):
     assert io.read_voxel_size(real, 2) == 40.04977815047555
 
 
-def test_real_level2_reads_as_fill_value(real_root):
-    vol, vs = io.read_tomogram(_real_zarr(real_root), level=2)
-    assert vol.shape == (46, 158, 158) and vol.dtype == np.float32
-    assert not vol.any()
-    assert vs == 40.04977815047555
+def test_real_level2_without_its_chunk_is_blank(real_root):
+    """The real level 2 lacks its only chunk file: it reads as zeros, a volume with no contrast."""
+    arr = io.open_level(_real_zarr(real_root), level=2)
+    assert arr.shape == (46, 158, 158) and not np.asarray(arr[:2]).any()
+    with pytest.raises(CziiInputError, match=r"level 2 has no contrast: every voxel is 0 "
+                                             r"\(all 1 of its chunk files are absent") as err:
+        io.read_tomogram(_real_zarr(real_root), level=2)
+    assert err.value.path == _real_zarr(real_root)
 
 
 def test_real_level0_absent_is_an_input_error(real_root):
@@ -358,3 +361,105 @@ def test_all_nan_is_an_error(tmp_path, policy):
 def test_unknown_nan_policy(tomo):
     with pytest.raises(ValueError, match="nan_policy"):
         io.read_tomogram(tomo, nan_policy="ignore")
+
+
+# ------------------------------------------------------------------ blank volumes
+
+
+@pytest.mark.parametrize("value", [0.0, 3.5])
+def test_constant_volume_has_no_contrast(tmp_path, value):
+    tomo = io.write_tomogram(tmp_path / "t.zarr", np.full((6, 8, 8), value, np.float32), VOXEL_A, chunks=(4, 4, 4))
+    with pytest.raises(CziiInputError, match=f"level 0 has no contrast: every voxel is {value:g} "
+                                             r"\(a blank tomogram\)") as err:
+        io.read_tomogram(tomo)
+    assert err.value.path == tomo
+
+
+def test_missing_chunk_files_blank_or_warned(tmp_path, volume):
+    one = io.write_tomogram(tmp_path / "one.zarr", volume, VOXEL_A, n_levels=1, chunks=(16, 16, 16))
+    (one / "0" / "0" / "0" / "0").unlink()  # its only chunk: zarr fills in zeros
+    with pytest.raises(CziiInputError, match=r"no contrast.*all 1 of its chunk files are absent"):
+        io.read_tomogram(one)
+    many = io.write_tomogram(tmp_path / "many.zarr", volume, VOXEL_A, n_levels=1, chunks=(4, 4, 4))
+    (many / "0" / "1" / "0" / "1").unlink()
+    with pytest.warns(RuntimeWarning, match=r"many.zarr: level 0: 1 of its 18 chunk files are absent"):
+        got, _ = io.read_tomogram(many)
+    assert not got[4:8, 0:4, 4:7].any() and got[:4].all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        io.read_tomogram(many, z_range=(0, 4))  # the z range read has every chunk file
+
+
+def test_blank_z_range(tmp_path):
+    vol = np.zeros((8, 4, 4), np.float32)
+    vol[:4] = np.random.default_rng(0).normal(size=(4, 4, 4))
+    tomo = io.write_tomogram(tmp_path / "t.zarr", vol, VOXEL_A, n_levels=1, chunks=(4, 4, 4))
+    with pytest.raises(CziiInputError, match=r"level 0 z 4:8 has no contrast"):
+        io.read_tomogram(tomo, z_range=(4, 8))
+    assert io.read_tomogram(tomo)[0].shape == (8, 4, 4)
+
+
+# ------------------------------------------------------------------ axis units and odd voxel sizes
+
+
+def _set_axes(tomo, units=None, scale0=None):
+    attrs = json.loads((tomo / ".zattrs").read_text())
+    ms = attrs["multiscales"][0]
+    if units is not None:
+        for axis, unit in zip(ms["axes"], units):
+            if unit is None:
+                axis.pop("unit")
+            else:
+                axis["unit"] = unit
+    if scale0 is not None:
+        ms["datasets"][0]["coordinateTransformations"][0]["scale"] = scale0
+    (tomo / ".zattrs").write_text(json.dumps(attrs))
+
+
+@pytest.mark.parametrize("unit, factor", [("angstrom", 1.0), ("nanometer", 10.0), ("micrometer", 1e4), (None, 1.0)])
+def test_axis_unit_is_converted_to_angstrom(tomo, unit, factor):
+    scale = 1.0012444537618887 if unit == "nanometer" else (VOXEL_A / factor)
+    _set_axes(tomo, [unit] * 3, [scale] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.read_voxel_size(tomo) == pytest.approx(scale * factor, rel=1e-12)
+        assert io.read_tomogram(tomo)[1] == pytest.approx(scale * factor, rel=1e-12)
+
+
+def test_nanometer_scale_gives_angstrom_coordinates(tomo):
+    _set_axes(tomo, ["nanometer"] * 3, [1.0012444537618887] * 3)
+    assert io.read_voxel_sizes(tomo) == pytest.approx((VOXEL_A,) * 3)
+
+
+def test_unknown_unit_is_refused(tomo):
+    _set_axes(tomo, ["angstrom", "angstrom", "pixel"])
+    with pytest.raises(CziiInputError, match=r"\.zattrs: axis 'x' has unit 'pixel', not a length unit") as err:
+        io.read_tomogram(tomo)
+    assert err.value.path == tomo / ".zattrs"
+
+
+@pytest.mark.parametrize("scale", [0.01, 500.0])
+def test_implausible_voxel_size_warns(tomo, scale):
+    _set_axes(tomo, scale0=[scale] * 3)
+    with pytest.warns(RuntimeWarning, match=r"denoised.zarr/\.zattrs: level 0 voxel size .* outside 1-100 Angstrom"):
+        assert io.read_voxel_size(tomo) == scale
+
+
+def test_anisotropic_voxels_warn(tomo):
+    _set_axes(tomo, scale0=[20.0, VOXEL_A, VOXEL_A])
+    with pytest.warns(RuntimeWarning, match=r"denoised.zarr/\.zattrs: level 0 voxels are anisotropic \(20 x 10"):
+        assert io.read_voxel_size(tomo) == VOXEL_A
+
+
+# ------------------------------------------------------------------ .zarray that does not fit its chunks
+
+
+@pytest.mark.parametrize("change", [{"dtype": "<f8"}, {"dtype": "<i2"}, {"chunks": [2, 4, 4]}])
+def test_wrong_zarray_is_blamed_not_the_chunks(tomo, change):
+    zarray = json.loads((tomo / "0" / ".zarray").read_text())
+    zarray.update(change)
+    (tomo / "0" / ".zarray").write_text(json.dumps(zarray))
+    with pytest.raises(CziiInputError, match=r"wrong dtype or chunk shape in \.zarray") as err:
+        io.read_tomogram(tomo)
+    assert err.value.path == tomo / "0" / ".zarray"
+    assert "truncated" not in str(err.value)

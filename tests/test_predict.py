@@ -126,6 +126,29 @@ def test_run_with_nan_tomogram_is_handled(tmp_path, untrained_bundle):
     assert rep.loc["TS_allnan", "status"] == "failed" and "TS_allnan" in rep.loc["TS_allnan", "error"]
 
 
+def test_blank_runs_fail_with_their_reason_others_go_on(tmp_path, untrained_bundle):
+    """A tomogram with no contrast holds no particle: its run fails naming the file, no picks."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    io.write_tomogram(layout.tomogram_path(root, "test", "TS_ok"), rng.normal(size=(16, 64, 64)).astype(np.float32), 10.0)
+    io.write_tomogram(layout.tomogram_path(root, "test", "TS_zero"), np.zeros((16, 64, 64), np.float32), 10.0)
+    nearly = np.zeros((16, 128, 128), np.float32)
+    nearly[8, 60:62, 60:62] = 5.0  # a speck: > 99.5 % of voxels one value
+    io.write_tomogram(layout.tomogram_path(root, "test", "TS_speck"), nearly, 10.0)
+    missing = layout.tomogram_path(root, "test", "TS_nochunk")
+    io.write_tomogram(missing, rng.normal(size=(16, 64, 64)).astype(np.float32), 10.0, n_levels=1)
+    (missing / "0" / "0" / "0" / "0").unlink()  # its only chunk: zarr reads zeros
+    pred = predict_runs(root, "test", bundle=untrained_bundle, progress=False)
+    rep = pred.report.set_index("experiment")
+    assert rep.loc["TS_ok", "status"] == "ok"
+    for run, why in [("TS_zero", "a blank tomogram"), ("TS_nochunk", "chunk files are absent"),
+                     ("TS_speck", "0.5 and 99.5 intensity percentiles")]:
+        assert rep.loc[run, "status"] == "failed" and rep.loc[run, "n_picks"] == 0
+        error = rep.loc[run, "error"]
+        assert str(layout.tomogram_path(root, "test", run)) in error and "no contrast" in error and why in error
+    assert set(pred.picks["experiment"]) <= {"TS_ok"} and set(pred.detections["experiment"]) <= {"TS_ok"}
+
+
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
 @pytest.mark.slow
 def test_shipped_model_finds_particles(small_dataset):

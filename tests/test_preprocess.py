@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from czii_kaggle.errors import CziiInputError
+
 from czii_kaggle.preprocess import (
     PreprocessConfig,
     denoise,
@@ -70,3 +72,15 @@ def test_preprocess_config_validation_and_roundtrip():
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     vol = np.random.default_rng(2).normal(size=(6, 32, 32)).astype(np.float32)
     assert preprocess_volume(vol, cfg).dtype == np.uint8
+
+
+@pytest.mark.parametrize("blank", ["zeros", "constant", "one_bright_voxel"])
+def test_preprocess_refuses_a_volume_without_contrast(blank):
+    """A blank volume has no particle; flat images would still give detector "particles"."""
+    vol = np.full((16, 128, 128), 3.5 if blank == "constant" else 0.0, np.float32)
+    if blank == "one_bright_voxel":
+        vol[4, 30, 30] = 100.0  # even denoised, > 99.5 % of voxels keep one value: equal percentiles
+    with pytest.raises(CziiInputError, match=r"TS_x/denoised.zarr: no contrast: the 0.5 and 99.5 .* percentiles"):
+        preprocess_volume(vol, PreprocessConfig(), source="TS_x/denoised.zarr")
+    noisy = vol + np.random.default_rng(0).normal(0, 0.01, vol.shape).astype(np.float32)
+    assert preprocess_volume(noisy).std() > 10  # faint but real contrast is fine
