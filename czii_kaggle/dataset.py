@@ -16,6 +16,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import io, layout, particles, picks as picks_io
+from .errors import CziiInputError
+from .outputs import atomic_dir
 from .preprocess import PreprocessConfig, preprocess_volume, stack_slices
 
 BOX_COLUMNS = ["experiment", "particle_type", "class_id", "z_index", "x", "y", "w", "h"]
@@ -196,8 +198,49 @@ class DatasetConfig:
     rot90: bool = True
     seed: int = 0
 
+    def __post_init__(self):
+        if self.slice_step < 1:
+            raise ValueError(f"slice_step must be >= 1, not {self.slice_step}")
+        if self.tile_vox is not None and self.tile_vox < 1:
+            raise ValueError(f"tile_vox must be >= 1 or None (whole slices), not {self.tile_vox}")
+        if self.tile_overlap_vox < 0 or (self.tile_vox is not None and self.tile_overlap_vox >= self.tile_vox):
+            raise ValueError(f"tile_overlap_vox must be >= 0 and below tile_vox, not {self.tile_overlap_vox}")
+        if not 0.0 <= self.empty_fraction <= 1.0:
+            raise ValueError(f"empty_fraction must be in 0..1, not {self.empty_fraction}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: What :func:`build_dataset` writes in its folder (Ultralytics adds ``labels/*.cache`` inside).
+DATASET_ENTRIES = frozenset({"images", "labels", "data.yaml"})
+
+
+def _is_our_dataset(out_dir: Path) -> bool:
+    """``out_dir`` holds a dataset :func:`build_dataset` wrote, and nothing else."""
+    if not set(p.name for p in out_dir.iterdir()) <= DATASET_ENTRIES:
+        return False
+    try:
+        meta = yaml.safe_load((out_dir / "data.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("czii"), dict)
+
+
+def _check_output_folder(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder that is not empty, unless ``overwrite`` and it holds only a previous dataset of ours."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CziiInputError(out_dir, "exists and is a file; the dataset is a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise CziiInputError(out_dir, "folder is not empty: new images beside old ones would mix runs between "
+                                      "train and val; give a new folder, or overwrite=True (--overwrite) to "
+                                      "replace a previous dataset")
+    if not _is_our_dataset(out_dir):
+        others = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_ENTRIES)
+        what = f"it also holds {', '.join(others[:5])}" if others else "its data.yaml was not written by build_dataset"
+        raise CziiInputError(out_dir, f"is not a slice dataset of ours ({what}); not replacing it")
 
 
 def _rot90_labels(labels: np.ndarray, k: int) -> np.ndarray:
@@ -215,43 +258,89 @@ def build_dataset(
     val_runs: list[str] | None = None,
     runs: list[str] | None = None,
     config: DatasetConfig = DatasetConfig(),
+    overwrite: bool = False,
 ) -> Path:
     """Write a YOLO dataset from the training runs of a Kaggle-layout root.
 
     Writes ``{out_dir}/images/{train,val}/*.png``, ``{out_dir}/labels/{train,val}/*.txt``
-    and ``{out_dir}/data.yaml`` (class names in :data:`particles.PARTICLES` order).
+    and ``{out_dir}/data.yaml`` (class names in :data:`particles.PARTICLES` order). The
+    folder is built beside ``out_dir`` under a temporary name and renamed when complete.
 
     Parameters
     ----------
     root : path
         Kaggle-layout data root with ``train/static`` tomograms and ``train/overlay`` picks.
+    out_dir : path
+        A new or empty folder.
     val_runs : list of str
         Runs held out for validation (whole runs). Default: the last run.
     runs : list of str
         Runs to use; default every training run with picks.
+    overwrite : bool
+        Replace a previous dataset of ours at ``out_dir`` (a folder holding only
+        ``images/``, ``labels/`` and a ``data.yaml`` this function wrote). Anything else
+        there is never deleted: a folder that is not empty is refused.
 
     Returns
     -------
     Path of ``data.yaml``.
+
+    Raises
+    ------
+    CziiInputError
+        Before any tomogram is read: no runs, a run without a tomogram or picks, a
+        validation run not among the runs (or every run held out), ``out_dir`` not
+        empty (without ``overwrite``) or not a dataset of ours.
     """
     import cv2
 
     out_dir = Path(out_dir)
     runs = list(runs) if runs is not None else layout.list_pick_runs(root)
     if not runs:
-        raise ValueError(f"{root}: no training runs with picks")
+        raise CziiInputError(root, "no training runs with picks")
     val_runs = list(val_runs) if val_runs is not None else runs[-1:]
     unknown = sorted(set(val_runs) - set(runs))
     if unknown:
-        raise ValueError(f"validation runs {unknown} are not among the training runs {runs}")
+        raise CziiInputError(root, f"validation runs {unknown} are not among the training runs {runs}")
+    if set(runs) <= set(val_runs):
+        raise CziiInputError(root, f"every run is a validation run ({runs}): none is left to train on")
+    for run in runs:
+        tomo = layout.tomogram_path(root, "train", run, config.tomo_type)
+        if not tomo.exists():
+            raise CziiInputError(tomo, f"run {run!r} has no {config.tomo_type} tomogram")
+        if not layout.picks_dir(root, run).is_dir():
+            raise CziiInputError(layout.picks_dir(root, run), f"run {run!r} has no Picks folder")
+    _check_output_folder(out_dir, overwrite)
+    with atomic_dir(out_dir, replace=overwrite) as tmp:
+        n_images = _write_images(root, tmp, runs, val_runs, config, cv2)
+        (tmp / "data.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "path": str(out_dir.resolve()),
+                    "train": "images/train",
+                    "val": "images/val",
+                    "names": dict(enumerate(particles.NAMES)),
+                    "czii": {"train_runs": [r for r in runs if r not in val_runs], "val_runs": val_runs,
+                             "images": n_images, "config": config.to_dict()},
+                },
+                sort_keys=False,
+            )
+        )
+    return out_dir / "data.yaml"
+
+
+def _write_images(root, out_dir: Path, runs: list[str], val_runs: list[str], config: DatasetConfig, cv2) -> dict:
+    """Write every run's images and labels under ``out_dir``; returns the image count per split."""
     rng = np.random.default_rng(config.seed)
     n_images = {"train": 0, "val": 0}
+    for split in n_images:
+        (out_dir / "images" / split).mkdir(parents=True)
+        (out_dir / "labels" / split).mkdir(parents=True)
     for run in tqdm(runs, desc="dataset", unit="run"):
         split = "val" if run in val_runs else "train"
-        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
-        volume, voxel_size_A = io.read_tomogram(layout.tomogram_path(root, "train", run, config.tomo_type))
-        vol_u8 = preprocess_volume(volume, config.preprocess)
+        tomo = layout.tomogram_path(root, "train", run, config.tomo_type)
+        volume, voxel_size_A = io.read_tomogram(tomo)
+        vol_u8 = preprocess_volume(volume, config.preprocess, source=tomo)
         del volume
         boxes = slice_boxes(picks_io.read_run_picks(root, run), voxel_size_A, vol_u8.shape[0], config.labels)
         by_slice = dict(tuple(boxes.groupby("z_index")))
@@ -274,25 +363,13 @@ def build_dataset(
                         k = int(rng.integers(4))
                         crop, labels = np.rot90(crop, k), _rot90_labels(labels, k)
                     stem = f"{run}_z{z:03d}_y{y0:03d}_x{x0:03d}"
-                    cv2.imwrite(str(out_dir / "images" / split / f"{stem}.png"), np.ascontiguousarray(crop))
+                    image_path = out_dir / "images" / split / f"{stem}.png"
+                    if not cv2.imwrite(str(image_path), np.ascontiguousarray(crop)):
+                        raise OSError(f"{image_path}: OpenCV could not write the image")
                     np.savetxt(
                         out_dir / "labels" / split / f"{stem}.txt",
                         labels,
                         fmt=["%d", "%.6f", "%.6f", "%.6f", "%.6f"],
                     )
                     n_images[split] += 1
-    data_yaml = out_dir / "data.yaml"
-    data_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "path": str(out_dir.resolve()),
-                "train": "images/train",
-                "val": "images/val",
-                "names": dict(enumerate(particles.NAMES)),
-                "czii": {"train_runs": [r for r in runs if r not in val_runs], "val_runs": val_runs,
-                         "images": n_images, "config": config.to_dict()},
-            },
-            sort_keys=False,
-        )
-    )
-    return data_yaml
+    return n_images

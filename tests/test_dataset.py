@@ -13,6 +13,7 @@ from czii_kaggle.dataset import (
     tile_origins,
     yolo_labels,
 )
+from czii_kaggle.errors import CziiInputError
 
 VOX = 10.0
 
@@ -134,3 +135,64 @@ def test_build_dataset_rejects_unknown_val_run(tmp_path):
     _write_run(tmp_path / "d", "TS_a", (8, 64, 64), [[None, "ribosome", 300.0, 300.0, 40.0]], rng)
     with pytest.raises(ValueError, match="TS_zz"):
         build_dataset(tmp_path / "d", tmp_path / "o", val_runs=["TS_zz"])
+
+
+def test_rebuilding_into_a_dataset_folder_never_mixes_runs(tmp_path):
+    """A second build into the same folder: refused, or with overwrite only the new images remain."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    rows = [[None, "ribosome", 400.0, 400.0, 120.0]]
+    for run in ["TS_a", "TS_b", "TS_c"]:
+        _write_run(root, run, (12, 64, 64), rows, rng)
+    cfg = DatasetConfig(slice_step=4, tile_vox=None, empty_fraction=0.0)
+    out = tmp_path / "ds"
+    build_dataset(root, out, val_runs=["TS_b"], runs=["TS_a", "TS_b"], config=cfg)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(CziiInputError, match="ds: folder is not empty.*--overwrite"):
+        build_dataset(root, out, val_runs=["TS_a"], runs=["TS_a", "TS_c"], config=cfg)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # untouched
+    (out / "labels" / "train.cache").write_bytes(b"ultralytics cache")  # what training adds
+    build_dataset(root, out, val_runs=["TS_a"], runs=["TS_a", "TS_c"], config=cfg, overwrite=True)
+    train = {p.name.split("_z")[0] for p in (out / "images/train").glob("*.png")}
+    val = {p.name.split("_z")[0] for p in (out / "images/val").glob("*.png")}
+    assert train == {"TS_c"} and val == {"TS_a"}  # TS_b's old images are gone, no run on both sides
+    assert not (out / "labels" / "train.cache").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_overwrite_never_deletes_what_is_not_our_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    _write_run(root, "TS_a", (8, 64, 64), [[None, "ribosome", 300.0, 300.0, 40.0]], rng)
+    _write_run(root, "TS_b", (8, 64, 64), [[None, "ribosome", 300.0, 300.0, 40.0]], rng)
+    cfg = DatasetConfig(slice_step=4, tile_vox=None)
+    for name, files in [("mixed", {"data.yaml": "czii: {}\n", "notes.txt": "mine"}),
+                        ("foreign", {"data.yaml": "path: /elsewhere\ntrain: a\n"})]:
+        out = tmp_path / name
+        out.mkdir()
+        for f, text in files.items():
+            (out / f).write_text(text)
+        with pytest.raises(CziiInputError, match=f"{name}: is not a slice dataset of ours"):
+            build_dataset(root, out, config=cfg, overwrite=True)
+        assert {p.name: p.read_text() for p in out.iterdir()} == files
+    # the data root itself is never a place to build into
+    with pytest.raises(CziiInputError, match="not a slice dataset of ours"):
+        build_dataset(root, root, config=cfg, overwrite=True)
+    assert (root / "train").is_dir()
+    # an empty folder is fine
+    (tmp_path / "empty").mkdir()
+    assert build_dataset(root, tmp_path / "empty", config=cfg).is_file()
+
+
+def test_build_dataset_bad_arguments_are_input_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    _write_run(root, "TS_a", (8, 64, 64), [[None, "ribosome", 300.0, 300.0, 40.0]], rng)
+    with pytest.raises(CziiInputError, match="every run is a validation run"):
+        build_dataset(root, tmp_path / "o", val_runs=["TS_a"])
+    with pytest.raises(CziiInputError, match="TS_zz.*has no denoised tomogram"):
+        build_dataset(root, tmp_path / "o", runs=["TS_a", "TS_zz"], val_runs=["TS_a"])
+    for bad in [dict(slice_step=0), dict(slice_step=-1), dict(tile_vox=0), dict(empty_fraction=2.0)]:
+        with pytest.raises(ValueError):
+            DatasetConfig(**bad)
+    assert not (tmp_path / "o").exists()
