@@ -57,6 +57,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.spatial import cKDTree
 
+from . import outputs
 from .detect import DETECTION_COLUMNS
 from .errors import CziiInputError
 from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES, Particle
@@ -178,9 +179,7 @@ class AggregateConfig:
 
 def save_config(config: AggregateConfig, path: str | Path) -> Path:
     """Write ``config`` as JSON to ``path``; returns the path."""
-    path = Path(path)
-    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    return path
+    return outputs.write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def load_config(path: str | Path) -> AggregateConfig:

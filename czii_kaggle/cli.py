@@ -1,16 +1,48 @@
 """``czii-kaggle`` (also ``python -m czii_kaggle``): thin wrappers over library functions.
 
 Every subcommand parses its arguments and calls one function a notebook can call too.
-Bad input ends with one clear line naming the file and the problem (exit code 2).
+Bad input ends with one clear line naming the file and the problem (exit code 2); so does
+a bad argument. Ctrl-C stops with one line saying what was finished (exit code 130).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from pathlib import Path
 
+from . import outputs
 from .detect import BACKENDS
 from .errors import CziiInputError
+
+#: Exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit code 2), like bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_count = _int_at_least(0)
+_positive = _int_at_least(1)
 
 
 def _difficulty(text: str) -> str | float:
@@ -24,10 +56,14 @@ def _difficulty(text: str) -> str | float:
 def _cmd_simulate(a) -> None:
     from .simulate import SimConfig, simulate_dataset
 
-    ds = simulate_dataset(
-        a.out, n_train=a.n_train, n_test=a.n_test, config=SimConfig(shape_vox=tuple(a.shape), difficulty=_difficulty(a.difficulty)),
-        seed=a.seed, real_train_layouts=a.real_layouts,
-    )
+    if a.n_train + a.n_test < 1:
+        raise CziiInputError(None, "simulate: --n-train and --n-test are both 0: nothing to simulate")
+    try:  # the config checks the user's shape and difficulty
+        config = SimConfig(shape_vox=tuple(a.shape), difficulty=_difficulty(a.difficulty))
+    except ValueError as exc:
+        raise CziiInputError(None, f"simulate: {exc}") from None
+    ds = simulate_dataset(a.out, n_train=a.n_train, n_test=a.n_test, config=config, seed=a.seed,
+                          real_train_layouts=a.real_layouts)
     print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
     print(f"train runs:    {', '.join(ds.train_runs) or '-'}\ntest runs:     {', '.join(ds.test_runs) or '-'}")
 
@@ -45,7 +81,7 @@ def _cmd_build_dataset(a) -> None:
     from .dataset import DatasetConfig, build_dataset
 
     cfg = DatasetConfig(slice_step=a.slice_step, tile_vox=a.tile or None, seed=a.seed)
-    print(build_dataset(a.data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg))
+    print(build_dataset(a.data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg, overwrite=a.overwrite))
 
 
 def _cmd_train(a) -> None:
@@ -59,6 +95,9 @@ def _cmd_predict(a) -> None:
     from .predict import load_bundle, predict_runs, scored_only, with_slice_step, with_tta
     from .submission import write_submission
 
+    for out in (a.out, a.detections_out):
+        if out is not None:
+            outputs.check_writable(out)  # before the runs are predicted, not after
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)
@@ -67,7 +106,8 @@ def _cmd_predict(a) -> None:
     pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
     sub = write_submission(scored_only(pred.picks), a.out)
     if a.detections_out:
-        pred.detections.to_csv(a.detections_out, index=False)
+        with outputs.atomic_path(a.detections_out) as tmp:
+            pred.detections.to_csv(tmp, index=False)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for _, row in pred.report[pred.report["status"] != "ok"].iterrows():
         print(f"FAILED {row['experiment']}: {row['error']}", file=sys.stderr)
@@ -100,14 +140,14 @@ def _cmd_demo(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="czii-kaggle", description=__doc__.splitlines()[0])
+    p = _Parser(prog="czii-kaggle", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="write a simulated dataset in the Kaggle layout")
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--n-train", type=int, default=4)
-    s.add_argument("--n-test", type=int, default=2)
-    s.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630), metavar=("Z", "Y", "X"))
+    s.add_argument("--n-train", type=_count, default=4)
+    s.add_argument("--n-test", type=_count, default=2)
+    s.add_argument("--shape", type=_positive, nargs=3, default=(184, 630, 630), metavar=("Z", "Y", "X"))
     s.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in 0..1")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--real-layouts", action="store_true", help="training runs use the real runs' pick layouts")
@@ -123,18 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--runs", nargs="*")
     s.add_argument("--val-runs", nargs="*")
-    s.add_argument("--slice-step", type=int, default=2)
-    s.add_argument("--tile", type=int, default=320, help="crop side in voxels (0: whole slices)")
+    s.add_argument("--slice-step", type=_positive, default=2)
+    s.add_argument("--tile", type=_count, default=320, help="crop side in voxels (0: whole slices)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a previous dataset in --out (nothing else is ever deleted)")
     s.set_defaults(func=_cmd_build_dataset)
 
     s = sub.add_parser("train", help="train a detector on a slice dataset")
     s.add_argument("--data-yaml", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path, help="bundle folder (model.pt + czii_config.json)")
     s.add_argument("--model", default=str(Path(__file__).parent / "model_cfg" / "yolo11p-czii.yaml"))
-    s.add_argument("--epochs", type=int, default=30)
-    s.add_argument("--imgsz", type=int, default=320)
-    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--epochs", type=_positive, default=30)
+    s.add_argument("--imgsz", type=_positive, default=320)
+    s.add_argument("--batch", type=_positive, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_train)
@@ -146,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("submission.csv"))
     s.add_argument("--weights", type=Path, help="bundle folder, .pt or .onnx (default: the shipped model)")
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
-    s.add_argument("--slice-step", type=int, help="run on every n-th slice (faster, lower recall)")
+    s.add_argument("--slice-step", type=_positive, help="run on every n-th slice (faster, lower recall)")
     s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
                    help="flipped views per slice (default: the bundle's, as its thresholds were tuned)")
     s.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -164,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export-onnx", help="add an ONNX Runtime copy of a bundle's model.pt (faster CPU inference)")
     s.add_argument("--weights", type=Path, help="bundle folder (default: the shipped model)")
-    s.add_argument("--imgsz", type=int, help="largest image side (default: the bundle's detect.max_imgsz)")
+    s.add_argument("--imgsz", type=_positive, help="largest image side (default: the bundle's detect.max_imgsz)")
     s.set_defaults(func=_cmd_export_onnx)
 
     s = sub.add_parser("show", help="save a figure of a run's tomogram with its picks")
@@ -176,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the main job: simulate a test set, predict it with the shipped model, score")
     s.add_argument("--out", type=Path, default=Path("out/demo"))
-    s.add_argument("--n-test", type=int, default=2)
+    s.add_argument("--n-test", type=_positive, default=2)
     s.add_argument("--difficulty", default="medium")
     s.add_argument("--seed", type=int, default=2024)
     s.add_argument("--weights", type=Path)
@@ -184,13 +226,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupted_line(command: str, n_before: int) -> str:
+    done = outputs.finished_outputs()[n_before:]
+    if not done:
+        what = "no output was finished"
+    elif len(done) <= 3:
+        what = "finished: " + ", ".join(str(p) for p in done)
+    else:
+        what = f"finished {len(done)} outputs (the last: {done[-1]})"
+    return (f"czii-kaggle: interrupted (Ctrl-C) during {command}; {what}; "
+            "nothing was left half-written")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit code (0, 2 for bad input, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
+    n_before = len(outputs.finished_outputs())
     try:
         args.func(args)
     except CziiInputError as exc:
         print(f"czii-kaggle: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted_line(args.command, n_before), file=sys.stderr, flush=True)
+        if argv is None and any(t.daemon and t.is_alive() for t in threading.enumerate()):
+            # worker threads still running (prediction, progress bars) could abort the
+            # interpreter's shutdown (exit 134): leave at once, the outputs are all whole
+            sys.stdout.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     return 0
 
 

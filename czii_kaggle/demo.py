@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from . import io, layout, metric, submission
+from .outputs import check_writable
 from .predict import predict_runs, scored_only
 
 
@@ -25,10 +26,10 @@ def run_demo(
     ``submission`` and ``figure`` paths.
     """
     from .simulate import SimConfig, simulate_dataset
-    from .viz import busiest_slice, plot_detections
+    from .viz import busiest_slice, plot_detections, save_figure
 
     say = print if verbose else (lambda *a, **k: None)
-    out_dir = Path(out_dir)
+    out_dir = check_writable(Path(out_dir), folder=True)
     t0 = time.perf_counter()
     ds = simulate_dataset(out_dir / "data", n_train=0, n_test=n_test,
                           config=SimConfig(shape_vox=tuple(shape_vox), difficulty=difficulty), seed=seed)
@@ -48,7 +49,6 @@ def run_demo(
     run_truth = truth[truth["experiment"] == run]
     z_index = busiest_slice(run_truth, voxel_size_A, volume.shape[0])
     fig = plot_detections(volume, voxel_size_A, z_index, truth=run_truth, predicted=sub[sub["experiment"] == run])
-    fig_path = out_dir / "detections.png"
-    fig.savefig(fig_path, dpi=110, bbox_inches="tight")
+    fig_path = save_figure(fig, out_dir / "detections.png")
     say(f"[demo] picture of slice z={z_index} of {run}: {fig_path}  (total {time.perf_counter() - t0:.1f} s)")
     return {"score": score, "table": table, "report": pred.report, "submission": sub_path, "figure": fig_path}

@@ -121,11 +121,12 @@ def load_model(weights: str | Path):
     ultralytics = offline.import_ultralytics()
     try:
         model = ultralytics.YOLO(str(weights), task="detect")
+        names = [model.names[i] for i in sorted(model.names)]  # an ONNX file is only opened here
     except Exception as exc:  # noqa: BLE001 - anything a broken file raises
-        raise CziiInputError(weights, f"not a loadable YOLO model ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CziiInputError(weights, f"not a loadable YOLO model ({type(exc).__name__}: {first})") from None
     if getattr(model, "task", None) != "detect":
         raise CziiInputError(weights, f"is a {model.task!r} model, not a detection model")
-    names = [model.names[i] for i in sorted(model.names)]
     if names != list(particles.NAMES):
         raise CziiInputError(weights, f"model classes {names} are not the particle types {list(particles.NAMES)}")
     return model

@@ -22,6 +22,7 @@ import pandas as pd
 
 from . import layout
 from .errors import CziiInputError
+from .outputs import write_text
 from .particles import NAMES
 
 PICKS_COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
@@ -236,13 +237,9 @@ def write_picks_file(path: str | Path, run: str, particle: str, xyz_A: np.ndarra
     Returns
     -------
     Path
-        ``path``.
+        ``path`` (written under a temporary name, then renamed).
     """
-    path = Path(path)
-    text = json.dumps(picks_document(run, particle, xyz_A))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_text(path, json.dumps(picks_document(run, particle, xyz_A)))
 
 
 def write_run_picks(root: str | Path, picks_df: pd.DataFrame) -> list[Path]:

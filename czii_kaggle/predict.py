@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import io, layout, particles, picks as picks_io
+from . import io, layout, outputs, particles, picks as picks_io
 from .aggregate import AggregateConfig, aggregate, empty_candidates
 from .detect import (BACKENDS, DetectConfig, detect_volume, empty_detections, export_onnx, load_model,
                      onnxruntime_available)
@@ -119,7 +119,7 @@ def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None =
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     cfg["onnx"] = {"file": ONNX_FILE, "source": bundle.weights.name, "source_sha256": file_sha256(bundle.weights),
                    "imgsz": imgsz, "dynamic": True}
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    outputs.write_text(cfg_path, json.dumps(cfg, indent=2))
     return target
 
 
@@ -317,8 +317,7 @@ def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detec
     cfg["aggregate"] = config.to_dict()
     if detect is not None:
         cfg["detect"] = detect.to_dict()
-    path.write_text(json.dumps(cfg, indent=2))
-    return path
+    return outputs.write_text(path, json.dumps(cfg, indent=2))
 
 
 def tune_bundle(
@@ -337,6 +336,7 @@ def tune_bundle(
     Returns the per-class table.
     """
     bundle = load_bundle(bundle_dir)
+    outputs.check_writable(bundle.weights.parent / CONFIG_FILE)  # before the runs are predicted
     if tta_views is not None:
         bundle = with_tta(bundle, tta_views)
     all_candidates, all_truth = [], []

@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import particles
 from .errors import CziiInputError
+from .outputs import atomic_path
 
 SUBMISSION_COLUMNS: list[str] = ["id", "experiment", "particle_type", "x", "y", "z"]
 SOLUTION_COLUMNS: list[str] = ["experiment", "particle_type", "x", "y", "z"]
@@ -22,6 +23,9 @@ _XYZ = ["x", "y", "z"]
 _STR_COLUMNS = ("experiment", "particle_type")
 #: How many example row numbers a problem lists.
 _N_EXAMPLES = 5
+#: Largest plausible coordinate (Angstrom): 0.1 mm, far beyond any tomogram (Kaggle's span about
+#: 6300 x 6300 x 1840). Beyond it the metric's distances would overflow.
+MAX_COORDINATE_A = 1e6
 
 
 def _rows(mask) -> str:
@@ -33,7 +37,7 @@ def _rows(mask) -> str:
 
 
 def _problem_text(what: str, problems: list[str]) -> str:
-    return f"invalid {what}, {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
+    return f"invalid {what}, {len(problems)} problem(s): " + "; ".join(problems)  # one line
 
 
 def _read_csv(path: str | Path) -> pd.DataFrame:
@@ -87,6 +91,10 @@ def _content_problems(df: pd.DataFrame, *, non_negative: bool) -> tuple[list[str
             negative = values < 0
             if negative.any():
                 problems.append(f"{col}: negative coordinate in {_rows(negative)}")
+        too_far = np.isfinite(values) & (np.abs(values) > MAX_COORDINATE_A)
+        if too_far.any():
+            problems.append(f"{col}: coordinate beyond {MAX_COORDINATE_A:g} Angstrom (not a position in a "
+                            f"tomogram) in {_rows(too_far)}")
         out[col] = values
     return problems, out
 
@@ -112,7 +120,7 @@ def validate_submission(sub: pd.DataFrame | str | Path, path: str | Path | None 
     CziiInputError
         Listing every problem: columns not exactly ``id, experiment,
         particle_type, x, y, z`` with ``id`` first, non-numeric / missing /
-        infinite / negative coordinates, unknown particle types, ids that are
+        infinite / negative coordinates or beyond :data:`MAX_COORDINATE_A`, unknown particle types, ids that are
         not unique integers, empty experiment names.
     """
     if not isinstance(sub, pd.DataFrame):
@@ -197,13 +205,14 @@ def make_submission(picks: pd.DataFrame) -> pd.DataFrame:
 def write_submission(picks: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     """Make, validate and write ``submission.csv`` (no index); returns the frame written.
 
-    Parent folders are created. Raises :class:`CziiInputError` naming ``path``
+    Parent folders are created; the file is written under a temporary name and renamed
+    (:func:`czii_kaggle.outputs.atomic_path`). Raises :class:`CziiInputError` naming ``path``
     when the submission is invalid (nothing is written then).
     """
     path = Path(path)
     sub = validate_submission(make_submission(picks), path=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sub.to_csv(path, index=False)
+    with atomic_path(path) as tmp:
+        sub.to_csv(tmp, index=False)
     return sub
 
 
@@ -220,7 +229,8 @@ def read_solution(path: str | Path) -> pd.DataFrame:
     ------
     CziiInputError
         Naming ``path`` and listing every problem: missing columns, empty
-        experiment names, unknown particle types, non-finite coordinates, and
+        experiment names, unknown particle types, non-finite coordinates or beyond
+        :data:`MAX_COORDINATE_A`, and
         repeated ``(experiment, x, y, z)`` points (the Kaggle metric rejects those).
     """
     df = _read_csv(path)

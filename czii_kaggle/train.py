@@ -8,13 +8,13 @@ no shear or perspective (particle size in pixels is a real cue).
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from . import offline
+from . import offline, outputs
+from .errors import CziiInputError
 from .preprocess import PreprocessConfig
 
 MODEL_FILE = "model.pt"
@@ -68,6 +68,11 @@ class TrainConfig:
     mosaic: float = 1.0
     amp: bool = True
 
+    def __post_init__(self):
+        for name in ("epochs", "imgsz", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -99,6 +104,20 @@ def resolve_device(device: str = "auto") -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
+def _dataset_meta(data_yaml: Path) -> dict:
+    """The ``czii`` section of a dataset's ``data.yaml`` (empty for a foreign dataset); bad input named."""
+    if not data_yaml.is_file():
+        raise CziiInputError(data_yaml, "no such dataset file (build one with `czii-kaggle build-dataset`)")
+    try:
+        doc = yaml.safe_load(data_yaml.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CziiInputError(data_yaml, f"unreadable dataset YAML: {exc}") from None
+    if not isinstance(doc, dict) or not {"train", "val"} <= set(doc):
+        raise CziiInputError(data_yaml, "not a YOLO dataset file (no 'train' and 'val' entries)")
+    meta = doc.get("czii", {})
+    return meta if isinstance(meta, dict) else {}
+
+
 def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig()) -> Path:
     """Train a detector on ``data_yaml``; write ``model.pt`` and ``czii_config.json`` into ``out_dir``.
 
@@ -110,11 +129,12 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     -------
     Path of the saved ``model.pt``.
     """
-    ultralytics = offline.import_ultralytics()
     data_yaml = Path(data_yaml).resolve()
     out_dir = Path(out_dir).resolve()
+    meta = _dataset_meta(data_yaml)
+    outputs.check_writable(out_dir, folder=True)  # before hours of training, not after
+    ultralytics = offline.import_ultralytics()
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = yaml.safe_load(data_yaml.read_text()).get("czii", {})
     device = resolve_device(config.device)
     if device == "cpu":
         offline.set_cpu_threads()
@@ -155,7 +175,7 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     if not best.exists():
         best = weights_dir / "last.pt"
     model_path = out_dir / MODEL_FILE
-    shutil.copy2(best, model_path)
+    outputs.copy_file(best, model_path)
     dataset_cfg = meta.get("config", {})
     train_record = config.record()
     bundle = {
@@ -168,5 +188,5 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     cfg_path = out_dir / CONFIG_FILE
     old = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     old.update(bundle)
-    cfg_path.write_text(json.dumps(old, indent=2))
+    outputs.write_text(cfg_path, json.dumps(old, indent=2))
     return model_path

@@ -24,6 +24,8 @@ from matplotlib.patches import Circle
 from scipy.spatial import cKDTree
 
 from . import particles
+from .errors import CziiInputError
+from .outputs import atomic_path, check_writable
 from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES
 from .preprocess import PreprocessConfig, percentile_range
 
@@ -105,11 +107,29 @@ def _type_legend_handles(names: list[str], marker: str = "o") -> list[Line2D]:
     ]
 
 
+def figure_format(path: str | Path) -> str:
+    """The image format ``path``'s suffix names (``"png"``, ``"pdf"``...).
+
+    Raises :class:`CziiInputError` naming ``path`` when matplotlib cannot write that format,
+    so a command can refuse it before it reads a tomogram.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(path).suffix.lstrip(".").lower()
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        what = f"'.{fmt}' is not an image format" if fmt else "no suffix names the image format"
+        raise CziiInputError(path, f"cannot save a figure here: {what} (use .png, .pdf, .svg, .jpg, ...)")
+    return fmt
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` (PNG, PDF... by suffix) creating parent folders; returns the path."""
+    """Save ``fig`` (PNG, PDF... by suffix, :func:`figure_format`) creating parent folders;
+    written under a temporary name and renamed. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fmt = figure_format(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -682,7 +702,7 @@ def save_run_figure(root: str | Path, run: str, out: str | Path, split: str = "t
 
     Reads ``{root}/{split}/static/.../{run}/VoxelSpacing10.000/{tomo_type}.zarr`` (level 0)
     and, for a training run with a ``Picks`` folder, its picks; writes
-    :func:`plot_orthoslices` to ``out``.
+    :func:`plot_orthoslices` to ``out`` (its format and folder are checked first).
 
     Returns
     -------
@@ -692,6 +712,8 @@ def save_run_figure(root: str | Path, run: str, out: str | Path, split: str = "t
     from . import io, layout
     from .picks import read_run_picks
 
+    figure_format(out)
+    check_writable(out)
     tomo_type = tomo_type or layout.DEFAULT_TOMOGRAM_TYPE
     volume, voxel_size_A = io.read_tomogram(layout.tomogram_path(root, split, run, tomo_type))
     picks = None

@@ -2,12 +2,13 @@
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from czii_kaggle import particles, submission
 from czii_kaggle.cli import main
-from czii_kaggle.picks import read_all_picks
+from czii_kaggle.picks import read_all_picks, write_run_picks
 
 
 def test_module_entry_point_help():
@@ -60,3 +61,136 @@ def test_simulate_then_show(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     with pytest.raises(SystemExit):
         main(["simulate"])  # --out is required: argparse's usage error
+
+
+def _run(argv, capsys):
+    """``main(argv)``'s exit code (argparse's usage errors included) and its stderr."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    """Two training runs with picks: a small Kaggle-layout root."""
+    from czii_kaggle import io, layout
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for run in ("TS_a", "TS_b"):
+        io.write_tomogram(layout.tomogram_path(root, "train", run), rng.normal(size=(8, 64, 64)).astype(np.float32), 10.0)
+        write_run_picks(root, pd.DataFrame({"experiment": [run], "particle_type": ["ribosome"],
+                                            "x": [300.0], "y": [300.0], "z": [40.0]}))
+    return root
+
+
+def test_bad_arguments_are_one_line_exit_2(tmp_path, capsys, tiny_root, monkeypatch):
+    """Every bad argument a user may type ends in one line and exit code 2, never a traceback."""
+    import czii_kaggle.predict
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the long work started before the arguments were checked")
+
+    monkeypatch.setattr(czii_kaggle.predict, "predict_runs", must_not_run)
+    (tmp_path / "a_file").write_text("x")
+    sol, sub = tmp_path / "sol.csv", tmp_path / "sub.csv"
+    sol.write_text("experiment,particle_type,x,y,z\nTS_a,ribosome,1,2,3\nTS_a,ribosome,1000,2,3\n")
+    sub.write_text("id,experiment,particle_type,x,y,z\n0,TS_a,ribosome,1e300,2,3\n1,TS_a,ribosome,5,2,3\n")
+    sim = ["simulate", "--out", tmp_path / "sim"]
+    cases = [
+        (["build-dataset", "--data", tiny_root, "--out", tmp_path / "ds", "--slice-step", "-1"], "--slice-step: must be >= 1"),
+        (["build-dataset", "--data", tiny_root, "--out", tmp_path / "ds", "--val-runs", "nope"], "['nope'] are not among"),
+        (["build-dataset", "--data", tiny_root, "--out", tmp_path / "ds", "--tile", "-5"], "--tile: must be >= 0"),
+        ([*sim, "--n-test", "-1"], "--n-test: must be >= 0, not -1"),
+        ([*sim, "--n-train", "two"], "--n-train: 'two' is not a whole number"),
+        ([*sim, "--n-train", "0", "--n-test", "0"], "nothing to simulate"),
+        ([*sim, "--shape", "0", "64", "64"], "--shape: must be >= 1, not 0"),
+        ([*sim, "--shape", "4", "64", "64"], "shape_vox must be 3 sizes"),
+        ([*sim, "--difficulty", "hard2"], "difficulty"),
+        (["predict", "--data", tiny_root, "--slice-step", "-2"], "--slice-step: must be >= 1, not -2"),
+        (["predict", "--data", tiny_root, "--out", tmp_path / "a_file" / "s.csv"], "a_file is a file, not a folder"),
+        (["predict", "--data", tiny_root, "--out", tmp_path], "is a folder: give a file name"),
+        (["predict", "--data", tiny_root, "--detections-out", tmp_path / "a_file" / "d.csv"], "a_file is a file"),
+        (["train", "--data-yaml", tmp_path / "none.yaml", "--out", tmp_path / "b"], "none.yaml: no such dataset file"),
+        (["train", "--data-yaml", sol, "--out", tmp_path / "b", "--epochs", "0"], "--epochs: must be >= 1"),
+        (["score", "--solution", sol, "--submission", sub], "sub.csv: invalid submission, 1 problem(s): x: coordinate beyond"),
+        (["show", "--data", tiny_root, "--run", "TS_a", "--out", tmp_path / "x.txt"], "'.txt' is not an image format"),
+        (["export-onnx", "--imgsz", "0"], "--imgsz: must be >= 1"),
+        (["demo", "--n-test", "0"], "--n-test: must be >= 1"),
+    ]
+    for argv, message in cases:
+        code, err = _run(argv, capsys)
+        assert code == 2, (argv, err)
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "sim").exists() and not (tmp_path / "ds").exists() and not (tmp_path / "x.txt").exists()
+
+
+def test_random_file_as_weights_is_one_line(tmp_path, capsys, tiny_root):
+    pytest.importorskip("onnxruntime")
+    for name in ("model.onnx", "model.pt"):
+        junk = tmp_path / name
+        junk.write_bytes(np.random.default_rng(0).bytes(2000))
+        code, err = _run(["predict", "--data", tiny_root, "--split", "train", "--weights", junk,
+                          "--out", tmp_path / "s.csv"], capsys)
+        assert code == 2 and f"{junk}: not a loadable YOLO model" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_build_dataset_refuses_a_used_folder_unless_overwrite(tmp_path, capsys, tiny_root):
+    ds = tmp_path / "ds"
+    base = ["build-dataset", "--data", tiny_root, "--out", ds, "--tile", "0", "--slice-step", "4"]
+    assert _run(base, capsys)[0] == 0
+    code, err = _run([*base, "--val-runs", "TS_a"], capsys)
+    assert code == 2 and "folder is not empty" in err and "--overwrite" in err
+    assert _run([*base, "--val-runs", "TS_a", "--overwrite"], capsys)[0] == 0
+    assert {p.name[:4] for p in (ds / "images" / "val").iterdir()} == {"TS_a"}
+    assert {p.name[:4] for p in (ds / "images" / "train").iterdir()} == {"TS_b"}
+
+
+def test_interrupt_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
+    from czii_kaggle import outputs
+
+    def write_then_interrupt(solution):
+        outputs.write_text(tmp_path / "done.txt", "whole")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(submission, "read_solution", write_then_interrupt)
+    try:
+        code, err = _run(["score", "--solution", tmp_path / "s.csv", "--submission", tmp_path / "t.csv"], capsys)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert code == 130 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("czii-kaggle: interrupted (Ctrl-C) during score; finished: ") and "done.txt" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_worker_threads_running(tmp_path):
+    """A real SIGINT while daemon threads write to stderr (as prediction workers do): one line, 130."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        "from czii_kaggle import cli\n"
+        "def busy(a):\n"
+        "    def chatter():\n"
+        "        while True:\n"
+        "            sys.stderr.write('.'); sys.stderr.flush(); time.sleep(0.001)\n"
+        "    for _ in range(4):\n"
+        "        threading.Thread(target=chatter, daemon=True).start()\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "cli._cmd_score = busy\n"
+        "sys.argv = ['czii-kaggle', 'score', '--solution', 'a.csv', '--submission', 'b.csv']\n"
+        "raise SystemExit(cli.main())\n"
+    )
+    import signal
+
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    last = err.strip(".").strip()
+    assert last.endswith("czii-kaggle: interrupted (Ctrl-C) during score; no output was finished; "
+                         "nothing was left half-written") and "Traceback" not in err
