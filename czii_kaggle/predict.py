@@ -91,13 +91,21 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as exc:
             raise CziiInputError(cfg_path, f"not valid JSON ({exc})") from None
-    return Bundle(
-        weights=weights,
-        preprocess=PreprocessConfig.from_dict(cfg["preprocess"]) if "preprocess" in cfg else PreprocessConfig(),
-        detect=DetectConfig.from_dict(cfg["detect"]) if "detect" in cfg else DetectConfig(),
-        aggregate=AggregateConfig.from_dict(cfg["aggregate"]) if "aggregate" in cfg else AggregateConfig(),
-        onnx=weights if weights.suffix == ".onnx" else _matching_onnx(weights, cfg.get("onnx")),
-    )
+        if not isinstance(cfg, dict):
+            raise CziiInputError(cfg_path, f"holds a {type(cfg).__name__}, not an object of settings")
+        for key in ("preprocess", "detect", "aggregate"):
+            if key in cfg and not isinstance(cfg[key], dict):
+                raise CziiInputError(cfg_path, f"{key!r} is {cfg[key]!r}, not an object of settings")
+    try:  # the config classes check every value
+        configs = dict(
+            preprocess=PreprocessConfig.from_dict(cfg["preprocess"]) if "preprocess" in cfg else PreprocessConfig(),
+            detect=DetectConfig.from_dict(cfg["detect"]) if "detect" in cfg else DetectConfig(),
+            aggregate=AggregateConfig.from_dict(cfg["aggregate"]) if "aggregate" in cfg else AggregateConfig(),
+        )
+    except (TypeError, ValueError) as exc:
+        raise CziiInputError(cfg_path, f"invalid settings: {exc}") from None
+    return Bundle(weights=weights, **configs,
+                  onnx=weights if weights.suffix == ".onnx" else _matching_onnx(weights, cfg.get("onnx")))
 
 
 def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None = None) -> Path:

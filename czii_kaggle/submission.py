@@ -42,6 +42,8 @@ def _problem_text(what: str, problems: list[str]) -> str:
 
 def _read_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
+    if path.is_dir():
+        raise CziiInputError(path, "is a folder, not a CSV file")
     if not path.is_file():
         raise CziiInputError(path, "no such file")
     try:

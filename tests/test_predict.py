@@ -72,6 +72,21 @@ def test_load_bundle_reads_configs(tmp_path, untrained_bundle):
         load_bundle(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("cfg, message", [
+    ({"preprocess": {"slice_offset": -1}}, "invalid settings: slice_offset must be >= 0"),
+    ({"preprocess": {"bogus": 1}}, "invalid settings: .*'bogus'"),
+    ({"aggregate": {"params": {"ribosome": {"threshold": 1}}}}, "invalid settings: .*'threshold'"),
+    ({"detect": 5}, "'detect' is 5, not an object of settings"),
+    ([1, 2], "holds a list, not an object of settings"),
+])
+def test_load_bundle_bad_settings_name_the_file(tmp_path, untrained_bundle, cfg, message):
+    b = tmp_path / "b"
+    shutil.copytree(untrained_bundle, b)
+    (b / "czii_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CziiInputError, match=f"czii_config.json: {message}"):
+        load_bundle(b)
+
+
 def test_detect_volume_constant_and_small_inputs(untrained_bundle):
     model = load_model(untrained_bundle / "model.pt")
     flat = np.full((4, 64, 96), 128, np.uint8)  # all-constant slices: a correct empty result

@@ -213,3 +213,13 @@ def test_read_solution_reports_problems(tmp_path):
     dup = "experiment,particle_type,x,y,z\nTS_a,ribosome,1,2,3\nTS_a,apo-ferritin,1,2,3\n"
     with pytest.raises(CziiInputError, match=r"repeated \(experiment, x, y, z\) point in rows 0, 1"):
         read_solution(_write(tmp_path, dup))
+
+
+def test_a_folder_or_an_absurd_coordinate_is_named(tmp_path):
+    with pytest.raises(CziiInputError, match="is a folder, not a CSV file"):
+        read_solution(tmp_path)
+    sub = tmp_path / "sub.csv"
+    sub.write_text("id,experiment,particle_type,x,y,z\n0,TS_a,ribosome,1e300,2,3\n1,TS_a,ribosome,5,2,3e7\n")
+    with pytest.raises(CziiInputError, match=r"sub.csv: invalid submission, 2 problem\(s\): x: coordinate beyond "
+                                             r"1e\+06 Angstrom .* in row 0; z: coordinate beyond .* in row 1$"):
+        validate_submission(sub)
