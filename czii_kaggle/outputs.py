@@ -41,9 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``to_csv`` pick the same format). Parent folders are created. When the block raises
     (or is interrupted) the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise CziiInputError(path, "is a folder: give a file name for this output")
+    path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     try:
@@ -84,9 +82,7 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
         swapped out only once the new one is complete, then deleted). Otherwise ``path``
         must be absent or an empty folder.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CziiInputError(path, "exists and is a file, not a folder")
+    path = check_writable(path, folder=True)
     if path.is_dir() and any(path.iterdir()) and not replace:
         raise CziiInputError(path, "folder exists and is not empty")
     path.parent.mkdir(parents=True, exist_ok=True)
