@@ -37,7 +37,6 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
     return parse
 
 
@@ -149,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=_count, default=2)
     s.add_argument("--shape", type=_positive, nargs=3, default=(184, 630, 630), metavar=("Z", "Y", "X"))
     s.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in 0..1")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_count, default=0)
     s.add_argument("--real-layouts", action="store_true", help="training runs use the real runs' pick layouts")
     s.set_defaults(func=_cmd_simulate)
 
@@ -165,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-runs", nargs="*")
     s.add_argument("--slice-step", type=_positive, default=2)
     s.add_argument("--tile", type=_count, default=320, help="crop side in voxels (0: whole slices)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_count, default=0)
     s.add_argument("--overwrite", action="store_true",
                    help="replace a previous dataset in --out (nothing else is ever deleted)")
     s.set_defaults(func=_cmd_build_dataset)
@@ -177,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive, default=30)
     s.add_argument("--imgsz", type=_positive, default=320)
     s.add_argument("--batch", type=_positive, default=16)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_count, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_train)
 
@@ -220,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("out/demo"))
     s.add_argument("--n-test", type=_positive, default=2)
     s.add_argument("--difficulty", default="medium")
-    s.add_argument("--seed", type=int, default=2024)
+    s.add_argument("--seed", type=_count, default=2024)
     s.add_argument("--weights", type=Path)
     s.set_defaults(func=_cmd_demo)
     return p

@@ -104,6 +104,19 @@ def resolve_device(device: str = "auto") -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """``device`` (as :func:`resolve_device` gives it) when this machine has it, else a one-line error."""
+    if device in ("cpu", "mps"):
+        return device
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    if not all(i.strip().isdigit() and int(i) < n_gpus for i in device.replace("cuda:", "").split(",")):
+        visible = f"GPUs 0..{n_gpus - 1}" if n_gpus else "no GPU"
+        raise CziiInputError(None, f"device {device!r}: this machine has {visible} (use auto, cpu, 0, 0,1 ...)")
+    return device
+
+
 def _dataset_meta(data_yaml: Path) -> dict:
     """The ``czii`` section of a dataset's ``data.yaml`` (empty for a foreign dataset); bad input named."""
     if not data_yaml.is_file():
@@ -132,10 +145,13 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     data_yaml = Path(data_yaml).resolve()
     out_dir = Path(out_dir).resolve()
     meta = _dataset_meta(data_yaml)
+    start = Path(config.model)
+    if not start.is_file() and (start.suffix == ".pt" or start.parent != Path(".")):
+        raise CziiInputError(start, "no such model file (a .pt to fine-tune or a model yaml)")
     outputs.check_writable(out_dir, folder=True)  # before hours of training, not after
+    device = check_device(resolve_device(config.device))
     ultralytics = offline.import_ultralytics()
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
     if device == "cpu":
         offline.set_cpu_threads()
     model = ultralytics.YOLO(config.model)

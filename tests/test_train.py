@@ -20,3 +20,31 @@ def test_record_gives_project_files_relative_to_the_project(tmp_path):
 def test_resolve_device_keeps_explicit_choices():
     assert resolve_device("cpu") == "cpu" and resolve_device("0,1") == "0,1"
     assert resolve_device("auto") in ("cpu", "0")
+
+
+def test_train_refuses_bad_input_before_training(tmp_path, monkeypatch):
+    """A missing dataset or start model, an absent GPU, an unwritable bundle place: one line, nothing trained."""
+    import pytest
+
+    from czii_kaggle import offline, train as train_mod
+    from czii_kaggle.errors import CziiInputError
+
+    monkeypatch.setattr(offline, "import_ultralytics", lambda: pytest.fail("training started"))
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text("path: .\ntrain: images/train\nval: images/val\n")
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (dict(data_yaml=tmp_path / "none.yaml"), "none.yaml: no such dataset file"),
+        (dict(config=TrainConfig(model=str(tmp_path / "nope.pt"))), "nope.pt: no such model file"),
+        (dict(config=TrainConfig(model="nope.pt")), "nope.pt: no such model file"),
+        (dict(out_dir=tmp_path / "a_file"), "a_file: exists and is a file"),
+        (dict(config=TrainConfig(device="99")), "device '99': this machine has"),
+    ]
+    for kwargs, message in cases:
+        args = dict(data_yaml=data_yaml, out_dir=tmp_path / "bundle", config=TrainConfig()) | kwargs
+        with pytest.raises(CziiInputError, match=message):
+            train_mod.train(**args)
+    for bad in ("epochs", "imgsz", "batch"):
+        with pytest.raises(ValueError, match=bad):
+            TrainConfig(**{bad: 0})
+    assert not (tmp_path / "bundle").exists()
