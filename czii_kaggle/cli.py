@@ -52,15 +52,23 @@ def _difficulty(text: str) -> str | float:
         return text
 
 
+def _sim_config(command: str, difficulty: str, shape_vox: tuple[int, int, int] | None = None):
+    """The simulator's config from the user's ``--difficulty`` and ``--shape`` (which it checks)."""
+    from .simulate import SimConfig
+
+    shape = {} if shape_vox is None else {"shape_vox": tuple(shape_vox)}
+    try:
+        return SimConfig(difficulty=_difficulty(difficulty), **shape)
+    except ValueError as exc:
+        raise CziiInputError(None, f"{command}: {exc}") from None
+
+
 def _cmd_simulate(a) -> None:
-    from .simulate import SimConfig, simulate_dataset
+    from .simulate import simulate_dataset
 
     if a.n_train + a.n_test < 1:
         raise CziiInputError(None, "simulate: --n-train and --n-test are both 0: nothing to simulate")
-    try:  # the config checks the user's shape and difficulty
-        config = SimConfig(shape_vox=tuple(a.shape), difficulty=_difficulty(a.difficulty))
-    except ValueError as exc:
-        raise CziiInputError(None, f"simulate: {exc}") from None
+    config = _sim_config("simulate", a.difficulty, a.shape)
     ds = simulate_dataset(a.out, n_train=a.n_train, n_test=a.n_test, config=config, seed=a.seed,
                           real_train_layouts=a.real_layouts)
     print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
@@ -135,6 +143,7 @@ def _cmd_show(a) -> None:
 def _cmd_demo(a) -> None:
     from .demo import run_demo
 
+    _sim_config("demo", a.difficulty)  # a bad --difficulty stops here, not after the model loads
     run_demo(a.out, n_test=a.n_test, difficulty=_difficulty(a.difficulty), seed=a.seed, weights=a.weights)
 
 

@@ -119,12 +119,15 @@ def test_bad_arguments_are_one_line_exit_2(tmp_path, capsys, tiny_root, monkeypa
         (["show", "--data", tiny_root, "--run", "TS_a", "--out", tmp_path / "x.txt"], "'.txt' is not an image format"),
         (["export-onnx", "--imgsz", "0"], "--imgsz: must be >= 1"),
         (["demo", "--n-test", "0"], "--n-test: must be >= 1"),
+        (["demo", "--difficulty", "hard2", "--out", tmp_path / "demo"], "demo: difficulty"),
+        ([*sim, "--seed", "-1"], "--seed: must be >= 0"),
     ]
     for argv, message in cases:
         code, err = _run(argv, capsys)
         assert code == 2, (argv, err)
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
-    assert not (tmp_path / "sim").exists() and not (tmp_path / "ds").exists() and not (tmp_path / "x.txt").exists()
+    for made in ("sim", "ds", "x.txt", "demo"):
+        assert not (tmp_path / made).exists(), made
 
 
 def test_random_file_as_weights_is_one_line(tmp_path, capsys, tiny_root):
