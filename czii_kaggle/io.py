@@ -174,27 +174,13 @@ def _axis_unit_A(zarr_path: Path, axis: object, name: str) -> float:
     return UNIT_A[unit.strip().lower()]
 
 
-def read_voxel_sizes(zarr_path: str | Path, level: int = 0) -> tuple[float, ...]:
-    """Voxel size of one level along each axis, in Angstrom (``.zattrs`` ``scale`` times its axis unit).
+def read_voxel_sizes(zarr_path: str | Path, level: int = 0) -> dict[str, float]:
+    """Voxel size of one level along each axis, in Angstrom: ``{"z": ..., "y": ..., "x": ...}``.
 
-    Parameters
-    ----------
-    zarr_path : str or Path
-        The tomogram's ``{type}.zarr`` folder.
-    level : int
-        Multiscale level (0: full resolution).
-
-    Returns
-    -------
-    tuple of float
-        Angstrom per voxel along each axis in ``.zattrs`` order (``z, y, x`` on Kaggle).
-        Units are converted (OME-Zarr 0.4 ``axes[i].unit``: ``"nanometer"`` multiplies
-        by 10); an axis without a unit is read as Angstrom.
-
-    Raises
-    ------
-    CziiInputError
-        No scale, a scale that is not a positive number, or an unknown unit.
+    Each ``.zattrs`` ``scale`` entry times its axis unit (OME-Zarr 0.4 ``axes[i].unit``:
+    ``"nanometer"`` multiplies by 10; no unit: Angstrom). Without axis names the last
+    entry is ``"x"``. Raises :class:`CziiInputError` for no scale, a scale that is not a
+    positive number, or an unknown unit; see :func:`read_voxel_size` for the rest.
     """
     zarr_path = Path(zarr_path)
     axes, ds = _dataset(zarr_path, level)
@@ -208,15 +194,14 @@ def read_voxel_sizes(zarr_path: str | Path, level: int = 0) -> tuple[float, ...]
         raise CziiInputError(zarr_path, f"{where} has no scale coordinateTransformation")
     scale = scales[0]
     names = [a.get("name") if isinstance(a, dict) else a for a in axes]
-    if len(names) != len(scale):
-        names, axes = [None] * (len(scale) - 1) + ["x"], [None] * len(scale)
-    sizes = []
+    if len(names) != len(scale) or not all(isinstance(n, str) for n in names):
+        names, axes = [f"axis {i}" for i in range(len(scale) - 1)] + ["x"], [None] * len(scale)
+    sizes = {}
     for axis, name, value in zip(axes, names, scale):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            label = f"{name} scale" if name else "scale"
-            raise CziiInputError(zarr_path, f"{where} {label} {value!r} is not a positive number")
-        sizes.append(float(value) * _axis_unit_A(zarr_path, axis, str(name)))
-    return tuple(sizes)
+            raise CziiInputError(zarr_path, f"{where} {name} scale {value!r} is not a positive number")
+        sizes[name] = float(value) * _axis_unit_A(zarr_path, axis, name)
+    return sizes
 
 
 def read_voxel_size(zarr_path: str | Path, level: int = 0) -> float:
@@ -243,10 +228,8 @@ def read_voxel_size(zarr_path: str | Path, level: int = 0) -> float:
         than 1 % (anisotropic voxels: coordinates along z would be off).
     """
     zarr_path = Path(zarr_path)
-    axes, _ = _dataset(zarr_path, level)
     sizes = read_voxel_sizes(zarr_path, level)
-    names = [a.get("name") if isinstance(a, dict) else a for a in axes]
-    voxel_size_A = sizes[names.index("x")] if "x" in names and len(names) == len(sizes) else sizes[-1]
+    voxel_size_A = sizes.get("x", list(sizes.values())[-1])
     lo, hi = PLAUSIBLE_VOXEL_A[0], PLAUSIBLE_VOXEL_A[1] * 2**level
     if not lo <= voxel_size_A <= hi:
         warnings.warn(
@@ -254,7 +237,7 @@ def read_voxel_size(zarr_path: str | Path, level: int = 0) -> float:
             f"{lo:g}-{hi:g} Angstrom, far from any cryo-ET voxel size: is the scale or its unit wrong?",
             RuntimeWarning, stacklevel=2,
         )
-    spatial = sizes[-3:]
+    spatial = list(sizes.values())[-3:]
     if max(spatial) > 1.01 * min(spatial):
         warnings.warn(
             f"{zarr_path / '.zattrs'}: level {level} voxels are anisotropic "

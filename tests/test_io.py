@@ -428,7 +428,7 @@ def test_axis_unit_is_converted_to_angstrom(tomo, unit, factor):
 
 def test_nanometer_scale_gives_angstrom_coordinates(tomo):
     _set_axes(tomo, ["nanometer"] * 3, [1.0012444537618887] * 3)
-    assert io.read_voxel_sizes(tomo) == pytest.approx((VOXEL_A,) * 3)
+    assert io.read_voxel_sizes(tomo) == pytest.approx({"z": VOXEL_A, "y": VOXEL_A, "x": VOXEL_A})
 
 
 def test_unknown_unit_is_refused(tomo):
