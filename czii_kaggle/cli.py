@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except CziiInputError as exc:
-        print(f"czii-kaggle: error: {exc}", file=sys.stderr)
+        one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"czii-kaggle: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_interrupted_line(args.command, n_before), file=sys.stderr, flush=True)

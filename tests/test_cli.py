@@ -152,6 +152,17 @@ def test_build_dataset_refuses_a_used_folder_unless_overwrite(tmp_path, capsys, 
     assert {p.name[:4] for p in (ds / "images" / "train").iterdir()} == {"TS_b"}
 
 
+def test_a_library_message_over_several_lines_is_printed_as_one(tmp_path, capsys, monkeypatch):
+    from czii_kaggle.errors import CziiInputError
+
+    def fail(path):
+        raise CziiInputError(path, "cannot open it:\n  zarr says no\n")
+
+    monkeypatch.setattr(submission, "read_solution", fail)
+    code, err = _run(["score", "--solution", tmp_path / "s.csv", "--submission", tmp_path / "t.csv"], capsys)
+    assert code == 2 and err == f"czii-kaggle: error: {tmp_path / 's.csv'}: cannot open it: zarr says no\n"
+
+
 def test_interrupt_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
     from czii_kaggle import outputs
 
