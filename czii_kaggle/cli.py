@@ -1,7 +1,8 @@
 """``czii-kaggle`` (also ``python -m czii_kaggle``): thin wrappers over library functions.
 
 Every subcommand parses its arguments and calls one function a notebook can call too.
-Bad input ends with one clear line naming the file and the problem (exit code 2).
+Bad input ends with one clear line naming the file and the problem (exit code 2);
+``predict`` exits 1 when a run failed or gave no picks (the other runs' submission written).
 """
 from __future__ import annotations
 
@@ -55,23 +56,30 @@ def _cmd_train(a) -> None:
     print(train(a.data_yaml, a.out, cfg))
 
 
-def _cmd_predict(a) -> None:
-    from .predict import load_bundle, predict_runs, scored_only, with_slice_step, with_tta
-    from .submission import write_submission
+def _cmd_predict(a) -> int:
+    from .predict import (bundle_files, check_outputs, load_bundle, predict_runs, run_problems, with_slice_step,
+                          with_tta, write_prediction)
 
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)
     if a.tta_views:
         bundle = with_tta(bundle, a.tta_views)
+    check_outputs([a.out, a.detections_out], [a.data, *bundle_files(bundle)])  # before the long part
     pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
-    sub = write_submission(scored_only(pred.picks), a.out)
-    if a.detections_out:
-        pred.detections.to_csv(a.detections_out, index=False)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    for _, row in pred.report[pred.report["status"] != "ok"].iterrows():
-        print(f"FAILED {row['experiment']}: {row['error']}", file=sys.stderr)
-    print(f"wrote {len(sub)} picks of {int((pred.report['status'] == 'ok').sum())}/{len(pred.report)} runs to {a.out}")
+    problems = run_problems(pred.report)
+    for row in problems.itertuples(index=False):
+        print(f"{row.experiment}: {row.problem}", file=sys.stderr)
+    sub = write_prediction(pred, a.out, a.detections_out)
+    n_ok = int((pred.report["status"] == "ok").sum())
+    print(f"wrote {len(sub)} picks of {n_ok}/{len(pred.report)} runs to {a.out}")
+    if len(problems):
+        print(f"czii-kaggle: {len(problems)} of {len(pred.report)} runs failed or gave no picks "
+              f"({', '.join(problems['experiment'])}; lines above say why); {a.out} holds the other runs",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_tune(a) -> None:
@@ -82,9 +90,12 @@ def _cmd_tune(a) -> None:
 
 
 def _cmd_export_onnx(a) -> None:
-    from .predict import export_bundle_onnx
+    from .predict import export_bundle_onnx, load_bundle
 
-    print(export_bundle_onnx(a.weights, imgsz=a.imgsz))
+    onnx = export_bundle_onnx(a.weights, imgsz=a.imgsz)
+    print(onnx)
+    if load_bundle(a.weights).onnx != onnx:
+        print(f"the bundle's ONNX record stays with another weights file: run this copy with --weights {onnx}")
 
 
 def _cmd_show(a) -> None:
@@ -187,11 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0  # predict: 1 when a run failed or gave no picks
     except CziiInputError as exc:
         print(f"czii-kaggle: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
