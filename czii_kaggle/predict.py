@@ -477,7 +477,8 @@ def check_outputs(outputs: list[str | Path | None], inputs: list[str | Path]) ->
         if target.is_dir():
             raise CziiInputError(out, "is a folder: give a file name for the output")
         if target in seen:
-            raise CziiInputError(out, f"is given as two outputs (also as {seen[target]}): give each output its own path")
+            raise CziiInputError(out, f"is given as two outputs (also as {seen[target]}): "
+                                      "give each output its own path")
         seen[target] = Path(out)
 
 

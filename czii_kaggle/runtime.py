@@ -165,7 +165,8 @@ def describe_plan(plan: DevicePlan, n_runs: int, n_cpus: int | None = None) -> l
     the estimated time."""
     lines = list(plan.left_out)
     if plan.on_cpu:
-        minutes = cpu_estimate_s(n_runs, n_cpus) / 60
-        lines.append(f"{'no usable GPU' if plan.left_out else 'no GPU'}: predicting {n_runs} run(s) on the CPU (ONNX Runtime when the bundle has it), "
-                     f"roughly {minutes:.0f} min at full size")
+        seconds = cpu_estimate_s(n_runs, n_cpus)
+        took = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+        lines.append(f"{'no usable GPU' if plan.left_out else 'no GPU'}: predicting {n_runs} run(s) on the CPU "
+                     f"(ONNX Runtime when the bundle has it), roughly {took} at full size")
     return lines
