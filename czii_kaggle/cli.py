@@ -57,8 +57,8 @@ def _cmd_train(a) -> None:
 
 
 def _cmd_predict(a) -> int:
-    from .predict import (bundle_files, check_outputs, load_bundle, predict_runs, run_problems, with_slice_step,
-                          with_tta, write_prediction)
+    from .predict import (bundle_files, check_outputs, load_bundle, predict_runs, run_problems, stage_line,
+                          with_slice_step, with_tta, write_prediction)
 
     bundle = load_bundle(a.weights)
     if a.slice_step:
@@ -68,6 +68,7 @@ def _cmd_predict(a) -> int:
     check_outputs([a.out, a.detections_out], [a.data, *bundle_files(bundle)])  # before the long part
     pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(stage_line(pred))
     problems = run_problems(pred.report)
     for row in problems.itertuples(index=False):
         print(f"{row.experiment}: {row.problem}", file=sys.stderr)

@@ -429,6 +429,16 @@ def stage_times(pred: Prediction) -> dict:
             "wait_share": sums["wait_s"] / busy if busy > 0 else float("nan")}
 
 
+def stage_line(pred: Prediction) -> str:
+    """One line: runs predicted, wall time, each stage's mean seconds per run, the models' wait share."""
+    t, rep = stage_times(pred), pred.report
+    n = max(1, t["runs"])
+    stages = ", ".join(f"{k[:-2]} {t[k] / n:.1f}" for k in ("read_s", "preprocess_s", "inference_s", "aggregate_s"))
+    return (f"{int((rep['status'] == 'ok').sum())}/{len(rep)} runs predicted in {t['wall_s']:.1f} s "
+            f"({t['wall_s_per_run']:.1f} s per run; per run {stages} s); the model waited for data "
+            f"{100 * t['wait_share']:.0f}% of its time")
+
+
 def run_problems(report: pd.DataFrame) -> pd.DataFrame:
     """The runs that failed or gave no pick, each with one line saying why.
 

@@ -1,4 +1,5 @@
 """The ``czii-kaggle`` command line: thin wrappers, clear errors, exit codes."""
+import re
 import subprocess
 import sys
 
@@ -123,3 +124,4 @@ def test_predict_writes_the_other_runs_and_exits_1_when_one_fails(tmp_path, caps
     last = _lines(captured.err)[-1]
     assert last.startswith("czii-kaggle: 1 of 2 runs failed or gave no picks (TS_broken;")
     assert f"wrote {len(sub)} picks of 1/2 runs" in captured.out
+    assert re.search(r"1/2 runs predicted in .* the model waited for data \d+% of its time", captured.out)
