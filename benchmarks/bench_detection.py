@@ -27,7 +27,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe as describe_machine  # noqa: E402
+from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import metric, submission  # noqa: E402
@@ -112,10 +112,7 @@ def main(argv=None) -> int:
     ])
     print(text)
     if not a.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        head = "" if RESULTS.exists() else "# Detection benchmark results\n\nAppended by `benchmarks/bench_detection.py`.\n\n"
-        with RESULTS.open("a") as f:
-            f.write(head + text + "\n\n")
+        append_result(RESULTS, "Detection benchmark results", text)
     return 0
 
 

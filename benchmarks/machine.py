@@ -30,3 +30,15 @@ def describe() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"CPU {model}, {len(os.sched_getaffinity(0))} usable CPUs, RAM {mem_kb / 2**20:.1f} GiB, "
             f"GPUs: {gpus}, load average {load}, Python {platform.python_version()}")
+
+
+def append_result(path: Path, title: str, text: str) -> None:
+    """Append ``text`` to the results file ``path``, which starts with ``# {title}`` and a line
+    naming the script that appends to it."""
+    import __main__
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    script = Path(getattr(__main__, "__file__", "benchmarks/?")).name
+    head = "" if path.exists() else f"# {title}\n\nAppended by `benchmarks/{script}`.\n\n"
+    with path.open("a") as f:
+        f.write(head + text + "\n\n")

@@ -2,7 +2,8 @@
 
 Every subcommand parses its arguments and calls one function a notebook can call too.
 Bad input ends with one clear line naming the file and the problem (exit code 2); so does
-a bad argument. Ctrl-C stops with one line saying what was finished (exit code 130).
+a bad argument. ``predict`` exits 1 when a run failed or gave no picks (the other runs'
+submission written). Ctrl-C stops with one line saying what was finished (exit code 130).
 """
 from __future__ import annotations
 
@@ -98,9 +99,9 @@ def _cmd_train(a) -> None:
     print(train(a.data_yaml, a.out, cfg))
 
 
-def _cmd_predict(a) -> None:
-    from .predict import load_bundle, predict_runs, scored_only, with_slice_step, with_tta
-    from .submission import write_submission
+def _cmd_predict(a) -> int:
+    from .predict import (bundle_files, check_outputs, load_bundle, predict_runs, run_problems, stage_line,
+                          with_slice_step, with_tta, write_prediction)
 
     for out in (a.out, a.detections_out):
         if out is not None:
@@ -110,15 +111,22 @@ def _cmd_predict(a) -> None:
         bundle = with_slice_step(bundle, a.slice_step)
     if a.tta_views:
         bundle = with_tta(bundle, a.tta_views)
+    check_outputs([a.out, a.detections_out], [a.data, *bundle_files(bundle)])  # before the long part
     pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
-    sub = write_submission(scored_only(pred.picks), a.out)
-    if a.detections_out:
-        with outputs.atomic_path(a.detections_out) as tmp:
-            pred.detections.to_csv(tmp, index=False)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    for _, row in pred.report[pred.report["status"] != "ok"].iterrows():
-        print(f"FAILED {row['experiment']}: {row['error']}", file=sys.stderr)
-    print(f"wrote {len(sub)} picks of {int((pred.report['status'] == 'ok').sum())}/{len(pred.report)} runs to {a.out}")
+    print(stage_line(pred))
+    problems = run_problems(pred.report)
+    for row in problems.itertuples(index=False):
+        print(f"{row.experiment}: {row.problem}", file=sys.stderr)
+    sub = write_prediction(pred, a.out, a.detections_out)
+    n_ok = int((pred.report["status"] == "ok").sum())
+    print(f"wrote {len(sub)} picks of {n_ok}/{len(pred.report)} runs to {a.out}")
+    if len(problems):
+        print(f"czii-kaggle: {len(problems)} of {len(pred.report)} runs failed or gave no picks "
+              f"({', '.join(problems['experiment'])}; lines above say why); {a.out} holds the other runs",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_tune(a) -> None:
@@ -129,9 +137,12 @@ def _cmd_tune(a) -> None:
 
 
 def _cmd_export_onnx(a) -> None:
-    from .predict import export_bundle_onnx
+    from .predict import export_bundle_onnx, load_bundle
 
-    print(export_bundle_onnx(a.weights, imgsz=a.imgsz))
+    onnx = export_bundle_onnx(a.weights, imgsz=a.imgsz)
+    print(onnx)
+    if load_bundle(a.weights).onnx != onnx:
+        print(f"the bundle's ONNX record stays with another weights file: run this copy with --weights {onnx}")
 
 
 def _cmd_show(a) -> None:
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     n_before = len(outputs.finished_outputs())
     try:
-        args.func(args)
+        return args.func(args) or 0  # predict: 1 when a run failed or gave no picks
     except CziiInputError as exc:
         one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
         print(f"czii-kaggle: error: {one_line}", file=sys.stderr)
@@ -264,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,3 +15,8 @@ class CziiInputError(ValueError):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+class CziiRunError(RuntimeError):
+    """Prediction of one or more runs failed or found nothing; the one-line message says
+    which runs, why, and what to do."""

@@ -2,15 +2,18 @@
 
 read zarr -> preprocess -> YOLO per slice -> 3D aggregation -> thresholds + NMS.
 A run that fails (bad zarr, NaNs everywhere, ...) is reported and skipped; the
-other runs' predictions are kept. On GPUs the runs are shared out over every
-visible device (one model per device, one worker thread each); on CPU every
-core serves one run at a time.
+other runs' predictions are kept, and :func:`run_problems` says which runs failed or
+found nothing, and why. On GPUs the runs are shared out over every usable device (one
+model per device, one worker thread each; a GPU the installed torch cannot run is left
+out); on CPU every core serves one run at a time. Each worker reads and preprocesses
+the next run in a thread of its own while its model works on the current one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import queue
 import threading
 import time
@@ -19,15 +22,17 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import io, layout, outputs, particles, picks as picks_io
+from . import io, layout, outputs, particles, picks as picks_io, runtime
 from .aggregate import AggregateConfig, aggregate, empty_candidates
 from .detect import (BACKENDS, DetectConfig, detect_volume, empty_detections, export_onnx, load_model,
                      onnxruntime_available)
-from .errors import CziiInputError
+from .errors import CziiInputError, CziiRunError
 from .preprocess import PreprocessConfig, preprocess_volume
+from .submission import write_submission
 from .train import CONFIG_FILE, MODEL_FILE
 from .tune import tune_thresholds
 
@@ -62,7 +67,7 @@ def file_sha256(path: str | Path) -> str:
 def _matching_onnx(weights: Path, record: dict | None) -> Path | None:
     """The bundle's ONNX file when ``record`` (``czii_config.json``'s ``onnx``) says it was
     exported from ``weights`` as they are now; a stale copy is ignored with a warning."""
-    if not record:
+    if not record or record.get("source", weights.name) != weights.name:  # no copy, or another file's copy
         return None
     path = weights.parent / str(record.get("file", ONNX_FILE))
     if not path.is_file():
@@ -109,25 +114,45 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
 
 
 def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None = None) -> Path:
-    """Export a bundle's ``model.pt`` to ``model.onnx`` beside it, for ONNX Runtime on the CPU.
+    """Export a bundle's weights (its ``model.pt``, or the ``.pt`` file given) to ONNX, for
+    ONNX Runtime on the CPU; returns the path of ``{weights stem}.onnx`` beside them.
 
-    Records the export (file, sha256 of the ``.pt`` it came from, image size) under the
-    ``onnx`` key of the bundle's ``czii_config.json``; :func:`load_bundle` uses the copy
-    only while that sha256 still matches, so retrained weights never run with a stale
-    export. ``imgsz`` defaults to the bundle's ``detect.max_imgsz``. Returns the path.
+    Only the copy of these very weights is replaced: the export is made in a temporary
+    folder and renamed onto ``{stem}.onnx`` when complete, and the ``onnx`` record of the
+    bundle's ``czii_config.json`` (file, sha256 of the ``.pt`` it came from, image size;
+    :func:`load_bundle` uses the copy only while that sha256 matches) is written only when
+    it is free or already describes these weights. Exporting ``other.pt`` beside
+    ``model.pt`` thus writes ``other.onnx`` (run it with ``--weights other.onnx``) and
+    leaves ``model.onnx`` and its record alone. ``imgsz`` defaults to the bundle's
+    ``detect.max_imgsz``.
     """
+    import shutil
+    import tempfile
+
     path = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
     bundle = load_bundle(path)
+    weights = bundle.weights
+    if weights.suffix != ".pt":
+        raise CziiInputError(weights, "only a PyTorch .pt model can be exported to ONNX")
     imgsz = imgsz or bundle.detect.max_imgsz
-    exported = export_onnx(bundle.weights, imgsz=imgsz)
-    target = bundle.weights.parent / ONNX_FILE
-    if exported != target:
-        exported.replace(target)
-    cfg_path = bundle.weights.parent / CONFIG_FILE
+    target = weights.with_suffix(".onnx")
+    cfg_path = weights.parent / CONFIG_FILE
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    cfg["onnx"] = {"file": ONNX_FILE, "source": bundle.weights.name, "source_sha256": file_sha256(bundle.weights),
-                   "imgsz": imgsz, "dynamic": True}
-    outputs.write_text(cfg_path, json.dumps(cfg, indent=2))
+    record = cfg.get("onnx") or {}
+    owner = record.get("source", MODEL_FILE) if record else weights.name
+    if owner != weights.name and record.get("file", ONNX_FILE) == target.name:
+        raise CziiInputError(target, f"is the ONNX copy of {owner} (czii_config.json records it); exporting "
+                                     f"{weights.name} would replace it: give {weights.name} another name")
+    work = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=weights.parent))
+    try:
+        shutil.copy2(weights, work / weights.name)
+        os.replace(export_onnx(work / weights.name, imgsz=imgsz), target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if owner == weights.name:
+        cfg["onnx"] = {"file": target.name, "source": weights.name, "source_sha256": file_sha256(weights),
+                       "imgsz": imgsz, "dynamic": True}
+        outputs.write_text(cfg_path, json.dumps(cfg, indent=2))
     return target
 
 
@@ -184,29 +209,24 @@ def with_tta(bundle: Bundle, tta_views: int) -> Bundle:
 
 
 def visible_devices() -> list[str]:
-    """Every visible CUDA device (``cuda:0``, ``cuda:1``...), else ``["cpu"]``."""
-    import torch
-
-    if torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return ["cpu"]
+    """Every usable CUDA device (``cuda:0``, ``cuda:1``...), else ``["cpu"]``; a GPU the installed
+    torch cannot run is left out (:func:`czii_kaggle.runtime.plan_devices`)."""
+    return runtime.plan_devices().devices
 
 
-def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
-               progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Raw detections of one tomogram, with the seconds spent in each stage and the
-    slice spacing in Angstrom (``slice_step_A``) the aggregation needs."""
+def prepare_run(zarr_path: str | Path, bundle: Bundle) -> tuple[np.ndarray, float, dict]:
+    """Read and preprocess one tomogram: the uint8 volume ``(Z, Y, X)`` the model sees, the
+    voxel size in Angstrom, and the seconds spent reading (``read_s``) and preprocessing."""
     t0 = time.perf_counter()
     volume, voxel_size_A = io.read_tomogram(zarr_path)
     t1 = time.perf_counter()
     vol_u8 = preprocess_volume(volume, bundle.preprocess, source=zarr_path)
-    del volume
-    t2 = time.perf_counter()
-    dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect,
-                         bundle.preprocess.slice_offset, device, progress)
-    t3 = time.perf_counter()
-    return dets, {"read_s": t1 - t0, "preprocess_s": t2 - t1, "inference_s": t3 - t2,
-                  "slice_step_A": voxel_size_A * bundle.detect.slice_step}
+    return vol_u8, voxel_size_A, {"read_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
+
+
+#: Columns of :attr:`Prediction.report`.
+REPORT_COLUMNS = ["experiment", "status", "backend", "device", "worker", "n_detections", "n_picks", "read_s",
+                  "preprocess_s", "wait_s", "inference_s", "aggregate_s", "total_s", "slice_step_A", "error"]
 
 
 @dataclass
@@ -215,13 +235,59 @@ class Prediction:
 
     picks : DataFrame ``experiment, particle_type, x, y, z, score, n_slices, share`` (Angstrom).
     detections : raw per-slice detections of every run.
-    report : one row per run: ``experiment, status, backend, device, worker, n_picks, read_s,
-    preprocess_s, inference_s, aggregate_s, total_s, slice_step_A, error``.
+    report : one row per run, :data:`REPORT_COLUMNS`: ``status`` ok / failed (``error`` says
+        why), the device and worker that ran it, raw detections and picks found, seconds per
+        stage (``wait_s``: how long the model waited for this run's data; the other stages of
+        one worker overlap when runs are prefetched) and ``total_s``, their sum without the wait.
+    wall_s : seconds from the first read to the last run's end.
+    notes : lines about the devices (GPUs left out, CPU time estimate).
+    inputs : the data root and the bundle's files: never to be written to.
     """
 
     picks: pd.DataFrame
     detections: pd.DataFrame
     report: pd.DataFrame
+    wall_s: float = float("nan")
+    notes: list[str] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+
+
+def select_runs(root: str | Path, split: str, runs: list[str] | None = None) -> list[str]:
+    """``runs`` (each once, in order), checked against the runs of ``split`` under ``root``;
+    every run there when ``None``. An unknown name is a :class:`CziiInputError` naming it."""
+    available = layout.list_runs(root, split)
+    if runs is None:
+        return available
+    runs = list(dict.fromkeys(runs))
+    unknown = [r for r in runs if r not in set(available)]
+    if unknown:
+        shown = ", ".join(available[:8]) + (", ..." if len(available) > 8 else "")
+        raise CziiInputError(layout.runs_dir(root, split),
+                             f"no run named {', '.join(map(repr, unknown))} in the {split!r} split "
+                             f"(its {len(available)} run(s): {shown}); check the run names")
+    if not runs:
+        raise CziiInputError(layout.runs_dir(root, split), "no run selected (an empty run list)")
+    return runs
+
+
+def bundle_files(bundle: Bundle) -> list[Path]:
+    """The files a bundle is made of (weights, configs, ONNX copy): inputs, never outputs."""
+    files = [bundle.weights, bundle.weights.parent / CONFIG_FILE, bundle.weights.with_suffix(".onnx")]
+    return files + ([bundle.onnx] if bundle.onnx is not None else [])
+
+
+def _one_line(error: str) -> str:
+    """The line of an error text that says what went wrong (a traceback's last line)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0].strip()
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, (CziiInputError, ValueError)):
+        return str(exc).strip()
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=3)).strip()
 
 
 def predict_runs(
@@ -233,22 +299,37 @@ def predict_runs(
     tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE,
     progress: bool = True,
     backend: str = "auto",
+    prefetch: int = 1,
 ) -> Prediction:
     """Predict every run of ``split`` under a Kaggle-layout ``root``.
 
     Parameters
     ----------
+    runs : list of str, optional
+        Run names (default: all of ``split``); an unknown name stops before anything runs.
     bundle : Bundle, path or None
         The model bundle; ``None``: the shipped default.
     devices : list of str
         Devices to share the runs over, one worker thread with its own model each
-        (a device named twice gets two workers); default :func:`visible_devices`.
+        (a device named twice gets two workers); default: every GPU the installed torch
+        can run (:func:`czii_kaggle.runtime.plan_devices`), else the CPU.
     backend : ``"auto"``, ``"torch"`` or ``"onnx"``
         See :func:`choose_backend` (``"onnx"`` runs on the CPU).
+    prefetch : int
+        Runs each worker reads and preprocesses ahead, in a thread of its own, while its
+        model works on the current one; 0 reads each run only when the model is free.
     """
-    runs = list(runs) if runs is not None else layout.list_runs(root, split)
+    runs = select_runs(root, split, runs)
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be >= 0, not {prefetch}")
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    devices = list(devices or visible_devices())
+    notes: list[str] = []
+    if devices is None:
+        plan = runtime.plan_devices()
+        devices, notes = plan.devices, runtime.describe_plan(plan, len(runs))
+        for line in notes if (progress or plan.left_out) else []:
+            tqdm.write(f"[czii_kaggle] {line}")
+    devices = list(devices)
     backend = choose_backend(bundle, backend, devices)
     on_cpu = all(d == "cpu" for d in devices)
     if backend == "onnx" and not on_cpu:
@@ -266,50 +347,185 @@ def predict_runs(
     bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not progress)
     lock = threading.Lock()
 
+    def next_prepared():
+        """The next run's name, prepared volume, voxel size, stage times and error; None when done."""
+        try:
+            run = todo.get_nowait()
+        except queue.Empty:
+            return None
+        try:
+            return (run, *prepare_run(layout.tomogram_path(root, split, run, tomo_type), bundle), None)
+        except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
+            return run, None, None, {}, exc
+
+    def prefetcher(ready: queue.Queue) -> None:
+        while True:
+            item = next_prepared()
+            ready.put(item)
+            if item is None:
+                return
+
     def worker(i: int) -> None:
         device = devices[i]
+        if prefetch:
+            ready: queue.Queue = queue.Queue(maxsize=prefetch)
+            threading.Thread(target=prefetcher, args=(ready,), daemon=True).start()
+            get_next = ready.get
+        else:
+            get_next = next_prepared
         while True:
-            try:
-                run = todo.get_nowait()
-            except queue.Empty:
+            t_wait = time.perf_counter()
+            item = get_next()
+            if item is None:
                 return
-            t0 = time.perf_counter()
-            try:
-                dets, times = detect_run(models[i], layout.tomogram_path(root, split, run, tomo_type),
-                                         run, bundle, device, progress=progress and len(devices) == 1)
-                t1 = time.perf_counter()
-                found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
-                times["aggregate_s"] = time.perf_counter() - t1
-                out = (dets, found, {"status": "ok", "error": "", **times})
-            except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
-                msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
-                out = (empty_detections(), None, {"status": "failed", "error": msg.strip()})
-                tqdm.write(f"[czii_kaggle] run {run} failed and is skipped: {msg.strip().splitlines()[-1]}")
-            out[2].update(total_s=time.perf_counter() - t0, backend=backend, device=device, worker=i)
+            waited = time.perf_counter() - t_wait
+            run, vol_u8, voxel_size_A, times, error = item
+            item = None
+            dets, found = empty_detections(), None
+            if error is None:
+                try:
+                    t0 = time.perf_counter()
+                    dets = detect_volume(models[i], vol_u8, voxel_size_A, run, bundle.detect,
+                                         bundle.preprocess.slice_offset, device, progress and len(devices) == 1)
+                    t1 = time.perf_counter()
+                    step_A = voxel_size_A * bundle.detect.slice_step
+                    found = aggregate(dets, bundle.aggregate, slice_step_A=step_A)
+                    times.update(inference_s=t1 - t0, aggregate_s=time.perf_counter() - t1, slice_step_A=step_A)
+                except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
+                    error, dets = exc, empty_detections()
+            vol_u8 = None
+            row = {"status": "ok", "error": "", **times}
+            if error is not None:
+                row.update(status="failed", error=_error_text(error))
+                tqdm.write(f"[czii_kaggle] run {run} failed and is skipped: {_one_line(row['error'])}")
+            stages = [times.get(k, 0.0) for k in ("read_s", "preprocess_s", "inference_s", "aggregate_s")]
+            row.update(wait_s=waited, total_s=sum(stages), backend=backend, device=device, worker=i,
+                       n_detections=len(dets), n_picks=0 if found is None else len(found))
             with lock:
-                results[run] = out
+                results[run] = (dets, found, row)
                 bar.update(1)
 
+    t_start = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(devices))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    wall_s = time.perf_counter() - t_start
     bar.close()
     picks = [results[r][1] for r in runs if results[r][1] is not None and len(results[r][1])]
     dets = [results[r][0] for r in runs if len(results[r][0])]
-    report = pd.DataFrame(
-        [{"experiment": r, "n_picks": 0 if results[r][1] is None else len(results[r][1]), **results[r][2]}
-         for r in runs]
-    )
-    cols = ["experiment", "status", "backend", "device", "worker", "n_picks", "read_s", "preprocess_s",
-            "inference_s", "aggregate_s", "total_s", "slice_step_A", "error"]
-    report = report.reindex(columns=cols)
+    report = pd.DataFrame([{"experiment": r, **results[r][2]} for r in runs]).reindex(columns=REPORT_COLUMNS)
     return Prediction(
         picks=pd.concat(picks, ignore_index=True) if picks else empty_candidates(),
         detections=pd.concat(dets, ignore_index=True) if dets else empty_detections(),
         report=report,
+        wall_s=wall_s,
+        notes=notes,
+        inputs=[Path(root), *bundle_files(bundle)],
     )
+
+
+def stage_times(pred: Prediction) -> dict:
+    """Seconds per stage summed over the runs, wall time, seconds per run, and the share of the
+    models' time spent waiting for data (``wait_share``: waits / (waits + inference + aggregation))."""
+    rep = pred.report
+    sums = {k: float(rep[k].fillna(0).sum()) for k in ("read_s", "preprocess_s", "wait_s", "inference_s",
+                                                        "aggregate_s")}
+    busy = sums["wait_s"] + sums["inference_s"] + sums["aggregate_s"]
+    return {"runs": len(rep), "wall_s": pred.wall_s, "wall_s_per_run": pred.wall_s / max(1, len(rep)), **sums,
+            "wait_share": sums["wait_s"] / busy if busy > 0 else float("nan")}
+
+
+def stage_line(pred: Prediction) -> str:
+    """One line: runs predicted, wall time, each stage's mean seconds per run, the models' wait share."""
+    t, rep = stage_times(pred), pred.report
+    n = max(1, t["runs"])
+    stages = ", ".join(f"{k[:-2]} {t[k] / n:.1f}" for k in ("read_s", "preprocess_s", "inference_s", "aggregate_s"))
+    return (f"{int((rep['status'] == 'ok').sum())}/{len(rep)} runs predicted in {t['wall_s']:.1f} s "
+            f"({t['wall_s_per_run']:.1f} s per run; per run {stages} s); the model waited for data "
+            f"{100 * t['wait_share']:.0f}% of its time")
+
+
+def run_problems(report: pd.DataFrame) -> pd.DataFrame:
+    """The runs that failed or gave no pick, each with one line saying why.
+
+    Returns a DataFrame ``experiment, problem`` (empty when every run gave picks).
+    """
+    rows = []
+    for r in report.itertuples(index=False):
+        if r.status != "ok":
+            rows.append((r.experiment, f"failed: {_one_line(r.error)}"))
+        elif not r.n_picks:
+            why = ("the model found nothing in any slice (a blank tomogram, or one unlike the training data?)"
+                   if not r.n_detections else
+                   f"{int(r.n_detections)} slice detections, none passed the bundle's thresholds")
+            rows.append((r.experiment, f"no picks: {why}"))
+    return pd.DataFrame(rows, columns=["experiment", "problem"])
+
+
+def raise_on_problems(report: pd.DataFrame, allow: bool = False) -> pd.DataFrame:
+    """Raise :class:`CziiRunError` when a run failed or gave no pick, unless ``allow``.
+
+    Returns :func:`run_problems` of ``report``.
+    """
+    problems = run_problems(report)
+    if len(problems) and not allow:
+        names = ", ".join(problems["experiment"].astype(str)[:5]) + (", ..." if len(problems) > 5 else "")
+        raise CziiRunError(f"{len(problems)} of {len(report)} run(s) failed or gave no picks ({names}; first: "
+                           f"{problems['problem'].iloc[0]}); fix the input, or set allow_failed_runs = True "
+                           "to submit the other runs")
+    return problems
+
+
+def check_outputs(outputs: list[str | Path | None], inputs: list[str | Path]) -> None:
+    """Refuse output paths that are an input, lie inside an input folder, are folders, or
+    are given twice: a :class:`CziiInputError` naming the output. ``None`` entries are skipped."""
+    seen: dict[Path, Path] = {}
+    resolved_inputs = [(Path(p), Path(p).resolve()) for p in inputs]
+    for out in outputs:
+        if out is None:
+            continue
+        target = Path(out).resolve()
+        for given, inp in resolved_inputs:
+            if target == inp or inp in target.parents:
+                where = "is" if target == inp else f"is inside {given}:"
+                raise CziiInputError(out, f"{where} an input of this prediction; outputs are never written "
+                                          "over or among the inputs: choose another path")
+        if target.is_dir():
+            raise CziiInputError(out, "is a folder: give a file name for the output")
+        if target in seen:
+            raise CziiInputError(out, f"is given as two outputs (also as {seen[target]}): "
+                                      "give each output its own path")
+        seen[target] = Path(out)
+
+
+def write_prediction(pred: Prediction, out: str | Path, detections_out: str | Path | None = None) -> pd.DataFrame:
+    """Write the submission (scored types only) of the runs that succeeded, and the raw
+    detections when ``detections_out`` is given; returns the submission written.
+
+    Raises :class:`CziiInputError`, writing nothing, when an output is an input of the
+    prediction (:func:`check_outputs`), when every run failed, or when the result holds no
+    pick and the file exists already: an empty result never replaces an output.
+    """
+    out = Path(out)
+    check_outputs([out, detections_out], pred.inputs)
+    report = pred.report
+    ok = report["status"] == "ok"
+    if not ok.any():
+        first = report.iloc[0]
+        raise CziiInputError(out, f"not written: every run failed ({len(report)}; {first['experiment']}: "
+                                  f"{_one_line(first['error'])}); fix the input named there and run again")
+    picks = scored_only(pred.picks)
+    for path, rows in ((out, picks), (detections_out, pred.detections)):
+        if path is not None and len(rows) == 0 and Path(path).exists():
+            raise CziiInputError(path, "kept as it was: this prediction found no particle at all, and an empty "
+                                       "result never replaces an existing file (see the run report)")
+    sub = write_submission(picks, out)
+    if detections_out is not None:
+        with outputs.atomic_path(detections_out) as tmp:
+            pred.detections.to_csv(tmp, index=False)
+    return sub
 
 
 def scored_only(picks: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,5 @@
 """The ``czii-kaggle`` command line: thin wrappers, clear errors, exit codes."""
+import re
 import subprocess
 import sys
 
@@ -208,3 +209,66 @@ def test_ctrl_c_with_worker_threads_running(tmp_path):
     last = err.strip(".").strip()
     assert last.endswith("czii-kaggle: interrupted (Ctrl-C) during score; no output was finished; "
                          "nothing was left half-written") and "Traceback" not in err
+
+@pytest.fixture(scope="module")
+def sim_root(tmp_path_factory):
+    """One small simulated test run (easy) beside one run whose zarr is missing."""
+    from czii_kaggle import layout
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path_factory.mktemp("sim"), n_train=0, n_test=1, seed=4,
+                          config=SimConfig(shape_vox=(48, 256, 256), difficulty="easy"))
+    layout.run_dir(ds.root, "test", "TS_broken").mkdir(parents=True)
+    return ds.root
+
+
+def _lines(stderr: str) -> list[str]:
+    """stderr's lines without the progress bars."""
+    lines = (line.strip() for line in stderr.replace("\r", "\n").splitlines())
+    return [line for line in lines if line and not line.startswith("runs:")]
+
+
+def _predict(root, *args) -> int:
+    return main(["predict", "--data", str(root), *map(str, args)])
+
+
+def test_predict_never_writes_among_its_inputs(tmp_path, capsys, sim_root):
+    from czii_kaggle import layout
+
+    zattrs = layout.tomogram_path(sim_root, "test", "TS_sim_4_0") / ".zattrs"
+    before = zattrs.read_bytes()
+    assert _predict(sim_root, "--out", zattrs) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"czii-kaggle: error: {zattrs}: is inside {sim_root}") and err.count("\n") == 1
+    assert zattrs.read_bytes() == before
+    out = tmp_path / "sub.csv"
+    assert _predict(sim_root, "--out", out, "--detections-out", out) == 2
+    assert "is given as two outputs" in capsys.readouterr().err and not out.exists()
+
+
+def test_predict_exit_status_and_nothing_replaced_by_an_empty_result(tmp_path, capsys, sim_root):
+    out = tmp_path / "submission.csv"
+    out.write_text("an earlier submission\n")
+    # a typo in --runs: one line up front, the earlier submission untouched
+    assert _predict(sim_root, "--out", out, "--runs", "TS_sim_4_O") == 2
+    err = capsys.readouterr().err
+    assert "no run named 'TS_sim_4_O'" in err and err.count("\n") == 1
+    # every run failing: one line naming the cause, nothing written
+    assert _predict(sim_root, "--out", out, "--runs", "TS_broken") == 2
+    err = _lines(capsys.readouterr().err)
+    assert err[0].startswith("TS_broken: failed: ") and "denoised.zarr" in err[0]
+    assert len(err) == 2 and err[-1].startswith(f"czii-kaggle: error: {out}: not written: every run failed")
+    assert out.read_text() == "an earlier submission\n"
+
+
+@pytest.mark.slow
+def test_predict_writes_the_other_runs_and_exits_1_when_one_fails(tmp_path, capsys, sim_root):
+    out = tmp_path / "submission.csv"
+    assert _predict(sim_root, "--out", out) == 1  # the shipped model
+    captured = capsys.readouterr()
+    sub = submission.validate_submission(out)
+    assert len(sub) > 0 and set(sub["experiment"]) == {"TS_sim_4_0"}
+    last = _lines(captured.err)[-1]
+    assert last.startswith("czii-kaggle: 1 of 2 runs failed or gave no picks (TS_broken;")
+    assert f"wrote {len(sub)} picks of 1/2 runs" in captured.out
+    assert re.search(r"1/2 runs predicted in .* the model waited for data \d+% of its time", captured.out)

@@ -252,6 +252,47 @@ def test_inference_notebook_writes_a_valid_submission_offline(tmp_path, kernel_n
     assert match and 0.0 <= float(match.group(1)) <= 1.0
 
 
+@pytest.mark.slow
+def test_inference_notebook_on_kaggle_without_the_data_stops_and_writes_nothing(tmp_path, kernel_name, monkeypatch):
+    """A Kaggle kernel (recognised by its env var) without the competition data attached stops with
+    the one-line reason; it never simulates a test set nor writes a submission."""
+    from nbclient.exceptions import CellExecutionError
+
+    from czii_kaggle import layout
+
+    if layout.KAGGLE_ROOT.is_dir():
+        pytest.skip("the competition data is attached here")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")  # inherited by the kernel
+    with pytest.raises(CellExecutionError) as err:
+        _execute("inference", dict(sim_dir="data", sim_n_test=1, sim_shape_vox=TINY_SHAPE, out_csv="submission.csv"),
+                 tmp_path, kernel_name)
+    assert err.value.ename == "CziiInputError"
+    assert err.value.evalue.startswith(f"{layout.KAGGLE_ROOT}: the competition data is not attached")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "submission.csv").exists()
+
+
+@pytest.mark.slow
+def test_inference_notebook_on_kaggle_stops_on_runs_without_picks(tmp_path, kernel_name, throwaway_weights,
+                                                                    monkeypatch):
+    """On Kaggle a run that gives no picks (an untrained model here) is shown with the reason and
+    stops the notebook, after the other runs' submission is written; allow_failed_runs goes on."""
+    from nbclient.exceptions import CellExecutionError
+
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path / "data", n_train=0, n_test=1, seed=2, config=SimConfig(shape_vox=TINY_SHAPE))
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    params = dict(data_root=str(ds.root), weights=str(throwaway_weights), out_csv="submission.csv")
+    with pytest.raises(CellExecutionError) as err:
+        _execute("inference", params, tmp_path, kernel_name)
+    assert err.value.ename == "CziiRunError"
+    assert err.value.evalue.startswith(f"1 of 1 run(s) failed or gave no picks ({ds.test_runs[0]}; first: no picks:")
+    assert (tmp_path / "submission.csv").is_file()
+    nb = _execute("inference", {**params, "allow_failed_runs": True, "out_csv": "allowed.csv"}, tmp_path, kernel_name)
+    assert any("1 run(s) failed or gave no picks" in s for s in _outputs(nb, "stream"))
+    assert any("no picks: the model found nothing" in h for h in _outputs(nb, "text/html"))
+
+
 SHIPPED = Path(__file__).resolve().parents[1] / "czii_kaggle" / "models"
 
 

@@ -9,8 +9,9 @@ import pytest
 from czii_kaggle import io, layout, metric, particles, picks, submission
 from czii_kaggle.aggregate import AggregateConfig
 from czii_kaggle.detect import DETECTION_COLUMNS, DetectConfig, detect_volume, image_size, load_model
-from czii_kaggle.errors import CziiInputError
-from czii_kaggle.predict import DEFAULT_BUNDLE, file_sha256, load_bundle, predict_runs, scored_only
+from czii_kaggle.errors import CziiInputError, CziiRunError
+from czii_kaggle.predict import (DEFAULT_BUNDLE, Prediction, file_sha256, load_bundle, predict_runs, raise_on_problems,
+                                 export_bundle_onnx, run_problems, scored_only, stage_times, write_prediction)
 from czii_kaggle.simulate import SimConfig, simulate_dataset
 
 SHIPPED = DEFAULT_BUNDLE / "TRAINING.json"  # written only beside a really trained shipped model
@@ -107,17 +108,25 @@ def test_one_bad_run_never_loses_the_others(tmp_path, small_dataset, untrained_b
     assert rep.loc[runs[1], "status"] == "failed"
     assert str(broken) in rep.loc[runs[1], "error"]
     assert (rep.drop(index=runs[1])["status"] == "ok").all()
-    assert {"read_s", "preprocess_s", "inference_s", "aggregate_s"} <= set(rep.columns)
+    assert {"read_s", "preprocess_s", "wait_s", "inference_s", "aggregate_s"} <= set(rep.columns)
+    # which runs failed and why, one line each; the untrained model's runs found nothing
+    problems = run_problems(pred.report).set_index("experiment")["problem"]
+    assert problems[runs[1]].startswith(f"failed: {broken}") and "\n" not in problems[runs[1]]
+    assert all(problems[r].startswith("no picks: ") for r in runs if r != runs[1])
+    with pytest.raises(CziiRunError, match=f"3 of 3 run\\(s\\) failed or gave no picks .*{runs[1]}.*allow_failed_runs"):
+        raise_on_problems(pred.report)
+    assert len(raise_on_problems(pred.report, allow=True)) == 3
     # the submission can still be written from what succeeded
-    sub = submission.write_submission(scored_only(pred.picks), tmp_path / "submission.csv")
+    sub = write_prediction(pred, tmp_path / "submission.csv")
     assert set(sub["experiment"]) <= set(runs) - {runs[1]}
 
 
 def test_runs_are_shared_out_over_the_devices(small_dataset, untrained_bundle):
-    """The multi-GPU path (one worker and model per device), on two CPU workers: every run is
-    predicted once, by one of the workers, with the same result as one worker gives."""
+    """The multi-GPU path (one worker and model per device, runs prefetched), on two CPU workers:
+    every run is predicted once, by one of the workers, with the result one serial worker gives."""
     runs = small_dataset.test_runs
-    one = predict_runs(small_dataset.root, "test", bundle=untrained_bundle, devices=["cpu"], progress=False)
+    one = predict_runs(small_dataset.root, "test", bundle=untrained_bundle, devices=["cpu"], progress=False,
+                       prefetch=0)
     two = predict_runs(small_dataset.root, "test", bundle=untrained_bundle, devices=["cpu", "cpu"], progress=False)
     assert list(two.report["experiment"]) == runs and (two.report["status"] == "ok").all()
     assert set(two.report["worker"]) == {0, 1} and set(one.report["worker"]) == {0}
@@ -126,6 +135,99 @@ def test_runs_are_shared_out_over_the_devices(small_dataset, untrained_bundle):
     pd.testing.assert_frame_equal(two.detections.sort_values(key).reset_index(drop=True),
                                   one.detections.sort_values(key).reset_index(drop=True))
     pd.testing.assert_frame_equal(two.picks, one.picks)
+    times = stage_times(one)
+    assert times["runs"] == 3 and 0 < times["wait_share"] < 1 and times["wall_s"] > 0
+    # serial: the model waits exactly while its next run is read and preprocessed
+    np.testing.assert_allclose(one.report["wait_s"], one.report["read_s"] + one.report["preprocess_s"], atol=0.05)
+
+
+def test_reading_overlaps_the_model_work(monkeypatch):
+    """With prefetch the next run is read while the model works on the current one; without, never."""
+    import threading
+    import time
+
+    import czii_kaggle.predict as predict_mod
+    from czii_kaggle.detect import empty_detections
+
+    spans = {"read": [], "model": []}
+    lock = threading.Lock()
+
+    def timed(kind, result):
+        def fake(*args, **kwargs):
+            t0 = time.perf_counter()
+            time.sleep(0.15)
+            with lock:
+                spans[kind].append((t0, time.perf_counter()))
+            return result() if callable(result) else result
+        return fake
+
+    monkeypatch.setattr(predict_mod, "select_runs", lambda root, split, runs: ["a", "b", "c", "d"])
+    monkeypatch.setattr(predict_mod, "load_model", lambda weights: None)
+    monkeypatch.setattr(predict_mod, "prepare_run", timed(
+        "read", lambda: (np.zeros((2, 40, 40), np.uint8), 10.0, {"read_s": 0.15, "preprocess_s": 0.0})))
+    monkeypatch.setattr(predict_mod, "detect_volume", timed("model", empty_detections))
+
+    def overlaps() -> bool:
+        return any(r0 < m1 and m0 < r1 for r0, r1 in spans["read"] for m0, m1 in spans["model"])
+
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    serial = predict_runs("unused", bundle=bundle, devices=["cpu"], backend="torch", progress=False, prefetch=0)
+    assert not overlaps() and stage_times(serial)["wait_share"] > 0.4
+    spans["read"].clear(), spans["model"].clear()
+    ahead = predict_runs("unused", bundle=bundle, devices=["cpu"], backend="torch", progress=False, prefetch=1)
+    assert overlaps() and (ahead.report["status"] == "ok").all()
+    assert (ahead.report["wait_s"].iloc[1:] < 0.1).all()  # after the first run, data is ready when the model is
+    assert ahead.wall_s < serial.wall_s
+    with pytest.raises(ValueError, match="prefetch"):
+        predict_runs("unused", bundle=bundle, devices=["cpu"], backend="torch", progress=False, prefetch=-1)
+
+
+def test_unknown_run_is_refused_before_anything_runs(small_dataset):
+    with pytest.raises(CziiInputError, match=r"no run named 'TS_typo' in the 'test' split \(its 3 run\(s\): TS_"):
+        predict_runs(small_dataset.root, "test", runs=[small_dataset.test_runs[0], "TS_typo"], bundle="nowhere.pt")
+
+
+def _prediction(root, statuses: list[str], n_picks: int) -> Prediction:
+    """A prediction as predict_runs returns it, for runs of the given statuses and picks in the first."""
+    report = pd.DataFrame({"experiment": [f"TS_{i}" for i in range(len(statuses))], "status": statuses,
+                           "error": ["" if s == "ok" else "data/TS: no such zarr" for s in statuses],
+                           "n_picks": [n_picks] + [0] * (len(statuses) - 1), "n_detections": 0})
+    picks = pd.DataFrame({"experiment": "TS_0", "particle_type": "ribosome", "x": np.arange(n_picks) * 500.0,
+                          "y": 100.0, "z": 100.0})
+    return Prediction(picks=picks, detections=pd.DataFrame(columns=DETECTION_COLUMNS), report=report,
+                      inputs=[root])
+
+
+def test_no_output_is_replaced_by_an_empty_result_or_written_among_inputs(tmp_path):
+    root = tmp_path / "data"
+    zattrs = root / "test" / "static" / "ExperimentRuns" / "TS_0" / "VoxelSpacing10.000" / "denoised.zarr" / ".zattrs"
+    zattrs.parent.mkdir(parents=True)
+    zattrs.write_text('{"multiscales": []}')
+    out = tmp_path / "submission.csv"
+    out.write_text("precious\n")
+    # every run failed: nothing written, whatever existed stays
+    with pytest.raises(CziiInputError, match=r"submission.csv: not written: every run failed \(2; TS_0: data/TS"):
+        write_prediction(_prediction(root, ["failed", "failed"], 0), out)
+    # runs ran but found nothing: an existing file is kept
+    with pytest.raises(CziiInputError, match="kept as it was: this prediction found no particle"):
+        write_prediction(_prediction(root, ["ok", "failed"], 0), out)
+    assert out.read_text() == "precious\n"
+    # outputs among the inputs, or twice the same path, are refused before anything is written
+    good = _prediction(root, ["ok", "failed"], 3)
+    with pytest.raises(CziiInputError, match=r"\.zattrs: is inside .*data: an input of this prediction"):
+        write_prediction(good, zattrs)
+    with pytest.raises(CziiInputError, match="is given as two outputs"):
+        write_prediction(good, out, detections_out=tmp_path / "." / "submission.csv")
+    with pytest.raises(CziiInputError, match="is a folder"):
+        write_prediction(good, tmp_path)
+    assert zattrs.read_text() == '{"multiscales": []}' and out.read_text() == "precious\n"
+    # the runs that succeeded are written, detections beside them
+    sub = write_prediction(good, out, detections_out=tmp_path / "detections.csv")
+    assert len(sub) == 3 and len(submission.validate_submission(out)) == 3
+    assert list(pd.read_csv(tmp_path / "detections.csv").columns) == DETECTION_COLUMNS
+    # a result without picks may start a new file (nothing is replaced)
+    write_prediction(_prediction(root, ["ok"], 0), tmp_path / "new.csv")
+    assert len(pd.read_csv(tmp_path / "new.csv")) == 0
 
 
 def test_run_with_nan_tomogram_is_handled(tmp_path, untrained_bundle):
@@ -305,6 +407,28 @@ def test_onnx_backend_predicts_what_torch_predicts(onnx_bundle, small_dataset):
     # "auto" on a CPU-only machine takes the ONNX copy
     auto = predict_runs(small_dataset.root, "test", runs=runs[:1], bundle=bundle, devices=["cpu"], progress=False)
     assert (auto.report["backend"] == "onnx").all()
+
+
+def test_export_replaces_only_the_copy_of_its_own_weights(tmp_path, onnx_bundle, untrained_bundle):
+    """export-onnx --weights other.pt beside model.pt writes other.onnx; model.onnx and its record stay."""
+    from czii_kaggle import cli
+
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    shutil.copy2(untrained_bundle / "model.pt", b / "other.pt")
+    onnx_bytes, cfg_before = (b / "model.onnx").read_bytes(), (b / "czii_config.json").read_text()
+    assert cli.main(["export-onnx", "--weights", str(b / "other.pt")]) == 0
+    assert (b / "model.onnx").read_bytes() == onnx_bytes
+    assert (b / "czii_config.json").read_text() == cfg_before
+    assert load_bundle(b).onnx == b / "model.onnx"  # still the up-to-date copy of model.pt
+    assert load_model(b / "other.onnx").names == load_model(b / "other.pt").names
+    assert not list(b.glob(".onnx-export-*"))  # the temporary export folder is gone
+    # a file named like another weights' recorded copy is never overwritten
+    (b / "czii_config.json").write_text(json.dumps({**json.loads(cfg_before),
+                                                    "onnx": {"file": "model.onnx", "source": "best.pt"}}))
+    with pytest.raises(CziiInputError, match="model.onnx: is the ONNX copy of best.pt"):
+        export_bundle_onnx(b)
+    assert (b / "model.onnx").read_bytes() == onnx_bytes
 
 
 def test_stale_or_missing_onnx_is_never_used(tmp_path, onnx_bundle, untrained_bundle, monkeypatch):
