@@ -79,7 +79,7 @@ def image_site(python: str, packages=KAGGLE_PACKAGES, log=print) -> Path:
         log(f"building the Kaggle image stand-in (Python {full_version}) in {env_dir}: downloads ~4 GB once")
         subprocess.run([python, "-m", "venv", str(building)], check=True, timeout=600)
         env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        proc = subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "-q", *packages],
+        proc = subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", *packages],
                               env=env, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise RuntimeError(f"building the Kaggle image stand-in failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

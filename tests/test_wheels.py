@@ -526,6 +526,9 @@ def test_shipped_model_predicts_on_kaggle_python312_with_torch_210_and_onnxrunti
     assert len(ours) > 0, "the shipped model found nothing on the simulated tomogram: the comparison proves little"
     print(f"\npicks: torch 2.14.1 (py{HERE}) {len(ours)}, torch 2.10 (py3.12) {len(theirs)}, onnxruntime (py3.12) {len(onnx)}")
     assert len(theirs) == len(ours) and _matched_share(ours, theirs) == 1.0
+    for kind, group in ours.groupby("particle_type"):  # and the same scores
+        other = theirs[theirs["particle_type"] == kind]
+        assert np.allclose(np.sort(group["score"]), np.sort(other["score"]), atol=1e-3), kind
     assert abs(len(onnx) - len(ours)) <= max(1, 0.02 * len(ours)) and _matched_share(ours, onnx) >= 0.98
 
 
