@@ -110,7 +110,7 @@ def archive_dir() -> Path:
         return folder
     proc = subprocess.run(
         [str(REPO / "build_wheels.sh"), "--out", str(REPO / "wheels")],
-        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode == 0, f"build_wheels.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return REPO / "wheels"
@@ -126,7 +126,7 @@ def _build(tmp_path: Path, seed_from: Path, *args: str) -> subprocess.CompletedP
         except OSError:
             (out / wheel.name).write_bytes(wheel.read_bytes())
     return subprocess.run([str(REPO / "build_wheels.sh"), "--out", str(out), *args],
-                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")
