@@ -35,7 +35,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,6 +46,7 @@ from czii_kaggle.kaggle_install import wheel_tags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kaggle_image  # noqa: E402  (tests/kaggle_image.py)
+from test_kaggle_install import install_cell  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -429,11 +429,6 @@ print("RESULT " + json.dumps({
 """
 
 
-def _install_cell() -> str:
-    nb = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)
-    return next(c.source for c in nb.cells if c.cell_type == "code" and "czii_kaggle_offline" in c.source)
-
-
 @pytest.fixture(scope="module")
 def kaggle312(archive_dir, no_network, tmp_path_factory):
     """Kaggle's Python 3.12 image (cached), a fresh env over it, and the notebook's install cell run there offline."""
@@ -457,7 +452,7 @@ def kaggle312(archive_dir, no_network, tmp_path_factory):
         "PIP_NO_INPUT": "1", "PIP_NO_CACHE_DIR": "1", "CZII_KAGGLE_INPUT": str(tmp / "input"),
     }
     before = json.loads(_run([str(py), "-m", "pip", "list", "--format=json"], env, tmp).stdout)
-    (tmp / "install_cell.py").write_text(_install_cell())
+    (tmp / "install_cell.py").write_text(install_cell())
     start = time.monotonic()
     install = _run(no_network + [str(py), str(tmp / "install_cell.py")], env, tmp)
     install_s = time.monotonic() - start
