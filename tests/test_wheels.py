@@ -105,7 +105,7 @@ def archive_dir() -> Path:
     """A folder holding czii_kaggle_offline.tar.gz: $CZII_WHEELS_DIR, else freshly built in wheels/."""
     prebuilt = os.environ.get("CZII_WHEELS_DIR")
     if prebuilt:
-        folder = Path(prebuilt)
+        folder = Path(prebuilt).resolve()
         assert (folder / ARCHIVE).is_file(), f"CZII_WHEELS_DIR={prebuilt} holds no {ARCHIVE}"
         return folder
     proc = subprocess.run(
@@ -538,3 +538,58 @@ def _matched_share(a: pd.DataFrame, b: pd.DataFrame, tol_A: float = 5.0) -> floa
             dist, _ = cKDTree(other).query(group[["x", "y", "z"]].to_numpy())
             hits += int((dist <= tol_A).sum())
     return hits / len(a)
+
+
+# --------------------------------------------------------------------------- Python 3.13 (likely Kaggle's next)
+
+#: Runs the archive's compiled wheels on Python 3.13: a Blosc-compressed zarr round trip and model.onnx in ONNX Runtime.
+PY313_SCRIPT = """
+import json, sys
+import numpy as np
+import numcodecs, onnxruntime, wrapt, zarr
+
+data = (np.arange(1 << 16, dtype=np.float32) % 251).reshape(64, 1024)
+store = zarr.DirectoryStore(sys.argv[2] + ".zarr")
+zarr.array(data, chunks=(16, 256), compressor=numcodecs.Blosc(cname="zstd", clevel=3), store=store)
+assert np.array_equal(zarr.open(store, mode="r")[:], data)
+image = (np.arange(3 * 128 * 128, dtype=np.float32).reshape(1, 3, 128, 128) % 97) / 97
+out = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"]).run(None, {"images": image})[0]
+np.save(sys.argv[2], out)
+print("RESULT " + json.dumps({"python": sys.version.split()[0],
+                             "files": {m.__name__: m.__file__ for m in (numcodecs, onnxruntime, wrapt, zarr)}}))
+"""
+
+
+def test_compiled_wheels_run_on_python313(archive_dir, no_network, tmp_path):
+    """zarr and onnxruntime install offline from the archive on Python 3.13 and run (no torch on 3.13 here)."""
+    python = kaggle_image.find_python("3.13")
+    if python is None:
+        pytest.skip("no CPython 3.13 here (pyenv, python3.13 on PATH or $CZII_PYTHON3.13)")
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    # what Kaggle's image would have, from the registry (the archive leaves them out)
+    got = _run([py, "-m", "pip", "install", "-q", "numpy==2.3.5", "packaging==25.0"],
+               {**os.environ, "PIP_NO_CACHE_DIR": "1"}, tmp_path)
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
+    manifest = _manifest_for(archive_dir / "MANIFEST.tsv", "3.13")
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_CONFIG_FILE": os.devnull,
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONNOUSERSITE": "1"}
+    install = _run(no_network + [py, "-m", "pip", "install", "--no-index", "--find-links", str(archive_dir),
+                                 "zarr", "onnxruntime"], env, tmp_path)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    for name in ("numcodecs", "onnxruntime", "wrapt"):  # the cp313 wheels of the archive
+        assert re.search(rf"^Processing \S*/{re.escape(manifest[name][0])}\b", install.stdout, re.M), name
+    (tmp_path / "check.py").write_text(PY313_SCRIPT)
+    model = REPO / "czii_kaggle" / "models" / "model.onnx"
+    proc = _run(no_network + [py, "-I", str(tmp_path / "check.py"), str(model), str(tmp_path / "out313.npy")], env, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["python"].startswith("3.13.")
+    assert all(f.startswith(str(venv)) for f in result["files"].values()), result["files"]
+    # the same output as ONNX Runtime gives here
+    import onnxruntime
+
+    image = (np.arange(3 * 128 * 128, dtype=np.float32).reshape(1, 3, 128, 128) % 97) / 97
+    ours = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"images": image})[0]
+    assert np.allclose(np.load(tmp_path / "out313.npy"), ours, atol=1e-4)
