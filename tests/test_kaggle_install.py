@@ -122,6 +122,8 @@ def test_wheel_tags_expand_compressed_tag_sets():
 def test_cell_without_archive_says_what_to_attach(tmp_path):
     root = tmp_path / "input"
     (root / "czii-cryo-et-object-identification").mkdir(parents=True)
+    deep = root / "a" / "b" / "c" / "d" / "too-deep"  # 5 folders down: not searched
+    fake_archive(deep, OTHERS)
     proc = run_cell(root)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
@@ -132,7 +134,10 @@ def test_cell_without_archive_says_what_to_attach(tmp_path):
 @pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "tar.gz"])
 def test_cell_finds_the_archive_under_any_dataset_name(tmp_path, packed):
     root = tmp_path / "input"
-    dataset = root / "my-wheels-v7" / ("packed" if packed else "nested")  # any name, any depth
+    # any name; 3 folders deep packed, 4 unpacked (a folder named after the archive, as Kaggle may make)
+    dataset = root / "datasets" / "someone" / "my-wheels-v7"
+    if not packed:
+        dataset = dataset / "czii_kaggle_offline.tar.gz"
     wheels = fake_archive(tmp_path / "build", OTHERS)
     if packed:
         dataset.mkdir(parents=True)
