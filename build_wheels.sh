@@ -3,21 +3,26 @@
 #
 # Writes, under --out (default: wheels/ beside this script):
 #   *.whl                       czii_kaggle (with its shipped weights) and every run-time dependency
-#                               that Kaggle's image may lack, as binary wheels for the target
-#   MANIFEST.tsv                file, distribution, version, sha256 of every wheel
-#   czii_kaggle_offline.tar.gz  czii_kaggle_offline/{*.whl, MANIFEST.tsv}: the one file to upload
-# Install from it with:  pip install --no-index --find-links DIR "czii_kaggle[detect]"
+#                               that Kaggle's image may lack, as binary wheels for every target
+#                               Python (default CPython 3.11, 3.12 and 3.13: one archive for all)
+#   MANIFEST.tsv                file, distribution, version, python (the target Pythons whose
+#                               resolution chose the wheel), sha256 of every wheel
+#   install.py                  the installer the notebook's install cell runs (czii_kaggle/kaggle_install.py)
+#   czii_kaggle_offline.tar.gz  czii_kaggle_offline/{*.whl, MANIFEST.tsv, install.py}: the one file to upload
+# Install from it with:  python install.py   (or pip install --no-index --find-links DIR "czii_kaggle[detect]")
 #
-# How the wheel list is found: pip resolves czii_kaggle[detect] + the run-time pins of
-# requirements.txt (ultralytics, zarr, numcodecs, asciitree) for the TARGET (pip install
-# --dry-run --report, binary wheels only, --python-version/--platform). Everything that
+# How the wheel list is found: for each target Python, pip resolves czii_kaggle[detect] + the
+# run-time pins of requirements.txt (ultralytics, zarr, numcodecs, asciitree) for the TARGET
+# (pip install --dry-run --report, binary wheels only, --python-version/--platform). Everything that
 # Kaggle's preinstalled packages (KAGGLE_PREINSTALLED below) pull in, by the dependency graph
 # of that same resolution, is left out: torch and its nvidia-*/triton/sympy..., numpy,
 # pandas, matplotlib and theirs. The rest is bundled, pinned to the resolved versions.
 # A dependency published only as a source archive is built into a (pure-Python) wheel.
 #
 # Idempotent: wheels already under --out (same file, same sha256) are reused; wheels of an
-# earlier build that this bundle no longer needs are removed; archive and manifest are rewritten.
+# earlier build that this bundle no longer needs are removed when they would serve one of this
+# build's target Pythons (wheels only for other Pythons are left alone); archive and manifest
+# are rewritten. A package without a wheel for one of the target Pythons stops the build.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,9 +35,10 @@ REQUIRED_IN_BUNDLE="czii-kaggle ultralytics ultralytics-thop onnxruntime zarr nu
 
 usage() {
   cat <<EOF
-usage: $0 [--python-version 3.11] [--platform TAG ...] [--with-torch] [--require REQ ...] [--out DIR]
+usage: $0 [--python-version V ...] [--platform TAG ...] [--with-torch] [--require REQ ...] [--out DIR]
 
-  --python-version V   target CPython version (default 3.11, Kaggle's)
+  --python-version V   target CPython version, repeatable (default: 3.11 3.12 3.13; Kaggle's
+                       image runs 3.12 since December 2025)
   --platform TAG       target platform tag, repeatable (default manylinux_2_28_x86_64); a
                        manylinux tag also accepts every older manylinux tag of its architecture
   --with-torch         also bundle torch/torchvision (pins from requirements.txt) and what only
@@ -43,14 +49,14 @@ Environment: PYTHON (default: $REPO/.venv/bin/python) runs pip.
 EOF
 }
 
-PY_VERSION=3.11
+PY_VERSIONS=()
 PLATFORMS=()
 WITH_TORCH=0
 EXTRA_REQS=()
 OUT="$REPO/wheels"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --python-version) PY_VERSION=${2:?--python-version needs a value}; shift 2 ;;
+    --python-version) PY_VERSIONS+=("${2:?--python-version needs a value}"); shift 2 ;;
     --platform) PLATFORMS+=("${2:?--platform needs a value}"); shift 2 ;;
     --with-torch) WITH_TORCH=1; shift ;;
     --require) EXTRA_REQS+=("${2:?--require needs a value}"); shift 2 ;;
@@ -60,6 +66,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ ${#PLATFORMS[@]} -gt 0 ] || PLATFORMS=(manylinux_2_28_x86_64)
+[ ${#PY_VERSIONS[@]} -gt 0 ] || PY_VERSIONS=(3.11 3.12 3.13)
+for v in "${PY_VERSIONS[@]}"; do
+  [[ $v =~ ^3\.[0-9]+$ ]] || { echo "build_wheels: --python-version takes MAJOR.MINOR (3.12), not '$v'" >&2; exit 2; }
+done
 
 say() { echo "[build_wheels] $*"; }
 die() { echo "[build_wheels] ERROR: $*" >&2; exit 1; }
@@ -124,14 +134,15 @@ def req_name(req):
     print(canonicalize_name(Requirement(req).name))
 
 
-def select(report_path, roots_csv):
+def select(report_path, roots_csv, py_version):
     """TSV of the packages to bundle: all resolved ones minus the closure of ``roots``.
 
     The closure follows each resolved package's ``Requires-Dist`` (markers evaluated in the
-    environment pip resolved with, extras followed) to packages of the same resolution.
+    environment pip resolved with, for the target Python ``py_version``, extras followed) to
+    packages of the same resolution.
     """
     report = json.loads(Path(report_path).read_text())
-    env = report["environment"]
+    env = {**report["environment"], "python_version": py_version, "python_full_version": f"{py_version}.0"}
     items = {canonicalize_name(i["metadata"]["name"]): i for i in report["install"]}
 
     def deps(name, extras):
@@ -200,12 +211,50 @@ def is_pure(wheel):
     sys.exit(0 if all(t.abi == "none" and t.platform == "any" for t in tags) else 1)
 
 
-def manifest(out_path, *wheels):
-    rows = ["file\tdistribution\tversion\tsha256"]
-    for wheel in sorted(wheels, key=lambda w: Path(w).name.lower()):
+def serves(wheel, py_version):
+    """Whether a wheel's Python tags accept CPython ``py_version`` ("3.12"), platform aside."""
+    minor = int(py_version.split(".")[1])
+    _, _, _, tags = parse_wheel_filename(Path(wheel).name)
+    for t in tags:
+        if t.interpreter in ("py3", f"py3{minor}") and t.abi == "none":
+            return True
+        if t.interpreter == f"cp3{minor}" and t.abi in (f"cp3{minor}", "none", "abi3"):
+            return True
+        if t.abi == "abi3" and re.fullmatch(r"cp3\d+", t.interpreter) and int(t.interpreter[3:]) <= minor:
+            return True
+    return False
+
+
+def stale(keep_list, py_versions_csv, *wheels):
+    """The ``wheels`` not in the keep list that would serve one of the target Pythons."""
+    keep = set(Path(keep_list).read_text().split())
+    versions = py_versions_csv.split(",")
+    for wheel in wheels:
+        if Path(wheel).name not in keep and any(serves(wheel, v) for v in versions):
+            print(wheel)
+
+
+def manifest(out_path, chosen_tsv):
+    """MANIFEST.tsv from lines ``path<TAB>target Pythons that chose it`` (space separated)."""
+    chosen = [line.split("\t") for line in Path(chosen_tsv).read_text().splitlines() if line]
+    rows = ["file\tdistribution\tversion\tpython\tsha256"]
+    for wheel, pythons in sorted(chosen, key=lambda c: Path(c[0]).name.lower()):
         name, version = wheel_metadata(wheel)
-        rows.append(f"{Path(wheel).name}\t{name}\t{version}\t{sha256(wheel)}")
+        pythons = " ".join(sorted(set(pythons.split()), key=lambda v: tuple(map(int, v.split(".")))))
+        rows.append(f"{Path(wheel).name}\t{name}\t{version}\t{pythons}\t{sha256(wheel)}")
     Path(out_path).write_text("\n".join(rows) + "\n")
+
+
+def coverage(manifest_path, py_versions_csv):
+    """Stop naming every distribution that lacks a wheel for one of the target Pythons."""
+    rows = [line.split("\t") for line in Path(manifest_path).read_text().splitlines()[1:]]
+    covered = {}
+    for _, name, _, pythons, _ in rows:
+        covered.setdefault(canonicalize_name(name), set()).update(pythons.split())
+    gaps = [f"{name} (CPython {', '.join(v for v in py_versions_csv.split(',') if v not in have)})"
+            for name, have in sorted(covered.items()) if not set(py_versions_csv.split(",")) <= have]
+    if gaps:
+        raise SystemExit(f"[build_wheels] ERROR: no wheel for every target Python: {'; '.join(gaps)}")
 
 
 def pins(requirements, *names):
@@ -225,16 +274,17 @@ if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"expand-platforms": lambda *a: expand_platforms(a), "req-name": req_name, "select": select,
      "check-czii-wheel": check_czii_wheel, "is-pure": is_pure, "manifest": manifest,
-     "pins": pins}[command](*args)
+     "stale": stale, "coverage": coverage, "pins": pins}[command](*args)
 PYEOF
 helper() { "$PY" "$WORK/helper.py" "$@"; }
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 mapfile -t ALL_PLATFORMS < <(helper expand-platforms "${PLATFORMS[@]}")
-TARGET=(--only-binary=:all: --python-version "$PY_VERSION" --implementation cp)
-for p in "${ALL_PLATFORMS[@]}"; do TARGET+=(--platform "$p"); done
-say "target: CPython $PY_VERSION on ${PLATFORMS[*]} (+ older tags: ${#ALL_PLATFORMS[@]} platform tags); output: $OUT"
+PLATFORM_ARGS=()
+for p in "${ALL_PLATFORMS[@]}"; do PLATFORM_ARGS+=(--platform "$p"); done
+say "targets: CPython ${PY_VERSIONS[*]} on ${PLATFORMS[*]} (+ older tags: ${#ALL_PLATFORMS[@]} platform tags); output: $OUT"
 say "pip: $("${PIP[@]}" --version)"
+[ -f "$REPO/czii_kaggle/kaggle_install.py" ] || die "the archive's installer is missing: $REPO/czii_kaggle/kaggle_install.py"
 
 # ---------------------------------------------------------------- 1. czii_kaggle's own wheel
 for f in model.pt czii_config.json; do
@@ -258,7 +308,7 @@ mv "$CZII_WHEEL" "$OUT/"
 CZII_WHEEL="$OUT/$(basename "$CZII_WHEEL")"
 CZII_VERSION=$(basename "$CZII_WHEEL" | cut -d- -f2)
 
-# ---------------------------------------------------------------- 2. resolve for the target
+# ---------------------------------------------------------------- 2. requirements
 PINS=$(helper pins "$REPO/requirements.txt" $PINNED_FROM_REQUIREMENTS) || die "see above"
 mapfile -t REQS <<<"$PINS"
 ROOTS=$KAGGLE_PREINSTALLED
@@ -275,7 +325,6 @@ for extra in "${EXTRA_REQS[@]}"; do  # --require replaces a requirement of the s
   REQS+=("$extra")
 done
 REQS=("czii_kaggle[detect]==$CZII_VERSION" "${REQS[@]}")
-say "resolving for the target: ${REQS[*]}"
 
 # A requirement with no wheel for the target: build its wheel from the source archive when the
 # project publishes only one (pure Python), else stop naming it.
@@ -298,75 +347,83 @@ build_from_sdist() {
   say "built $(basename "$built")"
 }
 
-resolved=0
-for attempt in 1 2 3 4 5 6; do
-  if "${PIP[@]}" install --dry-run --ignore-installed -q --report "$WORK/report.json" "${TARGET[@]}" \
-      --target "$WORK/target" --find-links "$OUT" "${REQS[@]}" >"$WORK/resolve.log" 2>&1; then
-    resolved=1
-    break
-  fi
-  missing=$(sed -n 's/^ERROR: No matching distribution found for //p' "$WORK/resolve.log" | head -1)
-  if [ -z "$missing" ]; then
-    pip_excerpt "$WORK/resolve.log" 25
-    die "pip could not resolve the requirements for the target (output above)"
-  fi
-  name=$(helper req-name "$missing")
-  [ "$name" != czii-kaggle ] ||
-    { pip_excerpt "$WORK/resolve.log"; die "czii_kaggle $CZII_VERSION does not install on CPython $PY_VERSION (requires-python?)"; }
-  build_from_sdist "$missing" "$name"
-done
-[ $resolved = 1 ] || die "gave up resolving after building wheels from source 5 times"
+# ---------------------------------------------------------------- 3. per target Python: resolve, download
+declare -A CHOSEN_BY=()  # wheel file -> the target Pythons whose resolution chose it
+for PY_VERSION in "${PY_VERSIONS[@]}"; do
+  TARGET=(--only-binary=:all: --python-version "$PY_VERSION" --implementation cp "${PLATFORM_ARGS[@]}")
+  say "CPython $PY_VERSION: resolving ${REQS[*]}"
+  resolved=0
+  for attempt in 1 2 3 4 5 6; do
+    if "${PIP[@]}" install --dry-run --ignore-installed -q --report "$WORK/report.json" "${TARGET[@]}" \
+        --target "$WORK/target" --find-links "$OUT" "${REQS[@]}" >"$WORK/resolve.log" 2>&1; then
+      resolved=1
+      break
+    fi
+    missing=$(sed -n 's/^ERROR: No matching distribution found for //p' "$WORK/resolve.log" | head -1)
+    if [ -z "$missing" ]; then
+      pip_excerpt "$WORK/resolve.log" 25
+      die "pip could not resolve the requirements for CPython $PY_VERSION (output above)"
+    fi
+    name=$(helper req-name "$missing")
+    [ "$name" != czii-kaggle ] ||
+      { pip_excerpt "$WORK/resolve.log"; die "czii_kaggle $CZII_VERSION does not install on CPython $PY_VERSION (requires-python?)"; }
+    build_from_sdist "$missing" "$name"
+  done
+  [ $resolved = 1 ] || die "gave up resolving for CPython $PY_VERSION after building wheels from source 5 times"
 
-SELECTED=$(helper select "$WORK/report.json" "$(echo $ROOTS | tr ' ' ',')" 2>"$WORK/select.log") ||
-  { cat "$WORK/select.log" >&2; die "could not read pip's resolution report"; }
-sed 's/^/[build_wheels] /' "$WORK/select.log"
-mapfile -t BUNDLE <<<"$SELECTED"
-[ ${#BUNDLE[@]} -gt 0 ] || die "empty bundle (see above)"
+  SELECTED=$(helper select "$WORK/report.json" "$(echo $ROOTS | tr ' ' ',')" "$PY_VERSION" 2>"$WORK/select.log") ||
+    { cat "$WORK/select.log" >&2; die "could not read pip's resolution report"; }
+  sed "s/^/[build_wheels] CPython $PY_VERSION: /" "$WORK/select.log"
+  mapfile -t BUNDLE <<<"$SELECTED"
+  [ ${#BUNDLE[@]} -gt 0 ] && [ -n "${BUNDLE[0]}" ] || die "empty bundle for CPython $PY_VERSION (see above)"
 
-# ---------------------------------------------------------------- 3. download what is not here yet
-keep=()
-to_get=()
-for row in "${BUNDLE[@]}"; do
-  IFS=$'\t' read -r name version file url digest <<<"$row"
-  keep+=("$file")
-  if [ -f "$OUT/$file" ] && { [ -z "$digest" ] || [ "$(sha_of "$OUT/$file")" = "$digest" ]; }; then
-    continue
-  fi
-  to_get+=("$name==$version")
-done
-say "bundle: ${#keep[@]} wheels; ${#to_get[@]} to download, $((${#keep[@]} - ${#to_get[@]})) already in $OUT"
-for req in "${to_get[@]}"; do
-  say "downloading $req"
-  "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$OUT" "$req" >"$WORK/download.log" 2>&1 ||
-    { pip_excerpt "$WORK/download.log"; die "cannot get a wheel of ${req%%==*} for CPython $PY_VERSION on ${PLATFORMS[*]} ($req)"; }
-done
-for row in "${BUNDLE[@]}"; do
-  IFS=$'\t' read -r name version file url digest <<<"$row"
-  [ -f "$OUT/$file" ] || die "pip download of $name==$version did not give the resolved file $file"
-  if [ -n "$digest" ] && [ "$(sha_of "$OUT/$file")" != "$digest" ]; then
-    die "$OUT/$file: sha256 differs from the index's ($digest)"
-  fi
-done
-for name in $REQUIRED_IN_BUNDLE; do
-  printf '%s\n' "${BUNDLE[@]}" | cut -f1 | grep -qx "$name" || die "the bundle lacks $name (check the resolution above)"
+  to_get=()
+  for row in "${BUNDLE[@]}"; do
+    IFS=$'\t' read -r name version file url digest <<<"$row"
+    CHOSEN_BY[$file]="${CHOSEN_BY[$file]:-} $PY_VERSION"
+    if [ -f "$OUT/$file" ] && { [ -z "$digest" ] || [ "$(sha_of "$OUT/$file")" = "$digest" ]; }; then
+      continue
+    fi
+    to_get+=("$name==$version")
+  done
+  say "CPython $PY_VERSION: ${#BUNDLE[@]} wheels; ${#to_get[@]} to download, $((${#BUNDLE[@]} - ${#to_get[@]})) already in $OUT"
+  for req in "${to_get[@]}"; do
+    say "downloading $req for CPython $PY_VERSION"
+    "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$OUT" "$req" >"$WORK/download.log" 2>&1 ||
+      { pip_excerpt "$WORK/download.log"; die "cannot get a wheel of ${req%%==*} for CPython $PY_VERSION on ${PLATFORMS[*]} ($req)"; }
+  done
+  for row in "${BUNDLE[@]}"; do
+    IFS=$'\t' read -r name version file url digest <<<"$row"
+    [ -f "$OUT/$file" ] || die "pip download of $name==$version for CPython $PY_VERSION did not give the resolved file $file"
+    if [ -n "$digest" ] && [ "$(sha_of "$OUT/$file")" != "$digest" ]; then
+      die "$OUT/$file: sha256 differs from the index's ($digest)"
+    fi
+  done
+  for name in $REQUIRED_IN_BUNDLE; do
+    printf '%s\n' "${BUNDLE[@]}" | cut -f1 | grep -qx "$name" || die "the bundle for CPython $PY_VERSION lacks $name (check the resolution above)"
+  done
 done
 
 # ---------------------------------------------------------------- 4. tidy, manifest, archive
+mapfile -t keep < <(printf '%s\n' "${!CHOSEN_BY[@]}" | LC_ALL=C sort)
+printf '%s\n' "${keep[@]}" >"$WORK/keep.txt"
 shopt -s nullglob
-for f in "$OUT"/*.whl; do
-  if ! printf '%s\n' "${keep[@]}" | grep -qxF "$(basename "$f")"; then
-    say "removing $(basename "$f") (an earlier build's, not in this bundle)"
-    rm -f "$f"
-  fi
-done
+mapfile -t STALE < <(helper stale "$WORK/keep.txt" "$(IFS=,; echo "${PY_VERSIONS[*]}")" "$OUT"/*.whl)
 shopt -u nullglob
-helper manifest "$OUT/MANIFEST.tsv" "${keep[@]/#/$OUT/}"
+for f in "${STALE[@]}"; do
+  say "removing $(basename "$f") (an earlier build's, not in this bundle)"
+  rm -f "$f"
+done
+for f in "${keep[@]}"; do printf '%s\t%s\n' "$OUT/$f" "${CHOSEN_BY[$f]}"; done >"$WORK/chosen.tsv"
+helper manifest "$OUT/MANIFEST.tsv" "$WORK/chosen.tsv"
+helper coverage "$OUT/MANIFEST.tsv" "$(IFS=,; echo "${PY_VERSIONS[*]}")" || { rm -f "$OUT/MANIFEST.tsv"; die "see above"; }
 say "wrote $OUT/MANIFEST.tsv"
+cp "$REPO/czii_kaggle/kaggle_install.py" "$OUT/install.py"
 # Reproducible: fixed order, owner and time; gzip without a timestamp (level 1: wheels are zips already).
-(cd "$OUT" && printf '%s\n' "${keep[@]}" MANIFEST.tsv | LC_ALL=C sort |
+(cd "$OUT" && printf '%s\n' "${keep[@]}" MANIFEST.tsv install.py | LC_ALL=C sort |
   tar --owner=0 --group=0 --numeric-owner --mtime='2000-01-01 00:00:00Z' --mode='u+rw,go+r' \
     --transform="s,^,$ARCHIVE_NAME/," -cf - -T - | gzip -n -1 >"$WORK/archive.tar.gz")
 mv "$WORK/archive.tar.gz" "$OUT/$ARCHIVE_NAME.tar.gz"
 size=$(du -b "$OUT/$ARCHIVE_NAME.tar.gz" | cut -f1)
-say "wrote $OUT/$ARCHIVE_NAME.tar.gz ($((size / 1000000)) MB, ${#keep[@]} wheels + MANIFEST.tsv under $ARCHIVE_NAME/, sha256 $(sha_of "$OUT/$ARCHIVE_NAME.tar.gz"))"
-say "install offline with: pip install --no-index --find-links DIR \"czii_kaggle[detect]\""
+say "wrote $OUT/$ARCHIVE_NAME.tar.gz ($((size / 1000000)) MB, ${#keep[@]} wheels for CPython ${PY_VERSIONS[*]} + MANIFEST.tsv + install.py under $ARCHIVE_NAME/, sha256 $(sha_of "$OUT/$ARCHIVE_NAME.tar.gz"))"
+say "install offline with: python $ARCHIVE_NAME/install.py   (or pip install --no-index --find-links DIR \"czii_kaggle[detect]\")"
