@@ -225,6 +225,7 @@ def predict_runs(
     tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE,
     progress: bool = True,
     backend: str = "auto",
+    tomograms: dict[str, str | Path] | None = None,
 ) -> Prediction:
     """Predict every run of ``split`` under a Kaggle-layout ``root``.
 
@@ -237,8 +238,14 @@ def predict_runs(
         (a device named twice gets two workers); default :func:`visible_devices`.
     backend : ``"auto"``, ``"torch"`` or ``"onnx"``
         See :func:`choose_backend` (``"onnx"`` runs on the CPU).
+    tomograms : dict, optional
+        ``{run: zarr path}`` read instead of the Kaggle layout (``root`` and ``split`` are then
+        unused; ``runs`` defaults to its keys), e.g. a copick project's
+        (:func:`czii_kaggle.copick_project.tomogram_sources`).
     """
-    runs = list(runs) if runs is not None else layout.list_runs(root, split)
+    if runs is None:
+        runs = list(tomograms) if tomograms is not None else layout.list_runs(root, split)
+    runs = list(runs)
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     devices = list(devices or visible_devices())
     backend = choose_backend(bundle, backend, devices)
@@ -267,7 +274,8 @@ def predict_runs(
                 return
             t0 = time.perf_counter()
             try:
-                dets, times = detect_run(models[i], layout.tomogram_path(root, split, run, tomo_type),
+                zarr_path = tomograms[run] if tomograms is not None else layout.tomogram_path(root, split, run, tomo_type)
+                dets, times = detect_run(models[i], zarr_path,
                                          run, bundle, device, progress=progress and len(devices) == 1)
                 t1 = time.perf_counter()
                 found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
