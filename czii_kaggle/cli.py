@@ -55,6 +55,23 @@ def _cmd_train(a) -> None:
     print(train(a.data_yaml, a.out, cfg))
 
 
+def _cmd_predict_beyond(a, bundle) -> None:
+    """``predict`` from a copick project, on a Dask cluster, or to STAR files (:mod:`czii_kaggle.workflow`)."""
+    from .workflow import CopickTarget, check_copick_target, predict_sources, resolve_sources, write_outputs
+
+    sources = resolve_sources(a.data, a.split, a.copick, a.runs, a.voxel_spacing, a.tomo_type)
+    target = CopickTarget(a.user_id, a.session_id, a.overwrite) if a.copick else None
+    if target is not None:
+        check_copick_target(sources, target)
+    out = a.out if a.out is not None or a.copick else Path("submission.csv" if a.format == "csv" else "star")
+    pred = predict_sources(sources, bundle, a.backend, a.scheduler, a.workers, a.connect_timeout)
+    lines = write_outputs(pred, sources, out, a.format, target, a.star_per_run, a.tilt_series_pixel_size)
+    print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for _, row in pred.report[pred.report["status"] != "ok"].iterrows():
+        print(f"FAILED {row['experiment']}: {row['error']}", file=sys.stderr)
+    print("\n".join(lines))
+
+
 def _cmd_predict(a) -> None:
     from .predict import load_bundle, predict_runs, scored_only, with_slice_step, with_tta
     from .submission import write_submission
@@ -64,6 +81,9 @@ def _cmd_predict(a) -> None:
         bundle = with_slice_step(bundle, a.slice_step)
     if a.tta_views:
         bundle = with_tta(bundle, a.tta_views)
+    if a.copick or a.scheduler or a.workers or a.format != "csv" or a.data is None:
+        return _cmd_predict_beyond(a, bundle)
+    a.out = a.out or Path("submission.csv")
     pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
     sub = write_submission(scored_only(pred.picks), a.out)
     if a.detections_out:
@@ -140,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="predict runs and write submission.csv")
-    s.add_argument("--data", required=True, type=Path, help="Kaggle-layout data root")
+    s.add_argument("--data", type=Path, help="Kaggle-layout data root (or --copick)")
     s.add_argument("--split", default="test", choices=("train", "test"))
     s.add_argument("--runs", nargs="*")
-    s.add_argument("--out", type=Path, default=Path("submission.csv"))
+    s.add_argument("--out", type=Path, help="submission.csv (default), or a folder with --format star")
     s.add_argument("--weights", type=Path, help="bundle folder, .pt or .onnx (default: the shipped model)")
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
     s.add_argument("--slice-step", type=int, help="run on every n-th slice (faster, lower recall)")
@@ -151,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flipped views per slice (default: the bundle's, as its thresholds were tuned)")
     s.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch, onnx (ONNX Runtime, CPU) or auto: onnx on a CPU-only machine when the bundle has it")
+    g = s.add_argument_group("beyond Kaggle (README: Beyond Kaggle: copick, RELION, Dask)")
+    g.add_argument("--copick", type=Path, metavar="CONFIG.json",
+                   help="read the tomograms of this copick project and write the picks back into it")
+    g.add_argument("--voxel-spacing", type=float, default=10.0, help="copick voxel spacing of the tomograms (A)")
+    g.add_argument("--tomo-type", default="denoised", help="tomogram type (denoised, wbp, ...)")
+    g.add_argument("--user-id", default="czii-kaggle", help="copick user id of the written picks")
+    g.add_argument("--session-id", default="0", help="copick session id of the written picks")
+    g.add_argument("--overwrite", action="store_true", help="replace existing copick picks of that user and session")
+    g.add_argument("--format", choices=("csv", "star"), default="csv",
+                   help="csv: Kaggle submission; star: RELION 5 STAR files (one per particle type) in --out")
+    g.add_argument("--star-per-run", action="store_true", help="one STAR file per run and type instead")
+    g.add_argument("--tilt-series-pixel-size", type=float,
+                   help="also write rlnCoordinateX/Y/Z in tilt-series pixels of this size (A)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler (tcp://host:8786): one task per tomogram")
+    g.add_argument("--workers", type=int, help="start a local Dask cluster of this many worker processes")
+    g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for --scheduler")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")

@@ -60,6 +60,26 @@ def open_project(config: str | Path):
     return root
 
 
+def write_config(path: str | Path, static_root: str | Path, overlay_root: str | Path,
+                 name: str = "czii-kaggle") -> Path:
+    """Write a filesystem copick config for the six particle types (from :mod:`czii_kaggle.particles`)
+    over ``static_root`` (read-only tomograms, e.g. a Kaggle layout's ``{root}/test/static``) and
+    ``overlay_root`` (where picks are written). Returns ``path``."""
+    doc = {
+        "config_type": "filesystem", "name": name, "description": "written by czii_kaggle", "version": "1.0.0",
+        "pickable_objects": [{"name": p.name, "is_particle": True, "pdb_id": p.pdb_id, "label": p.label,
+                              "color": list(p.color), "radius": p.radius_A} for p in particles.PARTICLES],
+        "overlay_root": str(overlay_root), "overlay_fs_args": {"auto_mkdir": True},
+        "static_root": str(static_root),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
 def _config_path(root) -> str:
     return getattr(root, "_czii_config", None) or "copick project"
 
@@ -153,6 +173,19 @@ def existing_picks(root, runs: list[str], user_id: str, session_id: str) -> list
     return found
 
 
+def check_writable(root, runs: list[str], user_id: str, session_id: str, overwrite: bool = False,
+                   config: str | Path | None = None) -> None:
+    """Raise :class:`CziiInputError` when picks of ``user_id`` / ``session_id`` cannot be written
+    into ``runs``: the project lacks a particle type, or such picks exist and not ``overwrite``."""
+    where = config or _config_path(root)
+    _check_objects(root, list(particles.NAMES), where)
+    clash = existing_picks(root, runs, user_id, session_id)
+    if clash and not overwrite:
+        raise CziiInputError(where, f"picks of user {user_id!r} session {session_id!r} already exist "
+                                    f"({', '.join(clash[:4])}{' ...' if len(clash) > 4 else ''}); "
+                                    "pass --overwrite to replace them, or another --session-id")
+
+
 def write_picks(root, picks: pd.DataFrame, runs: list[str], user_id: str = DEFAULT_USER_ID,
                 session_id: str = DEFAULT_SESSION_ID, overwrite: bool = False,
                 config: str | Path | None = None) -> pd.DataFrame:
@@ -175,15 +208,10 @@ def write_picks(root, picks: pd.DataFrame, runs: list[str], user_id: str = DEFAU
     """
     where = config or _config_path(root)
     names = list(particles.NAMES)
-    _check_objects(root, names, where)
     other = sorted(set(picks["experiment"]) - set(runs))
     if other:
         raise CziiInputError(where, f"picks of runs {other} that are not being written")
-    clash = existing_picks(root, runs, user_id, session_id)
-    if clash and not overwrite:
-        raise CziiInputError(where, f"picks of user {user_id!r} session {session_id!r} already exist "
-                                    f"({', '.join(clash[:4])}{' ...' if len(clash) > 4 else ''}); "
-                                    "pass --overwrite to replace them, or another --session-id")
+    check_writable(root, runs, user_id, session_id, overwrite, where)
     rows = []
     groups = dict(tuple(picks.groupby(["experiment", "particle_type"])))
     for run in runs:
