@@ -45,7 +45,15 @@ def _cmd_build_dataset(a) -> None:
     from .dataset import DatasetConfig, build_dataset
 
     cfg = DatasetConfig(slice_step=a.slice_step, tile_vox=a.tile or None, seed=a.seed)
-    print(build_dataset(a.data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg))
+    data = a.data
+    if a.copick:  # lay the project's runs and picks out as a Kaggle-layout root (tomograms linked)
+        from .copick_project import open_project, training_root
+
+        data = training_root(open_project(a.copick), a.out / "copick_root", a.runs, a.user_id, a.session_id,
+                             a.voxel_spacing, cfg.tomo_type)
+    elif data is None:
+        raise CziiInputError(None, "give --data (a Kaggle-layout root) or --copick (a copick config)")
+    print(build_dataset(data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg))
 
 
 def _cmd_train(a) -> None:
@@ -139,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_score)
 
     s = sub.add_parser("build-dataset", help="write a YOLO slice dataset from training runs")
-    s.add_argument("--data", required=True, type=Path, help="Kaggle-layout data root")
+    s.add_argument("--data", type=Path, help="Kaggle-layout data root (or --copick)")
+    s.add_argument("--copick", type=Path, metavar="CONFIG.json", help="train on the picks of a copick project")
+    s.add_argument("--user-id", help="with --copick: the picks' user id (default: any)")
+    s.add_argument("--session-id", help="with --copick: the picks' session id (default: any)")
+    s.add_argument("--voxel-spacing", type=float, default=10.0, help="with --copick: tomogram voxel spacing (A)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--runs", nargs="*")
     s.add_argument("--val-runs", nargs="*")

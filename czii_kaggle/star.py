@@ -13,6 +13,8 @@ Coordinates, as RELION 5 reads them (and as copick's converter writes them,
 - ``rlnTomoName``: the run, which must match the tomogram's name in RELION's ``tomograms.star``.
 - ``rlnAutopickFigureOfMerit``: the detection score.
 
+Numbers are written with 6 decimals (``starfile``'s default): 1e-6 Angstrom.
+
 Particles go in a block named ``particles`` (``data_particles``), which RELION's tomography
 programs read by name. No angles are written: the detector finds positions, not orientations.
 """
@@ -92,7 +94,7 @@ def write_star(picks: pd.DataFrame, out_dir: str | Path, centers_A: dict[str, tu
         raise CziiInputError(out_dir, "--format star writes a folder, and this is a file")
     table = relion_table(picks, centers_A, tilt_series_pixel_size_A)
     written = []
-    keys = ["experiment", "particle_type"] if per_run else ["particle_type"]
+    keys = ["experiment", "particle_type"] if per_run else "particle_type"
     for key, idx in picks.groupby(keys, sort=True).groups.items():
         key = key if isinstance(key, tuple) else (key,)
         path = (out_dir / key[0] / f"{key[1]}.star") if per_run else out_dir / f"{key[0]}.star"
