@@ -1,0 +1,75 @@
+"""Prediction on a local Dask cluster: same result as one process, a corrupt tomogram reported,
+a dead worker's task reported (never lost), a scheduler that does not answer."""
+import os
+import shutil
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from czii_kaggle import cli, layout  # noqa: E402
+from czii_kaggle.distributed import connect, predict_runs_dask, run_tasks  # noqa: E402
+from czii_kaggle.errors import CziiInputError  # noqa: E402
+from czii_kaggle.predict import predict_runs  # noqa: E402
+from czii_kaggle.simulate import SimConfig, simulate_dataset  # noqa: E402
+
+
+@pytest.mark.slow
+def test_local_cluster_equals_one_process_and_reports_the_corrupt_run(tmp_path):
+    sim = simulate_dataset(tmp_path / "sim", n_train=0, n_test=4,
+                           config=SimConfig(shape_vox=(32, 192, 192), difficulty="easy"), seed=21)
+    runs = sim.test_runs
+    broken = layout.tomogram_path(sim.root, "test", runs[2])
+    shutil.rmtree(broken / "0")  # corrupt: level 0 listed in .zattrs but absent
+    tomograms = {r: layout.tomogram_path(sim.root, "test", r) for r in runs}
+    one = predict_runs(sim.root, "test", progress=False)
+    two = predict_runs_dask(tomograms, n_workers=2, progress=False)
+    assert list(two.report["experiment"]) == runs
+    assert list(two.report["status"]) == list(one.report["status"]) == ["ok", "ok", "failed", "ok"]
+    assert str(broken) in two.report.loc[2, "error"]
+    assert two.report["worker"].nunique() == 2  # both workers served runs
+    assert len(one.picks) > 5
+    key = ["experiment", "particle_type", "x"]
+    pd.testing.assert_frame_equal(two.picks.sort_values(key).reset_index(drop=True),
+                                  one.picks.sort_values(key).reset_index(drop=True), atol=1e-4)
+    assert list(two.report["n_picks"]) == list(one.report["n_picks"])
+
+
+def _die_on(key, value):
+    """A task that kills its own worker process for one key (a worker dying mid-run)."""
+    if key == "TS_dies":
+        os._exit(1)
+    return value * 2
+
+
+@pytest.mark.slow
+def test_a_dead_workers_task_is_reported_and_the_others_kept():
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this test file
+    client, cluster = connect(n_workers=2, allowed_failures=1)
+    try:
+        args = {"TS_a": ("TS_a", 1), "TS_dies": ("TS_dies", 2), "TS_b": ("TS_b", 3)}
+        out = run_tasks(client, _die_on, args, progress=False)
+    finally:
+        client.close()
+        cluster.close()
+    assert out["TS_a"] == (2, "") and out["TS_b"] == (6, "")
+    assert out["TS_dies"][0] is None and "worker died" in out["TS_dies"][1]
+
+
+def test_a_scheduler_that_does_not_answer_is_a_clear_error_and_nothing_is_written(tmp_path, capsys):
+    t0 = time.perf_counter()
+    with pytest.raises(CziiInputError, match=r"Dask scheduler tcp://127.0.0.1:9 did not answer within 2 s"):
+        connect("tcp://127.0.0.1:9", timeout_s=2)
+    assert time.perf_counter() - t0 < 30
+    sim = simulate_dataset(tmp_path / "sim", n_train=0, n_test=1,
+                           config=SimConfig(shape_vox=(16, 128, 128), difficulty="easy"), seed=1)
+    out = tmp_path / "sub.csv"
+    rc = cli.main(["predict", "--data", str(sim.root), "--scheduler", "tcp://127.0.0.1:9",
+                   "--connect-timeout", "2", "--out", str(out)])
+    assert rc == 2 and "did not answer" in capsys.readouterr().err
+    assert not out.exists()
