@@ -11,22 +11,29 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from czii_kaggle import cli, layout  # noqa: E402
+from czii_kaggle.copick_project import open_project, read_picks, write_config  # noqa: E402
 from czii_kaggle.distributed import connect, predict_runs_dask, run_tasks  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.predict import predict_runs  # noqa: E402
 from czii_kaggle.simulate import SimConfig, simulate_dataset  # noqa: E402
+from czii_kaggle.workflow import CopickTarget, predict_sources, resolve_sources, write_outputs  # noqa: E402
 
 
 @pytest.mark.slow
 def test_local_cluster_equals_one_process_and_reports_the_corrupt_run(tmp_path):
+    """A copick project of 4 simulated runs, one corrupt, predicted on a local cluster of 2 workers
+    and written back as copick picks: the same picks as one process, the corrupt run reported."""
+    pytest.importorskip("copick")
     sim = simulate_dataset(tmp_path / "sim", n_train=0, n_test=4,
                            config=SimConfig(shape_vox=(32, 192, 192), difficulty="easy"), seed=21)
     runs = sim.test_runs
     broken = layout.tomogram_path(sim.root, "test", runs[2])
     shutil.rmtree(broken / "0")  # corrupt: level 0 listed in .zattrs but absent
-    tomograms = {r: layout.tomogram_path(sim.root, "test", r) for r in runs}
     one = predict_runs(sim.root, "test", progress=False)
-    two = predict_runs_dask(tomograms, n_workers=2, progress=False)
+    config = write_config(tmp_path / "copick.json", sim.root / "test" / "static", tmp_path / "overlay")
+    sources = resolve_sources(copick=config)
+    two = predict_sources(sources, n_workers=2, progress=False)
+    write_outputs(two, sources, copick=CopickTarget("czii-kaggle", "0"))
     assert list(two.report["experiment"]) == runs
     assert list(two.report["status"]) == list(one.report["status"]) == ["ok", "ok", "failed", "ok"]
     assert str(broken) in two.report.loc[2, "error"]
@@ -36,6 +43,11 @@ def test_local_cluster_equals_one_process_and_reports_the_corrupt_run(tmp_path):
     pd.testing.assert_frame_equal(two.picks.sort_values(key).reset_index(drop=True),
                                   one.picks.sort_values(key).reset_index(drop=True), atol=1e-4)
     assert list(two.report["n_picks"]) == list(one.report["n_picks"])
+    back = read_picks(open_project(config), user_id="czii-kaggle", session_id="0")
+    assert set(back["experiment"]) == set(one.picks["experiment"]) and len(back) == len(one.picks)
+    pd.testing.assert_frame_equal(back[one.picks.columns[:6]].sort_values(key).reset_index(drop=True),
+                                  one.picks[one.picks.columns[:6]].sort_values(key).reset_index(drop=True),
+                                  atol=1e-4, check_dtype=False)
 
 
 def _die_on(key, value):
@@ -73,3 +85,8 @@ def test_a_scheduler_that_does_not_answer_is_a_clear_error_and_nothing_is_writte
                    "--connect-timeout", "2", "--out", str(out)])
     assert rc == 2 and "did not answer" in capsys.readouterr().err
     assert not out.exists()
+    pytest.importorskip("copick")  # the same through a copick project: no pick written
+    config = write_config(tmp_path / "copick.json", sim.root / "test" / "static", tmp_path / "overlay")
+    assert cli.main(["predict", "--copick", str(config), "--scheduler", "tcp://127.0.0.1:9",
+                     "--connect-timeout", "2"]) == 2
+    assert not list((tmp_path / "overlay").rglob("*.json"))
