@@ -92,7 +92,7 @@ def _cmd_predict(a) -> None:
     if a.copick or a.scheduler or a.workers or a.format != "csv" or a.data is None:
         return _cmd_predict_beyond(a, bundle)
     a.out = a.out or Path("submission.csv")
-    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
+    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend, tomo_type=a.tomo_type)
     sub = write_submission(scored_only(pred.picks), a.out)
     if a.detections_out:
         pred.detections.to_csv(a.detections_out, index=False)

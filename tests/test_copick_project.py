@@ -130,3 +130,22 @@ def test_training_root_from_copick_picks(tmp_path, sim):
     assert cli.main(["build-dataset", "--copick", str(config), "--user-id", "curation", "--out", str(ds)]) == 0
     labels = [f.read_text() for f in (ds / "labels" / "val").glob("*.txt")]
     assert (ds / "data.yaml").is_file() and sum(len(t.splitlines()) for t in labels) > 0
+
+
+def test_the_competitions_real_copick_config_reads_and_takes_our_picks(tmp_path, sim, real_root):
+    """The competition's own copick config (real pickable objects, no config_type), pointed at
+    simulated runs: its runs resolve and our picks are written under its objects."""
+    doc = json.loads((real_root / "copick_config.json").read_text())
+    assert {o["name"] for o in doc["pickable_objects"]} == set(particles.NAMES)
+    doc.update(static_root=str(sim.root / "test" / "static"), overlay_root=str(tmp_path / "overlay"))
+    config = tmp_path / "real.json"
+    config.write_text(json.dumps(doc))
+    with pytest.warns(DeprecationWarning, match="config_type"):
+        src = resolve_sources(copick=config)
+    assert src.runs == sim.test_runs and not src.errors
+    picks = pd.DataFrame({"experiment": sim.test_runs[0], "particle_type": "ribosome",
+                          "x": [1000.0], "y": [1200.0], "z": [150.0], "score": [0.75]})
+    done = copick_project.write_picks(src.copick_root, picks, [sim.test_runs[0]], "czii-kaggle", "0")
+    assert done["n_picks"].sum() == 1 and len(done) == len(particles.NAMES)
+    back = copick_project.read_picks(copick_project.open_project(config), user_id="czii-kaggle")
+    pd.testing.assert_frame_equal(back[picks.columns], picks, check_dtype=False)
