@@ -60,10 +60,19 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
         raise ValueError("give exactly one of scheduler and n_workers")
     if scheduler is not None:
         try:
-            return distributed.Client(scheduler, timeout=timeout_s, set_as_default=False), None
+            client = distributed.Client(scheduler, timeout=timeout_s, set_as_default=False)
+        except ValueError as exc:
+            raise CziiInputError(None, f"{scheduler!r} is not a Dask scheduler address ({exc})") from None
         except (OSError, TimeoutError) as exc:
             raise CziiInputError(None, f"Dask scheduler {scheduler} did not answer within {timeout_s:g} s "
                                        f"({type(exc).__name__}); start one with `dask scheduler`") from None
+        try:
+            client.wait_for_workers(1, timeout=timeout_s)
+        except (OSError, TimeoutError):
+            client.close()
+            raise CziiInputError(None, f"Dask scheduler {scheduler} has no worker after {timeout_s:g} s; "
+                                       f"start some with `dask worker {scheduler}`") from None
+        return client, None
     if n_workers < 1:
         raise ValueError(f"n_workers must be >= 1, not {n_workers}")
     extra = {} if allowed_failures is None else {"distributed.scheduler.allowed-failures": allowed_failures}

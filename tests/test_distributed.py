@@ -78,6 +78,14 @@ def test_a_scheduler_that_does_not_answer_is_a_clear_error_and_nothing_is_writte
     with pytest.raises(CziiInputError, match=r"Dask scheduler tcp://127.0.0.1:9 did not answer within 2 s"):
         connect("tcp://127.0.0.1:9", timeout_s=2)
     assert time.perf_counter() - t0 < 30
+    with pytest.raises(CziiInputError, match="'foo' is not a Dask scheduler address"):
+        connect("foo", timeout_s=2)
+    empty = distributed.LocalCluster(n_workers=0, dashboard_address=None)  # a scheduler with no worker
+    try:
+        with pytest.raises(CziiInputError, match="has no worker after 2 s"):
+            connect(empty.scheduler_address, timeout_s=2)
+    finally:
+        empty.close()
     sim = simulate_dataset(tmp_path / "sim", n_train=0, n_test=1,
                            config=SimConfig(shape_vox=(16, 128, 128), difficulty="easy"), seed=1)
     out = tmp_path / "sub.csv"
