@@ -74,6 +74,8 @@ def _cmd_predict_beyond(a, bundle) -> None:
     out = a.out if a.out is not None or a.copick else Path("submission.csv" if a.format == "csv" else "star")
     pred = predict_sources(sources, bundle, a.backend, a.scheduler, a.workers, a.connect_timeout)
     lines = write_outputs(pred, sources, out, a.format, target, a.star_per_run, a.tilt_series_pixel_size)
+    if a.detections_out:
+        pred.detections.to_csv(a.detections_out, index=False)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for _, row in pred.report[pred.report["status"] != "ok"].iterrows():
         print(f"FAILED {row['experiment']}: {row['error']}", file=sys.stderr)
