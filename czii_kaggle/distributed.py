@@ -144,28 +144,46 @@ def predict_task(run: str, zarr_path: str | Path, bundle, backend: str = "auto",
 
 def run_tasks(client, fn: Callable, args: dict[str, tuple], progress: bool = True,
               desc: str = "runs") -> dict[str, tuple[object, str]]:
-    """Submit ``fn(*args[key])`` for every key, one task each; gather as they finish.
+    """Run ``fn(*args[key])`` for every key, one task each, at most one per worker thread at a time.
 
-    Returns ``{key: (result, "")}`` or ``{key: (None, error)}``: a task whose worker died more
-    often than the scheduler allows (Dask's ``KilledWorker``) or that raised is reported with
-    its error, and the other tasks' results are kept.
+    Returns ``{key: (result, "")}`` or ``{key: (None, error)}``: a task that raised, or whose
+    worker died more often than the scheduler allows (Dask's ``KilledWorker``; Dask reruns it on
+    another worker until then), is reported with its error, and the other tasks' results are kept.
+    Tasks are handed out only as threads free up, because Dask counts a worker's death against
+    every task that worker holds: so only the run it was busy with is ever charged, never a
+    queued one. Each result is released from the cluster once fetched.
     """
     distributed = _distributed()
     token = uuid.uuid4().hex[:8]
-    futures = {client.submit(fn, *a, key=f"czii-{key}-{token}", pure=False): key for key, a in args.items()}
+    slots = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+    pending = list(args.items())
+    futures: dict = {}
+    done = distributed.as_completed(loop=client.loop)
+
+    def submit_next() -> None:
+        key, a = pending.pop(0)
+        fut = client.submit(fn, *a, key=f"czii-{key}-{token}", pure=False)
+        futures[fut] = key
+        done.add(fut)
+
+    for _ in range(min(slots, len(pending))):
+        submit_next()
     out: dict[str, tuple[object, str]] = {}
-    bar = tqdm(total=len(futures), desc=desc, unit="run", disable=not progress)
-    for fut in distributed.as_completed(list(futures), loop=client.loop):
-        key = futures[fut]
+    bar = tqdm(total=len(args), desc=desc, unit="run", disable=not progress)
+    for fut in done:
+        key = futures.pop(fut)
         try:
             out[key] = (fut.result(), "")
         except distributed.KilledWorker as exc:
             out[key] = (None, f"its worker died while running it, on every retry ({exc})")
         except Exception as exc:  # noqa: BLE001 - reported per task, the others are kept
             out[key] = (None, f"{type(exc).__name__}: {exc}")
+        fut.release()
         if out[key][1]:
             tqdm.write(f"[czii_kaggle] run {key} failed: {out[key][1].splitlines()[0]}")
         bar.update(1)
+        if pending:
+            submit_next()
     bar.close()
     return out
 

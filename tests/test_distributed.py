@@ -50,26 +50,36 @@ def test_local_cluster_equals_one_process_and_reports_the_corrupt_run(tmp_path):
                                   atol=1e-4, check_dtype=False)
 
 
-def _die_on(key, value):
-    """A task that kills its own worker process for one key (a worker dying mid-run)."""
+def _die_on(key, value, marker=None):
+    """A task that kills its own worker process (a worker dying mid-run): always for ``TS_dies``,
+    the first time only for ``TS_once`` (``marker`` records that it did)."""
     if key == "TS_dies":
+        os._exit(1)
+    if key == "TS_once" and not os.path.exists(marker):
+        open(marker, "w").close()
         os._exit(1)
     return value * 2
 
 
 @pytest.mark.slow
-def test_a_dead_workers_task_is_reported_and_the_others_kept():
+def test_a_dead_workers_task_is_retried_or_reported_and_the_others_kept(tmp_path):
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this test file
     client, cluster = connect(n_workers=2, allowed_failures=1)
+    marker = str(tmp_path / "died_once")
     try:
-        args = {"TS_a": ("TS_a", 1), "TS_dies": ("TS_dies", 2), "TS_b": ("TS_b", 3)}
-        out = run_tasks(client, _die_on, args, progress=False)
+        # a worker dies once mid-run: its run is rerun elsewhere and finishes, the other is kept
+        out = run_tasks(client, _die_on, {"TS_a": ("TS_a", 1), "TS_once": ("TS_once", 4, marker)}, progress=False)
+        # a run that kills every worker it lands on is reported once its retries are spent ...
+        out |= run_tasks(client, _die_on, {"TS_dies": ("TS_dies", 2)}, progress=False)
+        # ... and the cluster goes on serving runs
+        out |= run_tasks(client, _die_on, {"TS_b": ("TS_b", 3)}, progress=False)
     finally:
         client.close()
         cluster.close()
     assert out["TS_a"] == (2, "") and out["TS_b"] == (6, "")
+    assert os.path.exists(marker) and out["TS_once"] == (8, "")  # its worker died once; the retry finished it
     assert out["TS_dies"][0] is None and "worker died" in out["TS_dies"][1]
 
 

@@ -82,6 +82,7 @@ def test_cli_predict_format_star(tmp_path):
     out = tmp_path / "star"
     assert cli.main(["predict", "--data", str(sim.root), "--format", "star", "--out", str(out),
                      "--detections-out", str(tmp_path / "d.csv")]) == 0
+    assert (tmp_path / "d.csv").is_file()
     run = sim.test_runs[0]
     centers = tomogram_centers_A({run: layout.tomogram_path(sim.root, "test", run)})
     back = pd.concat([read_star(p, centers) for p in sorted(out.glob("*.star"))], ignore_index=True)
