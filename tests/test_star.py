@@ -72,6 +72,7 @@ def test_star_per_run_and_pixel_coordinates(tmp_path):
         read_star(bad, centers)
 
 
+@pytest.mark.slow
 def test_cli_predict_format_star(tmp_path):
     """predict --format star on a Kaggle root: files readable back to the prediction's positions."""
     from czii_kaggle.predict import load_bundle
