@@ -65,13 +65,15 @@ def _cmd_train(a) -> None:
 
 def _cmd_predict_beyond(a, bundle) -> None:
     """``predict`` from a copick project, on a Dask cluster, or to STAR files (:mod:`czii_kaggle.workflow`)."""
-    from .workflow import CopickTarget, check_copick_target, predict_sources, resolve_sources, write_outputs
+    from .workflow import (CopickTarget, check_copick_target, check_out, predict_sources, resolve_sources,
+                           write_outputs)
 
     sources = resolve_sources(a.data, a.split, a.copick, a.runs, a.voxel_spacing, a.tomo_type)
     target = CopickTarget(a.user_id, a.session_id, a.overwrite) if a.copick else None
     if target is not None:
         check_copick_target(sources, target)
     out = a.out if a.out is not None or a.copick else Path("submission.csv" if a.format == "csv" else "star")
+    check_out(out, a.format)
     pred = predict_sources(sources, bundle, a.backend, a.scheduler, a.workers, a.connect_timeout)
     lines = write_outputs(pred, sources, out, a.format, target, a.star_per_run, a.tilt_series_pixel_size)
     if a.detections_out:

@@ -65,6 +65,18 @@ def check_copick_target(sources: Sources, target: CopickTarget) -> None:
                    sources.copick_config)
 
 
+def check_out(out: str | Path | None, fmt: str = "csv") -> None:
+    """Raise before any prediction when ``out`` cannot take ``fmt`` (a STAR folder that is a file,
+    a CSV path that is a folder)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    out = None if out is None else Path(out)
+    if out is not None and fmt == "star" and out.exists() and not out.is_dir():
+        raise CziiInputError(out, "--format star writes a folder, and this is a file")
+    if out is not None and fmt == "csv" and out.is_dir():
+        raise CziiInputError(out, "is a folder: --format csv writes one file")
+
+
 def predict_sources(sources: Sources, bundle=None, backend: str = "auto", scheduler: str | None = None,
                     n_workers: int | None = None, connect_timeout_s: float = 10.0, progress: bool = True):
     """Predict ``sources`` in this process (every visible GPU, or the CPU) or, with ``scheduler``
@@ -104,8 +116,7 @@ def write_outputs(pred, sources: Sources, out: str | Path | None = None, fmt: st
     (``copick``; only runs that succeeded). Returns one line per thing written."""
     from .predict import scored_only
 
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    check_out(out, fmt)
     ok = [r for r, s in zip(pred.report["experiment"], pred.report["status"]) if s == "ok"]
     lines = []
     if out is not None and fmt == "csv":

@@ -94,3 +94,12 @@ def test_cli_predict_format_star(tmp_path):
     key = ["particle_type", "x"]
     pd.testing.assert_frame_equal(back.sort_values(key).reset_index(drop=True),
                                   want[back.columns].sort_values(key).reset_index(drop=True), atol=1e-4)
+
+
+def test_star_out_that_is_a_file_is_refused_before_predicting(tmp_path, capsys):
+    root = tmp_path / "data"
+    io.write_tomogram(layout.tomogram_path(root, "test", "TS_x"), np.zeros((8, 64, 64), np.float32), 10.0)
+    taken = tmp_path / "taken.csv"
+    taken.write_text("keep me")
+    assert cli.main(["predict", "--data", str(root), "--format", "star", "--out", str(taken)]) == 2
+    assert "writes a folder" in capsys.readouterr().err and taken.read_text() == "keep me"
