@@ -131,10 +131,11 @@ def predict_task(run: str, zarr_path: str | Path, bundle, backend: str = "auto",
     device = "cpu" if used == "onnx" else device
     try:
         model = worker_model(bundle, used, device, cpu_threads)
+        model_s = time.perf_counter() - t0  # ~0 unless this task loaded the worker's model
         dets, times = detect_run(model, zarr_path, run, bundle, device, progress=False)
         t1 = time.perf_counter()
         found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
-        info = {"status": "ok", "error": "", **times, "aggregate_s": time.perf_counter() - t1}
+        info = {"status": "ok", "error": "", **times, "aggregate_s": time.perf_counter() - t1, "model_s": model_s}
     except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
         msg = str(exc) if isinstance(exc, ValueError) else traceback.format_exc(limit=3)
         dets, found, info = empty_detections(), None, {"status": "failed", "error": msg.strip()}
@@ -207,7 +208,8 @@ def predict_runs_dask(tomograms: dict[str, str | Path], bundle=None, scheduler: 
     Returns
     -------
     :class:`czii_kaggle.predict.Prediction`, runs in the order of ``tomograms``; ``worker``
-    is the Dask worker's name.
+    is the Dask worker's name; an extra report column ``model_s`` is the time the task spent
+    getting its worker's model (loading it the first time, about 0 after).
     """
     from .aggregate import empty_candidates
     from .detect import empty_detections
@@ -242,5 +244,5 @@ def predict_runs_dask(tomograms: dict[str, str | Path], bundle=None, scheduler: 
     return Prediction(
         picks=pd.concat(picks, ignore_index=True) if picks else empty_candidates(),
         detections=pd.concat(dets, ignore_index=True) if dets else empty_detections(),
-        report=pd.DataFrame(rows).reindex(columns=REPORT_COLUMNS),
+        report=pd.DataFrame(rows).reindex(columns=[*REPORT_COLUMNS, "model_s"]),
     )

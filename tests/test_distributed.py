@@ -38,6 +38,9 @@ def test_local_cluster_equals_one_process_and_reports_the_corrupt_run(tmp_path):
     assert list(two.report["status"]) == list(one.report["status"]) == ["ok", "ok", "failed", "ok"]
     assert str(broken) in two.report.loc[2, "error"]
     assert two.report["worker"].nunique() == 2  # both workers served runs
+    ok = two.report[two.report["status"] == "ok"]
+    loads = ok.groupby("worker")["model_s"].apply(lambda t: int((t > 0.5).sum()))
+    assert (loads <= 1).all() and (ok["model_s"] < 0.5).any()  # each worker loaded its model once at most
     assert len(one.picks) > 5
     key = ["experiment", "particle_type", "x"]
     pd.testing.assert_frame_equal(two.picks.sort_values(key).reset_index(drop=True),
