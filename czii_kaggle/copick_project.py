@@ -164,11 +164,23 @@ def _check_objects(root, names: list[str], config: str | Path | None) -> None:
         raise CziiInputError(config or _config_path(root), f"the copick project has no pickable objects {missing}")
 
 
+def run_picks(root, run: str, **query) -> list:
+    """``root.get_run(run).get_picks(**query)``, with a clear error where copick cannot list them
+    (e.g. Kaggle's training overlay, whose files are ``Picks/{object}.json``, not copick's
+    ``{user}_{session}_{object}.json``)."""
+    try:
+        return root.get_run(run).get_picks(**query)
+    except (IndexError, ValueError, KeyError) as exc:
+        raise CziiInputError(_config_path(root), f"copick cannot list the picks of run {run} ({type(exc).__name__}: "
+                                                 f"{exc}); are its pick files named {{user}}_{{session}}_{{object}}"
+                                                 ".json? (Kaggle's own overlay: read it with --data)") from None
+
+
 def existing_picks(root, runs: list[str], user_id: str, session_id: str) -> list[str]:
     """``run/object`` of every pick set of ``user_id`` / ``session_id`` already in ``runs``."""
     found = []
     for run in runs:
-        for p in root.get_run(run).get_picks(user_id=user_id, session_id=session_id):
+        for p in run_picks(root, run, user_id=user_id, session_id=session_id):
             found.append(f"{run}/{p.pickable_object_name}")
     return found
 
@@ -233,8 +245,7 @@ def read_picks(root, runs: list[str] | None = None, user_id: str | None = None,
     runs = project_runs(root, runs)
     frames = []
     for run in runs:
-        for p in root.get_run(run).get_picks(object_name=list(particles.NAMES), user_id=user_id,
-                                             session_id=session_id):
+        for p in run_picks(root, run, object_name=list(particles.NAMES), user_id=user_id, session_id=session_id):
             xyz = p.full_positions() if len(p.points) else np.zeros((0, 3))
             frames.append(pd.DataFrame({
                 "experiment": run, "particle_type": p.pickable_object_name,

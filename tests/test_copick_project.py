@@ -81,6 +81,11 @@ def test_bad_copick_configs_and_runs(tmp_path, sim, capsys):
         resolve_sources(copick=config, runs=["TS_nope"])
     with pytest.raises(CziiInputError, match="exactly one of --data"):
         resolve_sources()
+    # Kaggle's training overlay names pick files {object}.json, which copick cannot list
+    kaggle = copick_project.write_config(tmp_path / "k.json", sim.root / "train" / "static",
+                                         sim.root / "train" / "overlay")
+    with pytest.raises(CziiInputError, match=r"k.json: copick cannot list the picks of run .*read it with --data"):
+        copick_project.read_picks(copick_project.open_project(kaggle))
 
 
 def test_run_without_the_tomogram_is_reported_not_lost(tmp_path, sim):
