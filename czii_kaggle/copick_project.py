@@ -37,7 +37,8 @@ def _copick():
     try:
         import copick
     except ImportError:
-        raise CziiInputError(None, "copick projects need the copick library: pip install 'czii_kaggle[copick]'") from None
+        raise CziiInputError(None, "copick projects need the copick library: "
+                                   "pip install 'czii_kaggle[copick]'") from None
     return copick
 
 

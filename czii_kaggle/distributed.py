@@ -40,7 +40,8 @@ def _distributed():
     try:
         import distributed
     except ImportError:
-        raise CziiInputError(None, "--scheduler / --workers need Dask: pip install 'czii_kaggle[distributed]'") from None
+        raise CziiInputError(None, "--scheduler / --workers need Dask: "
+                                   "pip install 'czii_kaggle[distributed]'") from None
     return distributed
 
 

@@ -37,7 +37,8 @@ def _starfile():
     try:
         import starfile
     except ImportError:
-        raise CziiInputError(None, "--format star needs starfile: pip install 'czii_kaggle[copick]' (or starfile)") from None
+        raise CziiInputError(None, "--format star needs starfile: "
+                                   "pip install 'czii_kaggle[copick]' (or starfile)") from None
     return starfile
 
 

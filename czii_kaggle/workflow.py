@@ -89,21 +89,24 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
     from .predict import Prediction, load_bundle, predict_runs
 
     bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
-    if scheduler is not None or n_workers is not None:
-        from .distributed import connect, predict_runs_dask
+    on_dask = scheduler is not None or n_workers is not None
+    if not sources.tomograms:  # no run could be read: nothing to predict, every run reported
+        if on_dask:  # still check the scheduler answers, so a wrong address never passes silently
+            from .distributed import connect
 
-        if not sources.tomograms:  # still check the scheduler answers, so its address is never wrong silently
             client, cluster = connect(scheduler, n_workers, connect_timeout_s)
             client.close()
             if cluster is not None:
                 cluster.close()
+        pred = Prediction(empty_candidates(), empty_detections(), pd.DataFrame(columns=REPORT_COLUMNS))
+    elif on_dask:
+        from .distributed import predict_runs_dask
+
         pred = predict_runs_dask(sources.tomograms, bundle, scheduler, n_workers, backend, progress,
-                                 connect_timeout_s) if sources.tomograms else None
+                                 connect_timeout_s)
     else:
         pred = predict_runs(None, runs=list(sources.tomograms), bundle=bundle, backend=backend, progress=progress,
-                            tomograms=sources.tomograms) if sources.tomograms else None
-    if pred is None:  # no run could be read: nothing to predict, every run reported
-        pred = Prediction(empty_candidates(), empty_detections(), pd.DataFrame(columns=REPORT_COLUMNS))
+                            tomograms=sources.tomograms)
     pred.report = with_failed_runs(pred.report, sources.errors, order=sources.runs)
     return pred
 
