@@ -89,7 +89,15 @@ def _cmd_build_dataset(a) -> None:
     from .dataset import DatasetConfig, build_dataset
 
     cfg = DatasetConfig(slice_step=a.slice_step, tile_vox=a.tile or None, seed=a.seed)
-    print(build_dataset(a.data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg, overwrite=a.overwrite))
+    data = a.data
+    if a.copick:  # lay the project's runs and picks out as a Kaggle-layout root (tomograms linked)
+        from .copick_project import open_project, training_root
+
+        data = training_root(open_project(a.copick), a.out / "copick_root", a.runs, a.user_id, a.session_id,
+                             a.voxel_spacing, cfg.tomo_type)
+    elif data is None:
+        raise CziiInputError(None, "give --data (a Kaggle-layout root) or --copick (a copick config)")
+    print(build_dataset(data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg, overwrite=a.overwrite))
 
 
 def _cmd_train(a) -> None:
@@ -99,34 +107,72 @@ def _cmd_train(a) -> None:
     print(train(a.data_yaml, a.out, cfg))
 
 
-def _cmd_predict(a) -> int:
-    from .predict import (bundle_files, check_outputs, load_bundle, predict_runs, run_problems, stage_line,
-                          with_slice_step, with_tta, write_prediction)
+def _cmd_predict_beyond(a, bundle) -> int:
+    """``predict`` from a copick project, on a Dask cluster, or to STAR files (:mod:`czii_kaggle.workflow`)."""
+    from .workflow import (CopickTarget, check_copick_target, check_out, predict_sources, resolve_sources,
+                           write_outputs)
 
-    for out in (a.out, a.detections_out):
-        if out is not None:
-            outputs.check_writable(out)  # before the runs are predicted, not after
+    sources = resolve_sources(a.data, a.split, a.copick, a.runs, a.voxel_spacing, a.tomo_type)
+    target = CopickTarget(a.user_id, a.session_id, a.overwrite) if a.copick else None
+    if target is not None:
+        check_copick_target(sources, target)
+    out = a.out if a.out is not None or a.copick else Path("submission.csv" if a.format == "csv" else "star")
+    check_out(out, a.format)
+    pred = predict_sources(sources, bundle, a.backend, a.scheduler, a.workers, a.connect_timeout)
+    lines = write_outputs(pred, sources, out, a.format, target, a.star_per_run, a.tilt_series_pixel_size)
+    if a.detections_out:
+        with outputs.atomic_path(a.detections_out) as tmp:
+            pred.detections.to_csv(tmp, index=False)
+    print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    problems = _print_problems(pred)
+    print("\n".join(lines))
+    return _exit_code(problems, pred, out)
+
+
+def _print_problems(pred):
+    """One line per run that failed or gave no picks (stderr); returns those runs' table."""
+    from .predict import run_problems
+
+    problems = run_problems(pred.report)
+    for row in problems.itertuples(index=False):
+        print(f"{row.experiment}: {row.problem}", file=sys.stderr)
+    return problems
+
+
+def _exit_code(problems, pred, out) -> int:
+    """0 when every run gave picks; else a summary line and 1 (the other runs' output is written)."""
+    if not len(problems):
+        return 0
+    print(f"czii-kaggle: {len(problems)} of {len(pred.report)} runs failed or gave no picks "
+          f"({', '.join(problems['experiment'])}; lines above say why); {out} holds the other runs",
+          file=sys.stderr)
+    return 1
+
+
+def _cmd_predict(a) -> int:
+    from .predict import (bundle_files, check_outputs, load_bundle, predict_runs, stage_line, with_slice_step,
+                          with_tta, write_prediction)
+
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)
     if a.tta_views:
         bundle = with_tta(bundle, a.tta_views)
+    if a.copick or a.scheduler or a.workers or a.format != "csv" or a.data is None:
+        return _cmd_predict_beyond(a, bundle)
+    a.out = a.out or Path("submission.csv")
+    for out in (a.out, a.detections_out):
+        if out is not None:
+            outputs.check_writable(out)  # before the runs are predicted, not after
     check_outputs([a.out, a.detections_out], [a.data, *bundle_files(bundle)])  # before the long part
-    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend)
+    pred = predict_runs(a.data, a.split, runs=a.runs, bundle=bundle, backend=a.backend, tomo_type=a.tomo_type)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(stage_line(pred))
-    problems = run_problems(pred.report)
-    for row in problems.itertuples(index=False):
-        print(f"{row.experiment}: {row.problem}", file=sys.stderr)
+    problems = _print_problems(pred)
     sub = write_prediction(pred, a.out, a.detections_out)
     n_ok = int((pred.report["status"] == "ok").sum())
     print(f"wrote {len(sub)} picks of {n_ok}/{len(pred.report)} runs to {a.out}")
-    if len(problems):
-        print(f"czii-kaggle: {len(problems)} of {len(pred.report)} runs failed or gave no picks "
-              f"({', '.join(problems['experiment'])}; lines above say why); {a.out} holds the other runs",
-              file=sys.stderr)
-        return 1
-    return 0
+    return _exit_code(problems, pred, a.out)
 
 
 def _cmd_tune(a) -> None:
@@ -178,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_score)
 
     s = sub.add_parser("build-dataset", help="write a YOLO slice dataset from training runs")
-    s.add_argument("--data", required=True, type=Path, help="Kaggle-layout data root")
+    s.add_argument("--data", type=Path, help="Kaggle-layout data root (or --copick)")
+    s.add_argument("--copick", type=Path, metavar="CONFIG.json", help="train on the picks of a copick project")
+    s.add_argument("--user-id", help="with --copick: the picks' user id (default: any)")
+    s.add_argument("--session-id", help="with --copick: the picks' session id (default: any)")
+    s.add_argument("--voxel-spacing", type=float, default=10.0, help="with --copick: tomogram voxel spacing (A)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--runs", nargs="*")
     s.add_argument("--val-runs", nargs="*")
@@ -201,10 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="predict runs and write submission.csv")
-    s.add_argument("--data", required=True, type=Path, help="Kaggle-layout data root")
+    s.add_argument("--data", type=Path, help="Kaggle-layout data root (or --copick)")
     s.add_argument("--split", default="test", choices=("train", "test"))
     s.add_argument("--runs", nargs="*")
-    s.add_argument("--out", type=Path, default=Path("submission.csv"))
+    s.add_argument("--out", type=Path, help="submission.csv (default), or a folder with --format star")
     s.add_argument("--weights", type=Path, help="bundle folder, .pt or .onnx (default: the shipped model)")
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
     s.add_argument("--slice-step", type=_positive, help="run on every n-th slice (faster, lower recall)")
@@ -212,6 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flipped views per slice (default: the bundle's, as its thresholds were tuned)")
     s.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch, onnx (ONNX Runtime, CPU) or auto: onnx on a CPU-only machine when the bundle has it")
+    g = s.add_argument_group("beyond Kaggle (README: Beyond Kaggle: copick, RELION, Dask)")
+    g.add_argument("--copick", type=Path, metavar="CONFIG.json",
+                   help="read the tomograms of this copick project and write the picks back into it")
+    g.add_argument("--voxel-spacing", type=float, default=10.0, help="copick voxel spacing of the tomograms (A)")
+    g.add_argument("--tomo-type", default="denoised", help="tomogram type (denoised, wbp, ...)")
+    g.add_argument("--user-id", default="czii-kaggle", help="copick user id of the written picks")
+    g.add_argument("--session-id", default="0", help="copick session id of the written picks")
+    g.add_argument("--overwrite", action="store_true", help="replace existing copick picks of that user and session")
+    g.add_argument("--format", choices=("csv", "star"), default="csv",
+                   help="csv: Kaggle submission; star: RELION 5 STAR files (one per particle type) in --out")
+    g.add_argument("--star-per-run", action="store_true", help="one STAR file per run and type instead")
+    g.add_argument("--tilt-series-pixel-size", type=float,
+                   help="also write rlnCoordinateX/Y/Z in tilt-series pixels of this size (A)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler (tcp://host:8786): one task per tomogram")
+    g.add_argument("--workers", type=int, help="start a local Dask cluster of this many worker processes")
+    g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for --scheduler")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")

@@ -224,6 +224,27 @@ def prepare_run(zarr_path: str | Path, bundle: Bundle) -> tuple[np.ndarray, floa
     return vol_u8, voxel_size_A, {"read_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
 
 
+def detect_prepared(model, vol_u8: np.ndarray, voxel_size_A: float, experiment: str, bundle: Bundle,
+                    device: str = "cpu", progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Raw detections and 3D picks of one prepared run (:func:`prepare_run`), with the seconds
+    of inference and aggregation and the slice spacing in Angstrom (``slice_step_A``)."""
+    t0 = time.perf_counter()
+    dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect, bundle.preprocess.slice_offset,
+                         device, progress)
+    t1 = time.perf_counter()
+    step_A = voxel_size_A * bundle.detect.slice_step
+    found = aggregate(dets, bundle.aggregate, slice_step_A=step_A)
+    return dets, found, {"inference_s": t1 - t0, "aggregate_s": time.perf_counter() - t1, "slice_step_A": step_A}
+
+
+def predict_one(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
+                progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """One tomogram read, preprocessed, detected and aggregated: ``(detections, picks, stage seconds)``."""
+    vol_u8, voxel_size_A, times = prepare_run(zarr_path, bundle)
+    dets, found, more = detect_prepared(model, vol_u8, voxel_size_A, experiment, bundle, device, progress)
+    return dets, found, {**times, **more}
+
+
 #: Columns of :attr:`Prediction.report`.
 REPORT_COLUMNS = ["experiment", "status", "backend", "device", "worker", "n_detections", "n_picks", "read_s",
                   "preprocess_s", "wait_s", "inference_s", "aggregate_s", "total_s", "slice_step_A", "error"]
@@ -300,6 +321,7 @@ def predict_runs(
     progress: bool = True,
     backend: str = "auto",
     prefetch: int = 1,
+    tomograms: dict[str, str | Path] | None = None,
 ) -> Prediction:
     """Predict every run of ``split`` under a Kaggle-layout ``root``.
 
@@ -318,8 +340,18 @@ def predict_runs(
     prefetch : int
         Runs each worker reads and preprocesses ahead, in a thread of its own, while its
         model works on the current one; 0 reads each run only when the model is free.
+    tomograms : dict, optional
+        ``{run: zarr path}`` read instead of the Kaggle layout (``root`` and ``split`` are then
+        unused; ``runs`` defaults to its keys), e.g. a copick project's
+        (:func:`czii_kaggle.copick_project.tomogram_sources`).
     """
-    runs = select_runs(root, split, runs)
+    if tomograms is not None:
+        runs = list(dict.fromkeys(runs if runs is not None else tomograms))
+        unknown = [r for r in runs if r not in tomograms]
+        if unknown:
+            raise CziiInputError(None, f"no tomogram given for run(s) {', '.join(map(repr, unknown))}")
+    else:
+        runs = select_runs(root, split, runs)
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, not {prefetch}")
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -354,7 +386,8 @@ def predict_runs(
         except queue.Empty:
             return None
         try:
-            return (run, *prepare_run(layout.tomogram_path(root, split, run, tomo_type), bundle), None)
+            path = tomograms[run] if tomograms is not None else layout.tomogram_path(root, split, run, tomo_type)
+            return (run, *prepare_run(path, bundle), None)
         except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
             return run, None, None, {}, exc
 
@@ -384,13 +417,9 @@ def predict_runs(
             dets, found = empty_detections(), None
             if error is None:
                 try:
-                    t0 = time.perf_counter()
-                    dets = detect_volume(models[i], vol_u8, voxel_size_A, run, bundle.detect,
-                                         bundle.preprocess.slice_offset, device, progress and len(devices) == 1)
-                    t1 = time.perf_counter()
-                    step_A = voxel_size_A * bundle.detect.slice_step
-                    found = aggregate(dets, bundle.aggregate, slice_step_A=step_A)
-                    times.update(inference_s=t1 - t0, aggregate_s=time.perf_counter() - t1, slice_step_A=step_A)
+                    dets, found, more = detect_prepared(models[i], vol_u8, voxel_size_A, run, bundle, device,
+                                                        progress and len(devices) == 1)
+                    times.update(more)
                 except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
                     error, dets = exc, empty_detections()
             vol_u8 = None

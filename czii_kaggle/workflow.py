@@ -1,0 +1,144 @@
+"""Prediction beyond the Kaggle kernel: runs from a Kaggle root or a copick project, predicted in
+this process or on a Dask cluster, written as a Kaggle CSV, RELION 5 STAR files or copick picks.
+
+``czii-kaggle predict`` calls :func:`predict_sources` then :func:`write_outputs`; a notebook can too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import layout
+from .errors import CziiInputError
+
+FORMATS = ("csv", "star")
+
+
+@dataclass(frozen=True)
+class CopickTarget:
+    """Where predicted picks go in a copick project: one pick set per run and type of
+    ``user_id`` / ``session_id``; existing ones are replaced only with ``overwrite``."""
+
+    user_id: str = "czii-kaggle"
+    session_id: str = "0"
+    overwrite: bool = False
+
+
+@dataclass
+class Sources:
+    """Runs to predict: ``tomograms`` (run -> local zarr), ``errors`` (run -> why it cannot be
+    read), ``runs`` (all, in order), and the opened copick project (None for a Kaggle root)."""
+
+    runs: list[str]
+    tomograms: dict[str, Path]
+    errors: dict[str, str] = field(default_factory=dict)
+    copick_root: object = None
+    copick_config: Path | None = None
+
+
+def resolve_sources(data: str | Path | None = None, split: str = "test", copick: str | Path | None = None,
+                    runs: list[str] | None = None, voxel_spacing_A: float = 10.0,
+                    tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE) -> Sources:
+    """The runs of a Kaggle-layout root (``data``, ``split``) or of a copick project (``copick``:
+    its JSON config; ``voxel_spacing_A`` and ``tomo_type`` select the tomogram)."""
+    if (data is None) == (copick is None):
+        raise CziiInputError(None, "give exactly one of --data (a Kaggle-layout root) and --copick (a copick config)")
+    if data is not None:
+        runs = list(runs) if runs else layout.list_runs(data, split)
+        return Sources(runs, {r: layout.tomogram_path(data, split, r, tomo_type) for r in runs})
+    from . import copick_project
+
+    root = copick_project.open_project(copick)
+    runs = copick_project.project_runs(root, runs or None, copick)
+    tomograms, errors = copick_project.tomogram_sources(root, runs, voxel_spacing_A, tomo_type)
+    return Sources(runs, tomograms, errors, root, Path(copick))
+
+
+def check_copick_target(sources: Sources, target: CopickTarget) -> None:
+    """Raise before any prediction when the copick write would be refused (existing picks of
+    the same user and session without ``overwrite``; particle types the project lacks)."""
+    from .copick_project import check_writable
+
+    check_writable(sources.copick_root, sources.runs, target.user_id, target.session_id, target.overwrite,
+                   sources.copick_config)
+
+
+def check_out(out: str | Path | None, fmt: str = "csv") -> None:
+    """Raise before any prediction when ``out`` cannot take ``fmt`` (a STAR folder that is a file,
+    a CSV path that is a folder)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    out = None if out is None else Path(out)
+    if out is not None and fmt == "star" and out.exists() and not out.is_dir():
+        raise CziiInputError(out, "--format star writes a folder, and this is a file")
+    if out is not None and fmt == "csv" and out.is_dir():
+        raise CziiInputError(out, "is a folder: --format csv writes one file")
+
+
+def predict_sources(sources: Sources, bundle=None, backend: str = "auto", scheduler: str | None = None,
+                    n_workers: int | None = None, connect_timeout_s: float = 10.0, progress: bool = True):
+    """Predict ``sources`` in this process (every visible GPU, or the CPU) or, with ``scheduler``
+    or ``n_workers``, on a Dask cluster (:mod:`czii_kaggle.distributed`). Runs that could not be
+    resolved are ``failed`` rows of the report. Returns a :class:`czii_kaggle.predict.Prediction`."""
+    from .aggregate import empty_candidates
+    from .copick_project import with_failed_runs
+    from .detect import empty_detections
+    from .predict import REPORT_COLUMNS, Prediction, load_bundle, predict_runs
+
+    bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
+    on_dask = scheduler is not None or n_workers is not None
+    if not sources.tomograms:  # no run could be read: nothing to predict, every run reported
+        if on_dask:  # still check the scheduler answers, so a wrong address never passes silently
+            from .distributed import connect
+
+            client, cluster = connect(scheduler, n_workers, connect_timeout_s)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        pred = Prediction(empty_candidates(), empty_detections(), pd.DataFrame(columns=REPORT_COLUMNS))
+    elif on_dask:
+        from .distributed import predict_runs_dask
+
+        pred = predict_runs_dask(sources.tomograms, bundle, scheduler, n_workers, backend, progress,
+                                 connect_timeout_s)
+    else:
+        pred = predict_runs(None, runs=list(sources.tomograms), bundle=bundle, backend=backend, progress=progress,
+                            tomograms=sources.tomograms)
+    pred.report = with_failed_runs(pred.report, sources.errors, order=sources.runs)
+    return pred
+
+
+def write_outputs(pred, sources: Sources, out: str | Path | None = None, fmt: str = "csv",
+                  copick: CopickTarget | None = None, star_per_run: bool = False,
+                  tilt_series_pixel_size_A: float | None = None) -> list[str]:
+    """Write what ``pred`` found: ``out`` as a Kaggle submission (``fmt="csv"``, scored types) or a
+    folder of RELION 5 STAR files (``"star"``, every type), and/or picks into the copick project
+    (``copick``; only runs that succeeded). Returns one line per thing written."""
+    from .predict import scored_only
+
+    check_out(out, fmt)
+    ok = [r for r, s in zip(pred.report["experiment"], pred.report["status"]) if s == "ok"]
+    lines = []
+    if out is not None and fmt == "csv":
+        from .submission import write_submission
+
+        sub = write_submission(scored_only(pred.picks), out)
+        lines.append(f"wrote {len(sub)} picks of {len(ok)}/{len(pred.report)} runs to {out}")
+    elif out is not None:
+        from .star import tomogram_centers_A, write_star
+
+        centers = tomogram_centers_A({r: sources.tomograms[r] for r in ok})
+        paths = write_star(pred.picks, out, centers, per_run=star_per_run,
+                           tilt_series_pixel_size_A=tilt_series_pixel_size_A)
+        lines.append(f"wrote {len(pred.picks)} picks of {len(ok)}/{len(pred.report)} runs to {len(paths)} STAR "
+                     f"files under {out}")
+    if copick is not None:
+        from .copick_project import write_picks
+
+        done = write_picks(sources.copick_root, pred.picks, ok, copick.user_id, copick.session_id, copick.overwrite,
+                           sources.copick_config)
+        lines.append(f"wrote {int(done['n_picks'].sum())} picks of {len(ok)}/{len(pred.report)} runs into "
+                     f"{sources.copick_config} as user {copick.user_id}, session {copick.session_id}")
+    return lines
