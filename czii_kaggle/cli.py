@@ -89,15 +89,19 @@ def _cmd_build_dataset(a) -> None:
     from .dataset import DatasetConfig, build_dataset
 
     cfg = DatasetConfig(slice_step=a.slice_step, tile_vox=a.tile or None, seed=a.seed)
-    data = a.data
-    if a.copick:  # lay the project's runs and picks out as a Kaggle-layout root (tomograms linked)
+    if a.copick:  # lay the project's runs and picks out as a Kaggle-layout root (tomograms linked), for this build
+        import tempfile
+
         from .copick_project import open_project, training_root
 
-        data = training_root(open_project(a.copick), a.out / "copick_root", a.runs, a.user_id, a.session_id,
-                             a.voxel_spacing, cfg.tomo_type)
-    elif data is None:
+        with tempfile.TemporaryDirectory(prefix="czii-copick-root-") as tmp:
+            data = training_root(open_project(a.copick), Path(tmp) / "root", a.runs, a.user_id, a.session_id,
+                                 a.voxel_spacing, cfg.tomo_type)
+            print(build_dataset(data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg, overwrite=a.overwrite))
+    elif a.data is None:
         raise CziiInputError(None, "give --data (a Kaggle-layout root) or --copick (a copick config)")
-    print(build_dataset(data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg, overwrite=a.overwrite))
+    else:
+        print(build_dataset(a.data, a.out, val_runs=a.val_runs, runs=a.runs, config=cfg, overwrite=a.overwrite))
 
 
 def _cmd_train(a) -> None:

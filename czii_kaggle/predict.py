@@ -451,7 +451,7 @@ def predict_runs(
         report=report,
         wall_s=wall_s,
         notes=notes,
-        inputs=[Path(root), *bundle_files(bundle)],
+        inputs=[*([Path(root)] if root is not None else map(Path, tomograms.values())), *bundle_files(bundle)],
     )
 
 

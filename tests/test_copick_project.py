@@ -19,7 +19,7 @@ from czii_kaggle.workflow import predict_sources, resolve_sources  # noqa: E402
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
-    return simulate_dataset(out, n_train=1, n_test=2, config=SimConfig(shape_vox=(40, 224, 224), difficulty="easy"),
+    return simulate_dataset(out, n_train=2, n_test=2, config=SimConfig(shape_vox=(40, 224, 224), difficulty="easy"),
                             seed=13)
 
 
@@ -109,16 +109,18 @@ def test_training_root_from_copick_picks(tmp_path, sim):
     (tomograms linked, picks equal) that build_dataset reads."""
     config = copick_project.write_config(tmp_path / "train.json", sim.root / "train" / "static", tmp_path / "overlay")
     root = copick_project.open_project(config)
-    run = sim.train_runs[0]
-    truth = picks_io.read_all_picks(sim.root, [run])
-    copick_project.write_picks(root, truth, [run], user_id="curation", session_id="0")
+    runs = list(sim.train_runs)  # two: build-dataset keeps one to validate on
+    run = runs[0]
+    truth = picks_io.read_all_picks(sim.root, runs)
+    copick_project.write_picks(root, truth, runs, user_id="curation", session_id="0")
     back = copick_project.read_picks(root, user_id="curation")
     assert (back["score"] == 1.0).all()
-    key = ["particle_type", "x"]
+    key = ["experiment", "particle_type", "x"]
     pd.testing.assert_frame_equal(back[picks_io.PICKS_COLUMNS].sort_values(key).reset_index(drop=True),
                                   truth.sort_values(key).reset_index(drop=True))
     out = copick_project.training_root(root, tmp_path / "kaggle", user_id="curation")
-    assert layout.list_pick_runs(out) == [run]
+    assert layout.list_pick_runs(out) == sorted(runs)
+    truth = truth[truth["experiment"] == run]
     linked = layout.tomogram_path(out, "train", run)
     assert linked.is_symlink()
     assert io.open_level(linked).shape == io.open_level(layout.tomogram_path(sim.root, "train", run)).shape
