@@ -21,12 +21,31 @@ def _difficulty(text: str) -> str | float:
         return text
 
 
+def _look(text: str):
+    """``classic``, ``random`` or a JSON object of look fields (``'{"filter": "median"}'``)."""
+    import json
+
+    if text in ("classic", "random"):
+        return text
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"--look must be classic, random or a JSON object, not {text!r}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError(f"--look JSON must be an object of look fields, not {text!r}")
+    return spec
+
+
 def _cmd_simulate(a) -> None:
     from .simulate import SimConfig, simulate_dataset
 
+    try:
+        config = SimConfig(shape_vox=tuple(a.shape), difficulty=_difficulty(a.difficulty), look=a.look)
+    except ValueError as e:
+        raise CziiInputError(None, f"simulate: {e}") from None
     ds = simulate_dataset(
-        a.out, n_train=a.n_train, n_test=a.n_test, config=SimConfig(shape_vox=tuple(a.shape), difficulty=_difficulty(a.difficulty)),
-        seed=a.seed, real_train_layouts=a.real_layouts,
+        a.out, n_train=a.n_train, n_test=a.n_test, config=config,
+        seed=a.seed, real_train_layouts=a.real_layouts, overwrite=a.overwrite,
     )
     print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
     print(f"train runs:    {', '.join(ds.train_runs) or '-'}\ntest runs:     {', '.join(ds.test_runs) or '-'}")
@@ -111,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in 0..1")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--real-layouts", action="store_true", help="training runs use the real runs' pick layouts")
+    s.add_argument("--look", type=_look, default="classic",
+                   help="classic (fixed rendering), random (each run draws its look) or a JSON object fixing or "
+                        "restricting look fields, e.g. '{\"filter\": \"median\"}' (see czii_kaggle.simulate.look)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (refused otherwise)")
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("score", help="score a submission against a solution with the competition metric")
