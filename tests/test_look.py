@@ -180,3 +180,15 @@ def test_cli_simulate_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys)
     assert "sharpen" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["simulate", "--out", str(tmp_path / "y"), "--look", "not json"])
+
+
+def test_hold_out_leaves_one_family_out():
+    spec = lk.hold_out("random", {"filter": "median", "particle_model": "classic"})
+    assert spec == {"filter": ["none", "gaussian", "lowpass", "anisotropic"], "particle_model": ["envelope", "subunits"]}
+    looks = [lk.draw_look(np.random.default_rng(i), 0.5, spec) for i in range(40)]
+    assert "median" not in {x.filter for x in looks} and "classic" not in {x.particle_model for x in looks}
+    assert lk.hold_out({"ctf_mode": ["none", "flipped"]}, {"ctf_mode": "none"}) == {"ctf_mode": "flipped"}
+    with pytest.raises(ValueError):
+        lk.hold_out("random", {"crowding": "1"})
+    with pytest.raises(ValueError):
+        lk.hold_out({"ctf_mode": "none"}, {"ctf_mode": "none"})

@@ -146,6 +146,25 @@ def check_look_spec(spec: Mapping) -> dict:
     return out
 
 
+def hold_out(spec: Mapping | str | None, held_out: Mapping[str, str]) -> dict:
+    """A random-look spec without the held-out families: ``{"filter": "median"}`` -> filter among the rest.
+
+    ``spec``: a spec to start from (``None`` / ``"random"``: unrestricted). Used to train on every
+    look but one family and measure on that family (leave one family out).
+    """
+    out = dict(check_look_spec({} if spec in (None, "random") else spec))
+    for key, value in held_out.items():
+        if key not in LOOK_CHOICES:
+            raise ValueError(f"only a family can be held out ({', '.join(LOOK_CHOICES)}), not {key!r}")
+        current = out.get(key, list(LOOK_CHOICES[key]))
+        current = [current] if isinstance(current, str) else list(current)
+        rest = [c for c in current if c != value]
+        if value not in LOOK_CHOICES[key] or not rest:
+            raise ValueError(f"cannot hold out {key}={value!r} from {current}")
+        out[key] = rest[0] if len(rest) == 1 else rest
+    return check_look_spec(out)
+
+
 def draw_look(rng: np.random.Generator, difficulty: float, spec: Mapping | None = None) -> Look:
     """A random look for one run (see the module docstring).
 
