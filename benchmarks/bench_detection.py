@@ -31,6 +31,7 @@ import json
 import resource
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from czii_kaggle import blob, metric, submission, tune  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.detect import BACKENDS  # noqa: E402
+from czii_kaggle.preprocess import SPECTRAL  # noqa: E402
 from czii_kaggle.predict import load_bundle, predict_runs, scored_only, with_tta  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "detection.md"
@@ -112,9 +114,13 @@ def main(argv=None) -> int:
     ap.add_argument("--blob", action="store_true", help="also score the training-free blob floor on every domain")
     ap.add_argument("--blob-val-runs", type=int, default=2, help="validation runs per look to tune the blob floor")
     ap.add_argument("--no-model", action="store_true", help="score the blob floor only")
+    ap.add_argument("--spectral", choices=SPECTRAL,
+                    help="override the bundle's per-tomogram spectral step (czii_kaggle.preprocess.spectral_filter)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     bundle = load_bundle(a.weights)
+    if a.spectral:
+        bundle = replace(bundle, preprocess=replace(bundle.preprocess, spectral=a.spectral))
     if a.tta_views:
         bundle = with_tta(bundle, a.tta_views)
     blob_config, blob_table = blob_tuned(a.work, a.blob_val_runs, a.shape) if a.blob else (None, [])
@@ -159,7 +165,8 @@ def main(argv=None) -> int:
     parts = [
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_detection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {describe_machine()}\n- model: `{bundle.weights}`, {bundle.detect.tta_views} view(s) per slice; "
+        f"- machine: {describe_machine()}\n- model: `{bundle.weights}`, {bundle.detect.tta_views} view(s) per slice, "
+        f"spectral step `{bundle.preprocess.spectral}`; "
         f"test shape {tuple(a.shape)}, seeds from {a.seed} (+1000 per domain index), {a.n_runs} run(s) per "
         f"difficulty and domain, simulated data (no real voxels; our own simulator's looks, "
         f"`czii_kaggle.simulate.look`); domains: "
