@@ -160,21 +160,33 @@ def _eval_blobs(
     u = [dx * rot[0, j] + dy * rot[1, j] + dz * rot[2, j] for j in range(3)]
     out = np.zeros(np.broadcast_shapes(dz.shape, dy.shape, dx.shape), np.float32)
     inv_edge = np.float32(1.0 / edge_A)
+    # many small blobs (subunit clouds): evaluate each only in its own box (classic shapes: whole grid)
+    boxed = len(blobs) > 8
+    axes_1d = [np.asarray(a, np.float64) for a in (dz_A, dy_A, dx_A)]
     for b in blobs:
         c = b.centre_A
+        sub = (slice(None),) * 3
+        if boxed:
+            centre_zyx = (np.asarray(rotation, np.float64) @ np.asarray(c, np.float64))[::-1]  # d = R u
+            reach = max(b.axes_A) + 6.0 * edge_A
+            sub = tuple(slice(int(np.searchsorted(ax, m - reach)), int(np.searchsorted(ax, m + reach, "right")))
+                        for ax, m in zip(axes_1d, centre_zyx))
+            if any(sl.start >= sl.stop for sl in sub):
+                continue
+        uu = [np.broadcast_to(uj, out.shape)[sub] if boxed else uj for uj in u]
         if b.kind == _SHELL:
-            rho = np.sqrt((u[0] - c[0]) ** 2 + (u[1] - c[1]) ** 2 + (u[2] - c[2]) ** 2)
+            rho = np.sqrt((uu[0] - c[0]) ** 2 + (uu[1] - c[1]) ** 2 + (uu[2] - c[2]) ** 2)
             val = expit((b.axes_A[0] - rho) * inv_edge)
             val -= expit((b.axes_A[1] - rho) * inv_edge)
         else:
             a = b.axes_A
-            q = ((u[0] - c[0]) / a[0]) ** 2 + ((u[1] - c[1]) / a[1]) ** 2 + ((u[2] - c[2]) / a[2]) ** 2
+            q = ((uu[0] - c[0]) / a[0]) ** 2 + ((uu[1] - c[1]) / a[1]) ** 2 + ((uu[2] - c[2]) / a[2]) ** 2
             np.sqrt(q, out=q)
             # (1 - rho) * mean semi-axis ~ signed distance to the surface (Angstrom)
             val = expit((1.0 - q) * np.float32(np.mean(a)) * inv_edge)
         if b.value != 1.0:
             val *= np.float32(b.value)
-        np.maximum(out, val, out=out)
+        np.maximum(out[sub], val, out=out[sub])
     return out
 
 
