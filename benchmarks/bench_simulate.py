@@ -45,16 +45,22 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def bench_once(shape, difficulty, seed: int, out_dir: Path) -> dict:
-    """Time one layout + simulation + write; returns seconds per stage and memory."""
+def bench_once(shape, difficulty, seed: int, out_dir: Path, look: str = "classic") -> dict:
+    """Time one layout + simulation + write; returns seconds per stage and memory.
+
+    ``look``: ``classic``, or ``random`` (a look drawn from ``seed``; its families are reported).
+    """
     cfg = sim.SimConfig(shape_vox=shape, difficulty=difficulty)
+    run_look = None
+    if look != "classic":
+        run_look = sim.draw_look(np.random.default_rng([seed, 7]), cfg.difficulty_float)
     row = {}
     t0 = time.perf_counter()
     picks = sim.random_layout(shape, cfg.voxel_size_A, np.random.default_rng(seed), run=f"bench_{seed}")
     row["layout"] = time.perf_counter() - t0
     tracemalloc.start()
     stages: dict[str, float] = {}
-    vol = sim.simulate_tomogram(picks, cfg, seed=seed, timings=stages)
+    vol = sim.simulate_tomogram(picks, cfg, seed=seed, timings=stages, look=run_look)
     row["numpy_peak_GiB"] = tracemalloc.get_traced_memory()[1] / 2**30
     tracemalloc.stop()
     row.update(stages)
@@ -64,6 +70,8 @@ def bench_once(shape, difficulty, seed: int, out_dir: Path) -> dict:
     row["write"] = time.perf_counter() - t0
     row["picks"] = len(picks)
     row["rss_peak_GiB"] = peak_rss_gib()
+    if run_look is not None:
+        row["look"] = f"{run_look.particle_model}/{run_look.ctf_mode}/{run_look.filter}"
     return row
 
 
@@ -126,16 +134,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in 0..1")
     ap.add_argument("--png", default=str(RESULTS / "simulate_slices.png"), help="slice picture ('' to skip)")
     ap.add_argument("--results", type=Path, default=RESULTS / "simulate.md")
+    ap.add_argument("--look", choices=("classic", "random"), default="classic",
+                    help="random: each repeat draws its own look (czii_kaggle.simulate.look)")
     a = ap.parse_args(argv)
     shape = tuple(a.shape)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(a.repeat):
-            rows.append(bench_once(shape, a.difficulty, seed=k, out_dir=Path(tmp)))
+            rows.append(bench_once(shape, a.difficulty, seed=k, out_dir=Path(tmp), look=a.look))
             print(f"repeat {k}: total {rows[-1]['total']:.2f} s", flush=True)
     df = pd.DataFrame(rows)
     cols = ["layout", "render", "microscope", "scale", "total", "write", "numpy_peak_GiB", "rss_peak_GiB", "picks"]
+    looks = list(df["look"]) if "look" in df.columns else []
     df = df[cols]
     summary = pd.DataFrame({"median": df.median(), "min": df.min(), "max": df.max()}).T
     table = summary.to_markdown(floatfmt=".2f") if _has_tabulate() else _markdown(summary)
@@ -146,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- command: `{cmd}`",
         f"- machine: {describe_machine()}",
-        f"- shape {shape} (z, y, x), difficulty {a.difficulty}, {a.repeat} repeat(s); seconds per stage "
+        f"- shape {shape} (z, y, x), difficulty {a.difficulty}, look {a.look}"
+        + (f" (model/CTF/filter per repeat: {', '.join(looks)})" if looks else "")
+        + f", {a.repeat} repeat(s); seconds per stage "
         "(total = layout + render + microscope + scale; write = OME-Zarr, 3 levels, separate), "
         "memory in GiB (numpy peak: tracemalloc during one simulation; RSS: process peak)",
         "",

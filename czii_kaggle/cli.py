@@ -53,13 +53,28 @@ def _difficulty(text: str) -> str | float:
         return text
 
 
-def _sim_config(command: str, difficulty: str, shape_vox: tuple[int, int, int] | None = None):
-    """The simulator's config from the user's ``--difficulty`` and ``--shape`` (which it checks)."""
+def _look(text: str):
+    """``classic``, ``random`` or a JSON object of look fields (``'{"filter": "median"}'``)."""
+    import json
+
+    if text in ("classic", "random"):
+        return text
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"--look must be classic, random or a JSON object, not {text!r}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError(f"--look JSON must be an object of look fields, not {text!r}")
+    return spec
+
+
+def _sim_config(command: str, difficulty: str, shape_vox: tuple[int, int, int] | None = None, look="classic"):
+    """The simulator's config from the user's ``--difficulty``, ``--shape`` and ``--look`` (which it checks)."""
     from .simulate import SimConfig
 
     shape = {} if shape_vox is None else {"shape_vox": tuple(shape_vox)}
     try:
-        return SimConfig(difficulty=_difficulty(difficulty), **shape)
+        return SimConfig(difficulty=_difficulty(difficulty), look=look, **shape)
     except ValueError as exc:
         raise CziiInputError(None, f"{command}: {exc}") from None
 
@@ -69,9 +84,9 @@ def _cmd_simulate(a) -> None:
 
     if a.n_train + a.n_test < 1:
         raise CziiInputError(None, "simulate: --n-train and --n-test are both 0: nothing to simulate")
-    config = _sim_config("simulate", a.difficulty, a.shape)
+    config = _sim_config("simulate", a.difficulty, a.shape, a.look)
     ds = simulate_dataset(a.out, n_train=a.n_train, n_test=a.n_test, config=config, seed=a.seed,
-                          real_train_layouts=a.real_layouts)
+                          real_train_layouts=a.real_layouts, overwrite=a.overwrite)
     print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
     print(f"train runs:    {', '.join(ds.train_runs) or '-'}\ntest runs:     {', '.join(ds.test_runs) or '-'}")
 
@@ -220,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in 0..1")
     s.add_argument("--seed", type=_count, default=0)
     s.add_argument("--real-layouts", action="store_true", help="training runs use the real runs' pick layouts")
+    s.add_argument("--look", type=_look, default="classic",
+                   help="classic (fixed rendering), random (each run draws its look) or a JSON object fixing or "
+                        "restricting look fields, e.g. '{\"filter\": \"median\"}' (see czii_kaggle.simulate.look)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (refused otherwise)")
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("score", help="score a submission against a solution with the competition metric")

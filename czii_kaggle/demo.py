@@ -32,7 +32,8 @@ def run_demo(
     out_dir = check_writable(Path(out_dir), folder=True)
     t0 = time.perf_counter()
     ds = simulate_dataset(out_dir / "data", n_train=0, n_test=n_test,
-                          config=SimConfig(shape_vox=tuple(shape_vox), difficulty=difficulty), seed=seed)
+                          config=SimConfig(shape_vox=tuple(shape_vox), difficulty=difficulty), seed=seed,
+                          overwrite=True)  # the demo's own folder: a second demo replaces the first
     say(f"[demo] simulated {n_test} test tomogram(s) {tuple(shape_vox)} in {time.perf_counter() - t0:.1f} s -> {ds.root}")
     pred = predict_runs(ds.root, "test", bundle=weights, progress=verbose)
     sub_path = out_dir / "submission.csv"

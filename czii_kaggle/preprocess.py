@@ -14,6 +14,10 @@ from scipy import ndimage
 from .errors import CziiInputError
 
 
+#: Per-tomogram spectral steps (see :func:`spectral_filter`).
+SPECTRAL = ("none", "whiten", "bandpass")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Options of :func:`preprocess_volume` and :func:`stack_slices`.
@@ -29,12 +33,17 @@ class PreprocessConfig:
     slice_offset : int
         ``k``: the image of slice z stacks slices ``z - k, z, z + k`` (edge slices repeat).
         ``k = 0`` gives three copies of slice z.
+    spectral : str
+        Per-tomogram spectral step before the denoise and the percentile clip (:func:`spectral_filter`):
+        ``"none"``, ``"whiten"`` (flat radial power spectrum) or ``"bandpass"`` (only the
+        particles' scales, 20-400 A).
     """
 
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     denoise: str = "gaussian"
     denoise_size_vox: float = 0.7
     slice_offset: int = 1
+    spectral: str = "none"
 
     def __post_init__(self):
         lo, hi = self.clip_percentiles
@@ -42,6 +51,8 @@ class PreprocessConfig:
             raise ValueError(f"clip_percentiles must satisfy 0 <= lo < hi <= 100, got {self.clip_percentiles}")
         if self.denoise not in ("none", "gaussian", "median"):
             raise ValueError(f"denoise must be 'none', 'gaussian' or 'median', not {self.denoise!r}")
+        if self.spectral not in SPECTRAL:
+            raise ValueError(f"spectral must be one of {SPECTRAL}, not {self.spectral!r}")
         if self.slice_offset < 0:
             raise ValueError(f"slice_offset must be >= 0, got {self.slice_offset}")
 
@@ -111,16 +122,56 @@ def denoise(volume: np.ndarray, method: str = "gaussian", size_vox: float = 1.0)
     raise ValueError(f"unknown denoise method {method!r}")
 
 
+def spectral_filter(volume: np.ndarray, method: str = "none", n_bins: int = 256) -> np.ndarray:
+    """A per-tomogram spectral step, meant to make tomograms of different looks alike.
+
+    ``"whiten"``: divide the spectrum by the square root of its own radially averaged
+    power (``n_bins`` shells), so every scale carries the same power whatever the CTF,
+    the noise colour or the reconstruction filter did. ``"bandpass"``: keep the scales of
+    the particles, a Gaussian band from 2 voxels (~20 A at level 0) to 40 voxels (~400 A),
+    removing slow gradients and pixel noise. ``"none"``: the volume unchanged.
+    Frequencies are in cycles per voxel, so the band is in voxels whatever the voxel size.
+    Returns float32 (z, y, x).
+    """
+    if method == "none":
+        return volume
+    if method not in SPECTRAL:
+        raise ValueError(f"spectral must be one of {SPECTRAL}, not {method!r}")
+    import scipy.fft
+
+    v = np.asarray(volume, dtype=np.float32)
+    shape = v.shape
+    spec = scipy.fft.rfftn(v - np.float32(v.mean()), workers=-1)
+    fz = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None, None]
+    fy = np.fft.fftfreq(shape[1]).astype(np.float32)[None, :, None]
+    fx = np.fft.rfftfreq(shape[2]).astype(np.float32)[None, None, :]
+    f = np.sqrt(fz * fz + fy * fy + fx * fx)
+    if method == "whiten":
+        idx = np.minimum((f * (2 * n_bins)).astype(np.int32), 2 * n_bins - 1)  # shells up to sqrt(3)/2 ~ 0.87
+        power = np.abs(spec) ** 2
+        mean_power = np.bincount(idx.ravel(), power.ravel(), 2 * n_bins) / np.maximum(
+            np.bincount(idx.ravel(), minlength=2 * n_bins), 1)
+        del power
+        gain = (1.0 / np.sqrt(np.maximum(mean_power, 1e-30))).astype(np.float32)
+        gain[0] = 0.0
+        spec *= gain[idx]
+    else:
+        lo_sigma, hi_sigma = 2.0, 40.0  # voxels
+        band = np.exp(-2 * np.pi**2 * lo_sigma**2 * f * f) - np.exp(-2 * np.pi**2 * hi_sigma**2 * f * f)
+        spec *= band.astype(np.float32)
+    return scipy.fft.irfftn(spec, s=shape, workers=-1).astype(np.float32, copy=False)
+
+
 def preprocess_volume(
     volume: np.ndarray, config: PreprocessConfig = PreprocessConfig(), source: str | Path | None = None
 ) -> np.ndarray:
-    """Denoise then normalise a tomogram to uint8 (z, y, x).
+    """Spectral step (none by default), denoise, then normalise a tomogram to uint8 (z, y, x).
 
     Raises :class:`CziiInputError` (naming ``source``, the file the volume came from)
     when the volume has no contrast: its clip percentiles are equal, so every image
     would be flat, yet a detector finds "particles" in flat images.
     """
-    smooth = denoise(volume, config.denoise, config.denoise_size_vox)
+    smooth = denoise(spectral_filter(volume, config.spectral), config.denoise, config.denoise_size_vox)
     lo, hi = percentile_range(smooth, config.clip_percentiles)
     if not hi > lo:
         p_lo, p_hi = config.clip_percentiles

@@ -30,7 +30,7 @@ from czii_kaggle import layout, particles  # noqa: E402
 from czii_kaggle.dataset import DatasetConfig, build_dataset  # noqa: E402
 from czii_kaggle.predict import DEFAULT_BUNDLE, ONNX_FILE, export_bundle_onnx, load_bundle, tune_bundle  # noqa: E402
 from czii_kaggle.preprocess import PreprocessConfig  # noqa: E402
-from czii_kaggle.simulate import SimConfig, difficulty_value, simulate_dataset  # noqa: E402
+from czii_kaggle.simulate import SimConfig, difficulty_value, hold_out, simulate_dataset  # noqa: E402
 from czii_kaggle.train import CONFIG_FILE, MODEL_FILE, TrainConfig, train  # noqa: E402
 
 SIM_SEED = 7
@@ -78,7 +78,19 @@ def main(argv=None) -> int:
                     help="2.5D offset k: an image stacks slices z-k, z, z+k (inference reuses it)")
     ap.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 3, 4),
                     help="flipped views per slice at inference (thresholds are tuned for it)")
+    ap.add_argument("--look", default="classic",
+                    help="classic (the shipped model's simulator), random (each run draws its look) or a JSON "
+                         "look spec (czii_kaggle.simulate.look)")
+    ap.add_argument("--hold-out", nargs="*", default=[], metavar="FAMILY=VALUE",
+                    help="with --look random: never train on this look family (e.g. filter=median), to measure "
+                         "on it with benchmarks/bench_detection.py --domains")
     a = ap.parse_args(argv)
+    look = a.look if a.look in ("classic", "random") else json.loads(a.look)
+    if a.hold_out:
+        if look == "classic":
+            raise SystemExit("--hold-out needs --look random (or a spec)")
+        look = hold_out(look, dict(item.split("=", 1) for item in a.hold_out))
+    sim_config = SimConfig(look=look)
     tune_more = []
     for item in a.tune_more:
         src, sep, names = item.rpartition(":")
@@ -98,8 +110,9 @@ def main(argv=None) -> int:
     sim_dir = work / "sim"
     root = sim_dir / "czii-cryo-et-object-identification"
     if not (sim_dir / "simulation.json").exists():
-        simulate_dataset(sim_dir, n_train=a.n_runs, n_test=0, config=SimConfig(), seed=a.sim_seed,
-                         real_train_layouts=True, difficulties=difficulties, count_scale=count_scale or 1.0)
+        simulate_dataset(sim_dir, n_train=a.n_runs, n_test=0, config=sim_config, seed=a.sim_seed,
+                         real_train_layouts=True, difficulties=difficulties, count_scale=count_scale or 1.0,
+                         overwrite=True)  # its own folder: a run stopped while simulating starts it again
     runs = layout.list_pick_runs(root)
     missing = sorted(set(val_runs) - set(runs))
     if missing:
@@ -131,7 +144,7 @@ def main(argv=None) -> int:
 
     record = {
         "command": "python scripts/train_shipped_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "simulation": {"seed": a.sim_seed, "config": asdict(SimConfig()), "train_difficulties": difficulties,
+        "simulation": {"seed": a.sim_seed, "config": asdict(sim_config), "train_difficulties": difficulties,
                        "count_scale": count_scale, "runs": runs, "val_runs": val_runs,
                        "tuned_also_on": [{"root": str(src.relative_to(REPO)) if src.is_relative_to(REPO) else str(src),
                                           "runs": names} for src, names in tune_more]},

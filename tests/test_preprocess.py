@@ -84,3 +84,30 @@ def test_preprocess_refuses_a_volume_without_contrast(blank):
         preprocess_volume(vol, PreprocessConfig(), source="TS_x/denoised.zarr")
     noisy = vol + np.random.default_rng(0).normal(0, 0.01, vol.shape).astype(np.float32)
     assert preprocess_volume(noisy).std() > 10  # faint but real contrast is fine
+
+
+def test_spectral_filter_whitens_and_bandpasses():
+    from scipy import ndimage
+
+    from czii_kaggle.preprocess import PreprocessConfig, spectral_filter
+
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal((32, 64, 64)).astype(np.float32)
+    red = ndimage.gaussian_filter(white, 2.0)  # power falls steeply with frequency
+    f = np.sqrt(sum(np.meshgrid(*[np.fft.fftfreq(n) ** 2 for n in red.shape], indexing="ij")))
+
+    def band_ratio(v):
+        p = np.abs(np.fft.fftn(v)) ** 2
+        return p[(f > 0.05) & (f < 0.1)].mean() / p[(f > 0.3) & (f < 0.4)].mean()
+
+    assert band_ratio(red) > 100
+    assert 0.5 < band_ratio(spectral_filter(red, "whiten")) < 2.0
+    x = np.arange(256, dtype=np.float32)
+    slow, mid = np.cos(2 * np.pi * x / 256), np.cos(2 * np.pi * x / 16)  # 2560 A and 160 A periods at 10 A
+    for wave, lo, hi in ((slow, 0.0, 0.45), (mid, 0.65, 1.0)):
+        out = spectral_filter(np.broadcast_to(wave, (8, 16, 256)).astype(np.float32), "bandpass")
+        gain = float(np.dot(out[4, 8], wave) / np.dot(wave, wave))
+        assert lo <= gain <= hi
+    assert spectral_filter(white, "none") is white
+    with pytest.raises(ValueError):
+        PreprocessConfig(spectral="sharpen")
