@@ -206,9 +206,10 @@ def test_ctrl_c_with_worker_threads_running(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    last = err.strip(".").strip()
+    last = err.replace(".", "").strip()  # the threads' dots may land anywhere; the line itself has none
     assert last.endswith("czii-kaggle: interrupted (Ctrl-C) during score; no output was finished; "
                          "nothing was left half-written") and "Traceback" not in err
+
 
 @pytest.fixture(scope="module")
 def sim_root(tmp_path_factory):
