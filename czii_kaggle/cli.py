@@ -56,9 +56,17 @@ def _cmd_train(a) -> None:
 
 
 def _cmd_predict(a) -> None:
-    from .predict import load_bundle, predict_runs, scored_only, with_slice_step, with_tta
+    from .detectors import parse_detectors
+    from .predict import DEFAULT_BUNDLE, load_bundle, predict_runs, scored_only, with_slice_step, with_tta
     from .submission import write_submission
 
+    bundle_dir = DEFAULT_BUNDLE if a.weights is None else (a.weights if a.weights.is_dir() else None)
+    if bundle_dir is not None:
+        names = parse_detectors(a.detectors, bundle_dir)
+        if names != ["yolo"]:
+            return _predict_detectors(a, bundle_dir, names)
+    elif a.detectors not in (None, "yolo"):
+        raise CziiInputError(a.weights, "--detectors other than yolo needs a bundle folder as --weights")
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)
@@ -74,6 +82,44 @@ def _cmd_predict(a) -> None:
     print(f"wrote {len(sub)} picks of {int((pred.report['status'] == 'ok').sum())}/{len(pred.report)} runs to {a.out}")
 
 
+def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> None:
+    """``predict`` with the heatmap detector or an ensemble (:func:`czii_kaggle.detectors.predict_detectors`)."""
+    from .detectors import predict_detectors
+    from .predict import scored_only
+    from .submission import write_submission
+
+    pred = predict_detectors(a.data, a.split, runs=a.runs, bundle_dir=bundle_dir, detectors=names, backend=a.backend)
+    sub = write_submission(scored_only(pred.picks), a.out)
+    print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for _, row in pred.report[pred.report["status"] != "ok"].iterrows():
+        print(f"FAILED {row['experiment']} ({row['detector']}): {row['error']}", file=sys.stderr)
+    print(f"wrote {len(sub)} picks ({'+'.join(names)}) to {a.out}")
+
+
+def _cmd_tune_ensemble(a) -> None:
+    from .detectors import load_detectors, run_candidates
+    from .ensemble import fit_ensemble, save_ensemble
+    from .picks import read_all_picks
+
+    dets = load_detectors(a.weights, ["yolo", "heatmap"], a.backend)
+    cands = {d.name: [] for d in dets}
+    truth = []
+    for i, (root, runs) in enumerate(_sources(a.data)):
+        c, report = run_candidates(dets, root, "train", runs or [], progress=True)
+        if (report["status"] != "ok").any():
+            raise CziiInputError(root, f"cannot tune: {report.loc[report['status'] != 'ok', 'error'].tolist()}")
+        for name in cands:
+            cands[name].append(c[name].assign(experiment=f"{i}/" + c[name]["experiment"].astype(str)))
+        truth.append(read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
+    import pandas as pd
+
+    config, table = fit_ensemble({k: pd.concat(v, ignore_index=True) for k, v in cands.items()},
+                                 pd.concat(truth, ignore_index=True))
+    save_ensemble(a.weights, config, default_detectors=a.default.split(",") if a.default else None,
+                  tuned_on=a.data)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
 def _cmd_tune(a) -> None:
     from .predict import tune_bundle
 
@@ -85,6 +131,31 @@ def _cmd_export_onnx(a) -> None:
     from .predict import export_bundle_onnx
 
     print(export_bundle_onnx(a.weights, imgsz=a.imgsz))
+
+
+def _sources(items: list[str]) -> list[tuple[Path, list[str] | None]]:
+    """``ROOT`` or ``ROOT:RUN,RUN`` -> ``(root, runs or None)``."""
+    out = []
+    for item in items:
+        root, _, runs = item.partition(":")
+        out.append((Path(root), runs.split(",") if runs else None))
+    return out
+
+
+def _cmd_train_heatmap(a) -> None:
+    from .heatmap import HeatmapConfig
+    from .heatmap_train import HeatmapTrainConfig, train_heatmap
+
+    train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed)
+    cmd = "czii-kaggle " + " ".join(sys.argv[1:])
+    print(train_heatmap(_sources(a.data), a.out, HeatmapConfig(), train, init=a.init, command=cmd))
+
+
+def _cmd_tune_heatmap(a) -> None:
+    from .heatmap_train import tune_heatmap
+
+    table = tune_heatmap([(r, runs or []) for r, runs in _sources(a.data)], a.weights, backend=a.backend)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def _cmd_show(a) -> None:
@@ -151,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flipped views per slice (default: the bundle's, as its thresholds were tuned)")
     s.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch, onnx (ONNX Runtime, CPU) or auto: onnx on a CPU-only machine when the bundle has it")
+    s.add_argument("--detectors", help="yolo, heatmap or yolo,heatmap (the ensemble); default: what the bundle ships")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")
@@ -166,6 +238,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", type=Path, help="bundle folder (default: the shipped model)")
     s.add_argument("--imgsz", type=int, help="largest image side (default: the bundle's detect.max_imgsz)")
     s.set_defaults(func=_cmd_export_onnx)
+
+    s = sub.add_parser("train-heatmap", help="train the 3D heatmap detector from picks (resumes from OUT/checkpoint.pt)")
+    s.add_argument("--data", required=True, nargs="+", help="Kaggle-layout roots, ROOT or ROOT:RUN,RUN (train split)")
+    s.add_argument("--out", required=True, type=Path, help="heatmap bundle folder (heatmap.pt + heatmap.json)")
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--batch", type=int, default=2)
+    s.add_argument("--patch", type=int, nargs=3, default=(48, 96, 96), metavar=("Z", "Y", "X"))
+    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--init", type=Path, help="heatmap.pt to start from")
+    s.set_defaults(func=_cmd_train_heatmap)
+
+    s = sub.add_parser("tune-heatmap", help="tune the heatmap detector's per-class thresholds on runs with picks")
+    s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
+    s.add_argument("--weights", required=True, type=Path, help="heatmap bundle folder")
+    s.add_argument("--backend", choices=BACKENDS, default="auto")
+    s.set_defaults(func=_cmd_tune_heatmap)
+
+    s = sub.add_parser("tune-ensemble", help="calibrate YOLO + heatmap and tune the ensemble's thresholds; saves ensemble.json")
+    s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
+    s.add_argument("--weights", required=True, type=Path, help="bundle folder holding both detectors")
+    s.add_argument("--default", help="detectors predict runs by default with this bundle, e.g. yolo,heatmap")
+    s.add_argument("--backend", choices=BACKENDS, default="auto")
+    s.set_defaults(func=_cmd_tune_ensemble)
 
     s = sub.add_parser("show", help="save a figure of a run's tomogram with its picks")
     s.add_argument("--data", required=True, type=Path)

@@ -1,0 +1,219 @@
+"""One interface for every detector, and the pipeline that runs one or several of them.
+
+A detector turns one tomogram into *unthresholded* scored 3D candidates per class
+(:data:`czii_kaggle.aggregate.CANDIDATE_COLUMNS`: ``experiment, particle_type, x, y, z``
+in Angstrom, ``score``, ``n_slices``, ``share``) and knows its own selection
+(thresholds + 3D NMS):
+
+- ``yolo``: the 2.5D YOLO path (:func:`czii_kaggle.predict.detect_run` then
+  :func:`czii_kaggle.aggregate.aggregate`), weights ``model.pt`` / ``model.onnx``;
+- ``heatmap``: the 3D heatmap network (:class:`czii_kaggle.heatmap.HeatmapDetector`),
+  weights ``heatmap.pt`` / ``heatmap.onnx``.
+
+A bundle folder may hold either or both, and ``ensemble.json`` (:mod:`czii_kaggle.ensemble`)
+when both were calibrated together; its ``default_detectors`` key names what
+``predict`` runs by default (else the YOLO detector alone, as before).
+:func:`predict_detectors` runs the chosen detectors over runs: one detector, its own
+selection; several, the ensemble's. A run that fails in one detector is reported,
+and the other detector's own selection is used for it.
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import layout
+from .aggregate import AggregateConfig, aggregate, empty_candidates, select
+from .errors import CziiInputError
+
+DETECTOR_NAMES: tuple[str, ...] = ("yolo", "heatmap")
+
+
+class Detector(Protocol):
+    """Tomogram in, scored 3D candidates out."""
+
+    name: str
+    aggregate: AggregateConfig
+
+    def candidates(self, zarr_path: str | Path, experiment: str) -> tuple[pd.DataFrame, dict]:
+        """Unthresholded candidates of one tomogram, and the seconds each stage took."""
+
+    def select(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """The detector's own thresholds and NMS."""
+
+
+class YoloDetector:
+    """The 2.5D YOLO path behind the :class:`Detector` interface (CPU or one device)."""
+
+    name = "yolo"
+
+    def __init__(self, bundle=None, backend: str = "auto", device: str = "cpu"):
+        from .detect import load_model
+        from .predict import Bundle, choose_backend, load_bundle
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.backend = choose_backend(self.bundle, backend, [device])
+        self.device = "cpu" if self.backend == "onnx" else device
+        self.model = load_model((self.bundle.onnx or self.bundle.weights) if self.backend == "onnx" else self.bundle.weights)
+        self.aggregate = self.bundle.aggregate
+
+    def candidates(self, zarr_path: str | Path, experiment: str) -> tuple[pd.DataFrame, dict]:
+        from .predict import detect_run
+
+        dets, times = detect_run(self.model, zarr_path, experiment, self.bundle, self.device)
+        t0 = time.perf_counter()
+        cands = aggregate(dets, self.bundle.aggregate, apply_thresholds=False, slice_step_A=times.pop("slice_step_A"))
+        times["aggregate_s"] = time.perf_counter() - t0
+        return cands, times
+
+    def select(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        return select(candidates, self.aggregate)
+
+
+def held_detectors(bundle_dir: str | Path) -> list[str]:
+    """The detectors whose weights the bundle folder holds, in :data:`DETECTOR_NAMES` order."""
+    from .heatmap import WEIGHTS_FILE
+    from .train import MODEL_FILE
+
+    d = Path(bundle_dir)
+    held = {"yolo": (d / MODEL_FILE).is_file() or (d / "model.onnx").is_file(), "heatmap": (d / WEIGHTS_FILE).is_file()}
+    return [n for n in DETECTOR_NAMES if held[n]]
+
+
+def default_detectors(bundle_dir: str | Path) -> list[str]:
+    """What the bundle ships to run by default: ``ensemble.json``'s ``default_detectors``, else ``["yolo"]``."""
+    from .ensemble import ENSEMBLE_FILE
+
+    path = Path(bundle_dir) / ENSEMBLE_FILE
+    if path.is_file():
+        try:
+            names = json.loads(path.read_text()).get("default_detectors")
+        except json.JSONDecodeError as exc:
+            raise CziiInputError(path, f"not valid JSON ({exc})") from None
+        if names:
+            return list(names)
+    return ["yolo"]
+
+
+def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
+    """``"yolo,heatmap"`` -> names, checked against :data:`DETECTOR_NAMES` and the bundle's weights;
+    ``None``: :func:`default_detectors`. A name the bundle does not hold is a clear error."""
+    names = default_detectors(bundle_dir) if text is None else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DETECTOR_NAMES]
+    if unknown or not names:
+        raise CziiInputError(bundle_dir, f"unknown detectors {unknown or names}; choose from {', '.join(DETECTOR_NAMES)}")
+    held = held_detectors(bundle_dir)
+    absent = [n for n in names if n not in held]
+    if absent:
+        raise CziiInputError(bundle_dir, f"names detector(s) {', '.join(absent)} but the bundle holds only "
+                                         f"{', '.join(held) or 'none'}")
+    return list(dict.fromkeys(names))
+
+
+def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto") -> list[Detector]:
+    """The named detectors of a bundle folder (checked by :func:`parse_detectors` first)."""
+    from .heatmap import HeatmapDetector
+
+    names = parse_detectors(",".join(names), bundle_dir)
+    out: list[Detector] = []
+    for n in names:
+        out.append(YoloDetector(bundle_dir, backend=backend) if n == "yolo" else HeatmapDetector(bundle_dir, backend=backend))
+    return out
+
+
+@dataclass
+class DetectorsPrediction:
+    """What :func:`predict_detectors` returns.
+
+    picks : selected candidates of every run (Angstrom).
+    candidates : ``{detector: unthresholded candidates}``.
+    report : one row per (run, detector): ``experiment, detector, status, n_candidates, seconds``
+    and each stage's seconds, ``error``.
+    """
+
+    picks: pd.DataFrame
+    candidates: dict[str, pd.DataFrame]
+    report: pd.DataFrame
+
+
+def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs: list[str],
+                   tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, progress: bool = True
+                   ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Every detector's unthresholded candidates of every run, and the report (see :class:`DetectorsPrediction`).
+
+    A run that fails in a detector is reported (``status`` ``failed``) and skipped for it only.
+    """
+    found: dict[str, list[pd.DataFrame]] = {d.name: [] for d in detectors}
+    rows = []
+    for run in tqdm(runs, desc="runs", unit="run", disable=not progress):
+        for det in detectors:
+            t0 = time.perf_counter()
+            try:
+                cands, times = det.candidates(layout.tomogram_path(root, split, run, tomo_type), run)
+                found[det.name].append(cands)
+                rows.append({"experiment": run, "detector": det.name, "status": "ok", "n_candidates": len(cands),
+                             **times, "seconds": time.perf_counter() - t0, "error": ""})
+            except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
+                msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
+                tqdm.write(f"[czii_kaggle] run {run} failed in the {det.name} detector: {msg.strip().splitlines()[-1]}")
+                rows.append({"experiment": run, "detector": det.name, "status": "failed", "n_candidates": 0,
+                             "seconds": time.perf_counter() - t0, "error": msg.strip()})
+    cands = {k: pd.concat(v, ignore_index=True) if v else empty_candidates() for k, v in found.items()}
+    return cands, pd.DataFrame(rows)
+
+
+def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | None = None,
+                      bundle_dir: str | Path | None = None, detectors: list[str] | None = None,
+                      backend: str = "auto", progress: bool = True,
+                      tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE) -> DetectorsPrediction:
+    """Predict runs with one detector (its own thresholds) or several (the bundle's ensemble).
+
+    Runs where some detector failed use the selection of a detector that succeeded.
+    """
+    from .ensemble import load_ensemble, select_ensemble
+    from .predict import DEFAULT_BUNDLE
+
+    bundle_dir = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
+    names = parse_detectors(None if detectors is None else ",".join(detectors), bundle_dir)
+    ensemble = None
+    if len(names) > 1:
+        ensemble = load_ensemble(bundle_dir)
+        if ensemble is None or sorted(ensemble.detectors) != sorted(names):
+            raise CziiInputError(Path(bundle_dir) / "ensemble.json",
+                                 f"no ensemble of {', '.join(names)} fitted in this bundle "
+                                 "(run `czii-kaggle tune-ensemble`)")
+    dets = load_detectors(bundle_dir, names, backend)
+    runs = list(runs) if runs is not None else layout.list_runs(root, split)
+    cands, report = run_candidates(dets, root, split, runs, tomo_type, progress)
+    picks = select_runs(cands, report, dets, runs, ensemble)
+    return DetectorsPrediction(picks, cands, report)
+
+
+def select_runs(candidates: dict[str, pd.DataFrame], report: pd.DataFrame, detectors: list[Detector],
+                runs: list[str], ensemble=None) -> pd.DataFrame:
+    """Selected picks of every run: the ensemble's where every detector succeeded on it, else the
+    own selection of the first detector (in ``detectors`` order) that succeeded; none if all failed."""
+    from .ensemble import select_ensemble
+
+    names = {d.name for d in detectors}
+    ok = report[report["status"] == "ok"].groupby("experiment")["detector"].apply(set).to_dict() if len(report) else {}
+    picks = []
+    for run in runs:
+        got = ok.get(run, set())
+        of_run = {n: c[c["experiment"] == run] for n, c in candidates.items()}
+        if ensemble is not None and got == names:
+            picks.append(select_ensemble(of_run, ensemble))
+            continue
+        for det in detectors:
+            if det.name in got:
+                picks.append(det.select(of_run[det.name]))
+                break
+    picks = [p for p in picks if len(p)]
+    return pd.concat(picks, ignore_index=True) if picks else empty_candidates()
