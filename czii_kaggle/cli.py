@@ -97,27 +97,12 @@ def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> None:
 
 
 def _cmd_tune_ensemble(a) -> None:
-    from .detectors import load_detectors, run_candidates
-    from .ensemble import fit_ensemble, save_ensemble
-    from .picks import read_all_picks
+    from .detectors import tune_ensemble
 
-    dets = load_detectors(a.weights, ["yolo", "heatmap"], a.backend)
-    cands = {d.name: [] for d in dets}
-    truth = []
-    for i, (root, runs) in enumerate(_sources(a.data)):
-        c, report = run_candidates(dets, root, "train", runs or [], progress=True)
-        if (report["status"] != "ok").any():
-            raise CziiInputError(root, f"cannot tune: {report.loc[report['status'] != 'ok', 'error'].tolist()}")
-        for name in cands:
-            cands[name].append(c[name].assign(experiment=f"{i}/" + c[name]["experiment"].astype(str)))
-        truth.append(read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
-    import pandas as pd
-
-    config, table = fit_ensemble({k: pd.concat(v, ignore_index=True) for k, v in cands.items()},
-                                 pd.concat(truth, ignore_index=True))
-    save_ensemble(a.weights, config, default_detectors=a.default.split(",") if a.default else None,
-                  tuned_on=a.data)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    tables = tune_ensemble([(r, runs or []) for r, runs in _sources(a.data)], a.weights,
+                           default=a.default.split(",") if a.default else None, backend=a.backend)
+    for name, table in tables.items():
+        print(f"{name}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
 
 
 def _cmd_tune(a) -> None:

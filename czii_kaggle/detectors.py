@@ -217,3 +217,40 @@ def select_runs(candidates: dict[str, pd.DataFrame], report: pd.DataFrame, detec
                 break
     picks = [p for p in picks if len(p)]
     return pd.concat(picks, ignore_index=True) if picks else empty_candidates()
+
+
+def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path,
+                  default: list[str] | None = None, backend: str = "auto") -> dict[str, pd.DataFrame]:
+    """Fit a bundle's heatmap thresholds and its YOLO + heatmap ensemble on runs with picks.
+
+    Runs both detectors once over ``sources`` (``(root, runs)``, train split), tunes the
+    heatmap's own per-class thresholds (saved in ``heatmap.json``), calibrates both
+    detectors and tunes the merged candidates' thresholds (saved as ``ensemble.json``,
+    with ``default_detectors`` = ``default`` when given). The YOLO thresholds are left as
+    they are. Returns the tuning tables ``{"heatmap": ..., "ensemble": ...}``.
+    """
+    from .ensemble import fit_ensemble, save_ensemble
+    from .heatmap import save_heatmap_json
+    from .picks import read_all_picks
+    from .tune import tune_thresholds
+
+    dets = load_detectors(bundle_dir, ["yolo", "heatmap"], backend)
+    cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}
+    truth = []
+    for i, (root, runs) in enumerate(sources):
+        found, report = run_candidates(dets, root, "train", runs, progress=False)
+        failed = report[report["status"] != "ok"]
+        if len(failed):
+            raise CziiInputError(Path(root), f"cannot tune: {'; '.join(failed['error'].astype(str))}")
+        for name in cands:
+            cands[name].append(found[name].assign(experiment=f"{i}/" + found[name]["experiment"].astype(str)))
+        truth.append(read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
+    pooled = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
+    solution = pd.concat(truth, ignore_index=True)
+    heatmap = next(d for d in dets if d.name == "heatmap")
+    hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, heatmap.aggregate, support_grid=None)
+    tuned_on = [{"root": str(r), "runs": list(rs)} for r, rs in sources]
+    save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
+    config, table = fit_ensemble(pooled, solution)
+    save_ensemble(bundle_dir, config, default_detectors=default, tuned_on=tuned_on)
+    return {"heatmap": hm_table, "ensemble": table}
