@@ -100,7 +100,8 @@ def _cmd_tune_ensemble(a) -> None:
     from .detectors import tune_ensemble
 
     tables = tune_ensemble([(r, runs or []) for r, runs in _sources(a.data)], a.weights,
-                           default=a.default.split(",") if a.default else None, backend=a.backend)
+                           default=a.default.split(",") if a.default else None, backend=a.backend,
+                           cache={"yolo": a.cache_yolo} if a.cache_yolo else None)
     for name, table in tables.items():
         print(f"{name}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
 
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
     s.add_argument("--weights", required=True, type=Path, help="bundle folder holding both detectors")
     s.add_argument("--default", help="detectors predict runs by default with this bundle, e.g. yolo,heatmap")
+    s.add_argument("--cache-yolo", type=Path, help="keep / reuse the YOLO candidates of each run in this folder")
     s.add_argument("--backend", choices=BACKENDS, default="auto")
     s.set_defaults(func=_cmd_tune_ensemble)
 

@@ -143,12 +143,30 @@ class DetectorsPrediction:
     report: pd.DataFrame
 
 
+def _cached_candidates(det: Detector, zarr_path: Path, run: str, folder: Path | None) -> tuple[pd.DataFrame, dict]:
+    if folder is None:
+        return det.candidates(zarr_path, run)
+    csv, js = Path(folder) / f"{run}.csv", Path(folder) / f"{run}.json"
+    if csv.is_file() and js.is_file():
+        cands = pd.read_csv(csv, dtype={"experiment": str})
+        return (cands if len(cands) else empty_candidates()), json.loads(js.read_text())
+    cands, times = det.candidates(zarr_path, run)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    cands.to_csv(csv.with_suffix(".csv.tmp"), index=False)
+    csv.with_suffix(".csv.tmp").replace(csv)
+    js.write_text(json.dumps(times))
+    return cands, times
+
+
 def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs: list[str],
-                   tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, progress: bool = True
-                   ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+                   tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, progress: bool = True,
+                   cache: dict[str, Path] | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every detector's unthresholded candidates of every run, and the report (see :class:`DetectorsPrediction`).
 
     A run that fails in a detector is reported (``status`` ``failed``) and skipped for it only.
+    ``cache``: ``{detector: folder}``: that detector's candidates and stage seconds of a run are
+    read from ``folder/{run}.csv`` / ``.json`` when there, else computed and written there (for
+    experiments that re-fit one detector beside another whose weights do not change).
     """
     found: dict[str, list[pd.DataFrame]] = {d.name: [] for d in detectors}
     rows = []
@@ -156,7 +174,8 @@ def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs
         for det in detectors:
             t0 = time.perf_counter()
             try:
-                cands, times = det.candidates(layout.tomogram_path(root, split, run, tomo_type), run)
+                cands, times = _cached_candidates(det, layout.tomogram_path(root, split, run, tomo_type), run,
+                                                  (cache or {}).get(det.name))
                 found[det.name].append(cands)
                 rows.append({"experiment": run, "detector": det.name, "status": "ok", "n_candidates": len(cands),
                              **times, "seconds": time.perf_counter() - t0, "error": ""})
@@ -220,14 +239,16 @@ def select_runs(candidates: dict[str, pd.DataFrame], report: pd.DataFrame, detec
 
 
 def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path,
-                  default: list[str] | None = None, backend: str = "auto") -> dict[str, pd.DataFrame]:
+                  default: list[str] | None = None, backend: str = "auto",
+                  cache: dict[str, Path] | None = None) -> dict[str, pd.DataFrame]:
     """Fit a bundle's heatmap thresholds and its YOLO + heatmap ensemble on runs with picks.
 
     Runs both detectors once over ``sources`` (``(root, runs)``, train split), tunes the
     heatmap's own per-class thresholds (saved in ``heatmap.json``), calibrates both
     detectors and tunes the merged candidates' thresholds (saved as ``ensemble.json``,
     with ``default_detectors`` = ``default`` when given). The YOLO thresholds are left as
-    they are. Returns the tuning tables ``{"heatmap": ..., "ensemble": ...}``.
+    they are. ``cache``: as :func:`run_candidates` (one sub-folder per source). Returns the
+    tuning tables ``{"heatmap": ..., "ensemble": ...}``.
     """
     from .ensemble import fit_ensemble, save_ensemble
     from .heatmap import save_heatmap_json
@@ -238,7 +259,8 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
     cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}
     truth = []
     for i, (root, runs) in enumerate(sources):
-        found, report = run_candidates(dets, root, "train", runs, progress=False)
+        sub_cache = {k: Path(v) / str(i) for k, v in (cache or {}).items()}
+        found, report = run_candidates(dets, root, "train", runs, progress=False, cache=sub_cache)
         failed = report[report["status"] != "ok"]
         if len(failed):
             raise CziiInputError(Path(root), f"cannot tune: {'; '.join(failed['error'].astype(str))}")

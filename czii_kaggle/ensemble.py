@@ -7,14 +7,17 @@
    probabilities.
 2. **Merge** (:func:`combine`): per (run, class), the candidates of all detectors are
    grouped greedily, best calibrated score first: a seed takes every candidate within
-   ``0.5 * radius`` (the metric's match radius). A group's score is the *mean over
-   detectors* of each detector's best calibrated score in it (0 for a detector that
-   has none), so agreement is rewarded and a lone detection counts half; its centre is
-   the score-weighted mean of those best members; ``n_slices`` is the number of
-   detectors that agree (so ``min_support = 2`` means "both").
-3. **Select**: per-class threshold, minimum agreement and minimum share, tuned with
-   the metric on validation runs (:func:`fit_ensemble`), then 3D NMS
-   (:func:`czii_kaggle.aggregate.select`).
+   ``0.5 * radius`` (the metric's match radius). A group's score is the *weighted mean
+   over detectors* of each detector's best calibrated score in it (0 for a detector
+   that has none), so agreement is rewarded and a lone detection counts only its
+   detector's weight; its centre is the score-weighted mean of those best members;
+   ``n_slices`` is the number of detectors that agree (so ``min_support = 2`` means
+   "both").
+3. **Select**: per class, the detector weights (a grid from one detector alone to
+   the other alone), threshold, minimum agreement and minimum share that maximise the
+   metric on validation runs (:func:`fit_ensemble`), then 3D NMS
+   (:func:`czii_kaggle.aggregate.select`). A class where one detector is useless
+   falls back to the other one alone.
 
 The fitted :class:`EnsembleConfig` is saved as ``ensemble.json`` in the bundle.
 """
@@ -44,22 +47,35 @@ def _default_aggregate() -> AggregateConfig:
 @dataclass(frozen=True)
 class EnsembleConfig:
     """Detectors, their per-class calibrations ``{detector: {class: (a, b)}}`` (calibrated
-    ``p = sigmoid(a * logit(score) + b)``) and the selection options of merged candidates."""
+    ``p = sigmoid(a * logit(score) + b)``), per-class detector weights ``{class: (w, ...)}``
+    (one per detector, summing to 1; equal where absent) and the selection options of
+    merged candidates."""
 
     detectors: tuple[str, ...] = ("yolo", "heatmap")
     calibration: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
     aggregate: AggregateConfig = field(default_factory=_default_aggregate)
+    weights: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def class_weights(self, name: str) -> np.ndarray:
+        w = self.weights.get(name)
+        return np.full(len(self.detectors), 1.0 / len(self.detectors)) if w is None else np.asarray(w, dtype=float)
 
     def to_dict(self) -> dict:
         return {"detectors": list(self.detectors),
                 "calibration": {d: {c: list(ab) for c, ab in cal.items()} for d, cal in self.calibration.items()},
+                "weights": {c: list(w) for c, w in self.weights.items()},
                 "aggregate": self.aggregate.to_dict()}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> EnsembleConfig:
         cal = {det: {c: (float(ab[0]), float(ab[1])) for c, ab in v.items()} for det, v in dict(d.get("calibration", {})).items()}
         agg = AggregateConfig.from_dict(d["aggregate"]) if "aggregate" in d else _default_aggregate()
-        return cls(tuple(d.get("detectors", ("yolo", "heatmap"))), cal, agg)
+        detectors = tuple(d.get("detectors", ("yolo", "heatmap")))
+        weights = {c: tuple(float(x) for x in w) for c, w in dict(d.get("weights", {})).items()}
+        bad = [c for c, w in weights.items() if len(w) != len(detectors) or c not in NAMES]
+        if bad:
+            raise ValueError(f"weights of {bad} do not name a particle type with one weight per detector")
+        return cls(detectors, cal, agg, weights)
 
 
 def load_ensemble(bundle_dir: str | Path) -> EnsembleConfig | None:
@@ -186,7 +202,8 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     lab_group = np.zeros(n_lab, dtype=np.int64)
     lab_group[label] = group
     lab_cls, lab_exp = lab_group % len(NAMES), lab_group // len(NAMES)
-    score = best.mean(axis=1)
+    class_w = np.stack([config.class_weights(n) for n in NAMES])  # (classes, detectors)
+    score = (best * class_w[lab_cls]).sum(axis=1)
     out = pd.DataFrame({
         "experiment": np.asarray(exp_names, dtype=object)[lab_exp],
         "particle_type": np.asarray(NAMES, dtype=object)[lab_cls],
@@ -198,20 +215,44 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     return out.reset_index(drop=True)
 
 
+#: Weight of the first detector tried per class by :func:`fit_ensemble` (the second gets 1 - w).
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
-                 detectors: tuple[str, ...] = ("yolo", "heatmap")) -> tuple[EnsembleConfig, pd.DataFrame]:
-    """Calibrations and merged-candidate thresholds fitted on validation runs.
+                 detectors: tuple[str, ...] = ("yolo", "heatmap"),
+                 weight_grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[EnsembleConfig, pd.DataFrame]:
+    """Calibrations, per-class detector weights and merged-candidate thresholds fitted on validation runs.
 
     ``candidates``: each detector's unthresholded candidates of the runs of ``truth``.
-    Returns the config and :func:`czii_kaggle.tune.tune_thresholds`' table.
+    For two detectors every weight of ``weight_grid`` is tried per class (ties: the one
+    closest to 0.5); with more, equal weights. Returns the config and
+    :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
+    the first detector's).
     """
     from .tune import tune_thresholds
 
     cal = {d: fit_calibration(candidates[d], truth) for d in detectors}
-    config = EnsembleConfig(tuple(detectors), cal)
-    merged = combine(candidates, config)
-    agg, table = tune_thresholds(merged, truth, config.aggregate, support_grid=tuple(range(1, len(detectors) + 1)))
-    return EnsembleConfig(tuple(detectors), cal, agg), table
+    grid = sorted(weight_grid, key=lambda w: abs(w - 0.5)) if len(detectors) == 2 else [None]
+    best: dict[str, tuple] = {}
+    for w in grid:
+        weights = {} if w is None else {n: (w, 1.0 - w) for n in NAMES}
+        config = EnsembleConfig(tuple(detectors), cal, weights=weights)
+        agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
+                                     support_grid=tuple(range(1, len(detectors) + 1)))
+        for _, row in table.iterrows():
+            name = row["particle_type"]
+            if name not in best or row["f_beta"] > best[name][0]["f_beta"]:
+                best[name] = (pd.concat([row, pd.Series({"weight": w})]),
+                              agg[name], weights.get(name))
+    agg = _default_aggregate()
+    weights = {}
+    for name, (_, params, w) in best.items():
+        agg = agg.with_params(name, **{k: getattr(params, k) for k in ("conf_threshold", "min_support", "min_share")})
+        if w is not None:
+            weights[name] = w
+    table = pd.DataFrame([row for row, _, _ in best.values()])
+    return EnsembleConfig(tuple(detectors), cal, agg, weights), table
 
 
 def select_ensemble(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> pd.DataFrame:

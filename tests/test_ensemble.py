@@ -146,3 +146,15 @@ def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path)
     assert set(picks["experiment"]) == {"A", "B", "C", "D"}
     assert select_runs({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
                        dets, runs, ens).empty
+
+
+def test_a_useless_detector_gets_no_weight():
+    rng = np.random.default_rng(4)
+    truth = _scene(rng, 60)
+    good = _noisy_detector(rng, truth, 0.9, 20)
+    noise = _scene(rng, 200).assign(score=lambda d: rng.uniform(0, 1, len(d)), n_slices=1, share=1.0)
+    config, table = fit_ensemble({"yolo": good, "heatmap": noise}, truth)
+    assert "weight" in table.columns
+    assert all(config.class_weights(n)[0] >= 0.75 for n in NAMES)
+    restored = EnsembleConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
