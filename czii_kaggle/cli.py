@@ -114,8 +114,13 @@ def _cmd_tune(a) -> None:
 
 
 def _cmd_export_onnx(a) -> None:
-    from .predict import export_bundle_onnx
+    from .predict import DEFAULT_BUNDLE, export_bundle_onnx
 
+    if a.detector == "heatmap":
+        from .heatmap import export_heatmap_onnx
+
+        print(export_heatmap_onnx(a.weights or DEFAULT_BUNDLE))
+        return
     print(export_bundle_onnx(a.weights, imgsz=a.imgsz))
 
 
@@ -223,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-onnx", help="add an ONNX Runtime copy of a bundle's model.pt (faster CPU inference)")
     s.add_argument("--weights", type=Path, help="bundle folder (default: the shipped model)")
     s.add_argument("--imgsz", type=int, help="largest image side (default: the bundle's detect.max_imgsz)")
+    s.add_argument("--detector", choices=("yolo", "heatmap"), default="yolo", help="which weights to export")
     s.set_defaults(func=_cmd_export_onnx)
 
     s = sub.add_parser("train-heatmap", help="train the 3D heatmap detector from picks (resumes from OUT/checkpoint.pt)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -296,9 +297,11 @@ def export_heatmap_onnx(folder: str | Path) -> Path:
     target = bundle.weights.parent / ONNX_FILE
     tmp = target.with_suffix(".onnx.tmp")
     dummy = torch.zeros(1, 1, *bundle.config.window_vox)
-    torch.onnx.export(net, dummy, str(tmp), input_names=["volume"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"volume": {0: "n", 2: "z", 3: "y", 4: "x"}, "logits": {0: "n", 2: "z", 3: "y", 4: "x"}},
-                      dynamo=False)
+    axes = {0: "n", 2: "z", 3: "y", 4: "x"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
+        torch.onnx.export(net, dummy, str(tmp), input_names=["volume"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"volume": axes, "logits": axes}, dynamo=False)
     tmp.replace(target)
     save_heatmap_json(bundle.weights.parent, onnx={"file": ONNX_FILE, "source_sha256": _file_sha256(bundle.weights)})
     return target

@@ -212,7 +212,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         opt.step()
         step += 1
         losses.append(loss.item())
-        _log(out, f"step {step} loss {float(loss):.4f} lr {lr:.5f} t {time.perf_counter() - t_start:.0f}s")
+        _log(out, f"step {step} loss {losses[-1]:.4f} lr {lr:.5f} t {time.perf_counter() - t_start:.0f}s")
         if step % train.checkpoint_every == 0 or step == train.steps:
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "losses": losses,
