@@ -226,7 +226,8 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
 
     ``candidates``: each detector's unthresholded candidates of the runs of ``truth``.
     For two detectors every weight of ``weight_grid`` is tried per class (ties: the one
-    closest to 0.5); with more, equal weights. Returns the config and
+    closest to 0.5), then the thresholds are tuned again with all classes at their chosen
+    weights; with more detectors, equal weights. Returns the config and
     :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
     the first detector's).
     """
@@ -242,16 +243,15 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
                                      support_grid=tuple(range(1, len(detectors) + 1)))
         for _, row in table.iterrows():
             name = row["particle_type"]
-            if name not in best or row["f_beta"] > best[name][0]["f_beta"]:
-                best[name] = (pd.concat([row, pd.Series({"weight": w})]),
-                              agg[name], weights.get(name))
-    agg = _default_aggregate()
-    weights = {}
-    for name, (_, params, w) in best.items():
-        agg = agg.with_params(name, **{k: getattr(params, k) for k in ("conf_threshold", "min_support", "min_share")})
-        if w is not None:
-            weights[name] = w
-    table = pd.DataFrame([row for row, _, _ in best.values()])
+            if name not in best or row["f_beta"] > best[name][0]:
+                best[name] = (row["f_beta"], agg[name], weights.get(name))
+    weights = {name: w for name, (_, _, w) in best.items() if w is not None}
+    # A candidate's share depends on the other classes' scores, hence on their weights: tune the
+    # thresholds once more with every class at its chosen weight.
+    config = EnsembleConfig(tuple(detectors), cal, weights=weights)
+    agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
+                                 support_grid=tuple(range(1, len(detectors) + 1)))
+    table["weight"] = [weights.get(n, (None,))[0] for n in table["particle_type"]]
     return EnsembleConfig(tuple(detectors), cal, agg, weights), table
 
 
