@@ -158,3 +158,33 @@ def test_a_useless_detector_gets_no_weight():
     assert all(config.class_weights(n)[0] >= 0.75 for n in NAMES)
     restored = EnsembleConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
+
+
+def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys):
+    import torch
+
+    from czii_kaggle import io, layout
+    from czii_kaggle.cli import main
+    from czii_kaggle.heatmap import HeatmapConfig, save_heatmap_json
+    from czii_kaggle.heatmap_net import HeatmapUNet
+    from czii_kaggle.submission import validate_submission
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for run in ("TS_a", "TS_b"):
+        io.write_tomogram(layout.tomogram_path(root, "test", run), rng.random((40, 72, 72)).astype(np.float32),
+                          10.012444537618887)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle / "heatmap.pt")
+    cfg = HeatmapConfig(channels=(4, 8, 8), window_vox=(16, 32, 32), overlap_vox=8, min_peak=0.0)
+    keep_all = AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.0) for p in PARTICLES})
+    save_heatmap_json(bundle, config=cfg.to_dict(), aggregate=keep_all.to_dict())
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out)]) == 2  # no YOLO held
+    assert "holds only heatmap" in capsys.readouterr().err
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out),
+                 "--detectors", "heatmap"]) == 0
+    sub = validate_submission(out)
+    assert set(sub["experiment"]) == {"TS_a", "TS_b"}  # an untrained net, no thresholds: peaks everywhere
+    assert "wrote" in capsys.readouterr().out
