@@ -82,7 +82,9 @@ def main(argv=None) -> int:
     truth = submission.read_solution(a.solution)
     truth = truth[truth["experiment"].isin(runs)]
     picks = {d.name: d.select(cands[d.name]) for d in dets}
+    t0 = time.perf_counter()
     picks["ensemble"] = select_ensemble(cands, ensemble)
+    merge_s = (time.perf_counter() - t0) / len(runs)
     rows, type_rows = [], []
     for name, p in picks.items():
         sub = submission.make_submission(scored_only(p))
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     stage = report.drop(columns=["experiment", "status", "error", "n_candidates"]).groupby("detector").mean()
     stage = stage.reindex(["yolo", "heatmap"]).reset_index()
     per_run = report.groupby("experiment")["seconds"].sum()
-    ens_row = {"detector": "ensemble (both + merge)", "seconds": float(per_run.mean())}
+    ens_row = {"detector": "ensemble (both + merge)", "seconds": float(per_run.mean()) + merge_s, "merge_s": merge_s}
     speed = pd.concat([stage, pd.DataFrame([ens_row])], ignore_index=True).fillna(0.0)
     probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--data", str(a.data),
                             "--solution", str(a.solution), "--memory-probe",
