@@ -169,9 +169,17 @@ def _exit_code(problems, pred, out) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .predict import (bundle_files, check_outputs, load_bundle, predict_runs, stage_line, with_slice_step,
-                          with_tta, write_prediction)
+    from .detectors import parse_detectors
+    from .predict import (DEFAULT_BUNDLE, bundle_files, check_outputs, load_bundle, predict_runs, stage_line,
+                          with_slice_step, with_tta, write_prediction)
 
+    bundle_dir = DEFAULT_BUNDLE if a.weights is None else (a.weights if a.weights.is_dir() else None)
+    if bundle_dir is not None:
+        names = parse_detectors(a.detectors, bundle_dir)
+        if names != ["yolo"]:
+            return _predict_detectors(a, bundle_dir, names)
+    elif a.detectors not in (None, "yolo"):
+        raise CziiInputError(a.weights, "--detectors other than yolo needs a bundle folder as --weights")
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)
@@ -194,6 +202,41 @@ def _cmd_predict(a) -> int:
     return _exit_code(problems, pred, a.out)
 
 
+def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
+    """``predict`` with the heatmap detector or an ensemble (:func:`czii_kaggle.detectors.predict_detectors`)."""
+    from .detectors import predict_detectors
+    from .predict import check_outputs, scored_only
+    from .submission import write_submission
+
+    a.out = a.out or Path("submission.csv")
+    outputs.check_writable(a.out)  # before the runs are predicted, not after
+    check_outputs([a.out], [a.data, bundle_dir])
+    pred = predict_detectors(a.data, a.split, runs=a.runs, bundle_dir=bundle_dir, detectors=names, backend=a.backend)
+    print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    failed = pred.report[pred.report["status"] != "ok"]
+    for _, row in failed.iterrows():
+        print(f"{row['experiment']} ({row['detector']}): failed: {row['error']}", file=sys.stderr)
+    if len(failed) == len(pred.report):
+        raise CziiInputError(a.out, "not written: every run failed in every detector (lines above say why)")
+    sub = write_submission(scored_only(pred.picks), a.out)
+    print(f"wrote {len(sub)} picks ({'+'.join(names)}) to {a.out}")
+    if len(failed):
+        print(f"czii-kaggle: {failed['experiment'].nunique()} run(s) failed in a detector; {a.out} holds "
+              "what the other detector found for them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_tune_ensemble(a) -> None:
+    from .detectors import tune_ensemble
+
+    tables = tune_ensemble([(r, runs or []) for r, runs in _sources(a.data)], a.weights,
+                           default=a.default.split(",") if a.default else None, backend=a.backend,
+                           cache={"yolo": a.cache_yolo} if a.cache_yolo else None)
+    for name, table in tables.items():
+        print(f"{name}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
+
+
 def _cmd_tune(a) -> None:
     from .predict import tune_bundle
 
@@ -204,10 +247,41 @@ def _cmd_tune(a) -> None:
 def _cmd_export_onnx(a) -> None:
     from .predict import export_bundle_onnx, load_bundle
 
+    if a.detector == "heatmap":
+        from .heatmap import export_heatmap_onnx
+        from .predict import DEFAULT_BUNDLE
+
+        print(export_heatmap_onnx(a.weights or DEFAULT_BUNDLE))
+        return
     onnx = export_bundle_onnx(a.weights, imgsz=a.imgsz)
     print(onnx)
     if load_bundle(a.weights).onnx != onnx:
         print(f"the bundle's ONNX record stays with another weights file: run this copy with --weights {onnx}")
+
+
+def _sources(items: list[str]) -> list[tuple[Path, list[str] | None]]:
+    """``ROOT`` or ``ROOT:RUN,RUN`` -> ``(root, runs or None)``."""
+    out = []
+    for item in items:
+        root, _, runs = item.partition(":")
+        out.append((Path(root), runs.split(",") if runs else None))
+    return out
+
+
+def _cmd_train_heatmap(a) -> None:
+    from .heatmap import HeatmapConfig
+    from .heatmap_train import HeatmapTrainConfig, train_heatmap
+
+    train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed)
+    cmd = "czii-kaggle " + " ".join(sys.argv[1:])
+    print(train_heatmap(_sources(a.data), a.out, HeatmapConfig(), train, init=a.init, command=cmd))
+
+
+def _cmd_tune_heatmap(a) -> None:
+    from .heatmap_train import tune_heatmap
+
+    table = tune_heatmap([(r, runs or []) for r, runs in _sources(a.data)], a.weights, backend=a.backend)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def _cmd_show(a) -> None:
@@ -301,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler (tcp://host:8786): one task per tomogram")
     g.add_argument("--workers", type=int, help="start a local Dask cluster of this many worker processes")
     g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for --scheduler")
+    s.add_argument("--detectors", help="yolo, heatmap or yolo,heatmap (the ensemble); default: what the bundle ships")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")
@@ -315,7 +390,33 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-onnx", help="add an ONNX Runtime copy of a bundle's model.pt (faster CPU inference)")
     s.add_argument("--weights", type=Path, help="bundle folder (default: the shipped model)")
     s.add_argument("--imgsz", type=_positive, help="largest image side (default: the bundle's detect.max_imgsz)")
+    s.add_argument("--detector", choices=("yolo", "heatmap"), default="yolo", help="which weights to export")
     s.set_defaults(func=_cmd_export_onnx)
+
+    s = sub.add_parser("train-heatmap", help="train the 3D heatmap detector from picks (resumes from OUT/checkpoint.pt)")
+    s.add_argument("--data", required=True, nargs="+", help="Kaggle-layout roots, ROOT or ROOT:RUN,RUN (train split)")
+    s.add_argument("--out", required=True, type=Path, help="heatmap bundle folder (heatmap.pt + heatmap.json)")
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--batch", type=int, default=2)
+    s.add_argument("--patch", type=int, nargs=3, default=(48, 96, 96), metavar=("Z", "Y", "X"))
+    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--init", type=Path, help="heatmap.pt to start from")
+    s.set_defaults(func=_cmd_train_heatmap)
+
+    s = sub.add_parser("tune-heatmap", help="tune the heatmap detector's per-class thresholds on runs with picks")
+    s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
+    s.add_argument("--weights", required=True, type=Path, help="heatmap bundle folder")
+    s.add_argument("--backend", choices=BACKENDS, default="auto")
+    s.set_defaults(func=_cmd_tune_heatmap)
+
+    s = sub.add_parser("tune-ensemble", help="calibrate YOLO + heatmap and tune the ensemble's thresholds; saves ensemble.json")
+    s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
+    s.add_argument("--weights", required=True, type=Path, help="bundle folder holding both detectors")
+    s.add_argument("--default", help="detectors predict runs by default with this bundle, e.g. yolo,heatmap")
+    s.add_argument("--cache-yolo", type=Path, help="keep / reuse the YOLO candidates of each run in this folder")
+    s.add_argument("--backend", choices=BACKENDS, default="auto")
+    s.set_defaults(func=_cmd_tune_ensemble)
 
     s = sub.add_parser("show", help="save a figure of a run's tomogram with its picks")
     s.add_argument("--data", required=True, type=Path)

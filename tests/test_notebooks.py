@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("eda", "train", "inference")
+NAMES = ("eda", "train", "inference", "train_heatmap")
 TINY_SHAPE = (48, 128, 128)
 
 #: Prepended to the inference notebook: records (and refuses) every attempt to reach a
@@ -212,6 +212,28 @@ def test_train_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
     assert any("score on 1 held-out run(s):" in s for s in _outputs(nb, "stream"))
     assert (tmp_path / "work" / "validation_detections.png").is_file()
     assert (tmp_path / "work" / "dataset" / "data.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_train_heatmap_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
+    nb = _execute(
+        "train_heatmap",
+        dict(sim_dir="data", sim_n_train=2, sim_shape_vox=TINY_SHAPE, seed=2, steps=3, batch=1,
+             patch_vox=(16, 32, 32), window_vox=(24, 64, 64), bundle_dir="bundle"),
+        tmp_path,
+        kernel_name,
+    )
+    from czii_kaggle.heatmap import load_heatmap_bundle
+
+    bundle = load_heatmap_bundle(tmp_path / "bundle")
+    assert bundle.record["steps"] == 3 and bundle.config.window_vox == (24, 64, 64)
+    assert bundle.onnx == tmp_path / "bundle" / "heatmap.onnx"
+    doc = json.loads((tmp_path / "bundle" / "heatmap.json").read_text())
+    from czii_kaggle import layout
+
+    runs = layout.list_pick_runs(tmp_path / "data" / "czii-cryo-et-object-identification")
+    assert doc["tuned_on"][0]["runs"] == runs[-1:] and bundle.record["sources"][0]["runs"] == runs[:-1]
+    assert any("score on 1 held-out run(s):" in s for s in _outputs(nb, "stream"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,450 @@
+"""The 3D heatmap detector: tomogram -> per-class Gaussian heatmaps -> scored 3D candidates.
+
+read the zarr's level 1 (~20 A/voxel) -> percentile-normalise -> :class:`HeatmapUNet`
+over overlapping windows (optional flipped views) -> per-class probability maps on
+the network's output grid (~40 A) -> peaks by 3D max-filtering with a window of half
+the particle's radius, refined to sub-voxel by the local centre of mass ->
+candidates ``experiment, particle_type, x, y, z, score, n_slices, share`` (Angstrom),
+the same frame :mod:`czii_kaggle.aggregate` makes from YOLO's boxes. ``n_slices`` is
+1 (the heatmap has no slices); ``share`` is :func:`czii_kaggle.aggregate.class_share`.
+Per-class thresholds and 3D NMS are :func:`czii_kaggle.aggregate.select`'s, tuned by
+:func:`czii_kaggle.tune.tune_thresholds`.
+
+Coordinates: voxel ``j`` of level ``L`` (size ``s_L = 2**L * s_0``) is the mean of
+level-0 voxels ``2**L * j ... 2**L * j + 2**L - 1`` (:func:`czii_kaggle.io.downsample2`),
+so its centre lies at ``j * s_L + (s_L - s_0) / 2`` Angstrom; an output voxel ``k``
+of the network (stride 2) covers input voxels ``2k, 2k + 1``. Training targets and
+inference use the same mapping (:func:`grid_to_A`, :func:`A_to_grid`).
+
+A bundle holds the weights as ``heatmap.pt`` (state dict + config), optionally
+``heatmap.onnx`` (ONNX Runtime, CPU) and ``heatmap.json`` (config, thresholds,
+ONNX record, training record). See :mod:`czii_kaggle.heatmap_train` for training.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from . import io
+from .aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
+from .errors import CziiInputError
+from .particles import NAMES, PARTICLES
+from .preprocess import percentile_range
+
+WEIGHTS_FILE = "heatmap.pt"
+ONNX_FILE = "heatmap.onnx"
+CONFIG_FILE = "heatmap.json"
+
+
+@dataclass(frozen=True)
+class HeatmapConfig:
+    """Options of the heatmap detector (saved with its weights).
+
+    Attributes
+    ----------
+    level : int
+        Zarr multiscale level read (1: ~20 A per voxel).
+    voxel_size_A : float
+        The level's voxel size the weights were trained at; a tomogram whose level
+        differs by more than 10 % is refused.
+    channels : (int, int, int)
+        Network widths (:class:`czii_kaggle.heatmap_net.HeatmapUNet`).
+    classes : tuple of str
+        Output channels, in order (all six types, beta-amylase included).
+    sigma_fraction : float
+        Gaussian sigma of the training targets, as a fraction of the radius.
+    clip_percentiles : (float, float)
+        Intensity percentiles mapped to -0.5 .. 0.5 (clipped outside).
+    window_vox : (int, int, int)
+        Sliding-window size ``(z, y, x)`` in voxels of ``level``; multiples of 8. The default
+        covers a Kaggle tomogram's level 1 (92 x 315 x 315, padded to 96 x 320 x 320) with
+        1 x 2 x 2 windows.
+    overlap_vox : int
+        Minimum overlap of neighbouring windows (voxels of ``level``).
+    tta_views : int
+        1: the window as is; 2: also flipped along x; 4: also y and x-y flipped.
+        Probabilities of the views are averaged.
+    peak_fraction : float
+        Half-width of the max-filter window as a fraction of the radius.
+    min_peak : float
+        Peaks below this probability are not candidates.
+    """
+
+    level: int = 1
+    voxel_size_A: float = 20.024889075237774
+    channels: tuple[int, int, int] = (12, 24, 32)
+    classes: tuple[str, ...] = NAMES
+    sigma_fraction: float = 0.4
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    window_vox: tuple[int, int, int] = (96, 168, 168)
+    overlap_vox: int = 16
+    tta_views: int = 1
+    peak_fraction: float = 0.5
+    min_peak: float = 0.02
+
+    def __post_init__(self) -> None:
+        if any(w <= 0 or w % 8 for w in self.window_vox):
+            raise ValueError(f"window_vox must be positive multiples of 8, not {self.window_vox}")
+        if not 0 <= self.overlap_vox < min(self.window_vox):
+            raise ValueError(f"overlap_vox must be in 0..{min(self.window_vox) - 1}, not {self.overlap_vox}")
+        if self.tta_views not in (1, 2, 4):
+            raise ValueError(f"tta_views must be 1, 2 or 4, not {self.tta_views}")
+        unknown = [c for c in self.classes if c not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown particle types {unknown} in heatmap classes")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeatmapConfig:
+        d = dict(d)
+        for key in ("channels", "classes", "clip_percentiles", "window_vox"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def default_aggregate_config() -> AggregateConfig:
+    """Selection options for heatmap candidates: no slice support (``n_slices`` is 1), NMS at
+    one radius, a low starting threshold that :func:`czii_kaggle.tune.tune_thresholds` replaces."""
+    return AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.2) for p in PARTICLES})
+
+
+# --------------------------------------------------------------------------- coordinates
+
+
+def grid_to_A(index: np.ndarray, voxel_size_A: float, level: int, stride: int = 1) -> np.ndarray:
+    """Angstrom of output-grid positions ``index`` (float, voxels of a grid ``stride`` level-``level``
+    voxels apart; see the module docstring)."""
+    s0 = voxel_size_A / 2**level
+    level_index = np.asarray(index, dtype=float) * stride + (stride - 1) / 2.0
+    return level_index * voxel_size_A + (voxel_size_A - s0) / 2.0
+
+
+def A_to_grid(xyz_A: np.ndarray, voxel_size_A: float, level: int, stride: int = 1) -> np.ndarray:
+    """Inverse of :func:`grid_to_A`."""
+    s0 = voxel_size_A / 2**level
+    level_index = (np.asarray(xyz_A, dtype=float) - (voxel_size_A - s0) / 2.0) / voxel_size_A
+    return (level_index - (stride - 1) / 2.0) / stride
+
+
+def normalise(volume: np.ndarray, clip_percentiles=(0.5, 99.5)) -> np.ndarray:
+    """``volume`` scaled so its percentiles map to -0.5 .. 0.5 (clipped), float32."""
+    lo, hi = percentile_range(volume, clip_percentiles)
+    scale = 1.0 / max(float(hi - lo), 1e-6)
+    out = (volume.astype(np.float32) - np.float32(lo)) * np.float32(scale) - np.float32(0.5)
+    return np.clip(out, -0.5, 0.5, out=out)
+
+
+def read_input(zarr_path: str | Path, config: HeatmapConfig) -> tuple[np.ndarray, float]:
+    """The normalised level-``config.level`` volume and its voxel size (Angstrom); a level whose
+    voxel size differs from the weights' by more than 10 % raises :class:`CziiInputError`."""
+    volume, voxel_size_A = io.read_tomogram(zarr_path, level=config.level)
+    if abs(voxel_size_A / config.voxel_size_A - 1.0) > 0.1:
+        raise CziiInputError(zarr_path, f"level {config.level} has {voxel_size_A:.3f} A voxels but the heatmap weights "
+                                        f"were trained at {config.voxel_size_A:.3f} A (wrong resolution)")
+    return normalise(volume, config.clip_percentiles), voxel_size_A
+
+
+# --------------------------------------------------------------------------- models
+
+
+class TorchHeatmapModel:
+    """Callable ``(N, 1, Z, Y, X) float32 -> (N, C, Z/2, Y/2, X/2)`` probabilities with torch on the CPU."""
+
+    def __init__(self, net):
+        import torch
+
+        self.torch = torch
+        self.net = net.eval().to(memory_format=torch.channels_last_3d)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).contiguous(memory_format=torch.channels_last_3d)
+            return torch.sigmoid(self.net(x)).contiguous().numpy()
+
+
+class OnnxHeatmapModel:
+    """The same with ONNX Runtime (CPU); the graph outputs logits."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 0
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def build_net(config: HeatmapConfig):
+    from .heatmap_net import HeatmapUNet
+
+    return HeatmapUNet(len(config.classes), config.channels)
+
+
+@dataclass(frozen=True)
+class HeatmapBundle:
+    """A trained heatmap detector: weights, config, selection thresholds, optional ONNX copy."""
+
+    weights: Path
+    config: HeatmapConfig = field(default_factory=HeatmapConfig)
+    aggregate: AggregateConfig = field(default_factory=default_aggregate_config)
+    onnx: Path | None = None
+    record: dict = field(default_factory=dict)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_heatmap_bundle(path: str | Path) -> HeatmapBundle:
+    """Load ``heatmap.pt`` + ``heatmap.json`` from a folder (or the ``.pt`` file itself).
+
+    :class:`CziiInputError` when the weights are absent or unreadable, the JSON is
+    malformed, or the weights hold another number of classes than the config names.
+    """
+    path = Path(path)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise CziiInputError(weights, "heatmap weights not found (train them with `czii-kaggle train-heatmap`)")
+    cfg_path = weights.parent / CONFIG_FILE
+    doc = {}
+    if cfg_path.is_file():
+        try:
+            doc = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CziiInputError(cfg_path, f"not valid JSON ({exc})") from None
+    try:
+        config = HeatmapConfig.from_dict(doc.get("config", {}))
+        agg = AggregateConfig.from_dict(doc["aggregate"]) if "aggregate" in doc else default_aggregate_config()
+    except (TypeError, ValueError) as exc:
+        raise CziiInputError(cfg_path, f"not a valid heatmap config: {exc}") from None
+    onnx = None
+    rec = doc.get("onnx") or {}
+    if rec and (weights.parent / rec.get("file", ONNX_FILE)).is_file() and rec.get("source_sha256") == _file_sha256(weights):
+        onnx = weights.parent / rec.get("file", ONNX_FILE)
+    return HeatmapBundle(weights, config, agg, onnx, doc.get("training", {}))
+
+
+def load_net(bundle: HeatmapBundle):
+    """The torch network of ``bundle`` with its weights; a class-count or shape mismatch is a clear error."""
+    import torch
+
+    try:
+        state = torch.load(bundle.weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CziiInputError(bundle.weights, f"cannot read heatmap weights: {exc}") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    net = build_net(bundle.config)
+    head = state.get("head.weight") if isinstance(state, dict) else None
+    if head is None:
+        raise CziiInputError(bundle.weights, "not heatmap weights (no head.weight tensor)")
+    if head.shape[0] != len(bundle.config.classes):
+        raise CziiInputError(bundle.weights, f"weights predict {head.shape[0]} classes but the config names "
+                                             f"{len(bundle.config.classes)} ({', '.join(bundle.config.classes)})")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CziiInputError(bundle.weights, f"weights do not fit the configured network: {str(exc).splitlines()[0]}") from None
+    return net
+
+
+def load_model(bundle: HeatmapBundle, backend: str = "auto"):
+    """A callable model: ONNX Runtime when ``backend`` is ``"onnx"`` (or ``"auto"`` and the bundle has an
+    up-to-date ``heatmap.onnx`` and onnxruntime is installed), else torch."""
+    from .detect import onnxruntime_available
+
+    if backend == "onnx" and bundle.onnx is None:
+        raise CziiInputError(bundle.weights.parent / ONNX_FILE, "no up-to-date ONNX copy of the heatmap weights")
+    if backend in ("onnx", "auto") and bundle.onnx is not None and onnxruntime_available():
+        return OnnxHeatmapModel(bundle.onnx)
+    return TorchHeatmapModel(load_net(bundle))
+
+
+def save_heatmap_json(folder: str | Path, **updates) -> Path:
+    """Merge ``updates`` (top-level keys: ``config``, ``aggregate``, ``onnx``, ``training``) into ``heatmap.json``."""
+    path = Path(folder) / CONFIG_FILE
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    doc.update(updates)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def export_heatmap_onnx(folder: str | Path) -> Path:
+    """Export ``heatmap.pt`` to ``heatmap.onnx`` (dynamic spatial axes, logits out); recorded in ``heatmap.json``."""
+    import torch
+
+    bundle = load_heatmap_bundle(folder)
+    net = load_net(bundle).eval()
+    target = bundle.weights.parent / ONNX_FILE
+    tmp = target.with_suffix(".onnx.tmp")
+    dummy = torch.zeros(1, 1, *bundle.config.window_vox)
+    axes = {0: "n", 2: "z", 3: "y", 4: "x"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
+        torch.onnx.export(net, dummy, str(tmp), input_names=["volume"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"volume": axes, "logits": axes}, dynamo=False)
+    tmp.replace(target)
+    save_heatmap_json(bundle.weights.parent, onnx={"file": ONNX_FILE, "source_sha256": _file_sha256(bundle.weights)})
+    return target
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """Start indices of windows of ``window`` voxels covering ``0 .. length`` with at least ``overlap``."""
+    if length < window:
+        raise ValueError(f"length {length} is smaller than one window ({window})")
+    n = 1 if length == window else math.ceil((length - overlap) / (window - overlap))
+    return sorted({int(round(s)) for s in np.linspace(0, length - window, max(n, 1))})
+
+
+def _ramp(n: int, overlap: int) -> np.ndarray:
+    """1D blending weight of a window: linear ramps over ``overlap / 2`` at both ends, > 0 everywhere."""
+    width = max(overlap // 2, 1)
+    i = np.arange(n, dtype=np.float32)
+    return np.minimum(1.0, np.minimum(i + 1, n - i) / (width + 1)).astype(np.float32)
+
+
+_FLIPS = {1: [()], 2: [(), (4,)], 4: [(), (4,), (3,), (3, 4)]}
+
+
+def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str | Path | None = None) -> np.ndarray:
+    """Per-class probabilities on the output grid: ``(C, ceil(Z/2), ceil(Y/2), ceil(X/2))`` float32.
+
+    ``volume``: normalised ``(Z, Y, X)`` (:func:`normalise`), edge-padded to a multiple of 8
+    (at most 7 voxels per axis); windows of ``config.window_vox`` with at least
+    ``config.overlap_vox`` overlap, blended with linear ramps; with ``config.tta_views`` > 1
+    flipped copies are predicted, flipped back and averaged. A volume smaller than one
+    window (after that padding) raises :class:`CziiInputError` naming ``path``.
+    """
+    shape = volume.shape
+    padded = tuple(s + (-s) % 8 for s in shape)
+    if any(p < w for p, w in zip(padded, config.window_vox)):
+        raise CziiInputError(path, f"tomogram level {config.level} is {shape} voxels, smaller than one heatmap "
+                                   f"window {config.window_vox}")
+    if padded != shape:
+        volume = np.pad(volume, [(0, p - s) for p, s in zip(padded, shape)], mode="edge")
+    stride = 2
+    out_shape = tuple(s // stride for s in padded)
+    win_out = tuple(w // stride for w in config.window_vox)
+    acc = np.zeros((len(config.classes), *out_shape), dtype=np.float32)
+    wsum = np.zeros(out_shape, dtype=np.float32)
+    ramp_vox = config.overlap_vox // stride
+    weight = (_ramp(win_out[0], ramp_vox)[:, None, None] * _ramp(win_out[1], ramp_vox)[None, :, None]
+              * _ramp(win_out[2], ramp_vox)[None, None, :])
+    views = _FLIPS[config.tta_views]
+    # windows start on even voxels, so every window's output grid is a slice of the whole one
+    starts = [[stride * s0 for s0 in window_starts(s // stride, w // stride, config.overlap_vox // stride)]
+              for s, w in zip(padded, config.window_vox)]
+    for z0 in starts[0]:
+        for y0 in starts[1]:
+            for x0 in starts[2]:
+                win = volume[z0:z0 + config.window_vox[0], y0:y0 + config.window_vox[1], x0:x0 + config.window_vox[2]]
+                prob = np.zeros((len(config.classes), *win_out), dtype=np.float32)
+                for axes in views:
+                    batch = np.flip(win[None, None], axis=axes) if axes else win[None, None]
+                    p = model(np.ascontiguousarray(batch, dtype=np.float32))[0]
+                    prob += np.flip(p, axis=tuple(a - 1 for a in axes)) if axes else p
+                if len(views) > 1:
+                    prob /= len(views)
+                oz, oy, ox = z0 // stride, y0 // stride, x0 // stride
+                sl = (slice(oz, oz + win_out[0]), slice(oy, oy + win_out[1]), slice(ox, ox + win_out[2]))
+                acc[(slice(None), *sl)] += prob * weight
+                wsum[sl] += weight
+    acc /= np.maximum(wsum, 1e-6)
+    keep = tuple(slice(0, -(-s // stride)) for s in shape)
+    return acc[(slice(None), *keep)]
+
+
+def find_peaks(prob: np.ndarray, radius_vox: float, config: HeatmapConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Local maxima of one class's probability map ``(Z, Y, X)``.
+
+    A voxel is a peak when it is the maximum of the cube of half-width
+    ``max(1, round(peak_fraction * radius_vox))`` around it and at least ``min_peak``.
+    Returns ``(zyx, score)``: ``(n, 3)`` float positions refined to the probability-weighted
+    centre of the 3x3x3 neighbourhood (grid voxels), and the peak probabilities.
+    """
+    half = max(1, int(round(config.peak_fraction * radius_vox)))
+    local_max = ndimage.maximum_filter(prob, size=2 * half + 1, mode="constant", cval=0.0)
+    idx = np.argwhere((prob == local_max) & (prob >= config.min_peak))
+    if not len(idx):
+        return np.zeros((0, 3)), np.zeros(0)
+    score = prob[tuple(idx.T)].astype(float)
+    offsets = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    nb = idx[:, None, :] + offsets[None]
+    inside = ((nb >= 0) & (nb < np.array(prob.shape))).all(-1)
+    nb_c = np.clip(nb, 0, np.array(prob.shape) - 1)
+    w = prob[tuple(nb_c.reshape(-1, 3).T)].reshape(len(idx), -1) * inside
+    zyx = idx + (w[..., None] * offsets[None]).sum(1) / np.maximum(w.sum(1), 1e-9)[:, None]
+    return zyx, score
+
+
+def heatmap_candidates(prob: np.ndarray, voxel_size_A: float, experiment: str, config: HeatmapConfig) -> pd.DataFrame:
+    """Every peak of every class as candidates (:data:`czii_kaggle.aggregate.CANDIDATE_COLUMNS`), no threshold."""
+    stride = 2
+    grid_A = voxel_size_A * stride
+    rows = []
+    for c, name in enumerate(config.classes):
+        radius_A = PARTICLES[NAMES.index(name)].radius_A
+        zyx, score = find_peaks(prob[c], radius_A / grid_A, config)
+        xyz_A = grid_to_A(zyx[:, ::-1], voxel_size_A, config.level, stride)
+        rows.append(pd.DataFrame({"experiment": experiment, "particle_type": name, "x": xyz_A[:, 0],
+                                  "y": xyz_A[:, 1], "z": xyz_A[:, 2], "score": score, "n_slices": 1}))
+    out = pd.concat(rows, ignore_index=True) if rows else empty_candidates()
+    if out.empty:
+        return empty_candidates()
+    cls = pd.Categorical(out["particle_type"], categories=list(NAMES)).codes.astype(np.int64)
+    out["n_slices"] = out["n_slices"].astype(np.int64)
+    out["share"] = class_share(out[["x", "y", "z"]].to_numpy(float), np.zeros(len(out), np.int64), cls,
+                               out["score"].to_numpy(float))
+    out = out.sort_values(["particle_type", "score"], ascending=[True, False], kind="stable")
+    return out.reset_index(drop=True)
+
+
+class HeatmapDetector:
+    """The heatmap detector behind :class:`czii_kaggle.detectors.Detector`'s interface."""
+
+    name = "heatmap"
+
+    def __init__(self, bundle: HeatmapBundle | str | Path, backend: str = "auto", tta_views: int | None = None):
+        self.bundle = bundle if isinstance(bundle, HeatmapBundle) else load_heatmap_bundle(bundle)
+        if tta_views is not None:
+            self.bundle = replace(self.bundle, config=replace(self.bundle.config, tta_views=tta_views))
+        self.model = load_model(self.bundle, backend)
+        self.aggregate = self.bundle.aggregate
+
+    def candidates(self, zarr_path: str | Path, experiment: str) -> tuple[pd.DataFrame, dict]:
+        """Unthresholded candidates of one tomogram and the seconds of each stage."""
+        t0 = time.perf_counter()
+        volume, voxel_size_A = read_input(zarr_path, self.bundle.config)
+        t1 = time.perf_counter()
+        prob = predict_heatmaps(self.model, volume, self.bundle.config, zarr_path)
+        del volume
+        t2 = time.perf_counter()
+        cands = heatmap_candidates(prob, voxel_size_A, experiment, self.bundle.config)
+        t3 = time.perf_counter()
+        return cands, {"read_s": t1 - t0, "inference_s": t2 - t1, "peaks_s": t3 - t2}
+
+    def select(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """Thresholds + NMS of the bundle."""
+        return select(candidates, self.aggregate)

@@ -1,0 +1,265 @@
+"""Training the 3D heatmap detector from picks: patches, targets, a seeded resumable loop, tuning.
+
+Every run of the given Kaggle-layout roots (``train`` split, picks under
+``train/overlay``) is read once at the heatmap's level and normalised. Each step
+draws a batch of patches: most are centred near a pick of a class chosen
+uniformly among those the run holds (so rare types are seen as often as common
+ones), the rest anywhere; each is flipped along every axis with probability 1/2
+and rotated by a multiple of 90 degrees in x-y. Targets are one Gaussian per pick
+(sigma ``sigma_fraction * radius``) on the network's output grid, exactly 1 at the
+pick's nearest voxel. The draws of step ``i`` come from ``numpy.random.default_rng
+([seed, i])``, so a run resumed from its checkpoint draws what it would have drawn.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import layout, picks as picks_io
+from .errors import CziiInputError
+from .heatmap import (CONFIG_FILE, WEIGHTS_FILE, HeatmapConfig, HeatmapDetector, A_to_grid, build_net,
+                      default_aggregate_config, read_input, save_heatmap_json)
+from .particles import NAMES, PARTICLES
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train.log"
+STRIDE = 2
+
+
+@dataclass(frozen=True)
+class HeatmapTrainConfig:
+    """Options of :func:`train_heatmap`.
+
+    Attributes
+    ----------
+    patch_vox : (int, int, int)
+        Patch ``(z, y, x)`` in voxels of the heatmap level; multiples of 8, ``y == x``
+        (90-degree rotations).
+    batch : int
+    steps : int
+        Optimiser steps in all (a resumed run continues up to this number).
+    lr : float
+        AdamW learning rate, cosine-decayed to 5 % over ``steps``.
+    weight_decay : float
+    near_pick : float
+        Share of patches centred near a pick.
+    seed : int
+    checkpoint_every : int
+        Steps between checkpoints (the last step always writes one).
+    threads : int
+        torch CPU threads.
+    """
+
+    patch_vox: tuple[int, int, int] = (48, 96, 96)
+    batch: int = 2
+    steps: int = 1000
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    near_pick: float = 0.8
+    seed: int = 0
+    checkpoint_every: int = 25
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if any(p <= 0 or p % 8 for p in self.patch_vox) or self.patch_vox[1] != self.patch_vox[2]:
+            raise ValueError(f"patch_vox must be positive multiples of 8 with y == x, not {self.patch_vox}")
+
+
+@dataclass
+class TrainRun:
+    """One training tomogram: normalised level volume, its voxel size and picks on the output grid."""
+
+    name: str
+    volume: np.ndarray
+    voxel_size_A: float
+    grid_zyx: dict[str, np.ndarray]  # class -> (n, 3) float positions on the output grid (stride 2)
+
+
+def load_runs(sources: list[tuple[str | Path, list[str] | None]], config: HeatmapConfig) -> list[TrainRun]:
+    """Read every ``(root, runs)`` (``None``: all runs with picks) of the ``train`` split."""
+    out = []
+    for root, runs in sources:
+        for run in runs if runs is not None else layout.list_pick_runs(root):
+            volume, vs = read_input(layout.tomogram_path(root, "train", run), config)
+            picks = picks_io.read_run_picks(root, run)
+            grid = {}
+            for name in config.classes:
+                xyz = picks.loc[picks["particle_type"] == name, ["x", "y", "z"]].to_numpy(float)
+                grid[name] = A_to_grid(xyz[:, ::-1], vs, config.level, STRIDE)
+            out.append(TrainRun(f"{root}/{run}", volume, vs, grid))
+    if not out:
+        raise CziiInputError(sources[0][0] if sources else None, "no training runs with picks found")
+    return out
+
+
+def render_targets(grid_zyx: dict[str, np.ndarray], origin_out: np.ndarray, shape_out: tuple[int, int, int],
+                   voxel_size_A: float, config: HeatmapConfig) -> np.ndarray:
+    """``(C, *shape_out)`` float32 targets of a patch whose output grid starts at ``origin_out``."""
+    target = np.zeros((len(config.classes), *shape_out), dtype=np.float32)
+    grid_A = voxel_size_A * STRIDE
+    for c, name in enumerate(config.classes):
+        pts = grid_zyx[name] - origin_out
+        if not len(pts):
+            continue
+        sigma = config.sigma_fraction * PARTICLES[NAMES.index(name)].radius_A / grid_A
+        reach = int(np.ceil(3 * sigma))
+        near = ((pts > -reach - 1) & (pts < np.array(shape_out) + reach)).all(1)
+        for p in pts[near]:
+            lo = np.maximum(np.floor(p).astype(int) - reach, 0)
+            hi = np.minimum(np.floor(p).astype(int) + reach + 2, shape_out)
+            if (hi <= lo).any():
+                continue
+            zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            g = np.exp(-((zz - p[0]) ** 2 + (yy - p[1]) ** 2 + (xx - p[2]) ** 2) / (2 * sigma**2)).astype(np.float32)
+            box = target[c, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            np.maximum(box, g, out=box)
+            peak = np.round(p).astype(int)
+            if ((peak >= 0) & (peak < shape_out)).all():
+                target[(c, *peak)] = 1.0
+    return target
+
+
+def sample_batch(runs: list[TrainRun], step: int, config: HeatmapConfig, train: HeatmapTrainConfig
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The patches ``(B, 1, *patch)`` and targets ``(B, C, *patch / 2)`` of one step (seeded by ``[seed, step]``)."""
+    rng = np.random.default_rng([train.seed, step])
+    patch = np.array(train.patch_vox)
+    xs, ys = [], []
+    for _ in range(train.batch):
+        run = runs[rng.integers(len(runs))]
+        shape = np.array(run.volume.shape)
+        if (shape < patch).any():
+            raise CziiInputError(None, f"run {run.name} ({tuple(shape)} voxels) is smaller than a patch {tuple(patch)}")
+        classes = [n for n in config.classes if len(run.grid_zyx[n])]
+        if classes and rng.random() < train.near_pick:
+            pts = run.grid_zyx[classes[rng.integers(len(classes))]]
+            centre = pts[rng.integers(len(pts))] * STRIDE + rng.uniform(-0.3, 0.3, 3) * patch
+            origin = np.round(centre - patch / 2).astype(int)
+        else:
+            origin = (rng.random(3) * (shape - patch + 1)).astype(int)
+        origin = np.clip(origin, 0, shape - patch) // STRIDE * STRIDE
+        x = run.volume[origin[0]:origin[0] + patch[0], origin[1]:origin[1] + patch[1], origin[2]:origin[2] + patch[2]]
+        y = render_targets(run.grid_zyx, origin / STRIDE, tuple(patch // STRIDE), run.voxel_size_A, config)
+        x = x[None]
+        for axis in (1, 2, 3):
+            if rng.random() < 0.5:
+                x, y = np.flip(x, axis), np.flip(y, axis)
+        k = int(rng.integers(4))
+        x, y = np.rot90(x, k, axes=(2, 3)), np.rot90(y, k, axes=(2, 3))
+        xs.append(np.ascontiguousarray(x))
+        ys.append(np.ascontiguousarray(y))
+    return np.stack(xs), np.stack(ys)
+
+
+def _log(out: Path, text: str) -> None:
+    with open(out / LOG_FILE, "a") as f:
+        f.write(text + "\n")
+
+
+def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str | Path,
+                  config: HeatmapConfig | None = None, train: HeatmapTrainConfig | None = None,
+                  init: str | Path | None = None, command: str | None = None) -> Path:
+    """Train the heatmap network on ``sources`` (``(root, runs)``); resume from ``out/checkpoint.pt``.
+
+    Writes ``out/heatmap.pt`` (the weights), ``out/heatmap.json`` (config, the default
+    selection options and a training record: command, sources, settings, seconds,
+    losses) and logs each step's loss to ``out/train.log``. ``init``: a ``heatmap.pt`` to
+    start from. Returns ``out``.
+    """
+    import torch
+
+    from .heatmap_net import focal_heatmap_loss
+
+    config = config or HeatmapConfig()
+    train = train or HeatmapTrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(train.threads)
+    torch.manual_seed(train.seed)
+    runs = load_runs(sources, config)
+    config = HeatmapConfig.from_dict({**config.to_dict(), "voxel_size_A": float(np.median([r.voxel_size_A for r in runs]))})
+    net = build_net(config).to(memory_format=torch.channels_last_3d)
+    if init is not None:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("model", state))
+    opt = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    ckpt_path = out / CHECKPOINT_FILE
+    step, losses, seconds = 0, [], 0.0
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        step, losses, seconds = ckpt["step"], ckpt["losses"], ckpt["seconds"]
+        _log(out, f"resumed at step {step}")
+    net.train()
+    t_start = time.perf_counter() - seconds
+    while step < train.steps:
+        lr = train.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / train.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = sample_batch(runs, step, config, train)
+        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d)
+        loss = focal_heatmap_loss(net(xt), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        _log(out, f"step {step} loss {losses[-1]:.4f} lr {lr:.5f} t {time.perf_counter() - t_start:.0f}s")
+        if step % train.checkpoint_every == 0 or step == train.steps:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "losses": losses,
+                        "seconds": time.perf_counter() - t_start}, tmp)
+            tmp.replace(ckpt_path)
+    weights = out / WEIGHTS_FILE
+    tmp = weights.with_suffix(".tmp")
+    torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
+    tmp.replace(weights)
+    record = {
+        "command": command or " ".join(sys.argv),
+        "sources": [{"root": str(r), "runs": rs} for r, rs in sources],
+        "runs": [r.name for r in runs],
+        "train_config": asdict(train),
+        "init": str(init) if init else None,
+        "steps": step,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "loss_first_50": float(np.mean(losses[:50])) if losses else None,
+        "loss_last_50": float(np.mean(losses[-50:])) if losses else None,
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+    }
+    save_heatmap_json(out, config=config.to_dict(), aggregate=default_aggregate_config().to_dict(), training=record)
+    return out
+
+
+def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path, backend: str = "auto"
+                 ) -> pd.DataFrame:
+    """Tune the heatmap bundle's per-class thresholds (and min shares) on runs with picks; save them.
+
+    Returns :func:`czii_kaggle.tune.tune_thresholds`' table.
+    """
+    from .tune import tune_thresholds
+
+    det = HeatmapDetector(bundle_dir, backend=backend)
+    cands, truth = [], []
+    for i, (root, runs) in enumerate(sources):
+        for run in runs:
+            c, _ = det.candidates(layout.tomogram_path(root, "train", run), f"{i}/{run}")
+            cands.append(c)
+        truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
+    config, table = tune_thresholds(pd.concat(cands, ignore_index=True), pd.concat(truth, ignore_index=True),
+                                    det.aggregate, support_grid=None)
+    save_heatmap_json(det.bundle.weights.parent, aggregate=config.to_dict(),
+                      tuned_on=[{"root": str(r), "runs": rs} for r, rs in sources])
+    return table
+
+
+def read_record(bundle_dir: str | Path) -> dict:
+    """The training record of a heatmap bundle (``heatmap.json`` key ``training``)."""
+    return json.loads((Path(bundle_dir) / CONFIG_FILE).read_text()).get("training", {})

@@ -1,0 +1,190 @@
+"""The detector interface, the multi-detector pipeline and the ensemble (synthetic candidates)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from czii_kaggle import metric
+from czii_kaggle.aggregate import AggregateConfig, ClassParams, empty_candidates, select
+from czii_kaggle.detectors import (default_detectors, held_detectors, parse_detectors, run_candidates,
+                                   select_runs)
+from czii_kaggle.ensemble import (EnsembleConfig, combine, fit_ensemble, fit_logistic, is_true_positive,
+                                  load_ensemble, save_ensemble)
+from czii_kaggle.errors import CziiInputError
+from czii_kaggle.particles import NAMES, PARTICLES, SCORED, get
+from czii_kaggle.predict import DEFAULT_BUNDLE
+
+
+def _cands(rows, cols=("experiment", "particle_type", "x", "y", "z", "score")):
+    df = pd.DataFrame(rows, columns=list(cols))
+    df["n_slices"] = 3
+    df["share"] = 1.0
+    return df
+
+
+def test_logistic_fit_recovers_a_known_slope():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20000)
+    y = rng.random(20000) < 1 / (1 + np.exp(-(2.0 * x - 1.0)))
+    a, b = fit_logistic(x, y)
+    assert a == pytest.approx(2.0, abs=0.1) and b == pytest.approx(-1.0, abs=0.1)
+    assert fit_logistic(x, np.zeros_like(x)) == (1.0, 0.0)  # nothing to fit: identity
+
+
+def test_agreeing_detectors_merge_and_are_rewarded():
+    r = get("ribosome").radius_A
+    a = _cands([("r", "ribosome", 1000, 1000, 500, 0.8), ("r", "ribosome", 3000, 1000, 500, 0.8)])
+    b = _cands([("r", "ribosome", 1000 + 0.3 * r, 1000, 500, 0.6), ("r", "apo-ferritin", 3000, 1000, 500, 0.9)])
+    ident = {n: (1.0, 0.0) for n in NAMES}
+    cfg = EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident})
+    out = combine({"yolo": a, "heatmap": b}, cfg)
+    ribo = out[out["particle_type"] == "ribosome"].sort_values("x")
+    assert len(ribo) == 2
+    assert ribo["n_slices"].tolist() == [2, 1]
+    assert ribo["score"].tolist() == pytest.approx([0.7, 0.4])  # mean over detectors, 0 where absent
+    assert ribo["x"].iloc[0] == pytest.approx((0.8 * 1000 + 0.6 * (1000 + 0.3 * r)) / 1.4)
+    apo = out[out["particle_type"] == "apo-ferritin"]
+    assert apo["score"].tolist() == pytest.approx([0.45])
+    # the apo-ferritin and the lone ribosome share a spot: each one's share sees the other
+    assert ribo["share"].iloc[1] == pytest.approx(0.4 / (0.4 + 0.45))
+
+
+def _scene(rng, n=40, spread=2000.0):
+    rows = []
+    for name in NAMES:
+        for _ in range(n // 4):
+            rows.append(("run", name, *rng.uniform(0, spread, 3)))
+    return pd.DataFrame(rows, columns=["experiment", "particle_type", "x", "y", "z"])
+
+
+def _noisy_detector(rng, truth, recall, n_fp, jitter_A=8.0):
+    keep = truth[rng.random(len(truth)) < recall]
+    tp = keep.assign(x=keep["x"] + rng.normal(0, jitter_A, len(keep)), score=rng.uniform(0.4, 1.0, len(keep)))
+    fp = _scene(rng, n_fp)
+    fp["score"] = rng.uniform(0.0, 0.7, len(fp))
+    df = pd.concat([tp, fp], ignore_index=True)
+    df["n_slices"] = 1
+    df["share"] = 1.0
+    return df
+
+
+def test_fitted_ensemble_beats_each_detector_on_its_own():
+    rng = np.random.default_rng(3)
+    truth = _scene(rng, 60)
+    a = _noisy_detector(rng, truth, 0.75, 40)
+    b = _noisy_detector(rng, truth, 0.75, 40)
+    assert is_true_positive(a, truth).sum() >= 0.6 * len(truth)
+    config, table = fit_ensemble({"yolo": a, "heatmap": b}, truth)
+    merged = select(combine({"yolo": a, "heatmap": b}, config), config.aggregate)
+    alone = AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.4) for p in PARTICLES})
+    scores = {k: metric.score(truth[truth["particle_type"].isin(SCORED)], select(c, alone)) for k, c in
+              {"a": a, "b": b}.items()}
+    ens = metric.score(truth[truth["particle_type"].isin(SCORED)], merged)
+    assert ens > max(scores.values())
+    assert set(table["particle_type"]) == set(NAMES)
+
+
+def test_ensemble_config_round_trips(tmp_path):
+    cfg = EnsembleConfig(("yolo", "heatmap"), {"yolo": {"ribosome": (1.5, -0.2)}},
+                         AggregateConfig().with_params("ribosome", conf_threshold=0.33))
+    save_ensemble(tmp_path, cfg, default_detectors=["yolo", "heatmap"])
+    assert load_ensemble(tmp_path) == cfg
+    assert default_detectors(tmp_path) == ["yolo", "heatmap"]
+    (tmp_path / "ensemble.json").write_text("{not json")
+    with pytest.raises(CziiInputError, match="ensemble"):
+        load_ensemble(tmp_path)
+
+
+def test_a_bundle_naming_a_detector_it_lacks_is_refused(tmp_path):
+    shutil.copy(DEFAULT_BUNDLE / "model.pt", tmp_path / "model.pt")
+    assert held_detectors(tmp_path) == ["yolo"]
+    assert parse_detectors(None, tmp_path) == ["yolo"]
+    with pytest.raises(CziiInputError, match="names detector.*heatmap.*holds only yolo"):
+        parse_detectors("yolo,heatmap", tmp_path)
+    (tmp_path / "ensemble.json").write_text(json.dumps({"default_detectors": ["yolo", "heatmap"]}))
+    with pytest.raises(CziiInputError, match="holds only yolo"):
+        parse_detectors(None, tmp_path)
+    with pytest.raises(CziiInputError, match="unknown detectors"):
+        parse_detectors("yolo,unet", tmp_path)
+
+
+class _Fake:
+    """A detector that fails on the runs it is told to and finds one ribosome elsewhere."""
+
+    def __init__(self, name, fails, score):
+        self.name, self.fails, self.score = name, fails, score
+        self.aggregate = AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.1) for p in PARTICLES})
+
+    def candidates(self, zarr_path, experiment):
+        if experiment in self.fails:
+            raise CziiInputError(zarr_path, "broken tomogram")
+        return _cands([(experiment, "ribosome", 500.0, 500.0, 300.0, self.score)]), {"inference_s": 0.0}
+
+    def select(self, candidates):
+        return select(candidates, self.aggregate)
+
+
+def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path):
+    dets = [_Fake("yolo", {"A"}, 0.9), _Fake("heatmap", {"B"}, 0.8)]
+    runs = ["A", "B", "C", "D"]
+    cands, report = run_candidates(dets, tmp_path, "test", runs, progress=False)
+    failed = report[report["status"] == "failed"]
+    assert sorted(zip(failed["experiment"], failed["detector"])) == [("A", "yolo"), ("B", "heatmap")]
+    assert "broken tomogram" in failed["error"].iloc[0]
+    ident = {n: (1.0, 0.0) for n in NAMES}
+    ens = EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident},
+                         AggregateConfig({p.name: ClassParams(min_support=2, conf_threshold=0.5) for p in PARTICLES}))
+    picks = select_runs(cands, report, dets, runs, ens)
+    by_run = picks.set_index("experiment")["score"].to_dict()
+    assert by_run["A"] == pytest.approx(0.8)  # heatmap alone (yolo failed), its own threshold
+    assert by_run["B"] == pytest.approx(0.9)  # yolo alone
+    assert by_run["C"] == pytest.approx(0.85)  # the ensemble: both agree
+    assert set(picks["experiment"]) == {"A", "B", "C", "D"}
+    assert select_runs({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
+                       dets, runs, ens).empty
+
+
+def test_a_useless_detector_gets_no_weight():
+    rng = np.random.default_rng(4)
+    truth = _scene(rng, 60)
+    good = _noisy_detector(rng, truth, 0.9, 20)
+    noise = _scene(rng, 200).assign(score=lambda d: rng.uniform(0, 1, len(d)), n_slices=1, share=1.0)
+    config, table = fit_ensemble({"yolo": good, "heatmap": noise}, truth)
+    assert "weight" in table.columns
+    assert all(config.class_weights(n)[0] >= 0.75 for n in NAMES)
+    restored = EnsembleConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+
+
+def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys):
+    import torch
+
+    from czii_kaggle import io, layout
+    from czii_kaggle.cli import main
+    from czii_kaggle.heatmap import HeatmapConfig, save_heatmap_json
+    from czii_kaggle.heatmap_net import HeatmapUNet
+    from czii_kaggle.submission import validate_submission
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for run in ("TS_a", "TS_b"):
+        io.write_tomogram(layout.tomogram_path(root, "test", run), rng.random((40, 72, 72)).astype(np.float32),
+                          10.012444537618887)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle / "heatmap.pt")
+    cfg = HeatmapConfig(channels=(4, 8, 8), window_vox=(16, 32, 32), overlap_vox=8, min_peak=0.0)
+    keep_all = AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.0) for p in PARTICLES})
+    save_heatmap_json(bundle, config=cfg.to_dict(), aggregate=keep_all.to_dict())
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out)]) == 2  # no YOLO held
+    assert "holds only heatmap" in capsys.readouterr().err
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out),
+                 "--detectors", "heatmap"]) == 0
+    sub = validate_submission(out)
+    assert set(sub["experiment"]) == {"TS_a", "TS_b"}  # an untrained net, no thresholds: peaks everywhere
+    assert "wrote" in capsys.readouterr().out

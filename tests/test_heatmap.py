@@ -1,0 +1,229 @@
+"""The 3D heatmap detector: coordinates, windows, peaks, targets, training, weights checks."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from czii_kaggle import io, layout
+from czii_kaggle.errors import CziiInputError
+from czii_kaggle.heatmap import (HeatmapBundle, HeatmapConfig, HeatmapDetector, A_to_grid, export_heatmap_onnx,
+                                 find_peaks, grid_to_A, heatmap_candidates, load_heatmap_bundle, load_model,
+                                 load_net, predict_heatmaps, read_input, save_heatmap_json, window_starts)
+from czii_kaggle.heatmap_net import HeatmapUNet, focal_heatmap_loss
+from czii_kaggle.heatmap_train import (HeatmapTrainConfig, TrainRun, render_targets, sample_batch,
+                                       train_heatmap)
+from czii_kaggle.particles import NAMES, get
+
+VS1 = 20.024889075237774  # level-1 voxel size of the Kaggle tomograms
+
+
+def test_grid_mapping_matches_block_mean_binning():
+    # level-1 voxel j is the mean of level-0 voxels 2j, 2j+1: its centre is (2j + 0.5) level-0 voxels
+    s0 = VS1 / 2
+    assert grid_to_A(np.array([3.0]), VS1, 1)[0] == pytest.approx((2 * 3 + 0.5) * s0)
+    # output voxel k (stride 2) covers level-1 voxels 2k, 2k+1
+    assert grid_to_A(np.array([3.0]), VS1, 1, stride=2)[0] == pytest.approx((6.5 + 0.25) * VS1)
+    xyz = np.array([[1234.5, 20.0, 999.0]])
+    np.testing.assert_allclose(grid_to_A(A_to_grid(xyz, VS1, 1, 2), VS1, 1, 2), xyz)
+
+
+def test_window_starts_cover_with_overlap():
+    for length, window, overlap in [(320, 168, 16), (96, 96, 16), (1000, 168, 40), (170, 168, 16)]:
+        starts = window_starts(length, window, overlap)
+        assert starts[0] == 0 and starts[-1] == length - window
+        assert all(b - a <= window - overlap for a, b in zip(starts, starts[1:]))
+    assert window_starts(320, 168, 16) == [0, 152]  # Kaggle's level 1, padded: 2 windows along y and x
+    with pytest.raises(ValueError):
+        window_starts(100, 168, 16)
+
+
+def _pool_model(n_classes: int):
+    """A stand-in network: the 2x2x2 mean of the input, repeated per class (flip-equivariant)."""
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        n, _, z, y, x = batch.shape
+        m = batch.reshape(n, 1, z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(3, 5, 7))
+        return np.repeat(m, n_classes, axis=1).astype(np.float32)
+
+    return model
+
+
+@pytest.mark.parametrize("tta", [1, 2, 4])
+def test_windows_blend_back_to_the_whole_volume(tta):
+    rng = np.random.default_rng(0)
+    vol = rng.random((40, 83, 70)).astype(np.float32)
+    cfg = HeatmapConfig(window_vox=(24, 32, 40), overlap_vox=8, tta_views=tta, classes=NAMES[:2])
+    prob = predict_heatmaps(_pool_model(2), vol, cfg)
+    assert prob.shape == (2, 20, 42, 35)
+    padded = np.pad(vol, [(0, 0), (0, 5), (0, 2)], mode="edge")
+    whole = _pool_model(2)(padded[None, None])[0][:, :20, :42, :35]
+    np.testing.assert_allclose(prob, whole, atol=1e-5)
+
+
+def test_tomogram_smaller_than_a_window_is_a_clear_error():
+    with pytest.raises(CziiInputError, match="smaller than one heatmap window"):
+        predict_heatmaps(_pool_model(6), np.zeros((40, 100, 100), np.float32), HeatmapConfig(), "x.zarr")
+
+
+def _blobs(shape, centres, sigma):
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    out = np.zeros(shape, np.float32)
+    for c, s in zip(centres, sigma):
+        out = np.maximum(out, np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * s**2)))
+    return out
+
+
+def test_peaks_are_refined_below_a_voxel():
+    centres = [(10.3, 20.6, 15.0), (30.0, 10.2, 40.7)]
+    prob = 0.9 * _blobs((40, 40, 50), centres, [1.0, 1.0])
+    zyx, score = find_peaks(prob, radius_vox=4.0, config=HeatmapConfig())
+    assert len(zyx) == 2 and (score > 0.7).all()
+    got = zyx[np.argsort(zyx[:, 0])]
+    np.testing.assert_allclose(got, centres, atol=0.25)
+
+
+def test_targets_become_candidates_at_the_picks():
+    """Targets rendered from picks, read back as heatmaps, give the picks again (Angstrom round trip)."""
+    cfg = HeatmapConfig()
+    rng = np.random.default_rng(1)
+    shape_out = (24, 40, 40)
+    grid = {}
+    picks = []
+    for name in NAMES:
+        r = get(name).radius_A
+        xyz = rng.uniform(200, 1500, size=(3, 3))
+        xyz[:, 2] = rng.uniform(200, 900, 3)
+        keep = [xyz[0]]
+        for p in xyz[1:]:
+            if all(np.linalg.norm(p - q) > 3 * r for q in keep):
+                keep.append(p)
+        xyz = np.array(keep)
+        picks.append(pd.DataFrame({"particle_type": name, "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}))
+        grid[name] = A_to_grid(xyz[:, ::-1], VS1, 1, 2)
+    target = render_targets(grid, np.zeros(3), shape_out, VS1, cfg)
+    assert target.shape == (6, *shape_out) and target.max() == 1.0
+    assert (target == 1.0).sum() == sum(len(g) for g in grid.values())
+    cands = heatmap_candidates(target, VS1, "run", cfg)
+    truth = pd.concat(picks, ignore_index=True)
+    for name in NAMES:
+        c = cands[(cands["particle_type"] == name) & (cands["score"] > 0.5)][["x", "y", "z"]].to_numpy()
+        t = truth[truth["particle_type"] == name][["x", "y", "z"]].to_numpy()
+        assert len(c) == len(t), name
+        d = np.linalg.norm(c[:, None] - t[None], axis=-1).min(axis=0)
+        assert (d < 0.5 * get(name).radius_A).all(), (name, d)
+
+
+def _train_run(rng, shape=(48, 96, 96)) -> TrainRun:
+    grid = {n: rng.uniform(2, np.array(shape) / 2 - 2, size=(3, 3)) for n in NAMES}
+    return TrainRun("r", rng.random(shape).astype(np.float32) - 0.5, VS1, grid)
+
+
+def test_batches_are_seeded_by_step_and_augmented_consistently():
+    rng = np.random.default_rng(0)
+    runs = [_train_run(rng), _train_run(rng)]
+    cfg, tr = HeatmapConfig(), HeatmapTrainConfig(patch_vox=(16, 32, 32), batch=3, seed=5)
+    x1, y1 = sample_batch(runs, 7, cfg, tr)
+    x2, y2 = sample_batch(runs, 7, cfg, tr)
+    x3, _ = sample_batch(runs, 8, cfg, tr)
+    assert x1.shape == (3, 1, 16, 32, 32) and y1.shape == (3, 6, 8, 16, 16)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(x1, x3)
+    assert (y1 == 1.0).any()  # most patches are centred near a pick
+
+
+def test_network_shapes_and_loss_falls_on_one_batch():
+    torch.manual_seed(0)
+    net = HeatmapUNet(6, (4, 8, 8))
+    x = torch.randn(1, 1, 16, 32, 32)
+    assert net(x).shape == (1, 6, 8, 16, 16)
+    target = torch.zeros(1, 6, 8, 16, 16)
+    target[0, 2, 4, 8, 8] = 1.0
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = focal_heatmap_loss(net(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def _bundle(tmp_path, classes=NAMES, channels=(4, 8, 8)):
+    cfg = HeatmapConfig(channels=channels, classes=classes, window_vox=(16, 32, 32), overlap_vox=8, min_peak=0.0)
+    torch.save(HeatmapUNet(len(classes), channels).state_dict(), tmp_path / "heatmap.pt")
+    save_heatmap_json(tmp_path, config=cfg.to_dict())
+    return tmp_path
+
+
+def test_weights_of_the_wrong_class_count_are_refused(tmp_path):
+    _bundle(tmp_path, classes=NAMES[:4])
+    doc = load_heatmap_bundle(tmp_path)
+    bad = replace(doc, config=replace(doc.config, classes=NAMES))
+    with pytest.raises(CziiInputError, match="weights predict 4 classes"):
+        load_net(bad)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "heatmap.pt").write_text("not torch")
+    with pytest.raises(CziiInputError, match="cannot read heatmap weights"):
+        load_net(load_heatmap_bundle(tmp_path / "junk"))
+
+
+def _zarr(tmp_path, voxel_size_A, shape=(40, 72, 72)):
+    path = tmp_path / "t.zarr"
+    io.write_tomogram(path, np.random.default_rng(0).random(shape).astype(np.float32), voxel_size_A)
+    return path
+
+
+def test_wrong_resolution_is_refused(tmp_path):
+    path = _zarr(tmp_path, 5.0)
+    with pytest.raises(CziiInputError, match="wrong resolution"):
+        read_input(path, HeatmapConfig())
+    (tmp_path / "ok").mkdir()
+    vol, vs = read_input(_zarr(tmp_path / "ok", 10.012444537618887), HeatmapConfig())
+    assert vs == pytest.approx(VS1) and vol.shape == (20, 36, 36)
+    assert vol.min() >= -0.5 and vol.max() <= 0.5
+
+
+def test_detector_runs_a_tomogram_and_onnx_matches_torch(tmp_path):
+    bundle_dir = _bundle(tmp_path)
+    zarr = _zarr(tmp_path, 10.012444537618887)
+    cands, times = HeatmapDetector(bundle_dir, backend="torch").candidates(zarr, "r")
+    assert set(times) == {"read_s", "inference_s", "peaks_s"}
+    assert list(cands.columns) == ["experiment", "particle_type", "x", "y", "z", "score", "n_slices", "share"]
+    assert len(cands) and (cands["x"] < 72 * 10.02).all()
+    pytest.importorskip("onnxruntime")
+    export_heatmap_onnx(bundle_dir)
+    bundle = load_heatmap_bundle(bundle_dir)
+    assert bundle.onnx is not None
+    vol, _ = read_input(zarr, bundle.config)
+    p_torch = predict_heatmaps(load_model(bundle, "torch"), vol, bundle.config)
+    p_onnx = predict_heatmaps(load_model(bundle, "onnx"), vol, bundle.config)
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle_dir / "heatmap.pt")  # retrained: export is stale
+    assert load_heatmap_bundle(bundle_dir).onnx is None
+
+
+@pytest.mark.slow
+def test_training_writes_weights_and_resumes(tmp_path):
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path / "sim", n_train=1, n_test=0, config=SimConfig(shape_vox=(64, 128, 128)), seed=3)
+    cfg = HeatmapConfig(channels=(4, 8, 8))
+    tr = HeatmapTrainConfig(patch_vox=(16, 32, 32), steps=2, checkpoint_every=1)
+    out = train_heatmap([(ds.root, None)], tmp_path / "b", cfg, tr, command="test")
+    first = torch.load(out / "heatmap.pt", weights_only=True)
+    train_heatmap([(ds.root, None)], out, cfg, replace(tr, steps=3), command="test")
+    log = (out / "train.log").read_text()
+    assert "resumed at step 2" in log and "step 3 loss" in log and log.count("step 1 loss") == 1
+    bundle = load_heatmap_bundle(out)
+    assert bundle.record["steps"] == 3 and bundle.record["runs"]
+    assert not torch.equal(first["head.weight"], torch.load(out / "heatmap.pt", weights_only=True)["head.weight"])
+    run = layout.list_runs(ds.root, "train")[0]
+    cands, _ = HeatmapDetector(replace(bundle, config=replace(bundle.config, window_vox=(32, 64, 64)))).candidates(
+        layout.tomogram_path(ds.root, "train", run), run)
+    assert set(cands["particle_type"]) <= set(NAMES)
