@@ -439,7 +439,8 @@ def predict_runs(
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        while t.is_alive():  # short waits: Ctrl-C reaches the main thread even when the signal
+            t.join(0.2)      # lands on a worker thread
     wall_s = time.perf_counter() - t_start
     bar.close()
     picks = [results[r][1] for r in runs if results[r][1] is not None and len(results[r][1])]

@@ -194,7 +194,8 @@ def test_ctrl_c_with_worker_threads_running(tmp_path):
         "    for _ in range(4):\n"
         "        threading.Thread(target=chatter, daemon=True).start()\n"
         "    print('ready', flush=True)\n"
-        "    time.sleep(60)\n"
+        "    for _ in range(1200):\n"  # short waits, as predict_runs joins its workers: the
+        "        time.sleep(0.05)\n"  # signal may land on a chattering thread, not the main one
         "cli._cmd_score = busy\n"
         "sys.argv = ['czii-kaggle', 'score', '--solution', 'a.csv', '--submission', 'b.csv']\n"
         "raise SystemExit(cli.main())\n"
