@@ -224,25 +224,43 @@ def prepare_run(zarr_path: str | Path, bundle: Bundle) -> tuple[np.ndarray, floa
     return vol_u8, voxel_size_A, {"read_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
 
 
+def infer_prepared(model, vol_u8: np.ndarray, voxel_size_A: float, experiment: str, bundle: Bundle,
+                   device: str = "cpu", progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Raw per-slice detections of one prepared run (:func:`prepare_run`), with the seconds of
+    inference (``inference_s``) and the slice spacing in Angstrom (``slice_step_A``)."""
+    t0 = time.perf_counter()
+    dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect, bundle.preprocess.slice_offset,
+                         device, progress)
+    return dets, {"inference_s": time.perf_counter() - t0, "slice_step_A": voxel_size_A * bundle.detect.slice_step}
+
+
+def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
+               progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Raw detections of one tomogram (read, preprocessed, inferred), with each stage's seconds
+    and ``slice_step_A``."""
+    vol_u8, voxel_size_A, times = prepare_run(zarr_path, bundle)
+    dets, more = infer_prepared(model, vol_u8, voxel_size_A, experiment, bundle, device, progress)
+    return dets, {**times, **more}
+
+
+def _aggregated(dets: pd.DataFrame, times: dict, bundle: Bundle) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``(dets, 3D picks, times + aggregate_s)``: the bundle's aggregation of one run's detections."""
+    t0 = time.perf_counter()
+    found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
+    return dets, found, {**times, "aggregate_s": time.perf_counter() - t0}
+
+
 def detect_prepared(model, vol_u8: np.ndarray, voxel_size_A: float, experiment: str, bundle: Bundle,
                     device: str = "cpu", progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Raw detections and 3D picks of one prepared run (:func:`prepare_run`), with the seconds
     of inference and aggregation and the slice spacing in Angstrom (``slice_step_A``)."""
-    t0 = time.perf_counter()
-    dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect, bundle.preprocess.slice_offset,
-                         device, progress)
-    t1 = time.perf_counter()
-    step_A = voxel_size_A * bundle.detect.slice_step
-    found = aggregate(dets, bundle.aggregate, slice_step_A=step_A)
-    return dets, found, {"inference_s": t1 - t0, "aggregate_s": time.perf_counter() - t1, "slice_step_A": step_A}
+    return _aggregated(*infer_prepared(model, vol_u8, voxel_size_A, experiment, bundle, device, progress), bundle)
 
 
 def predict_one(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
                 progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """One tomogram read, preprocessed, detected and aggregated: ``(detections, picks, stage seconds)``."""
-    vol_u8, voxel_size_A, times = prepare_run(zarr_path, bundle)
-    dets, found, more = detect_prepared(model, vol_u8, voxel_size_A, experiment, bundle, device, progress)
-    return dets, found, {**times, **more}
+    return _aggregated(*detect_run(model, zarr_path, experiment, bundle, device, progress), bundle)
 
 
 #: Columns of :attr:`Prediction.report`.

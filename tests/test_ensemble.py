@@ -188,3 +188,28 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
     sub = validate_submission(out)
     assert set(sub["experiment"]) == {"TS_a", "TS_b"}  # an untrained net, no thresholds: peaks everywhere
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_yolo_detector_gives_the_pipelines_candidates(tmp_path):
+    """The real YOLO detector (no stand-in): its unthresholded candidates, selected with the
+    bundle's thresholds, are exactly the picks the prediction pipeline makes of the same run."""
+    from czii_kaggle import layout
+    from czii_kaggle.detect import load_model
+    from czii_kaggle.detectors import YoloDetector
+    from czii_kaggle.predict import load_bundle, predict_one
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path, n_train=0, n_test=1, seed=3,
+                          config=SimConfig(shape_vox=(48, 224, 224), difficulty="easy"))
+    run = ds.test_runs[0]
+    zarr_path = layout.tomogram_path(ds.root, "test", run)
+    bundle = load_bundle()
+    det = YoloDetector(bundle, backend="torch")
+    cands, times = det.candidates(zarr_path, run)
+    assert {"read_s", "preprocess_s", "inference_s", "aggregate_s"} <= set(times)
+    _, picks, _ = predict_one(load_model(bundle.weights), zarr_path, run, bundle)
+    assert len(picks) > 0 and len(cands) >= len(picks)
+    key = ["particle_type", "x", "y", "z"]
+    got = det.select(cands)[key].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, picks[key].sort_values(key).reset_index(drop=True))
