@@ -6,12 +6,15 @@ and calls :func:`install` on its folder; by hand: ``python czii_kaggle_offline/i
 
 :func:`install` prints the running Python and what the archive offers it, stops with one line
 naming the package and the Python when a wheel is missing (before pip touches anything),
-then runs ``pip install --no-index --find-links <folder> "czii_kaggle[detect]"``.
+then runs ``pip install --no-index --find-links <folder> "czii_kaggle[detect]"``; when a package
+the image already has stands in the way (see :func:`install`) it keeps the image's and installs
+the rest with ``--no-deps``.
 """
 from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -86,8 +89,49 @@ def plan(folder: str, python: str | None = None, tags: set[str] | None = None) -
     return needed
 
 
+def _run_pip(args: list[str]) -> tuple[int, list[str]]:
+    """Run ``python -m pip ARGS`` printing its output (a notebook shows it); exit code and its lines."""
+    cmd = [sys.executable, "-m", "pip", *args]
+    print("running:", " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        lines.append(line.rstrip("\n"))
+    return proc.wait(), lines
+
+
+def installed_version(distribution: str) -> str | None:
+    """The version of ``distribution`` this interpreter has installed, or None."""
+    from importlib import metadata
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def unmet_requirements(pip_lines: list[str]) -> list[str]:
+    """The requirements pip found no candidate for ("No matching distribution found for X")."""
+    found = []
+    for line in pip_lines:
+        m = re.search(r"No matching distribution found for (\S+)", line)
+        if m and m.group(1) not in found:
+            found.append(m.group(1))
+    return found
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0]
+
+
 def install(folder: str | None = None, requirement: str = REQUIREMENT) -> None:
-    """Install ``requirement`` from the archive folder with pip, offline; prints what it does."""
+    """Install ``requirement`` from the archive folder with pip, offline; prints what it does.
+
+    When the image already holds a package in a version that one of the archive's packages excludes
+    (ultralytics 8.4.190 asks ``opencv-python!=4.13.0.90``) and the archive brings no other version,
+    pip's resolver gives up; then the image's version is kept, said in one line, and the archive's
+    wheels of packages the image lacks are installed without dependency resolution (``--no-deps``).
+    """
     folder = os.path.abspath(folder or os.path.dirname(os.path.abspath(__file__)))
     python = running_python()
     print(f"czii_kaggle offline install: Python {platform.python_version()} ({sys.executable}), "
@@ -95,17 +139,27 @@ def install(folder: str | None = None, requirement: str = REQUIREMENT) -> None:
     rows = plan(folder, python)
     print(f"the archive's {len(rows)} wheels for Python {python} (pip keeps what this image has already): "
           + ", ".join(f"{r['distribution']} {r['version']}" for r in rows), flush=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", folder, requirement]
-    print("running:", " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    errors = []
-    for line in proc.stdout:  # through print, so a notebook shows pip's output
-        print(line, end="", flush=True)
-        if line.startswith("ERROR:"):
-            errors.append(line.strip())
-    if proc.wait() != 0:
-        raise InstallError(f"pip install --no-index from {folder} failed (exit {proc.returncode}): "
+    code, lines = _run_pip(["install", "--no-index", "--find-links", folder, requirement])
+    if code == 0:
+        return
+    errors = [line.strip() for line in lines if line.startswith("ERROR:")]
+    unmet = unmet_requirements(lines)
+    kept = {r: installed_version(requirement_name(r)) for r in unmet}
+    if not unmet or None in kept.values():
+        raise InstallError(f"pip install --no-index from {folder} failed (exit {code}): "
                            f"{errors[0] if errors else 'see its output above'}")
+    for req, version in kept.items():
+        print(f"warning: this image's {requirement_name(req)} {version} does not meet {req} (asked by a package "
+              f"of the archive, which brings no other version): keeping the image's; installing the archive's "
+              "other wheels without dependency resolution", flush=True)
+    missing = [r for r in rows if installed_version(r["distribution"]) is None]
+    files = [os.path.join(folder, r["file"]) for r in missing]
+    if files:
+        code, lines = _run_pip(["install", "--no-index", "--no-deps", *files])
+        if code != 0:
+            errors = [line.strip() for line in lines if line.startswith("ERROR:")]
+            raise InstallError(f"pip install --no-deps from {folder} failed (exit {code}): "
+                               f"{errors[0] if errors else 'see its output above'}")
 
 
 if __name__ == "__main__":

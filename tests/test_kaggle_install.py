@@ -160,3 +160,80 @@ def test_cell_finds_the_archive_under_any_dataset_name(tmp_path, packed):
         f"{', '.join(OTHERS)}): rebuild it with ./build_wheels.sh --python-version {HERE} and attach the "
         "new version (wheels/README.md)"]
     assert "running:" not in proc.stdout  # pip never ran
+
+
+# --------------------------------------------------------------------------- pip against the image's packages
+
+
+def make_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
+    """A real, tiny pure-Python wheel ``name`` (one module) requiring ``requires``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
+                            + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def image_env(tmp_path_factory):
+    """A fresh virtual environment standing for Kaggle's image, with pip (no network used)."""
+    env = tmp_path_factory.mktemp("image") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=300)
+    return env
+
+
+@pytest.mark.parametrize("image_has", ["excluded", "absent"])
+def test_install_keeps_an_image_package_the_archive_excludes(tmp_path, image_env, image_has):
+    """ultralytics 8.4.190 asks opencv-python!=4.13.0.90; an image holding just that build must still install.
+
+    Stand-ins: ``fakecv`` (the image's OpenCV), ``fakeultra`` (asks ``fakecv!=1.0.90,>=1.0``), ``fakezarr``
+    (a package the image lacks) and ``fakeczii`` (the project, needing both).
+    """
+    env = tmp_path / "env"
+    shutil.copytree(image_env, env, symlinks=True)
+    python = env / "bin" / "python"
+    image = tmp_path / "image"
+    image.mkdir()
+    if image_has == "excluded":
+        cv = make_wheel(image, "fakecv", "1.0.90")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", str(cv)], check=True, timeout=300)
+    archive = tmp_path / "czii_kaggle_offline"
+    archive.mkdir()
+    wheels = [make_wheel(archive, "fakeultra", "8.4.190", ("fakecv!=1.0.90,>=1.0",)),
+              make_wheel(archive, "fakezarr", "2.18.3"),
+              make_wheel(archive, "fakeczii", "0.1.0", ("fakeultra", "fakezarr"))]
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (archive / "MANIFEST.tsv").write_text("file\tdistribution\tversion\tpython\tsha256\n" + "".join(
+        f"{w.name}\t{w.name.split('-')[0]}\t{w.name.split('-')[1]}\t{py}\t{'0' * 64}\n" for w in wheels))
+    shutil.copy2(REPO / "czii_kaggle" / "kaggle_install.py", archive / "install.py")
+    proc = subprocess.run([str(python), "-c", f"import sys; sys.path.insert(0, {str(archive)!r}); import install; "
+                                              f"install.install({str(archive)!r}, 'fakeczii')"],
+                          capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    if image_has == "excluded":
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert ("warning: this image's fakecv 1.0.90 does not meet fakecv!=1.0.90,>=1.0 (asked by a package of the "
+                "archive, which brings no other version): keeping the image's") in proc.stdout
+        assert {"fakecv==1.0.90", "fakeultra==8.4.190", "fakezarr==2.18.3", "fakeczii==0.1.0"} <= set(listed)
+    else:  # nothing to keep: a real missing dependency still stops with pip's reason, in one line
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"pip install --no-index from {archive} failed (exit 1): ERROR:")
+        assert "fakecv" in last and not any(p.startswith("fake") for p in listed)
