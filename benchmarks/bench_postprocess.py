@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as describe_machine  # noqa: E402
 from public_baseline import baseline_aggregate  # noqa: E402
 
-from czii_kaggle import io as czio  # noqa: E402
+from czii_kaggle import omezarr as czio  # noqa: E402
 from czii_kaggle import metric, picks as picks_io  # noqa: E402
 from czii_kaggle.aggregate import AggregateConfig, ClassParams, aggregate, select  # noqa: E402
 from czii_kaggle.dataset import slice_boxes  # noqa: E402

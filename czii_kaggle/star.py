@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import io
+from . import omezarr
 from .errors import CziiInputError
 
 CENTERED_COLUMNS = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
@@ -47,8 +47,8 @@ def tomogram_centers_A(tomograms: dict[str, str | Path]) -> dict[str, tuple[floa
     read from the zarr metadata (no voxel is read)."""
     centers = {}
     for run, path in tomograms.items():
-        nz, ny, nx = (int(s) for s in io.open_level(path).shape)
-        v = io.read_voxel_size(path)
+        nz, ny, nx = (int(s) for s in omezarr.open_level(path).shape)
+        v = omezarr.read_voxel_size(path)
         centers[run] = (nx * v / 2, ny * v / 2, nz * v / 2)
     return centers
 

@@ -709,13 +709,13 @@ def save_run_figure(root: str | Path, run: str, out: str | Path, split: str = "t
     Path
         ``out``.
     """
-    from . import io, layout
+    from . import omezarr, layout
     from .picks import read_run_picks
 
     figure_format(out)
     check_writable(out)
     tomo_type = tomo_type or layout.DEFAULT_TOMOGRAM_TYPE
-    volume, voxel_size_A = io.read_tomogram(layout.tomogram_path(root, split, run, tomo_type))
+    volume, voxel_size_A = omezarr.read_tomogram(layout.tomogram_path(root, split, run, tomo_type))
     picks = None
     if split == "train" and layout.picks_dir(root, run).is_dir():
         picks = read_run_picks(root, run)

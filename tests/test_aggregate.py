@@ -51,14 +51,14 @@ def matched(cands, name, xyz):
 
 
 def test_oracle_truth_boxes_score_on_real_layouts(real_root):
-    from czii_kaggle import io
+    from czii_kaggle import omezarr
     from czii_kaggle.dataset import slice_boxes
     from czii_kaggle.picks import read_all_picks
 
     zarr = real_root / "zarr-metadata" / "TS_5_4-denoised.zarr"
-    voxel_A = io.read_voxel_size(zarr, 0)
+    voxel_A = omezarr.read_voxel_size(zarr, 0)
     # only level 2's .zarray is present: level 0 has (voxel_2 / voxel_0) times its slices
-    n_slices = io.open_level(zarr, 2).shape[0] * round(io.read_voxel_size(zarr, 2) / voxel_A)
+    n_slices = omezarr.open_level(zarr, 2).shape[0] * round(omezarr.read_voxel_size(zarr, 2) / voxel_A)
     truth = read_all_picks(real_root)
     boxes = slice_boxes(truth, voxel_A, n_slices)
     det = pd.DataFrame(

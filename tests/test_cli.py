@@ -76,12 +76,12 @@ def _run(argv, capsys):
 @pytest.fixture
 def tiny_root(tmp_path):
     """Two training runs with picks: a small Kaggle-layout root."""
-    from czii_kaggle import io, layout
+    from czii_kaggle import omezarr, layout
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for run in ("TS_a", "TS_b"):
-        io.write_tomogram(layout.tomogram_path(root, "train", run), rng.normal(size=(8, 64, 64)).astype(np.float32), 10.0)
+        omezarr.write_tomogram(layout.tomogram_path(root, "train", run), rng.normal(size=(8, 64, 64)).astype(np.float32), 10.0)
         write_run_picks(root, pd.DataFrame({"experiment": [run], "particle_type": ["ribosome"],
                                             "x": [300.0], "y": [300.0], "z": [40.0]}))
     return root

@@ -163,7 +163,7 @@ def test_a_useless_detector_gets_no_weight():
 def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys):
     import torch
 
-    from czii_kaggle import io, layout
+    from czii_kaggle import omezarr, layout
     from czii_kaggle.cli import main
     from czii_kaggle.heatmap import HeatmapConfig, save_heatmap_json
     from czii_kaggle.heatmap_net import HeatmapUNet
@@ -172,7 +172,7 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for run in ("TS_a", "TS_b"):
-        io.write_tomogram(layout.tomogram_path(root, "test", run), rng.random((40, 72, 72)).astype(np.float32),
+        omezarr.write_tomogram(layout.tomogram_path(root, "test", run), rng.random((40, 72, 72)).astype(np.float32),
                           10.012444537618887)
     bundle = tmp_path / "bundle"
     bundle.mkdir()

@@ -275,7 +275,7 @@ def test_crop_layout(real_root):
 
 
 def test_simulate_dataset_writes_the_kaggle_tree(tmp_path):
-    from czii_kaggle.io import read_tomogram
+    from czii_kaggle.omezarr import read_tomogram
     from czii_kaggle.picks import read_run_picks
 
     cfg = sim.SimConfig(shape_vox=SMALL)

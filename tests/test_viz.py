@@ -11,7 +11,7 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Rectangle
 
-from czii_kaggle import io, layout, particles, viz
+from czii_kaggle import omezarr, layout, particles, viz
 from czii_kaggle.picks import read_all_picks, read_run_picks, write_run_picks
 
 V = 10.0  # voxel size (Angstrom) of the synthetic volumes
@@ -341,7 +341,7 @@ def test_plot_detections_without_picks_is_just_the_slice():
 def test_save_run_figure_reads_a_run_and_writes_a_png(tmp_path):
     root = tmp_path / "root"
     vol = _synthetic_volume((16, 48, 48))
-    io.write_tomogram(layout.tomogram_path(root, "train", "TS_x"), vol, V)
+    omezarr.write_tomogram(layout.tomogram_path(root, "train", "TS_x"), vol, V)
     write_run_picks(root, _picks([("ribosome", 240.0, 240.0, 80.0)], experiment="TS_x"))
     out = viz.save_run_figure(root, "TS_x", tmp_path / "figs" / "run.png")
     image = matplotlib.image.imread(out)

@@ -103,7 +103,7 @@ def simulate_dataset(
     """
     from tqdm.auto import tqdm
 
-    from ..io import write_tomogram
+    from ..omezarr import write_tomogram
     from ..picks import write_picks_file, write_run_picks
 
     n_runs = n_train + n_test
