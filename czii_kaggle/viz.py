@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 from scipy.spatial import cKDTree
 
-from . import particles
+from . import frames, particles
 from .errors import CziiInputError
 from .outputs import atomic_path, check_writable
 from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES
@@ -49,19 +49,11 @@ def _types_in(picks: pd.DataFrame) -> list[str]:
     return [n for n in NAMES if n in present]
 
 
-def _check_picks(picks: pd.DataFrame, what: str = "picks") -> pd.DataFrame:
-    missing = [c for c in ("experiment", "particle_type", *_XYZ) if c not in picks.columns]
-    if missing:
-        raise ValueError(f"{what} lack column(s) {', '.join(missing)}; need experiment, particle_type, x, y, z")
-    _types_in(picks)
-    return picks
-
-
 def _one_experiment(picks: pd.DataFrame | None, experiment: str | None, what: str = "picks") -> pd.DataFrame | None:
     """The rows of one experiment: ``experiment`` if given, else the only one present."""
     if picks is None:
         return None
-    _check_picks(picks, what)
+    frames.validate(picks, frames.PICKS, what=what)
     if experiment is not None:
         return picks[picks["experiment"].astype(str) == str(experiment)]
     runs = sorted(set(picks["experiment"].astype(str)))
@@ -150,7 +142,7 @@ def pick_counts(picks: pd.DataFrame) -> pd.DataFrame:
         Indexed by ``experiment`` (sorted); one int64 column per particle type in
         particle-table order (all six, 0 where absent).
     """
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     table = pd.crosstab(picks["experiment"].astype(str), picks["particle_type"].astype(str))
     table = table.reindex(columns=list(NAMES), fill_value=0).astype(np.int64)
     table.index.name, table.columns.name = "experiment", "particle_type"
@@ -171,7 +163,7 @@ def nearest_neighbour_distances(picks: pd.DataFrame) -> np.ndarray:
         Angstrom, aligned with the rows of ``picks``; NaN for a pick that is alone
         of its type in its run.
     """
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     out = np.full(len(picks), np.nan)
     if len(picks) == 0:
         return out
@@ -389,7 +381,7 @@ def plot_z_distribution(picks: pd.DataFrame, bins: int = 20) -> Figure:
         Six axes labelled with the particle names, in particle-table order; each
         histogram counts that type's picks over all runs.
     """
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     z_A = picks["z"].to_numpy(dtype=np.float64)
     lo, hi = (float(z_A.min()), float(z_A.max())) if len(z_A) else (0.0, 1.0)
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
@@ -470,7 +462,7 @@ def particle_crops(
         order.
     """
     volume = _check_volume(volume, voxel_size_A)
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     size_vox = int(size_vox)
     if size_vox < 1:
         raise ValueError(f"size_vox must be >= 1, got {size_vox}")
@@ -709,7 +701,7 @@ def save_run_figure(root: str | Path, run: str, out: str | Path, split: str = "t
     Path
         ``out``.
     """
-    from . import omezarr, layout
+    from . import layout, omezarr
     from .picks import read_run_picks
 
     figure_format(out)

@@ -242,12 +242,14 @@ def test_empty_input_gives_empty_frame():
 
 def test_bad_detections_raise_input_error():
     det = column("ribosome", 1000.0, 1000.0, 500.0)
-    with pytest.raises(CziiInputError, match="confidence"):
+    with pytest.raises(CziiInputError, match=r"^invalid detections, 1 problem\(s\): missing column\(s\) confidence"):
         aggregate(det.drop(columns="confidence"))
-    with pytest.raises(CziiInputError, match="class_id"):
+    with pytest.raises(CziiInputError, match=r"class_id: outside 0\.\.5 in rows 0, 1"):
         aggregate(det.assign(class_id=6))
-    with pytest.raises(CziiInputError, match="NaN"):
+    with pytest.raises(CziiInputError, match="x: missing or infinite value in rows 0, 1"):
         aggregate(det.assign(x=np.nan))
+    with pytest.raises(CziiInputError, match="confidence: not a number in row 0$"):
+        aggregate(det.assign(confidence=["high"] + [0.5] * (len(det) - 1)))
 
 
 def test_slice_step_is_inferred_from_z():

@@ -11,7 +11,8 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Rectangle
 
-from czii_kaggle import omezarr, layout, particles, viz
+from czii_kaggle import layout, omezarr, particles, viz
+from czii_kaggle.errors import CziiInputError
 from czii_kaggle.picks import read_all_picks, read_run_picks, write_run_picks
 
 V = 10.0  # voxel size (Angstrom) of the synthetic volumes
@@ -71,9 +72,9 @@ def test_pick_counts_fill_absent_types_with_zero():
 
 
 def test_pick_counts_reject_unknown_types_and_missing_columns():
-    with pytest.raises(KeyError, match="unknown particle type"):
+    with pytest.raises(CziiInputError, match=r"^invalid picks, 1 problem\(s\): unknown particle_type 'proteasome'"):
         viz.pick_counts(_picks([("proteasome", 1, 2, 3)]))
-    with pytest.raises(ValueError, match="lack column"):
+    with pytest.raises(CziiInputError, match=r"^invalid picks, 1 problem\(s\): missing column\(s\) x, y, z"):
         viz.pick_counts(pd.DataFrame({"experiment": ["a"], "particle_type": ["ribosome"]}))
 
 

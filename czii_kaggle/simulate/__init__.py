@@ -31,9 +31,7 @@ from .config import (
     DIFFICULTY,
     FULL_SHAPE_VOX,
     KAGGLE_VOXEL_SIZE_A,
-    PICKS_COLUMNS,
     REAL_MEAN_COUNTS,
-    SOLUTION_COLUMNS,
     STRUCTURE_SIGMA,
     DifficultyKnobs,
     SimConfig,
@@ -58,7 +56,7 @@ from .shapes import (
 from .tomogram import simulate_tomogram
 
 __all__ = [
-    "DIFFICULTY", "FULL_SHAPE_VOX", "KAGGLE_VOXEL_SIZE_A", "PICKS_COLUMNS", "REAL_MEAN_COUNTS", "SOLUTION_COLUMNS",
+    "DIFFICULTY", "FULL_SHAPE_VOX", "KAGGLE_VOXEL_SIZE_A", "REAL_MEAN_COUNTS",
     "STRUCTURE_SIGMA", "DifficultyKnobs", "SimConfig", "difficulty_knobs", "difficulty_value", "SimDataset",
     "simulate_dataset", "count_scales", "crop_layout", "default_real_root", "random_layout", "real_layouts",
     "LOOK_CHOICES", "LOOK_RANGES", "Look", "classic_look", "draw_look", "hold_out", "detection_snr", "add_gradient",

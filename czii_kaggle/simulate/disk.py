@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import layout
+from .. import frames, layout
 from ..errors import CziiInputError
 from ..particles import NAMES
-from .config import PICKS_COLUMNS, SOLUTION_COLUMNS, SimConfig, difficulty_value
-from .layouts import _empty_picks, count_scales, crop_layout, random_layout, real_layouts
+from .config import SimConfig, difficulty_value
+from .layouts import count_scales, crop_layout, random_layout, real_layouts
 from .look import Look, classic_look, draw_look
 from .tomogram import simulate_tomogram
 
@@ -156,10 +156,9 @@ def simulate_dataset(
                 write_picks_file(layout.picks_path(root, run, name), run, name, np.zeros((0, 3)))
 
     test = [p for s, _, p, *_ in plan if s == "test"]
-    solution = pd.concat(test, ignore_index=True) if test else _empty_picks()
-    solution = solution[PICKS_COLUMNS].reset_index(drop=True)
-    solution.insert(0, "id", np.arange(len(solution)))
-    solution = solution[SOLUTION_COLUMNS]
+    solution = pd.concat(test, ignore_index=True) if test else frames.empty(frames.PICKS)
+    solution = solution[frames.PICKS_COLUMNS].reset_index(drop=True)
+    solution.insert(0, "id", np.arange(len(solution)))  # Kaggle's solution file: a submission's columns
     out_dir.mkdir(parents=True, exist_ok=True)
     solution.to_csv(out_dir / "test_solution.csv", index=False)
     meta = {
