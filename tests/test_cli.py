@@ -277,3 +277,12 @@ def test_predict_writes_the_other_runs_and_exits_1_when_one_fails(tmp_path, caps
     assert last.startswith("czii-kaggle: 1 of 2 runs failed or gave no picks (TS_broken;")
     assert f"wrote {len(sub)} picks of 1/2 runs" in captured.out
     assert re.search(r"1/2 runs predicted in .* the model waited for data \d+% of its time", captured.out)
+
+
+def test_simulate_real_layouts_take_the_root_given(tmp_path, capsys, real_root):
+    assert main(["simulate", "--out", str(tmp_path / "sim"), "--n-train", "1", "--n-test", "0",
+                 "--shape", "16", "96", "96", "--real-layouts", str(real_root)]) == 0
+    assert "TS_5_4" in capsys.readouterr().out
+    assert main(["simulate", "--out", str(tmp_path / "sim2"), "--n-train", "1", "--n-test", "0",
+                 "--shape", "16", "96", "96", "--real-layouts", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere/train/overlay/ExperimentRuns: no training overlay (picks) folder" in capsys.readouterr().err

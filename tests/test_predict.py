@@ -343,13 +343,14 @@ def test_tta_views_are_flipped_back_into_the_slice_frame(small_dataset):
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
 @pytest.mark.slow
-def test_tune_bundle_pools_roots_and_saves_tta(tmp_path):
+def test_tune_bundle_pools_roots_and_saves_tta(tmp_path, real_root):
     """Runs of one name in two roots are tuned on side by side, not merged; the TTA setting is saved."""
     from czii_kaggle.predict import tune_bundle
 
     roots = []
     for seed in (11, 12):  # both roots hold a run called TS_5_4 (the first real layout, cropped)
         ds = simulate_dataset(tmp_path / f"sim{seed}", n_train=1, n_test=0, seed=seed, real_train_layouts=True,
+                              real_root=real_root,
                               config=SimConfig(shape_vox=(64, 320, 320), difficulty="easy"))
         roots.append((ds.root, ds.train_runs))
     assert roots[0][1] == roots[1][1] == ["TS_5_4"]

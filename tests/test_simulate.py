@@ -344,3 +344,9 @@ def test_training_run_without_particles_still_has_its_pick_files(tmp_path):
         assert len(list(layout.picks_dir(ds.root, run).glob("*.json"))) == 6
     counts = picks_io.read_all_picks(ds.root).groupby("experiment").size()
     assert counts.reindex(ds.train_runs, fill_value=0).min() == 0
+
+
+def test_real_layouts_need_an_explicit_root():
+    with pytest.raises(CziiInputError, match="^real layouts need real_root"):
+        sim.real_layouts(None)
+    assert not hasattr(sim, "default_real_root")  # the library does not search beside a checkout

@@ -85,7 +85,8 @@ def simulate_dataset(
         Training runs take the real runs' picks (cropped to the shape) and names
         (TS_5_4, ...), as many as there are; further runs are random.
     real_root : str or Path, optional
-        Where the real picks are (see :func:`real_layouts`).
+        Where the real picks are (a Kaggle-layout root, :func:`real_layouts`); needed with
+        ``real_train_layouts``.
     difficulties : list, optional
         One difficulty (float or name) per run, training runs first.
     count_scale : float or mapping

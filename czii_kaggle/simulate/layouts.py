@@ -132,22 +132,14 @@ def random_layout(
     return out[frames.PICKS_COLUMNS].astype({"experiment": str, "particle_type": str})
 
 
-def default_real_root() -> Path | None:
-    """``../shared/czii-real`` beside the repository (or ``shared/czii-real`` in it), if present."""
-    repo = Path(__file__).resolve().parents[2]
-    for cand in (repo.parent / "shared" / "czii-real", repo / "shared" / "czii-real"):
-        if layout.overlay_runs_dir(cand).is_dir():
-            return cand
-    return None
-
-
-def real_layouts(real_root: str | Path | None = None) -> dict[str, pd.DataFrame]:
+def real_layouts(real_root: str | Path) -> dict[str, pd.DataFrame]:
     """The ground-truth picks of every real run under ``{real_root}/train/overlay``.
 
     Parameters
     ----------
-    real_root : str or Path, optional
-        A Kaggle-layout root with picks; :func:`default_real_root` when omitted.
+    real_root : str or Path
+        A Kaggle-layout root with picks (the competition's data root, or the real picks kept
+        beside a development checkout: the tests and notebooks find ``../shared/czii-real``).
 
     Returns
     -------
@@ -157,9 +149,7 @@ def real_layouts(real_root: str | Path | None = None) -> dict[str, pd.DataFrame]
     from ..picks import read_run_picks
 
     if real_root is None:
-        real_root = default_real_root()
-        if real_root is None:
-            raise CziiInputError(None, "no real picks found: pass real_root (a folder with train/overlay)")
+        raise CziiInputError(None, "real layouts need real_root: a Kaggle-layout folder with train/overlay picks")
     runs = layout.list_pick_runs(real_root)
     if not runs:
         raise CziiInputError(layout.overlay_runs_dir(real_root), "no run with a Picks folder")
