@@ -57,7 +57,7 @@ def test_plot_pick_counts_bars_are_the_counts_in_particle_colours(real_picks):
     (ax,) = fig.axes
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert [b.get_label() for b in bars] == list(particles.NAMES)
-    counts = viz.pick_counts(real_picks)
+    counts = stats.pick_counts(real_picks)
     for b, p in zip(bars, particles.PARTICLES):
         assert [r.get_height() for r in b] == counts[p.name].tolist()
         np.testing.assert_allclose(b[0].get_facecolor()[:3], p.color_rgb)
@@ -157,7 +157,7 @@ def test_plot_z_distribution_counts_each_type(real_picks):
 
 def test_plot_nearest_neighbours_marks_the_match_radius(real_picks):
     fig = viz.plot_nearest_neighbours(real_picks)
-    nn = viz.nearest_neighbour_distances(real_picks)
+    nn = stats.nearest_neighbour_distances(real_picks)
     for p in particles.PARTICLES:
         ax = _axes(fig, p.name)
         n = int(((real_picks["particle_type"] == p.name).to_numpy() & np.isfinite(nn)).sum())
@@ -176,7 +176,7 @@ def test_plot_crop_gallery_shows_examples_and_the_average():
     for name, stack in crops.items():
         ax = _axes(fig, f"average {name}")
         (image,) = ax.get_images()
-        np.testing.assert_allclose(image.get_array(), viz.average_crop(stack), rtol=1e-6)
+        np.testing.assert_allclose(image.get_array(), stats.average_crop(stack), rtol=1e-6)
         (circle,) = _circles(ax)
         assert circle.get_radius() == pytest.approx(particles.get(name).radius_A / V)
     n_images = sum(len(ax.get_images()) for ax in fig.axes)
