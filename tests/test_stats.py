@@ -9,7 +9,6 @@ import pytest
 
 from czii_kaggle import particles, stats
 from czii_kaggle.errors import CziiInputError
-from czii_kaggle.picks import read_all_picks
 
 V = 10.0  # voxel size (Angstrom) of the synthetic volumes
 
@@ -19,22 +18,6 @@ def _picks(rows, experiment="run_a"):
     df = pd.DataFrame(rows, columns=["particle_type", "x", "y", "z"])
     df.insert(0, "experiment", experiment)
     return df
-
-
-def _cuts_by_loop(picks, axis, position_A):
-    """Reference: (x, y, z, radius of the cut) of each pick cutting the plane, by a plain loop."""
-    out = []
-    for _, p in picks.iterrows():
-        r = particles.get(p["particle_type"]).radius_A
-        d = abs(p[axis] - position_A)
-        if d < r:
-            out.append((p["x"], p["y"], p["z"], math.sqrt(r * r - d * d), p["particle_type"]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def real_picks(real_root):
-    return read_all_picks(real_root)
 
 
 # --------------------------------------------------------------------------- tables
@@ -98,11 +81,11 @@ def test_plane_sections_radius_is_the_sphere_cross_section():
         stats.plane_sections(picks, "w", 0.0)
 
 
-def test_busiest_slice_matches_a_slice_by_slice_count():
+def test_busiest_slice_matches_a_slice_by_slice_count(cuts_by_loop):
     picks = _picks([("ribosome", 0, 0, 400.0), ("apo-ferritin", 0, 0, 520.0), ("apo-ferritin", 0, 0, 530.0),
                     ("virus-like-particle", 0, 0, 1500.0)])
     n = 60
-    depth = [len(_cuts_by_loop(picks, "z", i * V)) for i in range(n)]
+    depth = [len(cuts_by_loop(picks, "z", i * V)) for i in range(n)]
     assert stats.busiest_slice(picks, V, n) == int(np.argmax(depth)) and max(depth) == 3
     assert stats.busiest_slice(picks.iloc[:0], V, n) == n // 2
 

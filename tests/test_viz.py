@@ -13,7 +13,7 @@ from matplotlib.patches import Circle, Rectangle
 
 from czii_kaggle import layout, omezarr, particles, stats, viz
 from czii_kaggle.errors import CziiInputError
-from czii_kaggle.picks import read_all_picks, read_run_picks, write_run_picks
+from czii_kaggle.picks import read_run_picks, write_run_picks
 
 V = 10.0  # voxel size (Angstrom) of the synthetic volumes
 
@@ -35,22 +35,6 @@ def _axes(fig, label):
     return found[0]
 
 
-def _cuts_by_loop(picks, axis, position_A):
-    """Reference: (x, y, z, radius of the cut) of each pick cutting the plane, by a plain loop."""
-    out = []
-    for _, p in picks.iterrows():
-        r = particles.get(p["particle_type"]).radius_A
-        d = abs(p[axis] - position_A)
-        if d < r:
-            out.append((p["x"], p["y"], p["z"], math.sqrt(r * r - d * d), p["particle_type"]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def real_picks(real_root):
-    return read_all_picks(real_root)
-
-
 def test_plot_pick_counts_bars_are_the_counts_in_particle_colours(real_picks):
     fig = viz.plot_pick_counts(real_picks)
     assert isinstance(fig, Figure)
@@ -69,7 +53,7 @@ def _synthetic_volume(shape=(20, 60, 80)):
     return rng.normal(size=shape).astype(np.float32)
 
 
-def test_plot_orthoslices_circles_are_the_cross_sections_in_each_plane():
+def test_plot_orthoslices_circles_are_the_cross_sections_in_each_plane(cuts_by_loop):
     vol = _synthetic_volume((40, 60, 80))  # default centre: planes z = 200, y = 300, x = 400 A
     picks = _picks([
         ("ribosome", 400.0, 300.0, 200.0),        # cuts all three planes through its centre
@@ -85,7 +69,7 @@ def test_plot_orthoslices_circles_are_the_cross_sections_in_each_plane():
     for label, (axis, pos, h, v) in planes.items():
         ax = _axes(fig, label)
         circles = _circles(ax)
-        ref = _cuts_by_loop(picks, axis, pos)
+        ref = cuts_by_loop(picks, axis, pos)
         assert len(circles) == len(ref) == expected_counts[label]
         got = sorted((c.center, c.get_radius(), tuple(c.get_edgecolor()[:3])) for c in circles)
         col = {"x": 0, "y": 1, "z": 2}
@@ -119,7 +103,7 @@ def test_plot_orthoslices_images_put_voxel_i_at_i_times_voxel_size():
         assert _circles(_axes(fig, label)) == []
 
 
-def test_plot_orthoslices_real_picks_on_a_full_size_volume(real_picks):
+def test_plot_orthoslices_real_picks_on_a_full_size_volume(real_picks, cuts_by_loop):
     run = real_picks[real_picks["experiment"] == "TS_6_4"]
     vol = np.broadcast_to(np.float32(0.0), (184, 630, 630))  # full shape without the memory
     v = 10.012444537618887
@@ -127,7 +111,7 @@ def test_plot_orthoslices_real_picks_on_a_full_size_volume(real_picks):
     fig = viz.plot_orthoslices(vol, v, real_picks, center_vox=centre, experiment="TS_6_4")
     for label, axis, idx in (("x-y", "z", 0), ("x-z", "y", 1), ("z-y", "x", 2)):
         circles = _circles(_axes(fig, label))
-        ref = _cuts_by_loop(run, axis, centre[idx] * v)
+        ref = cuts_by_loop(run, axis, centre[idx] * v)
         assert len(circles) == len(ref) > 0, label
         assert sorted(c.get_radius() for c in circles) == pytest.approx(sorted(r[3] for r in ref))
 
@@ -209,7 +193,7 @@ def test_plot_picks_3d_one_scatter_per_type(real_picks):
         np.testing.assert_allclose(np.asarray(xs), ref["x"].to_numpy())
 
 
-def test_plot_detections_draws_truth_circles_and_predicted_crosses():
+def test_plot_detections_draws_truth_circles_and_predicted_crosses(cuts_by_loop):
     vol = _synthetic_volume()
     z_index = 8  # plane z = 80 A
     truth = _picks([("ribosome", 300.0, 200.0, 100.0), ("apo-ferritin", 100.0, 100.0, 150.0),
@@ -218,7 +202,7 @@ def test_plot_detections_draws_truth_circles_and_predicted_crosses():
                         ("virus-like-particle", 590.0, 410.0, 60.0), ("virus-like-particle", 200.0, 500.0, 0.0)])
     fig = viz.plot_detections(vol, V, z_index, truth=truth, predicted=predicted)
     ax = _axes(fig, "slice")
-    ref = _cuts_by_loop(truth, "z", 80.0)  # apo-ferritin at d = 70 > 60 is left out
+    ref = cuts_by_loop(truth, "z", 80.0)  # apo-ferritin at d = 70 > 60 is left out
     circles = _circles(ax)
     assert len(circles) == len(ref) == 2
     assert sorted(c.get_radius() for c in circles) == pytest.approx(sorted(r[3] for r in ref))
