@@ -60,7 +60,8 @@ def resolve_data_root(data_root: str | Path | None = None, kaggle: bool | None =
 def data_root_or_simulate(data_root: str | Path | None, sim_dir: str | Path, *, n_train: int = 0, n_test: int = 0,
                           config=None, seed: int = 0, count_scale: float = 1.0,
                           real_layouts: str | Path | None = None, kaggle_needs_data: bool = False,
-                          kaggle: bool | None = None, competition_root: Path = layout.KAGGLE_ROOT):
+                          kaggle: bool | None = None,
+                          competition_root: Path = layout.KAGGLE_ROOT) -> tuple[Path, object]:
     """The notebooks' data: ``data_root`` when given, Kaggle's competition data when attached, else a
     dataset simulated into ``sim_dir`` (:func:`czii_kaggle.simulate.simulate_dataset`).
 
@@ -96,7 +97,8 @@ def data_root_or_simulate(data_root: str | Path | None, sim_dir: str | Path, *, 
 
     options = {} if config is None else {"config": config}
     sim = simulate_dataset(sim_dir, n_train=n_train, n_test=n_test, seed=seed, count_scale=count_scale,
-                           real_train_layouts=real_layouts is not None, real_root=real_layouts, overwrite=True, **options)
+                           real_train_layouts=real_layouts is not None, real_root=real_layouts, overwrite=True,
+                           **options)
     return sim.root, sim
 
 
