@@ -38,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as describe_machine  # noqa: E402
 from public_baseline import baseline_aggregate  # noqa: E402
 
-from czii_kaggle import io as czio  # noqa: E402
+from czii_kaggle import omezarr as czio  # noqa: E402
 from czii_kaggle import metric, picks as picks_io  # noqa: E402
 from czii_kaggle.aggregate import AggregateConfig, ClassParams, aggregate, select  # noqa: E402
 from czii_kaggle.dataset import slice_boxes  # noqa: E402
-from czii_kaggle.detect import DETECTION_COLUMNS  # noqa: E402
+from czii_kaggle import frames  # noqa: E402
+from czii_kaggle.frames import DETECTION_COLUMNS  # noqa: E402
 from czii_kaggle.predict import load_bundle  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.particles import NAMES, PARTICLES, SCORED  # noqa: E402
@@ -235,10 +236,7 @@ def read_detections(path: Path) -> pd.DataFrame:
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except ImportError as e:
         raise CziiInputError(path, f"cannot read parquet here ({e}); pass a .csv") from None
-    missing = [c for c in DETECTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise CziiInputError(path, f"lacks columns {missing}")
-    return df
+    return frames.validate(df, frames.DETECTIONS, path)
 
 
 def read_solution(path: Path) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import simulate as sim  # noqa: E402
-from czii_kaggle.io import write_tomogram  # noqa: E402
+from czii_kaggle.omezarr import write_tomogram  # noqa: E402
 from czii_kaggle.particles import BY_NAME, NAMES  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"

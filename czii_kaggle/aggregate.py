@@ -57,13 +57,10 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.spatial import cKDTree
 
-from . import outputs
-from .detect import DETECTION_COLUMNS
+from . import frames, outputs
 from .errors import CziiInputError
+from .frames import CANDIDATE_COLUMNS, DETECTION_COLUMNS  # noqa: F401  (re-exported)
 from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES, Particle
-
-#: Columns of :func:`aggregate`'s output (``x, y, z`` in Angstrom).
-CANDIDATE_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z", "score", "n_slices", "share")
 
 #: Experiments lie this far apart (Angstrom) along a 4th k-d tree axis, so that one tree
 #: serves all of them and no two points of different experiments are ever near.
@@ -195,18 +192,7 @@ def load_config(path: str | Path) -> AggregateConfig:
 
 def empty_candidates() -> pd.DataFrame:
     """An empty frame with :data:`CANDIDATE_COLUMNS`."""
-    return pd.DataFrame(
-        {
-            "experiment": pd.Series([], dtype=object),
-            "particle_type": pd.Series([], dtype=object),
-            "x": pd.Series([], dtype=float),
-            "y": pd.Series([], dtype=float),
-            "z": pd.Series([], dtype=float),
-            "score": pd.Series([], dtype=float),
-            "n_slices": pd.Series([], dtype=np.int64),
-            "share": pd.Series([], dtype=float),
-        }
-    )
+    return frames.empty(frames.CANDIDATES)
 
 
 def infer_slice_step_A(z_A: np.ndarray) -> float | None:
@@ -227,24 +213,6 @@ def infer_slice_step_A(z_A: np.ndarray) -> float | None:
     if abs(n_steps - round(n_steps)) < 0.05:
         step = float((u[-1] - u[0]) / round(n_steps))
     return step
-
-
-def _check_detections(detections: pd.DataFrame) -> None:
-    missing = [c for c in DETECTION_COLUMNS if c not in detections.columns]
-    if missing:
-        raise CziiInputError(None, f"detections lack columns {missing}; expected {list(DETECTION_COLUMNS)}")
-    if detections.empty:
-        return
-    numeric = detections[["z", "x", "y", "confidence", "class_id"]]
-    try:
-        values = numeric.to_numpy(dtype=float)
-    except (TypeError, ValueError):
-        raise CziiInputError(None, "detections have non-numeric z/x/y/confidence/class_id values") from None
-    if not np.isfinite(values).all():
-        raise CziiInputError(None, "detections have NaN or infinite z/x/y/confidence/class_id values")
-    cid = values[:, 4]
-    if (cid != np.round(cid)).any() or cid.min() < 0 or cid.max() >= len(PARTICLES):
-        raise CziiInputError(None, f"detections have class_id outside 0..{len(PARTICLES) - 1}")
 
 
 def _neighbour_lists(points: np.ndarray, radius: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -365,7 +333,7 @@ def aggregate(
         experiment, particle type and decreasing score.
     """
     config = AggregateConfig() if config is None else config
-    _check_detections(detections)
+    frames.validate(detections, frames.DETECTIONS)
     if detections.empty:
         return empty_candidates()
 
@@ -463,12 +431,6 @@ def class_share(xyz_A: np.ndarray, experiment: np.ndarray, class_id: np.ndarray,
     return np.divide(score, total, out=np.ones(n), where=total > 0)
 
 
-def _check_types(types: np.ndarray) -> None:
-    unknown = set(types.tolist()) - set(NAMES)
-    if unknown:
-        raise CziiInputError(None, f"candidates have unknown particle types {sorted(map(str, unknown))}")
-
-
 def nms_3d(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> pd.DataFrame:
     """3D non-maximum suppression per (experiment, particle type).
 
@@ -480,8 +442,8 @@ def nms_3d(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> p
     if candidates.empty:
         return candidates.reset_index(drop=True)
     exp_codes, _ = pd.factorize(candidates["experiment"], sort=True)
+    frames.validate(candidates, frames.CANDIDATES)
     types = candidates["particle_type"].to_numpy()
-    _check_types(types)
     cls = pd.Categorical(types, categories=list(NAMES)).codes.astype(np.int64)
     nms_A = np.array([p.radius_A * config[p.name].nms_fraction for p in PARTICLES])[cls]
     group = exp_codes.astype(np.int64) * len(PARTICLES) + cls
@@ -504,8 +466,8 @@ def select(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> p
     config = AggregateConfig() if config is None else config
     if candidates.empty:
         return candidates.reset_index(drop=True)
+    frames.validate(candidates, frames.CANDIDATES, need=("n_slices",))
     types = candidates["particle_type"].to_numpy()
-    _check_types(types)
     min_support = pd.Series({n: config[n].min_support for n in NAMES}).reindex(types).to_numpy()
     threshold = pd.Series({n: config[n].conf_threshold for n in NAMES}).reindex(types).to_numpy()
     min_share = pd.Series({n: config[n].min_share for n in NAMES}).reindex(types).to_numpy()

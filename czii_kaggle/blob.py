@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import io, layout
+from . import omezarr, layout
 from .aggregate import CANDIDATE_COLUMNS, AggregateConfig, empty_candidates
 from .particles import NAMES, PARTICLES
 
@@ -175,7 +175,7 @@ def blob_candidates_runs(
     frames, report = [], []
     for run in runs:
         t0 = time.perf_counter()
-        volume, vs = io.read_tomogram(layout.tomogram_path(root, split, run), level=config.level)
+        volume, vs = omezarr.read_tomogram(layout.tomogram_path(root, split, run), level=config.level)
         t1 = time.perf_counter()
         bin_factor = 2**config.level
         frames.append(blob_candidates(volume, vs, run, config, origin_A=0.5 * (bin_factor - 1) * vs / bin_factor))

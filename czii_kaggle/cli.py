@@ -86,7 +86,8 @@ def _cmd_simulate(a) -> None:
         raise CziiInputError(None, "simulate: --n-train and --n-test are both 0: nothing to simulate")
     config = _sim_config("simulate", a.difficulty, a.shape, a.look)
     ds = simulate_dataset(a.out, n_train=a.n_train, n_test=a.n_test, config=config, seed=a.seed,
-                          real_train_layouts=a.real_layouts, overwrite=a.overwrite)
+                          real_train_layouts=a.real_layouts is not None, real_root=a.real_layouts,
+                          overwrite=a.overwrite)
     print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
     print(f"train runs:    {', '.join(ds.train_runs) or '-'}\ntest runs:     {', '.join(ds.test_runs) or '-'}")
 
@@ -308,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shape", type=_positive, nargs=3, default=(184, 630, 630), metavar=("Z", "Y", "X"))
     s.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in 0..1")
     s.add_argument("--seed", type=_count, default=0)
-    s.add_argument("--real-layouts", action="store_true", help="training runs use the real runs' pick layouts")
+    s.add_argument("--real-layouts", type=Path, metavar="ROOT",
+                   help="training runs use the pick layouts of the real runs under this Kaggle-layout root "
+                        "(ROOT/train/overlay: the competition data, or the real picks kept beside a checkout)")
     s.add_argument("--look", type=_look, default="classic",
                    help="classic (fixed rendering), random (each run draws its look) or a JSON object fixing or "
                         "restricting look fields, e.g. '{\"filter\": \"median\"}' (see czii_kaggle.simulate.look)")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import layout, particles
+from . import frames, layout, particles
 from .errors import CziiInputError
 
 #: Copick's own default tomogram spacing for the competition data (a copick key, not the true
@@ -220,6 +220,7 @@ def write_picks(root, picks: pd.DataFrame, runs: list[str], user_id: str = DEFAU
     DataFrame ``experiment, particle_type, n_picks`` of what was written.
     """
     where = config or _config_path(root)
+    picks = frames.validate(picks, frames.PICKS)
     names = list(particles.NAMES)
     other = sorted(set(picks["experiment"]) - set(runs))
     if other:

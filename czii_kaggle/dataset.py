@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import io, layout, particles, picks as picks_io
+from . import omezarr, layout, particles, picks as picks_io
 from .errors import CziiInputError
 from .outputs import atomic_dir
 from .preprocess import PreprocessConfig, preprocess_volume, stack_slices
@@ -339,7 +339,7 @@ def _write_images(root, out_dir: Path, runs: list[str], val_runs: list[str], con
     for run in tqdm(runs, desc="dataset", unit="run"):
         split = "val" if run in val_runs else "train"
         tomo = layout.tomogram_path(root, "train", run, config.tomo_type)
-        volume, voxel_size_A = io.read_tomogram(tomo)
+        volume, voxel_size_A = omezarr.read_tomogram(tomo)
         vol_u8 = preprocess_volume(volume, config.preprocess, source=tomo)
         del volume
         boxes = slice_boxes(picks_io.read_run_picks(root, run), voxel_size_A, vol_u8.shape[0], config.labels)

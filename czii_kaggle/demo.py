@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import io, layout, metric, submission
+from . import omezarr, layout, metric, submission
 from .outputs import check_writable
 from .predict import predict_runs, scored_only
 
@@ -46,7 +46,7 @@ def run_demo(
     say(f"[demo] wrote {sub_path} ({len(sub)} picks); score against the simulated truth: {score:.4f}")
 
     run = ds.test_runs[0]
-    volume, voxel_size_A = io.read_tomogram(layout.tomogram_path(ds.root, "test", run))
+    volume, voxel_size_A = omezarr.read_tomogram(layout.tomogram_path(ds.root, "test", run))
     run_truth = truth[truth["experiment"] == run]
     z_index = busiest_slice(run_truth, voxel_size_A, volume.shape[0])
     fig = plot_detections(volume, voxel_size_A, z_index, truth=run_truth, predicted=sub[sub["experiment"] == run])

@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import offline, particles
+from . import frames, offline, particles
 from .errors import CziiInputError
+from .frames import DETECTION_COLUMNS  # noqa: F401  (re-exported: raw per-slice detections, Angstrom)
 from .preprocess import stack_slices
 
-#: Columns of the raw per-slice detections (``z, x, y, w, h`` in Angstrom).
-DETECTION_COLUMNS = ["experiment", "z", "x", "y", "w", "h", "confidence", "class_id"]
 #: Test-time views as ``(flip x, flip y)``: the slice itself, turned 180 degrees, x flipped,
 #: y flipped (flips in x-y are symmetries of a tomogram slice, as in training).
 TTA_FLIPS: tuple[tuple[bool, bool], ...] = ((False, False), (True, True), (True, False), (False, True))
@@ -84,13 +83,7 @@ class DetectConfig:
 
 def empty_detections() -> pd.DataFrame:
     """An empty raw-detections frame with the right columns and dtypes."""
-    return pd.DataFrame(
-        {
-            "experiment": pd.Series(dtype=object),
-            **{c: pd.Series(dtype="float64") for c in ["z", "x", "y", "w", "h", "confidence"]},
-            "class_id": pd.Series(dtype="int64"),
-        }
-    )
+    return frames.empty(frames.DETECTIONS)
 
 
 def _installed(module: str) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from . import frames
 from .aggregate import (EXPERIMENT_GAP_A, AggregateConfig, ClassParams, _greedy_seeds, _neighbour_lists,
                         _scaled_points, class_share, empty_candidates, select)
 from .errors import CziiInputError
@@ -170,7 +171,7 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
         raise ValueError(f"no candidates of detectors {missing}")
     parts = []
     for k, det in enumerate(config.detectors):
-        c = candidates[det]
+        c = frames.validate(candidates[det], frames.CANDIDATES, what=f"candidates of detector {det}")
         if len(c):
             parts.append(pd.DataFrame({"experiment": c["experiment"].astype(str).to_numpy(),
                                        "particle_type": c["particle_type"].to_numpy(),
@@ -182,8 +183,6 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     df = pd.concat(parts, ignore_index=True)
     exp_codes, exp_names = pd.factorize(df["experiment"], sort=True)
     cls = pd.Categorical(df["particle_type"], categories=list(NAMES)).codes.astype(np.int64)
-    if (cls < 0).any():
-        raise CziiInputError(None, "candidates have unknown particle types")
     group = exp_codes.astype(np.int64) * len(NAMES) + cls
     reach = (np.array([p.radius_A for p in PARTICLES]) * MATCH_RADIUS_FRACTION)[cls]
     x, y, z, p, det = (df[c].to_numpy() for c in ("x", "y", "z", "p", "det"))

@@ -11,7 +11,7 @@ Per-class thresholds and 3D NMS are :func:`czii_kaggle.aggregate.select`'s, tune
 :func:`czii_kaggle.tune.tune_thresholds`.
 
 Coordinates: voxel ``j`` of level ``L`` (size ``s_L = 2**L * s_0``) is the mean of
-level-0 voxels ``2**L * j ... 2**L * j + 2**L - 1`` (:func:`czii_kaggle.io.downsample2`),
+level-0 voxels ``2**L * j ... 2**L * j + 2**L - 1`` (:func:`czii_kaggle.omezarr.downsample2`),
 so its centre lies at ``j * s_L + (s_L - s_0) / 2`` Angstrom; an output voxel ``k``
 of the network (stride 2) covers input voxels ``2k, 2k + 1``. Training targets and
 inference use the same mapping (:func:`grid_to_A`, :func:`A_to_grid`).
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import io
+from . import omezarr
 from .aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
 from .errors import CziiInputError
 from .particles import NAMES, PARTICLES
@@ -148,7 +148,7 @@ def normalise(volume: np.ndarray, clip_percentiles=(0.5, 99.5)) -> np.ndarray:
 def read_input(zarr_path: str | Path, config: HeatmapConfig) -> tuple[np.ndarray, float]:
     """The normalised level-``config.level`` volume and its voxel size (Angstrom); a level whose
     voxel size differs from the weights' by more than 10 % raises :class:`CziiInputError`."""
-    volume, voxel_size_A = io.read_tomogram(zarr_path, level=config.level)
+    volume, voxel_size_A = omezarr.read_tomogram(zarr_path, level=config.level)
     if abs(voxel_size_A / config.voxel_size_A - 1.0) > 0.1:
         raise CziiInputError(zarr_path, f"level {config.level} has {voxel_size_A:.3f} A voxels but the heatmap weights "
                                         f"were trained at {config.voxel_size_A:.3f} A (wrong resolution)")

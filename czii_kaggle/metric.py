@@ -35,11 +35,12 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from . import particles
+from . import frames, particles
+from .errors import CziiInputError
 from .particles import MATCH_RADIUS_FRACTION, METRIC_BETA
 
-#: Columns the metric reads from a solution or submission frame (extra columns are ignored).
-METRIC_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z")
+# The metric reads a solution's and a submission's picks columns (czii_kaggle.frames.PICKS_COLUMNS);
+# extra columns are ignored.
 _XYZ = ["x", "y", "z"]
 
 
@@ -86,27 +87,6 @@ def match_counts(ref_xyz_A, cand_xyz_A, radius_A: float) -> tuple[int, int, int]
     return tp, n_cand - tp, n_ref - tp
 
 
-def _check_frame(df: pd.DataFrame, what: str) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{what} must be a pandas DataFrame, not {type(df).__name__}")
-    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{what} lacks column(s) {', '.join(missing)}; needs {', '.join(METRIC_COLUMNS)}"
-        )
-    unknown = sorted(set(df["particle_type"].astype(str)) - set(particles.NAMES))
-    if unknown:
-        raise ValueError(
-            f"{what} has unknown particle_type(s) {', '.join(map(repr, unknown))}; "
-            f"known types: {', '.join(particles.NAMES)}"
-        )
-    xyz = df[_XYZ].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-    bad = ~np.isfinite(xyz).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)[:5].tolist()
-        raise ValueError(f"{what} has {int(bad.sum())} row(s) with non-finite x/y/z (rows {rows})")
-
-
 def _groups(df: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
     """``(experiment, particle_type) -> (n, 3)`` float64 Angstrom points."""
     if df.empty:
@@ -118,20 +98,15 @@ def _groups(df: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
 
 def _run_counts(solution: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
     """Per (experiment, scored type) counts: columns experiment, particle_type, tp, fp, fn."""
-    _check_frame(solution, "solution")
-    experiments = sorted(set(solution["experiment"].astype(str)))
-    if not isinstance(submission, pd.DataFrame):
-        raise TypeError(f"submission must be a pandas DataFrame, not {type(submission).__name__}")
-    if "experiment" in submission.columns:
+    solution = frames.validate(solution, frames.SOLUTION)
+    experiments = sorted(set(solution["experiment"]))
+    if isinstance(submission, pd.DataFrame) and "experiment" in submission.columns:
         submission = submission[submission["experiment"].astype(str).isin(experiments)]
-    _check_frame(submission, "submission")
+    submission = frames.validate(submission, frames.PICKS, what="submission")
     dup = solution.duplicated(subset=["experiment", *_XYZ])
     if dup.any():
-        rows = np.flatnonzero(dup.to_numpy())[:5].tolist()
-        raise ValueError(
-            f"solution repeats {int(dup.sum())} (experiment, x, y, z) point(s) (rows {rows}); "
-            "the Kaggle metric rejects such a solution"
-        )
+        raise CziiInputError(None, f"solution repeats {int(dup.sum())} (experiment, x, y, z) point(s) "
+                                   f"({frames.rows_text(dup)}); the Kaggle metric rejects such a solution")
     refs, cands = _groups(solution), _groups(submission)
     empty = np.empty((0, 3))
     rows = []

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import layout
+from . import frames, layout
 from .errors import CziiInputError
 from .outputs import write_text
 from .particles import NAMES
 
-PICKS_COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
+from .frames import PICKS_COLUMNS  # noqa: F401  (re-exported: the picks frame's columns)
 _IDENTITY_4x4 = [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
 
 
@@ -261,12 +261,7 @@ def write_run_picks(root: str | Path, picks_df: pd.DataFrame) -> list[Path]:
     list of Path
         The files written, by experiment (sorted) then particle type.
     """
-    missing = [c for c in PICKS_COLUMNS if c not in picks_df.columns]
-    if missing:
-        raise ValueError(f"picks DataFrame lacks columns {missing}")
-    unknown = sorted(set(picks_df["particle_type"]) - set(NAMES))
-    if unknown:
-        raise ValueError(f"unknown particle types {unknown}; known types: {', '.join(NAMES)}")
+    picks_df = frames.validate(picks_df, frames.PICKS)
     xyz_by_key = {
         key: g[["x", "y", "z"]].to_numpy(dtype=np.float64)
         for key, g in picks_df.groupby(["experiment", "particle_type"], sort=False)

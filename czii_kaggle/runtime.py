@@ -57,6 +57,51 @@ def resolve_data_root(data_root: str | Path | None = None, kaggle: bool | None =
     return Path(competition_root)
 
 
+def data_root_or_simulate(data_root: str | Path | None, sim_dir: str | Path, *, n_train: int = 0, n_test: int = 0,
+                          config=None, seed: int = 0, count_scale: float = 1.0,
+                          real_layouts: str | Path | None = None, kaggle_needs_data: bool = False,
+                          kaggle: bool | None = None,
+                          competition_root: Path = layout.KAGGLE_ROOT) -> tuple[Path, object]:
+    """The notebooks' data: ``data_root`` when given, Kaggle's competition data when attached, else a
+    dataset simulated into ``sim_dir`` (:func:`czii_kaggle.simulate.simulate_dataset`).
+
+    Parameters
+    ----------
+    data_root : path-like or None
+        A Kaggle-layout root to use as it is.
+    sim_dir : path-like
+        The caller's own scratch folder for the simulated dataset: a re-run writes into it again
+        (``overwrite``; runs of the same name are replaced).
+    n_train, n_test, config, seed, count_scale
+        As :func:`~czii_kaggle.simulate.simulate_dataset` (``config``: a ``SimConfig``).
+    real_layouts : path-like, optional
+        A Kaggle-layout root with real picks: the simulated training runs take its runs' layouts
+        (random layouts when None).
+    kaggle_needs_data : bool
+        Inside a Kaggle kernel, stop with :class:`CziiInputError` when the competition data is not
+        attached instead of simulating (:func:`resolve_data_root`): a kernel never submits a
+        simulated test set.
+
+    Returns
+    -------
+    (Path, SimDataset or None)
+        The data root, and the simulated dataset (its runs and ``solution_csv``) when one was made.
+    """
+    if kaggle_needs_data:
+        data_root = resolve_data_root(data_root, kaggle=kaggle, competition_root=competition_root)
+    elif data_root is None and Path(competition_root).is_dir():
+        data_root = competition_root
+    if data_root is not None:
+        return Path(data_root), None
+    from .simulate import simulate_dataset
+
+    options = {} if config is None else {"config": config}
+    sim = simulate_dataset(sim_dir, n_train=n_train, n_test=n_test, seed=seed, count_scale=count_scale,
+                           real_train_layouts=real_layouts is not None, real_root=real_layouts, overwrite=True,
+                           **options)
+    return sim.root, sim
+
+
 # --------------------------------------------------------------------------- devices
 
 

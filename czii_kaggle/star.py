@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import io
+from . import frames, omezarr
 from .errors import CziiInputError
 
 CENTERED_COLUMNS = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
@@ -47,15 +47,16 @@ def tomogram_centers_A(tomograms: dict[str, str | Path]) -> dict[str, tuple[floa
     read from the zarr metadata (no voxel is read)."""
     centers = {}
     for run, path in tomograms.items():
-        nz, ny, nx = (int(s) for s in io.open_level(path).shape)
-        v = io.read_voxel_size(path)
+        nz, ny, nx = (int(s) for s in omezarr.open_level(path).shape)
+        v = omezarr.read_voxel_size(path)
         centers[run] = (nx * v / 2, ny * v / 2, nz * v / 2)
     return centers
 
 
 def relion_table(picks: pd.DataFrame, centers_A: dict[str, tuple[float, float, float]],
                  tilt_series_pixel_size_A: float | None = None) -> pd.DataFrame:
-    """RELION 5 particle rows for ``picks`` (``experiment, x, y, z`` Angstrom, optional ``score``)."""
+    """RELION 5 particle rows for ``picks`` (``experiment, particle_type, x, y, z`` Angstrom, optional ``score``)."""
+    picks = frames.validate(picks, frames.PICKS)
     missing = sorted(set(picks["experiment"]) - set(centers_A))
     if missing:
         raise ValueError(f"no tomogram centre for runs {missing}")
@@ -93,6 +94,7 @@ def write_star(picks: pd.DataFrame, out_dir: str | Path, centers_A: dict[str, tu
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CziiInputError(out_dir, "--format star writes a folder, and this is a file")
+    picks = frames.validate(picks, frames.PICKS)
     table = relion_table(picks, centers_A, tilt_series_pixel_size_A)
     written = []
     keys = ["experiment", "particle_type"] if per_run else "particle_type"

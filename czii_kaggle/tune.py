@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from . import frames
 from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
-from .errors import CziiInputError
 from .particles import MATCH_RADIUS_FRACTION, METRIC_BETA, NAMES, get
 
 #: Score thresholds tried by default (the particle score lies in 0..1).
@@ -99,13 +99,6 @@ def sweep_counts(
     )  # fmt: skip
 
 
-def _check_frame(df: pd.DataFrame, what: str, extra: Sequence[str] = ()) -> None:
-    need = ["experiment", "particle_type", "x", "y", "z", *extra]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise CziiInputError(None, f"{what} lacks columns {missing}; needs {need}")
-
-
 def tune_thresholds(
     candidates: pd.DataFrame,
     solution: pd.DataFrame,
@@ -146,8 +139,8 @@ def tune_thresholds(
         starting ones), summed over the validation runs.
     """
     config = AggregateConfig() if config is None else config
-    _check_frame(candidates, "candidates", ("score", "n_slices"))
-    _check_frame(solution, "solution")
+    frames.validate(candidates, frames.CANDIDATES, need=("n_slices",))
+    frames.validate(solution, frames.SOLUTION)
     experiments = set(solution["experiment"].astype(str))
     candidates = candidates[candidates["experiment"].astype(str).isin(experiments)]
     rows = []

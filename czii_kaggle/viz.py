@@ -6,6 +6,9 @@ is touched, nothing is shown, no global figure list grows. Save one with
 :func:`save_figure` (or ``fig.savefig``); a notebook displays it as the last
 expression of a cell (after ``%matplotlib inline``).
 
+The numbers they draw (counts, nearest neighbours, sections, crops) are computed in
+:mod:`czii_kaggle.stats`.
+
 Geometry follows the package conventions: picks are ``experiment,
 particle_type, x, y, z`` in Angstrom, volumes are ``(z, y, x)`` in voxels and
 voxel ``i`` is centred at ``i * voxel_size_A`` Angstrom. Image axes are drawn
@@ -21,13 +24,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
-from scipy.spatial import cKDTree
 
-from . import particles
+from . import frames, particles
 from .errors import CziiInputError
 from .outputs import atomic_path, check_writable
 from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES
 from .preprocess import PreprocessConfig, percentile_range
+from .stats import (average_crop, busiest_slice, check_volume, nearest_neighbour_distances, pick_counts, plane_sections,
+                    types_in)
 
 _XYZ = ("x", "y", "z")
 #: Display range of tomogram images (percentiles of the voxels shown).
@@ -41,27 +45,11 @@ def _color(name: str) -> tuple[float, float, float]:
     return particles.get(name).color_rgb
 
 
-def _types_in(picks: pd.DataFrame) -> list[str]:
-    """Particle types present in ``picks``, in particle-table order (unknown names raise)."""
-    present = set(picks["particle_type"].astype(str))
-    for name in present:
-        particles.get(name)
-    return [n for n in NAMES if n in present]
-
-
-def _check_picks(picks: pd.DataFrame, what: str = "picks") -> pd.DataFrame:
-    missing = [c for c in ("experiment", "particle_type", *_XYZ) if c not in picks.columns]
-    if missing:
-        raise ValueError(f"{what} lack column(s) {', '.join(missing)}; need experiment, particle_type, x, y, z")
-    _types_in(picks)
-    return picks
-
-
 def _one_experiment(picks: pd.DataFrame | None, experiment: str | None, what: str = "picks") -> pd.DataFrame | None:
     """The rows of one experiment: ``experiment`` if given, else the only one present."""
     if picks is None:
         return None
-    _check_picks(picks, what)
+    frames.validate(picks, frames.PICKS, what=what)
     if experiment is not None:
         return picks[picks["experiment"].astype(str) == str(experiment)]
     runs = sorted(set(picks["experiment"].astype(str)))
@@ -71,15 +59,6 @@ def _one_experiment(picks: pd.DataFrame | None, experiment: str | None, what: st
             "to choose the one this tomogram belongs to"
         )
     return picks
-
-
-def _check_volume(volume: np.ndarray, voxel_size_A: float) -> np.ndarray:
-    volume = np.asarray(volume)
-    if volume.ndim != 3 or volume.size == 0:
-        raise ValueError(f"volume must be a non-empty (z, y, x) array, got shape {volume.shape}")
-    if not (np.isfinite(voxel_size_A) and voxel_size_A > 0):
-        raise ValueError(f"voxel_size_A must be a positive number, got {voxel_size_A!r}")
-    return volume
 
 
 def _extent_A(n_cols: int, n_rows: int, voxel_size_A: float) -> tuple[float, float, float, float]:
@@ -131,120 +110,6 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     return path
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def pick_counts(picks: pd.DataFrame) -> pd.DataFrame:
-    """Number of picks per run and particle type.
-
-    Parameters
-    ----------
-    picks : DataFrame
-        Columns ``experiment, particle_type`` (others ignored).
-
-    Returns
-    -------
-    DataFrame
-        Indexed by ``experiment`` (sorted); one int64 column per particle type in
-        particle-table order (all six, 0 where absent).
-    """
-    _check_picks(picks)
-    table = pd.crosstab(picks["experiment"].astype(str), picks["particle_type"].astype(str))
-    table = table.reindex(columns=list(NAMES), fill_value=0).astype(np.int64)
-    table.index.name, table.columns.name = "experiment", "particle_type"
-    return table.sort_index()
-
-
-def nearest_neighbour_distances(picks: pd.DataFrame) -> np.ndarray:
-    """Distance from each pick to the nearest other pick of the same type in the same run.
-
-    Parameters
-    ----------
-    picks : DataFrame
-        ``experiment, particle_type, x, y, z`` in Angstrom.
-
-    Returns
-    -------
-    ndarray, float64, shape (len(picks),)
-        Angstrom, aligned with the rows of ``picks``; NaN for a pick that is alone
-        of its type in its run.
-    """
-    _check_picks(picks)
-    out = np.full(len(picks), np.nan)
-    if len(picks) == 0:
-        return out
-    xyz_A = picks[list(_XYZ)].to_numpy(dtype=np.float64)
-    keys = [picks["experiment"].astype(str), picks["particle_type"].astype(str)]
-    for idx in pd.DataFrame({"e": keys[0], "t": keys[1]}).groupby(["e", "t"], sort=False).indices.values():
-        if len(idx) < 2:
-            continue
-        dist, _ = cKDTree(xyz_A[idx]).query(xyz_A[idx], k=2)
-        out[idx] = dist[:, 1]
-    return out
-
-
-def plane_sections(picks: pd.DataFrame, axis: str, position_A: float) -> pd.DataFrame:
-    """The picks whose sphere cuts the plane ``axis = position_A``, with the cut's radius.
-
-    Parameters
-    ----------
-    picks : DataFrame
-        ``particle_type, x, y, z`` in Angstrom.
-    axis : {"x", "y", "z"}
-        Normal of the plane.
-    position_A : float
-        Plane position along ``axis``, Angstrom.
-
-    Returns
-    -------
-    DataFrame
-        The rows of ``picks`` with ``|pick[axis] - position_A| < radius_A``, plus
-        ``section_radius_A = sqrt(radius_A**2 - d**2)`` (Angstrom), ``d`` being that
-        distance. A sphere that only touches the plane (``d == radius``) is left out.
-    """
-    if axis not in _XYZ:
-        raise ValueError(f"axis must be one of {_XYZ}, not {axis!r}")
-    _types_in(picks)
-    radius_A = picks["particle_type"].map(particles.RADII_A).to_numpy(dtype=np.float64)
-    d_A = np.abs(picks[axis].to_numpy(dtype=np.float64) - float(position_A))
-    cuts = d_A < radius_A
-    out = picks.loc[cuts].copy()
-    out["section_radius_A"] = np.sqrt(radius_A[cuts] ** 2 - d_A[cuts] ** 2)
-    return out
-
-
-def busiest_slice(picks: pd.DataFrame, voxel_size_A: float, n_slices: int) -> int:
-    """The z slice (voxel index) cut by the most pick spheres.
-
-    Parameters
-    ----------
-    picks : DataFrame
-        ``particle_type, z`` (Angstrom) of one tomogram.
-    voxel_size_A : float
-        Angstrom per voxel; slice ``i`` lies at ``z = i * voxel_size_A``.
-    n_slices : int
-        Number of z slices of the tomogram.
-
-    Returns
-    -------
-    int
-        The slice with the most spheres cutting it (``|z - i * voxel_size_A| < radius``),
-        the lowest such index on a tie; ``n_slices // 2`` when no pick cuts any slice.
-    """
-    _types_in(picks)
-    radius_A = picks["particle_type"].map(particles.RADII_A).to_numpy(dtype=np.float64)
-    z_A = picks["z"].to_numpy(dtype=np.float64)
-    # slices strictly inside (z - r, z + r): first = floor((z - r) / v) + 1, last = ceil((z + r) / v) - 1
-    first = np.clip(np.floor((z_A - radius_A) / voxel_size_A).astype(np.int64) + 1, 0, n_slices)
-    last = np.clip(np.ceil((z_A + radius_A) / voxel_size_A).astype(np.int64) - 1, -1, n_slices - 1)
-    ok = last >= first
-    cover = np.zeros(n_slices + 1, dtype=np.int64)
-    np.add.at(cover, first[ok], 1)
-    np.add.at(cover, last[ok] + 1, -1)
-    depth = np.cumsum(cover[:-1])
-    return int(depth.argmax()) if depth.size and depth.max() > 0 else n_slices // 2
 
 
 def _draw_sections(ax, picks: pd.DataFrame | None, axis: str, position_A: float, h: str, v: str,
@@ -326,7 +191,7 @@ def plot_orthoslices(
         Angstrom, each holding one :class:`~matplotlib.patches.Circle` per pick
         cutting its plane; a fourth axes, ``"legend"``, holds the legend.
     """
-    volume = _check_volume(volume, voxel_size_A)
+    volume = check_volume(volume, voxel_size_A)
     picks = _one_experiment(picks, experiment)
     nz, ny, nx = volume.shape
     cz, cy, cx = (nz // 2, ny // 2, nx // 2) if center_vox is None else (int(c) for c in center_vox)
@@ -375,7 +240,7 @@ def plot_orthoslices(
     ax_xy.tick_params(labelbottom=False)
     ax_zy.tick_params(labelleft=False)
     if picks is not None and len(picks):
-        ax_leg.legend(handles=_type_legend_handles(_types_in(picks)), loc="center", fontsize="small",
+        ax_leg.legend(handles=_type_legend_handles(types_in(picks)), loc="center", fontsize="small",
                       title="picks (cross-section)", title_fontsize="small", frameon=False)
     return fig
 
@@ -389,7 +254,7 @@ def plot_z_distribution(picks: pd.DataFrame, bins: int = 20) -> Figure:
         Six axes labelled with the particle names, in particle-table order; each
         histogram counts that type's picks over all runs.
     """
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     z_A = picks["z"].to_numpy(dtype=np.float64)
     lo, hi = (float(z_A.min()), float(z_A.max())) if len(z_A) else (0.0, 1.0)
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
@@ -439,66 +304,6 @@ def plot_nearest_neighbours(picks: pd.DataFrame, bins: int = 30) -> Figure:
     axes[0].legend(fontsize="small")
     fig.suptitle("nearest-neighbour distances per type")
     return fig
-
-
-def particle_crops(
-    volume: np.ndarray, voxel_size_A: float, picks: pd.DataFrame, size_vox: int = 32
-) -> dict[str, np.ndarray]:
-    """x-y crops of the tomogram centred on each pick, grouped by particle type.
-
-    Each crop is the ``size_vox x size_vox`` window of the z slice nearest the
-    pick, centred on the pick's nearest voxel (index ``size_vox // 2``). Parts
-    of a window outside the volume are NaN; picks whose centre voxel lies outside
-    the volume are skipped.
-
-    Parameters
-    ----------
-    volume : ndarray, shape (nz, ny, nx)
-        Tomogram voxels.
-    voxel_size_A : float
-        Angstrom per voxel.
-    picks : DataFrame
-        ``particle_type, x, y, z`` (Angstrom) of this tomogram.
-    size_vox : int
-        Crop side in voxels.
-
-    Returns
-    -------
-    dict
-        Particle type -> float32 array ``(n, size_vox, size_vox)`` (rows y, columns
-        x), for every type present in ``picks`` (``n`` may be 0), in particle-table
-        order.
-    """
-    volume = _check_volume(volume, voxel_size_A)
-    _check_picks(picks)
-    size_vox = int(size_vox)
-    if size_vox < 1:
-        raise ValueError(f"size_vox must be >= 1, got {size_vox}")
-    shape = np.array(volume.shape)
-    offsets = np.arange(size_vox) - size_vox // 2
-    out: dict[str, np.ndarray] = {}
-    for name in _types_in(picks):
-        rows = picks[picks["particle_type"] == name]
-        zyx = np.rint(rows[["z", "y", "x"]].to_numpy(np.float64) / voxel_size_A).astype(np.int64)
-        zyx = zyx[((zyx >= 0) & (zyx < shape)).all(axis=1)]
-        iy = zyx[:, 1:2] + offsets  # (n, s)
-        ix = zyx[:, 2:3] + offsets
-        crops = volume[zyx[:, 0, None, None],
-                       np.clip(iy, 0, shape[1] - 1)[:, :, None],
-                       np.clip(ix, 0, shape[2] - 1)[:, None, :]].astype(np.float32)
-        outside = ((iy < 0) | (iy >= shape[1]))[:, :, None] | ((ix < 0) | (ix >= shape[2]))[:, None, :]
-        crops[outside] = np.nan
-        out[name] = crops
-    return out
-
-
-def average_crop(crops: np.ndarray) -> np.ndarray:
-    """Pixel-wise mean of crops ``(n, s, s)`` ignoring NaN; NaN where no crop has a value."""
-    crops = np.asarray(crops, dtype=np.float64)
-    valid = np.isfinite(crops)
-    n = valid.sum(axis=0)
-    total = np.where(valid, crops, 0.0).sum(axis=0)
-    return np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
 
 
 def plot_crop_gallery(
@@ -607,7 +412,7 @@ def plot_picks_3d(picks: pd.DataFrame, experiment: str | None = None) -> Figure:
     picks = _one_experiment(picks, experiment)
     fig = Figure(figsize=(8, 7), layout="constrained")
     ax = fig.add_subplot(projection="3d")
-    for name in _types_in(picks):
+    for name in types_in(picks):
         rows = picks[picks["particle_type"] == name]
         ax.scatter(rows["x"], rows["y"], rows["z"], s=(particles.get(name).radius_A / 12.0) ** 2,
                    color=_color(name), edgecolor="black", linewidth=0.3, alpha=0.8, label=name)
@@ -656,7 +461,7 @@ def plot_detections(
         markers, label ``"predicted {type}"``) per predicted type present there;
         the legend names the particle types drawn.
     """
-    volume = _check_volume(volume, voxel_size_A)
+    volume = check_volume(volume, voxel_size_A)
     truth = _one_experiment(truth, experiment, "truth")
     predicted = _one_experiment(predicted, experiment, "predicted")
     nz = volume.shape[0]
@@ -677,7 +482,7 @@ def plot_detections(
         cut = plane_sections(predicted, "z", z_A)
         n_pred = len(cut)
         drawn.append(cut[["particle_type"]])
-        for name in _types_in(cut):
+        for name in types_in(cut):
             rows = cut[cut["particle_type"] == name]
             ax.scatter(rows["x"], rows["y"], marker="x", s=40, linewidths=1.6, color=_color(name),
                        label=f"predicted {name}")
@@ -686,13 +491,50 @@ def plot_detections(
     ax.set_ylabel("y (Å)")
     ax.set_title(f"slice z = {z_index} vox ({z_A:.0f} Å): {n_truth} true (circles), {n_pred} predicted (crosses)",
                  fontsize="medium")
-    handles = _type_legend_handles(_types_in(pd.concat(drawn)) if drawn else [], marker="s")
+    handles = _type_legend_handles(types_in(pd.concat(drawn)) if drawn else [], marker="s")
     handles += [
         Line2D([], [], linestyle="none", marker="o", markersize=9, markerfacecolor="none",
                markeredgecolor="black", label="truth (cross-section)"),
         Line2D([], [], linestyle="none", marker="x", markersize=8, color="black", label="predicted centre"),
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return fig
+
+
+def plot_run_detections(root: str | Path, split: str, run: str, truth: pd.DataFrame | None = None,
+                        predicted: pd.DataFrame | None = None, z_index: int | None = None) -> Figure:
+    """One run of a Kaggle-layout root: its tomogram read, the slice cut by the most true particles
+    (:func:`czii_kaggle.stats.busiest_slice`; of the predicted ones when there is no truth) drawn by
+    :func:`plot_detections` with that run's rows of ``truth`` and ``predicted``.
+
+    Parameters
+    ----------
+    root : path-like
+        Kaggle-layout data root; ``split`` is ``"train"`` or ``"test"``.
+    run : str
+        The run (``experiment``) to draw; other runs' rows of the frames are left out.
+    truth, predicted : DataFrame, optional
+        ``experiment, particle_type, x, y, z`` in Angstrom, any number of runs.
+    z_index : int, optional
+        The slice (voxels) instead of the busiest one.
+
+    Returns
+    -------
+    Figure
+        As :func:`plot_detections`, titled with the run and the slice.
+    """
+    from . import layout, omezarr
+
+    volume, voxel_size_A = omezarr.read_tomogram(layout.tomogram_path(root, split, run))
+    of_run = []
+    for frame, what in ((truth, "truth"), (predicted, "predicted")):
+        frame = None if frame is None else frames.validate(frame, frames.PICKS, what=what)
+        of_run.append(None if frame is None else frame[frame["experiment"] == str(run)])
+    if z_index is None:
+        guide = of_run[0] if of_run[0] is not None and len(of_run[0]) else of_run[1]
+        z_index = volume.shape[0] // 2 if guide is None else busiest_slice(guide, voxel_size_A, volume.shape[0])
+    fig = plot_detections(volume, voxel_size_A, z_index, truth=of_run[0], predicted=of_run[1], experiment=run)
+    fig.suptitle(f"{run} ({split})")
     return fig
 
 
@@ -709,13 +551,13 @@ def save_run_figure(root: str | Path, run: str, out: str | Path, split: str = "t
     Path
         ``out``.
     """
-    from . import io, layout
+    from . import layout, omezarr
     from .picks import read_run_picks
 
     figure_format(out)
     check_writable(out)
     tomo_type = tomo_type or layout.DEFAULT_TOMOGRAM_TYPE
-    volume, voxel_size_A = io.read_tomogram(layout.tomogram_path(root, split, run, tomo_type))
+    volume, voxel_size_A = omezarr.read_tomogram(layout.tomogram_path(root, split, run, tomo_type))
     picks = None
     if split == "train" and layout.picks_dir(root, run).is_dir():
         picks = read_run_picks(root, run)

@@ -142,3 +142,60 @@ def write_outputs(pred, sources: Sources, out: str | Path | None = None, fmt: st
         lines.append(f"wrote {int(done['n_picks'].sum())} picks of {len(ok)}/{len(pred.report)} runs into "
                      f"{sources.copick_config} as user {copick.user_id}, session {copick.session_id}")
     return lines
+
+
+def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors: str | None = None,
+                   runs: list[str] | None = None, backend: str = "auto", progress: bool = True):
+    """Predict runs with a bundle's detectors, as one :class:`~czii_kaggle.predict.Prediction`.
+
+    Parameters
+    ----------
+    bundle : Bundle, bundle folder, ``.pt``/``.onnx`` path or None
+        The model bundle; None: the one shipped in the package.
+    detectors : str, optional
+        ``"yolo"``, ``"heatmap"`` or ``"yolo,heatmap"`` (the ensemble, fitted in the bundle's
+        ``ensemble.json``); None: what the bundle ships (:func:`czii_kaggle.detectors.default_detectors`),
+        as ``czii-kaggle predict --detectors``. A name the bundle does not hold is a clear error.
+
+    Returns
+    -------
+    Prediction
+        YOLO alone: :func:`czii_kaggle.predict.predict_runs`'s. Otherwise
+        :func:`czii_kaggle.detectors.predict_detectors`'s picks, no slice detections, and one report
+        row per run: ``status`` ok when some detector succeeded on it, ``n_detections`` the
+        candidates of all detectors, ``inference_s`` their seconds, ``error`` which detector failed
+        and why; ``notes`` names the detectors.
+    """
+    import time
+
+    from . import frames
+    from .detectors import parse_detectors, predict_detectors
+    from .predict import DEFAULT_BUNDLE, REPORT_COLUMNS, Prediction, predict_runs
+
+    bundle_dir = DEFAULT_BUNDLE if bundle is None else (Path(bundle) if isinstance(bundle, (str, Path)) else None)
+    if bundle_dir is not None and not bundle_dir.is_dir():
+        bundle_dir = None  # a weights file: YOLO alone
+    if bundle_dir is None:
+        if detectors not in (None, "yolo"):
+            raise CziiInputError(None if bundle is None or not isinstance(bundle, (str, Path)) else bundle,
+                                 f"detectors {detectors!r} need a bundle folder (these weights are YOLO's alone)")
+        names = ["yolo"]
+    else:
+        names = parse_detectors(detectors, bundle_dir)
+    if names == ["yolo"]:
+        return predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, progress=progress)
+    t0 = time.perf_counter()
+    pred = predict_detectors(root, split, runs=runs, bundle_dir=bundle_dir, detectors=names, backend=backend,
+                             progress=progress)
+    wall_s = time.perf_counter() - t0
+    rows = []
+    for run, rep in pred.report.groupby("experiment", sort=False):
+        failed = rep[rep["status"] != "ok"]
+        rows.append({"experiment": run, "status": "failed" if len(failed) == len(rep) else "ok",
+                     "backend": backend, "n_detections": int(rep["n_candidates"].sum()),
+                     "n_picks": int((pred.picks["experiment"] == run).sum()),
+                     "inference_s": float(rep["seconds"].sum()), "total_s": float(rep["seconds"].sum()),
+                     "error": "; ".join(f"{r.detector}: {r.error}" for r in failed.itertuples()) or None})
+    report = pd.DataFrame(rows).reindex(columns=REPORT_COLUMNS)
+    return Prediction(picks=pred.picks, detections=frames.empty(frames.DETECTIONS), report=report, wall_s=wall_s,
+                      notes=[f"detectors: {' + '.join(names)}"], inputs=[Path(root), bundle_dir])

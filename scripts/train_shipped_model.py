@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="data-loader workers (0 is fastest on 2 cores)")
     ap.add_argument("--init", type=Path, help="fine-tune from this model.pt instead of training from the yaml")
     ap.add_argument("--no-install", action="store_true", help="do not copy the bundle into czii_kaggle/models")
+    ap.add_argument("--real-root", type=Path, default=REPO.parent / "shared" / "czii-real",
+                    help="the real runs' picks (Kaggle layout) whose layouts the first simulated runs take")
     ap.add_argument("--sim-seed", type=int, default=SIM_SEED, help="master seed of the simulated runs")
     ap.add_argument("--n-runs", type=int, default=len(TRAIN_DIFFICULTIES),
                     help="simulated runs: the 5 real layouts first, then random ones")
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     root = sim_dir / "czii-cryo-et-object-identification"
     if not (sim_dir / "simulation.json").exists():
         simulate_dataset(sim_dir, n_train=a.n_runs, n_test=0, config=sim_config, seed=a.sim_seed,
-                         real_train_layouts=True, difficulties=difficulties, count_scale=count_scale or 1.0,
+                         real_train_layouts=True, real_root=a.real_root, difficulties=difficulties, count_scale=count_scale or 1.0,
                          overwrite=True)  # its own folder: a run stopped while simulating starts it again
     runs = layout.list_pick_runs(root)
     missing = sorted(set(val_runs) - set(runs))

@@ -51,14 +51,14 @@ def matched(cands, name, xyz):
 
 
 def test_oracle_truth_boxes_score_on_real_layouts(real_root):
-    from czii_kaggle import io
+    from czii_kaggle import omezarr
     from czii_kaggle.dataset import slice_boxes
     from czii_kaggle.picks import read_all_picks
 
     zarr = real_root / "zarr-metadata" / "TS_5_4-denoised.zarr"
-    voxel_A = io.read_voxel_size(zarr, 0)
+    voxel_A = omezarr.read_voxel_size(zarr, 0)
     # only level 2's .zarray is present: level 0 has (voxel_2 / voxel_0) times its slices
-    n_slices = io.open_level(zarr, 2).shape[0] * round(io.read_voxel_size(zarr, 2) / voxel_A)
+    n_slices = omezarr.open_level(zarr, 2).shape[0] * round(omezarr.read_voxel_size(zarr, 2) / voxel_A)
     truth = read_all_picks(real_root)
     boxes = slice_boxes(truth, voxel_A, n_slices)
     det = pd.DataFrame(
@@ -242,12 +242,14 @@ def test_empty_input_gives_empty_frame():
 
 def test_bad_detections_raise_input_error():
     det = column("ribosome", 1000.0, 1000.0, 500.0)
-    with pytest.raises(CziiInputError, match="confidence"):
+    with pytest.raises(CziiInputError, match=r"^invalid detections, 1 problem\(s\): missing column\(s\) confidence"):
         aggregate(det.drop(columns="confidence"))
-    with pytest.raises(CziiInputError, match="class_id"):
+    with pytest.raises(CziiInputError, match=r"class_id: outside 0\.\.5 in rows 0, 1"):
         aggregate(det.assign(class_id=6))
-    with pytest.raises(CziiInputError, match="NaN"):
+    with pytest.raises(CziiInputError, match="x: missing or infinite value in rows 0, 1"):
         aggregate(det.assign(x=np.nan))
+    with pytest.raises(CziiInputError, match="confidence: not a number in row 0$"):
+        aggregate(det.assign(confidence=["high"] + [0.5] * (len(det) - 1)))
 
 
 def test_slice_step_is_inferred_from_z():

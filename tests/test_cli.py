@@ -76,12 +76,12 @@ def _run(argv, capsys):
 @pytest.fixture
 def tiny_root(tmp_path):
     """Two training runs with picks: a small Kaggle-layout root."""
-    from czii_kaggle import io, layout
+    from czii_kaggle import omezarr, layout
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for run in ("TS_a", "TS_b"):
-        io.write_tomogram(layout.tomogram_path(root, "train", run), rng.normal(size=(8, 64, 64)).astype(np.float32), 10.0)
+        omezarr.write_tomogram(layout.tomogram_path(root, "train", run), rng.normal(size=(8, 64, 64)).astype(np.float32), 10.0)
         write_run_picks(root, pd.DataFrame({"experiment": [run], "particle_type": ["ribosome"],
                                             "x": [300.0], "y": [300.0], "z": [40.0]}))
     return root
@@ -277,3 +277,12 @@ def test_predict_writes_the_other_runs_and_exits_1_when_one_fails(tmp_path, caps
     assert last.startswith("czii-kaggle: 1 of 2 runs failed or gave no picks (TS_broken;")
     assert f"wrote {len(sub)} picks of 1/2 runs" in captured.out
     assert re.search(r"1/2 runs predicted in .* the model waited for data \d+% of its time", captured.out)
+
+
+def test_simulate_real_layouts_take_the_root_given(tmp_path, capsys, real_root):
+    assert main(["simulate", "--out", str(tmp_path / "sim"), "--n-train", "1", "--n-test", "0",
+                 "--shape", "16", "96", "96", "--real-layouts", str(real_root)]) == 0
+    assert "TS_5_4" in capsys.readouterr().out
+    assert main(["simulate", "--out", str(tmp_path / "sim2"), "--n-train", "1", "--n-test", "0",
+                 "--shape", "16", "96", "96", "--real-layouts", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere/train/overlay/ExperimentRuns: no training overlay (picks) folder" in capsys.readouterr().err

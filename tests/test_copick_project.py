@@ -9,7 +9,7 @@ import pytest
 
 copick = pytest.importorskip("copick")
 
-from czii_kaggle import cli, copick_project, io, layout, particles, picks as picks_io  # noqa: E402
+from czii_kaggle import cli, copick_project, omezarr, layout, particles, picks as picks_io  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.predict import predict_runs  # noqa: E402
 from czii_kaggle.simulate import SimConfig, simulate_dataset  # noqa: E402
@@ -93,7 +93,7 @@ def test_run_without_the_tomogram_is_reported_not_lost(tmp_path, sim):
     # one run gets a second voxel spacing holding only a wbp tomogram
     first, second = sim.test_runs
     vs7 = sim.root / "test" / "static" / "ExperimentRuns" / second / "VoxelSpacing7.000"
-    io.write_tomogram(vs7 / "wbp.zarr", np.zeros((8, 64, 64), np.float32), 7.0)
+    omezarr.write_tomogram(vs7 / "wbp.zarr", np.zeros((8, 64, 64), np.float32), 7.0)
     src = resolve_sources(copick=config, voxel_spacing_A=7.0, tomo_type="wbp")
     assert set(src.tomograms) == {second} and set(src.errors) == {first}
     assert "has no voxel spacing 7 A (it has [10.0])" in src.errors[first]
@@ -123,7 +123,7 @@ def test_training_root_from_copick_picks(tmp_path, sim):
     truth = truth[truth["experiment"] == run]
     linked = layout.tomogram_path(out, "train", run)
     assert linked.is_symlink()
-    assert io.open_level(linked).shape == io.open_level(layout.tomogram_path(sim.root, "train", run)).shape
+    assert omezarr.open_level(linked).shape == omezarr.open_level(layout.tomogram_path(sim.root, "train", run)).shape
     got = picks_io.read_all_picks(out, [run])
     pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True),
                                   truth.sort_values(key).reset_index(drop=True))

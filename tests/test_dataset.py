@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from czii_kaggle import io, layout, particles, picks as picks_io
+from czii_kaggle import omezarr, layout, particles, picks as picks_io
 from czii_kaggle.dataset import (
     DatasetConfig,
     LabelConfig,
@@ -94,7 +94,7 @@ def _write_run(root, run, shape, picks_rows, rng):
     for _, name, x, y, z in picks_rows:
         r = particles.get(name).radius_A / VOX
         vol[(zz - z / VOX) ** 2 + (yy - y / VOX) ** 2 + (xx - x / VOX) ** 2 <= r**2] -= 2.0
-    io.write_tomogram(layout.tomogram_path(root, "train", run), vol, VOX)
+    omezarr.write_tomogram(layout.tomogram_path(root, "train", run), vol, VOX)
     picks_io.write_run_picks(root, _picks([[run, *row[1:]] for row in picks_rows]))
 
 

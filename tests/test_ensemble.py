@@ -160,19 +160,18 @@ def test_a_useless_detector_gets_no_weight():
     assert restored == config
 
 
-def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys):
+def _heatmap_only_bundle(tmp_path):
+    """Two random test tomograms and a bundle holding an untrained heatmap net with no thresholds."""
     import torch
 
-    from czii_kaggle import io, layout
-    from czii_kaggle.cli import main
+    from czii_kaggle import layout, omezarr
     from czii_kaggle.heatmap import HeatmapConfig, save_heatmap_json
     from czii_kaggle.heatmap_net import HeatmapUNet
-    from czii_kaggle.submission import validate_submission
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for run in ("TS_a", "TS_b"):
-        io.write_tomogram(layout.tomogram_path(root, "test", run), rng.random((40, 72, 72)).astype(np.float32),
+        omezarr.write_tomogram(layout.tomogram_path(root, "test", run), rng.random((40, 72, 72)).astype(np.float32),
                           10.012444537618887)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -180,6 +179,14 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
     cfg = HeatmapConfig(channels=(4, 8, 8), window_vox=(16, 32, 32), overlap_vox=8, min_peak=0.0)
     keep_all = AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.0) for p in PARTICLES})
     save_heatmap_json(bundle, config=cfg.to_dict(), aggregate=keep_all.to_dict())
+    return root, bundle
+
+
+def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys):
+    from czii_kaggle.cli import main
+    from czii_kaggle.submission import validate_submission
+
+    root, bundle = _heatmap_only_bundle(tmp_path)
     out = tmp_path / "sub.csv"
     assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out)]) == 2  # no YOLO held
     assert "holds only heatmap" in capsys.readouterr().err
@@ -188,6 +195,26 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
     sub = validate_submission(out)
     assert set(sub["experiment"]) == {"TS_a", "TS_b"}  # an untrained net, no thresholds: peaks everywhere
     assert "wrote" in capsys.readouterr().out
+
+
+def test_predict_bundle_passes_the_detectors_through(tmp_path):
+    from czii_kaggle.predict import run_problems, write_prediction
+    from czii_kaggle.workflow import predict_bundle
+
+    root, bundle = _heatmap_only_bundle(tmp_path)
+    with pytest.raises(CziiInputError, match="holds only heatmap"):
+        predict_bundle(root, bundle=bundle)  # the default: YOLO, which this bundle lacks
+    with pytest.raises(CziiInputError, match="need a bundle folder"):
+        predict_bundle(root, bundle=bundle / "heatmap.pt", detectors="heatmap")
+    pred = predict_bundle(root, bundle=bundle, detectors="heatmap", progress=False)
+    assert pred.report["experiment"].tolist() == ["TS_a", "TS_b"] and (pred.report["status"] == "ok").all()
+    assert pred.report["n_picks"].tolist() == [int((pred.picks["experiment"] == r).sum()) for r in ("TS_a", "TS_b")]
+    assert (pred.report["n_picks"] > 0).all() and run_problems(pred.report).empty
+    assert pred.notes == ["detectors: heatmap"] and pred.detections.empty
+    sub = write_prediction(pred, tmp_path / "sub.csv")
+    assert set(sub["experiment"]) == {"TS_a", "TS_b"}
+    with pytest.raises(CziiInputError, match="is inside"):  # outputs among the inputs are refused
+        write_prediction(pred, bundle / "sub.csv")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from czii_kaggle import io, layout
+from czii_kaggle import omezarr, layout
 from czii_kaggle.errors import CziiInputError
 from czii_kaggle.heatmap import (HeatmapBundle, HeatmapConfig, HeatmapDetector, A_to_grid, export_heatmap_onnx,
                                  find_peaks, grid_to_A, heatmap_candidates, load_heatmap_bundle, load_model,
@@ -175,7 +175,7 @@ def test_weights_of_the_wrong_class_count_are_refused(tmp_path):
 
 def _zarr(tmp_path, voxel_size_A, shape=(40, 72, 72)):
     path = tmp_path / "t.zarr"
-    io.write_tomogram(path, np.random.default_rng(0).random(shape).astype(np.float32), voxel_size_A)
+    omezarr.write_tomogram(path, np.random.default_rng(0).random(shape).astype(np.float32), voxel_size_A)
     return path
 
 

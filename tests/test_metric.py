@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from czii_kaggle import metric, particles
+from czii_kaggle.errors import CziiInputError
 
 REAL = Path("/work/shared/czii-real/train/overlay/ExperimentRuns")
 COLS = ["experiment", "particle_type", "x", "y", "z"]
@@ -203,16 +204,18 @@ def test_unknown_particle_type_is_an_error():
 
 def test_missing_columns_are_listed():
     solution = _frame([("A", "apo-ferritin", 100, 100, 100)])
-    with pytest.raises(ValueError, match=r"submission lacks column\(s\) particle_type, z"):
+    with pytest.raises(CziiInputError, match=r"^invalid submission, 1 problem\(s\): missing column\(s\) particle_type, z"):
         metric.score(solution, solution.drop(columns=["particle_type", "z"]))
 
 
 def test_non_finite_coordinates_and_repeated_solution_points_are_errors():
     solution = _frame([("A", "apo-ferritin", 100, 100, 100), ("A", "ribosome", 500, 500, 500)])
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(CziiInputError, match=r"^invalid submission, 1 problem\(s\): z: missing or infinite value in row 0$"):
         metric.score(solution, solution.assign(z=[np.nan, 1.0]))
+    with pytest.raises(CziiInputError, match=r"invalid solution.*x: coordinate beyond"):
+        metric.score(solution.assign(x=[1e300, 1.0]), solution)
     repeated = pd.concat([solution, solution.iloc[:1]], ignore_index=True)
-    with pytest.raises(ValueError, match="repeats"):
+    with pytest.raises(CziiInputError, match="repeats"):
         metric.score(repeated, solution)
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from czii_kaggle import aggregate, io, outputs, picks, submission, viz
+from czii_kaggle import aggregate, omezarr, outputs, picks, submission, viz
 from czii_kaggle.errors import CziiInputError
 
 PICKS = pd.DataFrame({"experiment": ["TS_1"], "particle_type": ["ribosome"], "x": [1.0], "y": [2.0], "z": [3.0]})
@@ -92,12 +92,12 @@ def test_writers_replace_whole_files(tmp_path):
 
 def test_atomic_dir_swaps_in_only_a_complete_folder(tmp_path):
     target = tmp_path / "t.zarr"
-    io.write_tomogram(target, np.arange(64, dtype=np.float32).reshape(4, 4, 4), 10.0, n_levels=1)
+    omezarr.write_tomogram(target, np.arange(64, dtype=np.float32).reshape(4, 4, 4), 10.0, n_levels=1)
     with pytest.raises(KeyboardInterrupt):
         with outputs.atomic_dir(target, replace=True) as tmp:
             (tmp / "half").write_text("x")
             raise KeyboardInterrupt
-    assert io.read_tomogram(target)[0][3, 3, 3] == 63 and _leftovers(tmp_path) == []
+    assert omezarr.read_tomogram(target)[0][3, 3, 3] == 63 and _leftovers(tmp_path) == []
     with pytest.raises(CziiInputError, match="t.zarr: folder exists and is not empty"):
         with outputs.atomic_dir(target):
             pass

@@ -144,10 +144,10 @@ def test_write_then_read_round_trip(tmp_path):
 
 
 def test_write_rejects_bad_frames(tmp_path):
-    with pytest.raises(ValueError, match="columns"):
+    with pytest.raises(CziiInputError, match=r"^invalid picks, 1 problem\(s\): missing column\(s\) particle_type, y, z"):
         picks.write_run_picks(tmp_path, pd.DataFrame({"experiment": ["a"], "x": [1.0]}))
     bad = pd.DataFrame({"experiment": ["a"], "particle_type": ["proteasome"], "x": [1.0], "y": [1.0], "z": [1.0]})
-    with pytest.raises(ValueError, match="proteasome"):
+    with pytest.raises(CziiInputError, match="unknown particle_type 'proteasome' in row 0"):
         picks.write_run_picks(tmp_path, bad)
     with pytest.raises(ValueError, match="non-finite"):
         picks.write_picks_file(tmp_path / "r.json", "a", "ribosome", [[1.0, np.nan, 2.0]])

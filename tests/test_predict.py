@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from czii_kaggle import io, layout, metric, particles, picks, submission
+from czii_kaggle import omezarr, layout, metric, particles, picks, submission
 from czii_kaggle.aggregate import AggregateConfig
 from czii_kaggle.detect import DETECTION_COLUMNS, DetectConfig, detect_volume, image_size, load_model
 from czii_kaggle.errors import CziiInputError, CziiRunError
@@ -234,8 +234,8 @@ def test_run_with_nan_tomogram_is_handled(tmp_path, untrained_bundle):
     root = tmp_path / "data"
     vol = np.random.default_rng(0).normal(size=(16, 64, 64)).astype(np.float32)
     vol[3, 10:20, 10:20] = np.nan
-    io.write_tomogram(layout.tomogram_path(root, "test", "TS_nan"), vol, 10.0)
-    io.write_tomogram(layout.tomogram_path(root, "test", "TS_allnan"), np.full((8, 64, 64), np.nan, np.float32), 10.0)
+    omezarr.write_tomogram(layout.tomogram_path(root, "test", "TS_nan"), vol, 10.0)
+    omezarr.write_tomogram(layout.tomogram_path(root, "test", "TS_allnan"), np.full((8, 64, 64), np.nan, np.float32), 10.0)
     with pytest.warns(RuntimeWarning, match="non-finite"):
         pred = predict_runs(root, "test", bundle=untrained_bundle, progress=False)
     rep = pred.report.set_index("experiment")
@@ -247,13 +247,13 @@ def test_blank_runs_fail_with_their_reason_others_go_on(tmp_path, untrained_bund
     """A tomogram with no contrast holds no particle: its run fails naming the file, no picks."""
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
-    io.write_tomogram(layout.tomogram_path(root, "test", "TS_ok"), rng.normal(size=(16, 64, 64)).astype(np.float32), 10.0)
-    io.write_tomogram(layout.tomogram_path(root, "test", "TS_zero"), np.zeros((16, 64, 64), np.float32), 10.0)
+    omezarr.write_tomogram(layout.tomogram_path(root, "test", "TS_ok"), rng.normal(size=(16, 64, 64)).astype(np.float32), 10.0)
+    omezarr.write_tomogram(layout.tomogram_path(root, "test", "TS_zero"), np.zeros((16, 64, 64), np.float32), 10.0)
     nearly = np.zeros((16, 128, 128), np.float32)
     nearly[8, 60:62, 60:62] = 5.0  # a speck: > 99.5 % of voxels one value
-    io.write_tomogram(layout.tomogram_path(root, "test", "TS_speck"), nearly, 10.0)
+    omezarr.write_tomogram(layout.tomogram_path(root, "test", "TS_speck"), nearly, 10.0)
     missing = layout.tomogram_path(root, "test", "TS_nochunk")
-    io.write_tomogram(missing, rng.normal(size=(16, 64, 64)).astype(np.float32), 10.0, n_levels=1)
+    omezarr.write_tomogram(missing, rng.normal(size=(16, 64, 64)).astype(np.float32), 10.0, n_levels=1)
     (missing / "0" / "0" / "0" / "0").unlink()  # its only chunk: zarr reads zeros
     pred = predict_runs(root, "test", bundle=untrained_bundle, progress=False)
     rep = pred.report.set_index("experiment")
@@ -315,7 +315,7 @@ def test_tta_views_are_flipped_back_into_the_slice_frame(small_dataset):
     bundle = load_bundle(None)
     model = load_model(bundle.weights)
     run = small_dataset.test_runs[0]
-    vol, vs = io.read_tomogram(layout.tomogram_path(small_dataset.root, "test", run))
+    vol, vs = omezarr.read_tomogram(layout.tomogram_path(small_dataset.root, "test", run))
     vol = preprocess_volume(vol[:12], bundle.preprocess)
     nz, ny, nx = vol.shape
 
@@ -343,13 +343,14 @@ def test_tta_views_are_flipped_back_into_the_slice_frame(small_dataset):
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
 @pytest.mark.slow
-def test_tune_bundle_pools_roots_and_saves_tta(tmp_path):
+def test_tune_bundle_pools_roots_and_saves_tta(tmp_path, real_root):
     """Runs of one name in two roots are tuned on side by side, not merged; the TTA setting is saved."""
     from czii_kaggle.predict import tune_bundle
 
     roots = []
     for seed in (11, 12):  # both roots hold a run called TS_5_4 (the first real layout, cropped)
         ds = simulate_dataset(tmp_path / f"sim{seed}", n_train=1, n_test=0, seed=seed, real_train_layouts=True,
+                              real_root=real_root,
                               config=SimConfig(shape_vox=(64, 320, 320), difficulty="easy"))
         roots.append((ds.root, ds.train_runs))
     assert roots[0][1] == roots[1][1] == ["TS_5_4"]

@@ -72,3 +72,27 @@ def test_cpu_fallback_prints_an_estimate():
     assert lines[1].startswith("no usable GPU: predicting 500 run(s) on the CPU") and f"{minutes:.0f} min" in lines[1]
     assert runtime.cpu_estimate_s(2, 2, shape_vox=(92, 630, 630)) == pytest.approx(runtime.CPU_SECONDS_PER_RUN)
     assert runtime.describe_plan(plan_devices([Gpu(0, "Tesla T4", T4)], TORCH_210_ARCHS), 500) == []
+
+
+def test_data_root_or_simulate(tmp_path, real_root):
+    competition = tmp_path / "czii-cryo-et-object-identification"
+    given = runtime.data_root_or_simulate(tmp_path / "mine", tmp_path / "sim", n_train=1, competition_root=competition)
+    assert given == (tmp_path / "mine", None) and not (tmp_path / "sim").exists()
+    with pytest.raises(CziiInputError, match="not attached"):  # a Kaggle kernel never submits a simulated set
+        runtime.data_root_or_simulate(None, tmp_path / "sim", n_test=1, kaggle_needs_data=True, kaggle=True,
+                                      competition_root=competition)
+    assert not (tmp_path / "sim").exists()
+    from czii_kaggle import layout
+    from czii_kaggle.simulate import SimConfig
+
+    root, sim = runtime.data_root_or_simulate(None, tmp_path / "sim", n_train=1, n_test=1, seed=3,
+                                              config=SimConfig(shape_vox=(16, 96, 96)), real_layouts=real_root,
+                                              kaggle_needs_data=True, kaggle=False, competition_root=competition)
+    assert root == sim.root and sim.train_runs == ["TS_5_4"] and len(sim.test_runs) == 1  # a real run's layout
+    assert layout.list_runs(root, "test") == sim.test_runs
+    again, _ = runtime.data_root_or_simulate(None, tmp_path / "sim", n_train=1, seed=4,
+                                             config=SimConfig(shape_vox=(16, 96, 96)), competition_root=competition)
+    assert again == root and "TS_sim_4_0" in layout.list_pick_runs(root)  # its own scratch folder: written again
+    competition.mkdir()
+    assert runtime.data_root_or_simulate(None, tmp_path / "other", n_test=1, competition_root=competition) == (
+        competition, None)

@@ -6,7 +6,7 @@ import pytest
 
 starfile = pytest.importorskip("starfile")
 
-from czii_kaggle import cli, io, layout  # noqa: E402
+from czii_kaggle import cli, omezarr, layout  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.star import CENTERED_COLUMNS, read_star, relion_table, tomogram_centers_A, write_star  # noqa: E402
 
@@ -24,7 +24,7 @@ def _picks():
 
 def test_tomogram_centre_is_half_the_extent(tmp_path):
     path = tmp_path / "t.zarr"
-    io.write_tomogram(path, np.zeros((16, 64, 96), np.float32), 10.0)
+    omezarr.write_tomogram(path, np.zeros((16, 64, 96), np.float32), 10.0)
     assert tomogram_centers_A({"r": path}) == {"r": (480.0, 320.0, 80.0)}  # (x, y, z) = shape / 2 * 10 A
 
 
@@ -98,7 +98,7 @@ def test_cli_predict_format_star(tmp_path):
 
 def test_star_out_that_is_a_file_is_refused_before_predicting(tmp_path, capsys):
     root = tmp_path / "data"
-    io.write_tomogram(layout.tomogram_path(root, "test", "TS_x"), np.zeros((8, 64, 64), np.float32), 10.0)
+    omezarr.write_tomogram(layout.tomogram_path(root, "test", "TS_x"), np.zeros((8, 64, 64), np.float32), 10.0)
     taken = tmp_path / "taken.csv"
     taken.write_text("keep me")
     assert cli.main(["predict", "--data", str(root), "--format", "star", "--out", str(taken)]) == 2

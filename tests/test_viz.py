@@ -11,8 +11,9 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Rectangle
 
-from czii_kaggle import io, layout, particles, viz
-from czii_kaggle.picks import read_all_picks, read_run_picks, write_run_picks
+from czii_kaggle import layout, omezarr, particles, stats, viz
+from czii_kaggle.errors import CziiInputError
+from czii_kaggle.picks import read_run_picks, write_run_picks
 
 V = 10.0  # voxel size (Angstrom) of the synthetic volumes
 
@@ -34,102 +35,13 @@ def _axes(fig, label):
     return found[0]
 
 
-def _cuts_by_loop(picks, axis, position_A):
-    """Reference: (x, y, z, radius of the cut) of each pick cutting the plane, by a plain loop."""
-    out = []
-    for _, p in picks.iterrows():
-        r = particles.get(p["particle_type"]).radius_A
-        d = abs(p[axis] - position_A)
-        if d < r:
-            out.append((p["x"], p["y"], p["z"], math.sqrt(r * r - d * d), p["particle_type"]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def real_picks(real_root):
-    return read_all_picks(real_root)
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def test_pick_counts_match_the_real_files_table(real_picks):
-    counts = viz.pick_counts(real_picks)
-    assert list(counts.columns) == list(particles.NAMES)
-    assert list(counts.index) == sorted(counts.index) and len(counts) == 5
-    assert counts.dtypes.eq(np.int64).all()
-    # the table of ../shared/czii-real/README.md
-    assert counts.loc["TS_5_4"].tolist() == [46, 10, 12, 31, 30, 11]
-    assert counts.loc["TS_73_6"].tolist() == [95, 12, 14, 46, 28, 22]
-    assert counts.to_numpy().sum() == len(real_picks)
-
-
-def test_pick_counts_fill_absent_types_with_zero():
-    counts = viz.pick_counts(_picks([("ribosome", 1, 2, 3), ("ribosome", 5, 6, 7)]))
-    assert counts.loc["run_a", "ribosome"] == 2
-    assert counts.loc["run_a"].drop("ribosome").eq(0).all()
-
-
-def test_pick_counts_reject_unknown_types_and_missing_columns():
-    with pytest.raises(KeyError, match="unknown particle type"):
-        viz.pick_counts(_picks([("proteasome", 1, 2, 3)]))
-    with pytest.raises(ValueError, match="lack column"):
-        viz.pick_counts(pd.DataFrame({"experiment": ["a"], "particle_type": ["ribosome"]}))
-
-
-def test_nearest_neighbour_distances_within_type_and_run():
-    picks = pd.concat(
-        [
-            _picks([("apo-ferritin", 0, 0, 0), ("apo-ferritin", 100, 0, 0), ("apo-ferritin", 250, 0, 0),
-                    ("ribosome", 10, 0, 0)]),
-            _picks([("apo-ferritin", 30, 0, 0)], experiment="run_b"),
-        ],
-        ignore_index=True,
-    )
-    nn = viz.nearest_neighbour_distances(picks)
-    np.testing.assert_allclose(nn[:3], [100, 100, 150])
-    assert np.isnan(nn[3]) and np.isnan(nn[4])  # alone of its type / in its run
-
-
-def test_nearest_neighbour_distances_equal_brute_force_on_real_picks(real_picks):
-    nn = viz.nearest_neighbour_distances(real_picks)
-    xyz = real_picks[["x", "y", "z"]].to_numpy()
-    for (run, name), idx in real_picks.groupby(["experiment", "particle_type"]).indices.items():
-        d = np.linalg.norm(xyz[idx, None, :] - xyz[None, idx, :], axis=-1)
-        np.fill_diagonal(d, np.inf)
-        np.testing.assert_allclose(nn[idx], d.min(axis=1), err_msg=f"{run} {name}")
-
-
-def test_plane_sections_radius_is_the_sphere_cross_section():
-    # ribosome r = 150: d = 90 -> 120 (3-4-5); d = 150 only touches; d = 0 -> full radius
-    picks = _picks([("ribosome", 0, 0, 1090), ("ribosome", 0, 0, 1150), ("ribosome", 0, 0, 1000),
-                    ("apo-ferritin", 0, 0, 1059.0)])
-    cut = viz.plane_sections(picks, "z", 1000.0)
-    assert cut.index.tolist() == [0, 2, 3]
-    np.testing.assert_allclose(cut["section_radius_A"], [120.0, 150.0, math.sqrt(60**2 - 59**2)])
-    with pytest.raises(ValueError, match="axis"):
-        viz.plane_sections(picks, "w", 0.0)
-
-
-def test_busiest_slice_matches_a_slice_by_slice_count():
-    picks = _picks([("ribosome", 0, 0, 400.0), ("apo-ferritin", 0, 0, 520.0), ("apo-ferritin", 0, 0, 530.0),
-                    ("virus-like-particle", 0, 0, 1500.0)])
-    n = 60
-    depth = [len(_cuts_by_loop(picks, "z", i * V)) for i in range(n)]
-    assert viz.busiest_slice(picks, V, n) == int(np.argmax(depth)) and max(depth) == 3
-    assert viz.busiest_slice(picks.iloc[:0], V, n) == n // 2
-
-
-# --------------------------------------------------------------------------- figures
-
-
 def test_plot_pick_counts_bars_are_the_counts_in_particle_colours(real_picks):
     fig = viz.plot_pick_counts(real_picks)
     assert isinstance(fig, Figure)
     (ax,) = fig.axes
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert [b.get_label() for b in bars] == list(particles.NAMES)
-    counts = viz.pick_counts(real_picks)
+    counts = stats.pick_counts(real_picks)
     for b, p in zip(bars, particles.PARTICLES):
         assert [r.get_height() for r in b] == counts[p.name].tolist()
         np.testing.assert_allclose(b[0].get_facecolor()[:3], p.color_rgb)
@@ -141,7 +53,7 @@ def _synthetic_volume(shape=(20, 60, 80)):
     return rng.normal(size=shape).astype(np.float32)
 
 
-def test_plot_orthoslices_circles_are_the_cross_sections_in_each_plane():
+def test_plot_orthoslices_circles_are_the_cross_sections_in_each_plane(cuts_by_loop):
     vol = _synthetic_volume((40, 60, 80))  # default centre: planes z = 200, y = 300, x = 400 A
     picks = _picks([
         ("ribosome", 400.0, 300.0, 200.0),        # cuts all three planes through its centre
@@ -157,7 +69,7 @@ def test_plot_orthoslices_circles_are_the_cross_sections_in_each_plane():
     for label, (axis, pos, h, v) in planes.items():
         ax = _axes(fig, label)
         circles = _circles(ax)
-        ref = _cuts_by_loop(picks, axis, pos)
+        ref = cuts_by_loop(picks, axis, pos)
         assert len(circles) == len(ref) == expected_counts[label]
         got = sorted((c.center, c.get_radius(), tuple(c.get_edgecolor()[:3])) for c in circles)
         col = {"x": 0, "y": 1, "z": 2}
@@ -191,7 +103,7 @@ def test_plot_orthoslices_images_put_voxel_i_at_i_times_voxel_size():
         assert _circles(_axes(fig, label)) == []
 
 
-def test_plot_orthoslices_real_picks_on_a_full_size_volume(real_picks):
+def test_plot_orthoslices_real_picks_on_a_full_size_volume(real_picks, cuts_by_loop):
     run = real_picks[real_picks["experiment"] == "TS_6_4"]
     vol = np.broadcast_to(np.float32(0.0), (184, 630, 630))  # full shape without the memory
     v = 10.012444537618887
@@ -199,7 +111,7 @@ def test_plot_orthoslices_real_picks_on_a_full_size_volume(real_picks):
     fig = viz.plot_orthoslices(vol, v, real_picks, center_vox=centre, experiment="TS_6_4")
     for label, axis, idx in (("x-y", "z", 0), ("x-z", "y", 1), ("z-y", "x", 2)):
         circles = _circles(_axes(fig, label))
-        ref = _cuts_by_loop(run, axis, centre[idx] * v)
+        ref = cuts_by_loop(run, axis, centre[idx] * v)
         assert len(circles) == len(ref) > 0, label
         assert sorted(c.get_radius() for c in circles) == pytest.approx(sorted(r[3] for r in ref))
 
@@ -229,7 +141,7 @@ def test_plot_z_distribution_counts_each_type(real_picks):
 
 def test_plot_nearest_neighbours_marks_the_match_radius(real_picks):
     fig = viz.plot_nearest_neighbours(real_picks)
-    nn = viz.nearest_neighbour_distances(real_picks)
+    nn = stats.nearest_neighbour_distances(real_picks)
     for p in particles.PARTICLES:
         ax = _axes(fig, p.name)
         n = int(((real_picks["particle_type"] == p.name).to_numpy() & np.isfinite(nn)).sum())
@@ -237,33 +149,6 @@ def test_plot_nearest_neighbours_marks_the_match_radius(real_picks):
         lines = {ln.get_label(): ln.get_xdata()[0] for ln in ax.get_lines()}
         assert lines["0.5 x radius"] == pytest.approx(0.5 * p.radius_A)
         assert lines["diameter"] == pytest.approx(2 * p.radius_A)
-
-
-def test_particle_crops_are_centred_on_the_pick_and_nan_outside():
-    nz, ny, nx = 12, 30, 40
-    z, y, x = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
-    vol = (z * 10000 + y * 100 + x).astype(np.float32)  # each voxel's value names it
-    picks = _picks([
-        ("ribosome", 204.0, 96.0, 51.0),       # voxel (5, 10, 20) after rounding
-        ("ribosome", 10.0, 290.0, 110.0),      # voxel (11, 29, 1): crop runs off two edges
-        ("apo-ferritin", 500.0, 100.0, 60.0),  # x = 50 vox: outside, skipped
-    ])
-    crops = viz.particle_crops(vol, V, picks, size_vox=7)
-    assert list(crops) == ["apo-ferritin", "ribosome"]
-    assert crops["apo-ferritin"].shape == (0, 7, 7)
-    rib = crops["ribosome"]
-    assert rib.shape == (2, 7, 7) and rib.dtype == np.float32
-    np.testing.assert_array_equal(rib[0], vol[5, 7:14, 17:24])
-    assert rib[1, 3, 3] == vol[11, 29, 1]
-    # rows beyond y = 29 and columns before x = 0 are NaN, the rest is the volume
-    np.testing.assert_array_equal(np.isnan(rib[1]), np.add.outer(np.arange(7) > 3, np.arange(7) < 2) > 0)
-    np.testing.assert_array_equal(rib[1, :4, 2:], vol[11, 26:30, 0:5])
-
-
-def test_average_crop_ignores_nan():
-    crops = np.array([[[1.0, np.nan]], [[3.0, np.nan]], [[np.nan, np.nan]]])
-    avg = viz.average_crop(crops)
-    assert avg[0, 0] == 2.0 and np.isnan(avg[0, 1])
 
 
 def test_plot_crop_gallery_shows_examples_and_the_average():
@@ -275,7 +160,7 @@ def test_plot_crop_gallery_shows_examples_and_the_average():
     for name, stack in crops.items():
         ax = _axes(fig, f"average {name}")
         (image,) = ax.get_images()
-        np.testing.assert_allclose(image.get_array(), viz.average_crop(stack), rtol=1e-6)
+        np.testing.assert_allclose(image.get_array(), stats.average_crop(stack), rtol=1e-6)
         (circle,) = _circles(ax)
         assert circle.get_radius() == pytest.approx(particles.get(name).radius_A / V)
     n_images = sum(len(ax.get_images()) for ax in fig.axes)
@@ -308,7 +193,7 @@ def test_plot_picks_3d_one_scatter_per_type(real_picks):
         np.testing.assert_allclose(np.asarray(xs), ref["x"].to_numpy())
 
 
-def test_plot_detections_draws_truth_circles_and_predicted_crosses():
+def test_plot_detections_draws_truth_circles_and_predicted_crosses(cuts_by_loop):
     vol = _synthetic_volume()
     z_index = 8  # plane z = 80 A
     truth = _picks([("ribosome", 300.0, 200.0, 100.0), ("apo-ferritin", 100.0, 100.0, 150.0),
@@ -317,7 +202,7 @@ def test_plot_detections_draws_truth_circles_and_predicted_crosses():
                         ("virus-like-particle", 590.0, 410.0, 60.0), ("virus-like-particle", 200.0, 500.0, 0.0)])
     fig = viz.plot_detections(vol, V, z_index, truth=truth, predicted=predicted)
     ax = _axes(fig, "slice")
-    ref = _cuts_by_loop(truth, "z", 80.0)  # apo-ferritin at d = 70 > 60 is left out
+    ref = cuts_by_loop(truth, "z", 80.0)  # apo-ferritin at d = 70 > 60 is left out
     circles = _circles(ax)
     assert len(circles) == len(ref) == 2
     assert sorted(c.get_radius() for c in circles) == pytest.approx(sorted(r[3] for r in ref))
@@ -341,9 +226,28 @@ def test_plot_detections_without_picks_is_just_the_slice():
 def test_save_run_figure_reads_a_run_and_writes_a_png(tmp_path):
     root = tmp_path / "root"
     vol = _synthetic_volume((16, 48, 48))
-    io.write_tomogram(layout.tomogram_path(root, "train", "TS_x"), vol, V)
+    omezarr.write_tomogram(layout.tomogram_path(root, "train", "TS_x"), vol, V)
     write_run_picks(root, _picks([("ribosome", 240.0, 240.0, 80.0)], experiment="TS_x"))
     out = viz.save_run_figure(root, "TS_x", tmp_path / "figs" / "run.png")
     image = matplotlib.image.imread(out)
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert len(read_run_picks(root, "TS_x")) == 1
+
+
+def test_plot_run_detections_reads_the_run_and_draws_its_busiest_slice(tmp_path):
+    root = tmp_path / "root"
+    omezarr.write_tomogram(layout.tomogram_path(root, "test", "TS_x"), _synthetic_volume((16, 48, 48)), V)
+    truth = pd.concat([_picks([("apo-ferritin", 200.0, 200.0, 140.0), ("apo-ferritin", 300.0, 300.0, 130.0)],
+                              experiment="TS_x"),
+                       _picks([("apo-ferritin", 240.0, 240.0, 20.0)] * 3, experiment="TS_other")], ignore_index=True)
+    predicted = _picks([("apo-ferritin", 210.0, 200.0, 140.0)], experiment="TS_x")
+    fig = viz.plot_run_detections(root, "test", "TS_x", truth=truth, predicted=predicted)
+    z_index = stats.busiest_slice(truth[truth["experiment"] == "TS_x"], V, 16)
+    assert z_index != stats.busiest_slice(truth, V, 16)  # the other run's picks are left out
+    ax = _axes(fig, "slice")
+    assert ax.get_title().startswith(f"slice z = {z_index} vox") and len(_circles(ax)) == 2
+    assert fig._suptitle.get_text() == "TS_x (test)"
+    only_predicted = viz.plot_run_detections(root, "test", "TS_x", predicted=predicted)
+    assert _axes(only_predicted, "slice").get_title().startswith(f"slice z = {z_index} vox")
+    with pytest.raises(CziiInputError, match="^invalid truth, 1 problem"):
+        viz.plot_run_detections(root, "test", "TS_x", truth=truth.drop(columns="z"))

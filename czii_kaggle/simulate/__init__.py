@@ -31,9 +31,7 @@ from .config import (
     DIFFICULTY,
     FULL_SHAPE_VOX,
     KAGGLE_VOXEL_SIZE_A,
-    PICKS_COLUMNS,
     REAL_MEAN_COUNTS,
-    SOLUTION_COLUMNS,
     STRUCTURE_SIGMA,
     DifficultyKnobs,
     SimConfig,
@@ -41,7 +39,7 @@ from .config import (
     difficulty_value,
 )
 from .disk import SimDataset, simulate_dataset
-from .layouts import count_scales, crop_layout, default_real_root, random_layout, real_layouts
+from .layouts import count_scales, crop_layout, random_layout, real_layouts
 from .look import LOOK_CHOICES, LOOK_RANGES, Look, classic_look, draw_look, hold_out
 from .measure import detection_snr
 from .microscope import add_gradient, apply_microscope, ctf_envelope, electron_wavelength_A, wedge_mask
@@ -58,9 +56,9 @@ from .shapes import (
 from .tomogram import simulate_tomogram
 
 __all__ = [
-    "DIFFICULTY", "FULL_SHAPE_VOX", "KAGGLE_VOXEL_SIZE_A", "PICKS_COLUMNS", "REAL_MEAN_COUNTS", "SOLUTION_COLUMNS",
+    "DIFFICULTY", "FULL_SHAPE_VOX", "KAGGLE_VOXEL_SIZE_A", "REAL_MEAN_COUNTS",
     "STRUCTURE_SIGMA", "DifficultyKnobs", "SimConfig", "difficulty_knobs", "difficulty_value", "SimDataset",
-    "simulate_dataset", "count_scales", "crop_layout", "default_real_root", "random_layout", "real_layouts",
+    "simulate_dataset", "count_scales", "crop_layout", "random_layout", "real_layouts",
     "LOOK_CHOICES", "LOOK_RANGES", "Look", "classic_look", "draw_look", "hold_out", "detection_snr", "add_gradient",
     "apply_microscope", "ctf_envelope", "electron_wavelength_A", "wedge_mask", "render_clutter", "render_gold",
     "render_ice", "render_membranes", "render_targets", "DIMENSIONS_A", "TYPE_CONTRAST", "Blob", "model_blobs",

@@ -27,8 +27,6 @@ KAGGLE_VOXEL_SIZE_A: float = 10.012444537618887
 #: Full Kaggle tomogram shape ``(z, y, x)``: counts scale with the volume relative to it.
 FULL_SHAPE_VOX: tuple[int, int, int] = (184, 630, 630)
 
-PICKS_COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
-SOLUTION_COLUMNS = ["id", "experiment", "particle_type", "x", "y", "z"]
 
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import layout
+from .. import frames, layout
 from ..errors import CziiInputError
 from ..particles import NAMES
-from .config import PICKS_COLUMNS, SOLUTION_COLUMNS, SimConfig, difficulty_value
-from .layouts import _empty_picks, count_scales, crop_layout, random_layout, real_layouts
+from .config import SimConfig, difficulty_value
+from .layouts import count_scales, crop_layout, random_layout, real_layouts
 from .look import Look, classic_look, draw_look
 from .tomogram import simulate_tomogram
 
@@ -85,7 +85,8 @@ def simulate_dataset(
         Training runs take the real runs' picks (cropped to the shape) and names
         (TS_5_4, ...), as many as there are; further runs are random.
     real_root : str or Path, optional
-        Where the real picks are (see :func:`real_layouts`).
+        Where the real picks are (a Kaggle-layout root, :func:`real_layouts`); needed with
+        ``real_train_layouts``.
     difficulties : list, optional
         One difficulty (float or name) per run, training runs first.
     count_scale : float or mapping
@@ -103,7 +104,7 @@ def simulate_dataset(
     """
     from tqdm.auto import tqdm
 
-    from ..io import write_tomogram
+    from ..omezarr import write_tomogram
     from ..picks import write_picks_file, write_run_picks
 
     n_runs = n_train + n_test
@@ -156,10 +157,9 @@ def simulate_dataset(
                 write_picks_file(layout.picks_path(root, run, name), run, name, np.zeros((0, 3)))
 
     test = [p for s, _, p, *_ in plan if s == "test"]
-    solution = pd.concat(test, ignore_index=True) if test else _empty_picks()
-    solution = solution[PICKS_COLUMNS].reset_index(drop=True)
-    solution.insert(0, "id", np.arange(len(solution)))
-    solution = solution[SOLUTION_COLUMNS]
+    solution = pd.concat(test, ignore_index=True) if test else frames.empty(frames.PICKS)
+    solution = solution[frames.PICKS_COLUMNS].reset_index(drop=True)
+    solution.insert(0, "id", np.arange(len(solution)))  # Kaggle's solution file: a submission's columns
     out_dir.mkdir(parents=True, exist_ok=True)
     solution.to_csv(out_dir / "test_solution.csv", index=False)
     meta = {

@@ -8,31 +8,10 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from .. import layout
+from .. import frames, layout
 from ..errors import CziiInputError
 from ..particles import BY_NAME, NAMES
-from .config import FULL_SHAPE_VOX, PICKS_COLUMNS, REAL_MEAN_COUNTS
-
-
-def _check_picks(picks: pd.DataFrame, what: str = "picks") -> None:
-    missing = [c for c in PICKS_COLUMNS if c not in picks.columns]
-    if missing:
-        raise CziiInputError(None, f"{what} DataFrame lacks columns {missing}")
-    unknown = sorted(set(picks["particle_type"]) - set(NAMES))
-    if unknown:
-        raise CziiInputError(None, f"{what}: unknown particle types {unknown}; known: {', '.join(NAMES)}")
-
-
-def _empty_picks() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "experiment": pd.Series([], dtype=str),
-            "particle_type": pd.Series([], dtype=str),
-            "x": pd.Series([], dtype=float),
-            "y": pd.Series([], dtype=float),
-            "z": pd.Series([], dtype=float),
-        }
-    )
+from .config import FULL_SHAPE_VOX, REAL_MEAN_COUNTS
 
 
 def _place_non_overlapping(
@@ -150,25 +129,17 @@ def random_layout(
     out = pd.concat(rows, ignore_index=True)
     out.insert(0, "experiment", run)
     out = out.sort_values("particle_type", kind="stable").reset_index(drop=True)
-    return out[PICKS_COLUMNS].astype({"experiment": str, "particle_type": str})
+    return out[frames.PICKS_COLUMNS].astype({"experiment": str, "particle_type": str})
 
 
-def default_real_root() -> Path | None:
-    """``../shared/czii-real`` beside the repository (or ``shared/czii-real`` in it), if present."""
-    repo = Path(__file__).resolve().parents[2]
-    for cand in (repo.parent / "shared" / "czii-real", repo / "shared" / "czii-real"):
-        if layout.overlay_runs_dir(cand).is_dir():
-            return cand
-    return None
-
-
-def real_layouts(real_root: str | Path | None = None) -> dict[str, pd.DataFrame]:
+def real_layouts(real_root: str | Path) -> dict[str, pd.DataFrame]:
     """The ground-truth picks of every real run under ``{real_root}/train/overlay``.
 
     Parameters
     ----------
-    real_root : str or Path, optional
-        A Kaggle-layout root with picks; :func:`default_real_root` when omitted.
+    real_root : str or Path
+        A Kaggle-layout root with picks (the competition's data root, or the real picks kept
+        beside a development checkout: the tests and notebooks find ``../shared/czii-real``).
 
     Returns
     -------
@@ -178,9 +149,7 @@ def real_layouts(real_root: str | Path | None = None) -> dict[str, pd.DataFrame]
     from ..picks import read_run_picks
 
     if real_root is None:
-        real_root = default_real_root()
-        if real_root is None:
-            raise CziiInputError(None, "no real picks found: pass real_root (a folder with train/overlay)")
+        raise CziiInputError(None, "real layouts need real_root: a Kaggle-layout folder with train/overlay picks")
     runs = layout.list_pick_runs(real_root)
     if not runs:
         raise CziiInputError(layout.overlay_runs_dir(real_root), "no run with a Picks folder")
@@ -189,7 +158,7 @@ def real_layouts(real_root: str | Path | None = None) -> dict[str, pd.DataFrame]
 
 def crop_layout(picks: pd.DataFrame, shape_vox: tuple[int, int, int], voxel_size_A: float) -> pd.DataFrame:
     """The picks whose centres lie inside a ``shape_vox`` volume (from voxel 0 to n - 1)."""
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     ext_A = (np.asarray(shape_vox, float) - 1) * voxel_size_A
     xyz = picks[["z", "y", "x"]].to_numpy(float)
     inside = np.all((xyz >= 0) & (xyz <= ext_A), axis=1)

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from .. import frames
 from ..particles import BY_NAME, NAMES
-from .layouts import _check_picks, _picks_vox
+from .layouts import _picks_vox
 from .shapes import _eval_blobs, particle_blobs, random_rotations
 
 
@@ -47,7 +48,7 @@ def detection_snr(
     DataFrame indexed by particle type
         ``n`` (picks), ``snr`` (float), for the types present.
     """
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     rng = np.random.default_rng(seed)
     shape = np.asarray(volume.shape)
     all_vox = _picks_vox(picks, voxel_size_A)

@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from .. import frames
 from ..particles import NAMES
 from .config import FULL_SHAPE_VOX, SimConfig, difficulty_knobs
-from .layouts import _check_picks
 from .look import Look, classic_look, type_contrasts
 from .microscope import _mean_std, add_gradient, apply_microscope
 from .scene import (
@@ -56,7 +56,7 @@ def simulate_tomogram(
         Particles dark; zero mean and unit std, then the look's scale and offset
         (classic: none).
     """
-    _check_picks(picks)
+    frames.validate(picks, frames.PICKS)
     look = classic_look() if look is None else look
     classic = look.is_classic
     vs = config.voxel_size_A
