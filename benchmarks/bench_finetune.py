@@ -87,16 +87,16 @@ def main(argv=None) -> int:
     data = [s - e for (k1, e), (k2, s) in zip(marks, marks[1:]) if k1 == "end" and k2 == "start"]
     compute_s, data_s = float(np.median(compute)), float(np.median(data)) if data else float("nan")
 
-    model = ultralytics.YOLO(str(DEFAULT_BUNDLE / "model.pt"))
-    gflops_640 = model.info(verbose=False)[3]
-    gflops = gflops_640 * (tr.imgsz / 640) ** 2
+    from ultralytics.utils.torch_utils import get_flops
+
+    gflops = get_flops(ultralytics.YOLO(str(DEFAULT_BUNDLE / "model.pt")).model, imgsz=tr.imgsz)
     t4_compute = max(T4_STEP_FLOOR_S, 3 * gflops * tr.batch / (T4_TFLOPS_ACHIEVED * 1000))
     t4_data = data_s / KAGGLE_LOADER_PROCESSES
     t4_step = max(t4_compute, t4_data)
     cpu_gflops_s = 3 * gflops * tr.batch / compute_s
 
     plan = FineTuneConfig.from_recipe()
-    est = estimate_s(plan, 7, step_s=t4_step, dataset_s_per_run=dataset_s)
+    est = estimate_s(plan, 7, step_s=t4_step, dataset_s_per_run=dataset_s, sim_s_per_run=sim_s)
     rows = [
         ("simulate, s per full-size random-look run (CPU here)", f"{sim_s:.1f}"),
         ("slice dataset, s per full-size run (read, preprocess, write PNGs; CPU here)", f"{dataset_s:.1f}"),
