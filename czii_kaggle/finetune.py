@@ -307,6 +307,9 @@ def build_slices(plan: FineTunePlan, real_root: str | Path, sim_root: str | Path
         if not data_yaml.is_file():
             build_dataset(root, data_yaml.parent, val_runs=[], runs=list(runs), config=plan.dataset, overwrite=True)
         meta[name] = yaml.safe_load(data_yaml.read_text())["czii"]
+        if meta[name]["config"] != json.loads(json.dumps(plan.dataset.to_dict())):
+            raise CziiInputError(data_yaml, "was built with other dataset settings than this plan's (another start "
+                                            "bundle?): remove the work folder or choose another one")
         images.update(_run_images(data_yaml))
     missing = [r for r in (*plan.real_runs, *plan.sim_runs) if r not in images]
     if missing:
@@ -343,10 +346,18 @@ def train_fold(plan: FineTunePlan, slices: SliceSets, fold: Fold, out_dir: str |
     gets the start bundle's inference settings and thresholds (the starting point of the tuning)."""
     out_dir = Path(out_dir)
     bundle_dir = out_dir / "bundle"
-    if not (bundle_dir / MODEL_FILE).is_file():
+    cfg = plan.config
+    epochs = cfg.final_epochs if fold.name == plan.final.name else cfg.fold_epochs
+    if (bundle_dir / MODEL_FILE).is_file():  # kept from an interrupted run of the same plan, or refused
+        done = json.loads((bundle_dir / "czii_config.json").read_text())
+        sim_train = [r for r in plan.sim_runs if r not in plan.sim_val]
+        same = (done.get("train_runs") == [*fold.train_real, *sim_train] and done["train"]["epochs"] == epochs
+                and set(done.get("val_runs", [])) >= set(fold.val_real))
+        if not same:
+            raise CziiInputError(bundle_dir, f"was trained for another plan (runs or epochs differ from {fold.name}'s): "
+                                             "remove the work folder or choose another one")
+    else:
         data_yaml = write_fold_yaml(plan, slices, fold, out_dir)
-        cfg = plan.config
-        epochs = cfg.final_epochs if fold.name == plan.final.name else cfg.fold_epochs
         from .recipe import load_recipe
 
         tr = load_recipe().train_config(model=plan.init_weights, epochs=epochs, batch=cfg.batch, imgsz=cfg.imgsz,

@@ -106,3 +106,20 @@ def test_default_dirs():
     assert str(out) == "/kaggle/working/czii_finetuned" and work.name == "czii_finetune"
     assert finetune.default_dirs(False) == (finetune.Path("finetune_work"), finetune.Path("finetuned_bundle"))
     assert finetune.default_dirs(True, "w", "o") == (finetune.Path("w"), finetune.Path("o"))
+
+
+def test_a_kept_fold_of_another_plan_is_refused(tmp_path):
+    """A re-run keeps the folds already trained, but never one trained on other runs or epochs."""
+    root = _kaggle_root(tmp_path, RUNS)
+    plan = finetune.plan_fine_tune(root, FineTuneConfig(k_folds=7, fold_epochs=2))
+    fold = plan.folds[0]
+    bundle = tmp_path / "work" / fold.name / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "model.pt").write_bytes(b"")
+    sim_train = [r for r in plan.sim_runs if r not in plan.sim_val]
+    cfg = {"train_runs": [*fold.train_real, *sim_train], "val_runs": list(fold.val_real), "train": {"epochs": 2}}
+    (bundle / "czii_config.json").write_text(json.dumps(cfg))
+    assert finetune.train_fold(plan, None, fold, bundle.parent) == bundle  # the same plan: kept
+    other = finetune.plan_fine_tune(root, FineTuneConfig(k_folds=3, fold_epochs=2))
+    with pytest.raises(CziiInputError, match="was trained for another plan"):
+        finetune.train_fold(other, None, other.folds[0], bundle.parent)
