@@ -52,20 +52,22 @@ RECORD_FILE = "FINETUNE.json"
 # there; the estimate is for one Kaggle T4 with the 4 CPU cores of a GPU kernel.
 #: Seconds to simulate one full-size (184 x 630 x 630) random-look run, and to read, preprocess
 #: and write the slice images of one: measured on the 2-core build machine at a load average of
-#: 12 (benchmarks/results/finetune.md, 2026-12-01 15:46; small runs scaled by voxels), kept as
-#: they are for Kaggle's 4 cores (conservative: 17.5 s to simulate on a less loaded moment, README).
-SIM_S_PER_RUN = 64.0
-DATASET_S_PER_RUN = 46.0
+#: 10-12 (benchmarks/results/finetune.md, 2026-12-01 15:51, the slower of two records; small runs
+#: scaled by voxels), kept as they are for Kaggle's 4 cores (conservative: 17.5 s to simulate at a
+#: less loaded moment, README).
+SIM_S_PER_RUN = 78.0
+DATASET_S_PER_RUN = 54.0
 #: Slice images of one full-size run with the recipe's dataset (every 3rd of 184 slices, 2 x 2
 #: crops of 320 on 630 x 630): the most there can be (crops without a particle are mostly dropped).
 IMAGES_PER_RUN = 62 * 4
 #: Seconds per training step (batch 32, imgsz 320) on one T4 with 3 data-loader processes:
-#: derived in benchmarks/results/finetune.md (2026-12-01 15:46) from the CPU step times measured
-#: there: data-bound, 0.58 s of loading and augmenting a batch on one core / 3 processes (the
-#: network's compute, 0.54 GFLOPs per image, is far under that on a T4). Measured without
+#: derived in benchmarks/results/finetune.md from the CPU step times measured there: data-bound,
+#: 1.35 s of loading and augmenting a batch on one loaded core (15:51; 0.58 s at 15:46: the
+#: slower is kept) / 3 processes (the network's compute, 0.54 GFLOPs per image, is far under
+#: that on a T4). Measured without
 #: mosaic, as every epoch of a training of at most 10 epochs runs (Ultralytics closes mosaic for
 #: the last 10); longer trainings with mosaic load 4 images per sample and take longer.
-T4_STEP_S = 0.19
+T4_STEP_S = 0.45
 #: Seconds to predict one full-size run on one T4 (reading and preprocessing bound): 13.3 s of
 #: CPU-side work per run on the loaded build machine (README, Kaggle estimate).
 T4_PREDICT_S_PER_RUN = 13.3
