@@ -96,6 +96,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", type=Path, help="fine-tune from this model.pt (default: the stage's start)")
     g.add_argument("--sim-seed", type=int, help="master seed of the simulated runs")
     g.add_argument("--n-runs", type=int, help="simulated runs: the real layouts first, then random ones")
+    g.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="simulated runs' shape (voxels)")
     g.add_argument("--difficulties", nargs="+", help="difficulty per run (names or 0..1), repeated to --n-runs")
     g.add_argument("--val-runs", nargs="+", help="held-out runs")
     g.add_argument("--count-scale", nargs="*", metavar="NAME=FACTOR",
@@ -126,7 +127,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     recipe = load_recipe(a.recipe)
     stage = recipe.stage(a.stage)
     given = {k: v for k, v in vars(a).items() if v is not None and k in {
-        "epochs", "stop_after_epochs", "imgsz", "batch", "seed", "init", "sim_seed", "n_runs", "difficulties",
+        "epochs", "stop_after_epochs", "imgsz", "batch", "seed", "init", "sim_seed", "n_runs", "shape", "difficulties",
         "val_runs", "count_scale", "tune_more", "slice_offset", "tta_views", "look", "hold_out"}}
     sim = stage.simulation
     if a.look is not None:
@@ -138,6 +139,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     try:  # names or numbers as text, checked before anything runs
         sim = replace(sim, seed=sim.seed if a.sim_seed is None else a.sim_seed,
                       n_runs=sim.n_runs if a.n_runs is None else a.n_runs,
+                      shape_vox=sim.shape_vox if a.shape is None else tuple(a.shape),
                       difficulties=sim.difficulties if a.difficulties is None else tuple(
                           difficulty_value(d) for d in a.difficulties),
                       count_scale=sim.count_scale if a.count_scale is None else parse_count_scale(a.count_scale))
@@ -197,7 +199,7 @@ def run_plan(plan: Plan, command: str) -> float:
     _simulate(plan.sim_dir, stage.simulation)
     for src, (root, _) in zip(stage.tune_more, plan.tune_more):
         if src.simulate is not None:
-            _simulate(root.parent, src.simulate)
+            _simulate(root.parent, replace(src.simulate, shape_vox=stage.simulation.shape_vox))
     root = plan.sim_dir / ROOT_NAME
     runs = layout.list_pick_runs(root)
     missing = sorted(set(stage.val_runs) - set(runs))
@@ -222,7 +224,7 @@ def run_plan(plan: Plan, command: str) -> float:
     print(table.to_string(index=False))
     log["tune_s"] = time.time() - t0
     weights = table["particle_type"].map(lambda n: particles.get(n).weight)
-    val_score = float((table["f_beta"] * weights).sum() / weights.sum())
+    val_score = float((table["f_beta"] * weights).sum() / weights.sum()) if len(table) else float("nan")
 
     def rel(p: Path) -> str:
         return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)

@@ -184,7 +184,7 @@ def test_train_notebook_fine_tunes_in_kaggles_layout(tmp_path, kernel_name):
     kaggle/input/czii-cryo-et-object-identification tree, simulated voxels): k folds from the
     shipped model, out-of-fold tuning, a final fit, a bundle in kaggle/working that predicts."""
     from czii_kaggle import layout
-    from czii_kaggle.predict import DEFAULT_BUNDLE, load_bundle, predict_runs
+    from czii_kaggle.predict import DEFAULT_BUNDLE, load_bundle
     from czii_kaggle.simulate import SimConfig, simulate_dataset
 
     kaggle = tmp_path / "kaggle"
@@ -221,11 +221,13 @@ def test_train_notebook_fine_tunes_in_kaggles_layout(tmp_path, kernel_name):
     val_lines = (work / "fold0" / "val.txt").read_text().split()
     assert val_lines and all(Path(p).name.startswith(fold0["val_real"][0] + "_z") for p in val_lines)
     assert f"/{fold0['val_real'][0]}_z" not in train_txt and "/TS_sim_21_1_z" not in train_txt
-    # the bundle holds the tuned thresholds and predicts, as the inference notebook runs it
+    # the bundle holds the tuned thresholds, and the inference notebook takes it as `weights`
     bundle = load_bundle(out)
     assert json.loads((out / "czii_config.json").read_text())["aggregate"] == bundle.aggregate.to_dict()
-    pred = predict_runs(ds.root, "test", bundle=out, devices=["cpu"], backend="torch")
-    assert list(pred.report["status"]) == ["ok"]
+    inference = _execute("inference", dict(data_root=str(ds.root), weights=str(out), out_csv="submission.csv"),
+                         tmp_path, kernel_name)
+    assert "1/1 runs predicted" in "".join(_outputs(inference, "stream"))
+    assert (tmp_path / "submission.csv").is_file()
     streams = "".join(_outputs(nb, "stream"))
     assert "estimate on one T4" in streams and "fold2: holds out" in streams and "start model, its own" in streams
 

@@ -188,3 +188,24 @@ def test_build_dataset_slice_offset(tmp_path):
     with pytest.raises(SystemExit) as err:
         cli.main(["build-dataset", "--data", str(ds.root), "--out", str(tmp_path / "neg"), "--slice-offset", "-1"])
     assert err.value.code == 2
+
+
+@pytest.mark.slow
+def test_script_runs_two_stages_of_the_recipe_in_order(script, tmp_path, real_root):
+    """Stage 1 from the yaml, then stage 2 from stage 1's bundle (tiny runs, 1 epoch each)."""
+    tiny = ["--runs-dir", str(tmp_path), "--shape", "64", "256", "256", "--n-runs", "3", "--val-runs", "TS_6_4",
+            "--epochs", "1", "--imgsz", "128", "--batch", "8", "--device", "cpu", "--no-install"]
+    assert script.main(["--stage", "stage1", *tiny]) == 0
+    assert script.main(["--stage", "stage2", *tiny]) == 0
+    first = json.loads((tmp_path / "stage1" / "bundle" / "TRAINING.json").read_text())
+    second = json.loads((tmp_path / "stage2" / "bundle" / "TRAINING.json").read_text())
+    assert first["recipe"]["stage"] == "stage1" and second["recipe"]["stage"] == "stage2"
+    assert first["train"]["model"] == "czii_kaggle/model_cfg/yolo11p-czii.yaml"
+    assert second["train"]["model"] == str(tmp_path / "stage1" / "bundle" / "model.pt")
+    assert second["fine_tuned_from"]["recipe"]["stage"] == "stage1"
+    assert first["dataset"]["preprocess"]["slice_offset"] == 1  # the recipe's stages 1-3
+    assert first["simulation"]["runs"] == ["TS_5_4", "TS_69_2", "TS_6_4"] and first["simulation"]["seed"] == 7
+    assert set(first["recipe"]["overrides"]) == {"shape", "n_runs", "val_runs", "epochs", "imgsz", "batch"}
+    assert 0.0 <= second["validation_score"] <= 1.0 and second["validation_tuned_table"]
+    cfg = json.loads((tmp_path / "stage2" / "bundle" / "czii_config.json").read_text())
+    assert cfg["preprocess"]["slice_offset"] == 1 and "aggregate" in cfg
