@@ -39,7 +39,8 @@ from . import layout, outputs
 from .errors import CziiInputError
 
 # The pipeline calls this module makes, in one place (bundle loading, prediction, threshold saving).
-from .predict import DEFAULT_BUNDLE, export_bundle_onnx, load_bundle, predict_runs, save_aggregate_config  # noqa: I001
+from .predict import DEFAULT_BUNDLE, export_bundle_onnx, load_bundle, run_candidates as _predict_candidates  # noqa: I001
+from .predict import save_aggregate_config
 from .train import MODEL_FILE, TrainConfig, train
 
 #: The simulated runs' data root inside their folder (as :func:`czii_kaggle.simulate.simulate_dataset` writes it).
@@ -371,18 +372,10 @@ def train_fold(plan: FineTunePlan, slices: SliceSets, fold: Fold, out_dir: str |
 
 
 def run_candidates(real_root: str | Path, runs: list[str], bundle) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every 3D candidate (no threshold) of ``runs`` predicted with ``bundle``, and the run report."""
-    from .aggregate import aggregate
-
+    """Every 3D candidate (no threshold) of ``runs`` predicted with ``bundle`` (a folder, ``.pt`` or
+    loaded bundle), and the run report."""
     bundle = load_bundle(bundle) if not hasattr(bundle, "aggregate") else bundle
-    pred = predict_runs(real_root, "train", runs=list(runs), bundle=bundle, progress=False)
-    failed = pred.report[pred.report["status"] != "ok"]
-    if len(failed):
-        raise CziiInputError(Path(real_root), f"runs {list(failed['experiment'])} failed: "
-                                              f"{'; '.join(failed['error'].astype(str))}")
-    cands = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
-                      slice_step_A=pred.report["slice_step_A"].median())
-    return cands, pred.report
+    return _predict_candidates(real_root, list(runs), bundle)
 
 
 def oof_candidates(real_root: str | Path, folds: tuple[Fold, ...], bundle_dirs: list[Path]) -> pd.DataFrame:
