@@ -102,9 +102,14 @@ def _cmd_score(a) -> None:
 
 
 def _cmd_build_dataset(a) -> None:
-    from .dataset import DatasetConfig, build_dataset
+    from dataclasses import replace
 
-    cfg = DatasetConfig(slice_step=a.slice_step, tile_vox=a.tile or None, seed=a.seed)
+    from .dataset import build_dataset
+    from .recipe import load_recipe
+
+    base = load_recipe().dataset  # the shipped model's dataset settings, the options given replacing them
+    cfg = replace(base, slice_step=a.slice_step, tile_vox=a.tile or None, seed=a.seed,
+                  preprocess=replace(base.preprocess, slice_offset=a.slice_offset))
     if a.copick:  # lay the project's runs and picks out as a Kaggle-layout root (tomograms linked), for this build
         import tempfile
 
@@ -121,9 +126,11 @@ def _cmd_build_dataset(a) -> None:
 
 
 def _cmd_train(a) -> None:
-    from .train import TrainConfig, train
+    from .recipe import load_recipe
+    from .train import train
 
-    cfg = TrainConfig(model=a.model, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device)
+    cfg = load_recipe().train_config(model=a.model, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, seed=a.seed,
+                                     device=a.device)
     print(train(a.data_yaml, a.out, cfg))
 
 
@@ -299,6 +306,10 @@ def _cmd_demo(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .recipe import MODEL_YAML_DIR, recipe_doc
+
+    recipe = recipe_doc()  # the shipped model's settings are the defaults of build-dataset and train
+    dataset, training = recipe["dataset"], recipe["train"]
     p = _Parser(prog="czii-kaggle", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -332,9 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--runs", nargs="*")
     s.add_argument("--val-runs", nargs="*")
-    s.add_argument("--slice-step", type=_positive, default=2)
-    s.add_argument("--tile", type=_count, default=320, help="crop side in voxels (0: whole slices)")
-    s.add_argument("--seed", type=_count, default=0)
+    s.add_argument("--slice-step", type=_positive, default=dataset["slice_step"],
+                   help="every n-th slice (default: the shipped recipe's)")
+    s.add_argument("--slice-offset", type=_count, default=dataset["preprocess"]["slice_offset"],
+                   help="2.5D offset k: an image stacks slices z-k, z, z+k; training records it in the bundle "
+                        "and inference reuses it (default: the shipped recipe's)")
+    s.add_argument("--tile", type=_count, default=dataset["tile_vox"] or 0,
+                   help="crop side in voxels (0: whole slices)")
+    s.add_argument("--seed", type=_count, default=dataset["seed"])
     s.add_argument("--overwrite", action="store_true",
                    help="replace a previous dataset in --out (nothing else is ever deleted)")
     s.set_defaults(func=_cmd_build_dataset)
@@ -342,11 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a detector on a slice dataset")
     s.add_argument("--data-yaml", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path, help="bundle folder (model.pt + czii_config.json)")
-    s.add_argument("--model", default=str(Path(__file__).parent / "model_cfg" / "yolo11p-czii.yaml"))
-    s.add_argument("--epochs", type=_positive, default=30)
-    s.add_argument("--imgsz", type=_positive, default=320)
-    s.add_argument("--batch", type=_positive, default=16)
-    s.add_argument("--seed", type=_count, default=0)
+    s.add_argument("--model", default=str(MODEL_YAML_DIR / recipe["model_yaml"]),
+                   help="model yaml (from scratch) or a .pt to fine-tune (default: the project's pico YOLO11 yaml)")
+    s.add_argument("--epochs", type=_positive, default=training["epochs"])
+    s.add_argument("--imgsz", type=_positive, default=training["imgsz"])
+    s.add_argument("--batch", type=_positive, default=training["batch"])
+    s.add_argument("--seed", type=_count, default=training["seed"])
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_train)
 

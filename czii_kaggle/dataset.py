@@ -167,7 +167,8 @@ def tile_origins(length: int, tile: int | None, overlap: int = 0) -> list[int]:
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Options of :func:`build_dataset`.
+    """Options of :func:`build_dataset`; the defaults are the shipped model's recipe
+    (``czii_kaggle/recipes/shipped.json``, :mod:`czii_kaggle.recipe`).
 
     Attributes
     ----------
@@ -191,10 +192,10 @@ class DatasetConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE
-    slice_step: int = 2
+    slice_step: int = 3
     tile_vox: int | None = 320
-    tile_overlap_vox: int = 32
-    empty_fraction: float = 0.1
+    tile_overlap_vox: int = 0
+    empty_fraction: float = 0.05
     rot90: bool = True
     seed: int = 0
 

@@ -592,6 +592,20 @@ def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detec
     return outputs.write_text(path, json.dumps(cfg, indent=2))
 
 
+def run_candidates(root: str | Path, runs: list[str], bundle: Bundle, devices: list[str] | None = None,
+                   progress: bool = False, backend: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every 3D candidate (no threshold applied) of training ``runs`` predicted with ``bundle``, and the
+    run report; a run that fails stops it (:class:`CziiInputError` naming the root and the runs)."""
+    pred = predict_runs(root, "train", runs=runs, bundle=bundle, devices=devices, progress=progress, backend=backend)
+    failed = pred.report[pred.report["status"] != "ok"]
+    if len(failed):
+        raise CziiInputError(Path(root), f"cannot tune: runs {list(failed['experiment'])} failed "
+                                         f"({'; '.join(failed['error'].astype(str))})")
+    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
+                           slice_step_A=pred.report["slice_step_A"].median())
+    return candidates, pred.report
+
+
 def tune_bundle(
     root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
     progress: bool = True, tta_views: int | None = None,
@@ -613,14 +627,7 @@ def tune_bundle(
         bundle = with_tta(bundle, tta_views)
     all_candidates, all_truth = [], []
     for i, (src, src_runs) in enumerate([(root, runs), *(more or [])]):
-        pred = predict_runs(src, "train", runs=src_runs, bundle=bundle, devices=devices, progress=progress,
-                            backend=backend)
-        failed = pred.report[pred.report["status"] != "ok"]
-        if len(failed):
-            raise CziiInputError(Path(src), f"cannot tune: runs {list(failed['experiment'])} failed "
-                                            f"({'; '.join(failed['error'].astype(str))})")
-        candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
-                               slice_step_A=pred.report["slice_step_A"].median())
+        candidates, _ = run_candidates(src, src_runs, bundle, devices, progress, backend)
         truth = picks_io.read_all_picks(src, src_runs)
         prefix = f"{i}/" if more else ""
         all_candidates.append(candidates.assign(experiment=prefix + candidates["experiment"].astype(str)))

@@ -32,7 +32,8 @@ class PreprocessConfig:
         Gaussian sigma, or median window side, in voxels.
     slice_offset : int
         ``k``: the image of slice z stacks slices ``z - k, z, z + k`` (edge slices repeat).
-        ``k = 0`` gives three copies of slice z.
+        ``k = 0`` gives three copies of slice z. Default 3 (30 A apart), the shipped model's
+        (``czii_kaggle/recipes/shipped.json``); a bundle's own ``czii_config.json`` says its own.
     spectral : str
         Per-tomogram spectral step before the denoise and the percentile clip (:func:`spectral_filter`):
         ``"none"``, ``"whiten"`` (flat radial power spectrum) or ``"bandpass"`` (only the
@@ -42,7 +43,7 @@ class PreprocessConfig:
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     denoise: str = "gaussian"
     denoise_size_vox: float = 0.7
-    slice_offset: int = 1
+    slice_offset: int = 3
     spectral: str = "none"
 
     def __post_init__(self):
@@ -183,7 +184,7 @@ def preprocess_volume(
     return _rescale(smooth, lo, hi)
 
 
-def stack_slices(volume_u8: np.ndarray, z_indices, slice_offset: int = 1) -> np.ndarray:
+def stack_slices(volume_u8: np.ndarray, z_indices, slice_offset: int = 3) -> np.ndarray:
     """2.5D images: for each z in ``z_indices`` stack slices ``z - k, z, z + k`` as channels.
 
     Parameters

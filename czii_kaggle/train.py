@@ -1,6 +1,7 @@
 """Training wrapper: offline-safe Ultralytics YOLO on a slice dataset from :mod:`czii_kaggle.dataset`.
 
-The model is built from a yaml (``yolo11n.yaml`` by default, no weight download);
+The model is built from a yaml (the project's pico YOLO11, ``czii_kaggle/model_cfg/yolo11p-czii.yaml``,
+by default; no weight download) or fine-tuned from a ``.pt``;
 augmentations respect tomograms: flips in x-y (90-degree rotations are baked into
 the dataset by ``DatasetConfig.rot90``), mild scale and translation, no colour jitter,
 no shear or perspective (particle size in pixels is a real cue).
@@ -21,11 +22,14 @@ MODEL_FILE = "model.pt"
 CONFIG_FILE = "czii_config.json"
 #: The folder holding the ``czii_kaggle`` package (the repository in a development install).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: The project's own model yaml: YOLO11 at a pico width, six classes (the shipped model's).
+MODEL_YAML = Path(__file__).resolve().parent / "model_cfg" / "yolo11p-czii.yaml"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options of :func:`train`.
+    """Options of :func:`train`; the defaults are the shipped model's recipe
+    (``czii_kaggle/recipes/shipped.json``) except ``device`` and ``workers``, the machine's.
 
     Attributes
     ----------
@@ -49,16 +53,19 @@ class TrainConfig:
         Ultralytics augmentation strengths.
     amp : bool
         Mixed precision on GPU (its check runs offline; ignored on CPU).
+    stop_after_epochs : int or None
+        Stop after this many epochs of the ``epochs``-long schedule (the learning rate still
+        follows ``epochs``), as a run stopped by hand; None: train every epoch.
     """
 
-    model: str = "yolo11n.yaml"
+    model: str = str(MODEL_YAML)
     epochs: int = 30
     imgsz: int = 320
-    batch: int = 16
+    batch: int = 32
     seed: int = 0
     device: str = "auto"
     workers: int = 2
-    patience: int = 50
+    patience: int = 100
     optimizer: str = "auto"
     lr0: float = 0.01
     fliplr: float = 0.5
@@ -67,11 +74,14 @@ class TrainConfig:
     translate: float = 0.1
     mosaic: float = 1.0
     amp: bool = True
+    stop_after_epochs: int | None = None
 
     def __post_init__(self):
         for name in ("epochs", "imgsz", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.stop_after_epochs is not None and not 1 <= self.stop_after_epochs <= self.epochs:
+            raise ValueError(f"stop_after_epochs must be in 1..epochs ({self.epochs}), not {self.stop_after_epochs}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +165,12 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     if device == "cpu":
         offline.set_cpu_threads()
     model = ultralytics.YOLO(config.model)
+    if config.stop_after_epochs is not None:
+        def stop_early(trainer, n=config.stop_after_epochs):
+            if trainer.epoch + 1 >= n:
+                trainer.stop = True
+
+        model.add_callback("on_fit_epoch_end", stop_early)
     model.train(
         data=str(data_yaml),
         epochs=config.epochs,

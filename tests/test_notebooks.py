@@ -179,39 +179,57 @@ def test_eda_notebook_draws_every_figure(tmp_path, kernel_name):
 
 
 @pytest.mark.slow
-def test_train_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
+def test_train_notebook_fine_tunes_in_kaggles_layout(tmp_path, kernel_name):
+    """The train notebook on training runs laid out as Kaggle mounts them (a temporary
+    kaggle/input/czii-cryo-et-object-identification tree, simulated voxels): k folds from the
+    shipped model, out-of-fold tuning, a final fit, a bundle in kaggle/working that predicts."""
+    from czii_kaggle import layout
+    from czii_kaggle.predict import DEFAULT_BUNDLE, load_bundle
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    kaggle = tmp_path / "kaggle"
+    ds = simulate_dataset(kaggle / "input", n_train=3, n_test=1, seed=4, count_scale=20.0,
+                          config=SimConfig(shape_vox=TINY_SHAPE))
+    assert ds.root == kaggle / "input" / layout.KAGGLE_ROOT.name
+    out = kaggle / "working" / "czii_finetuned"
     nb = _execute(
         "train",
-        dict(sim_dir="data", sim_n_train=2, sim_shape_vox=TINY_SHAPE, sim_real_layouts=False,
-             sim_count_scale=20.0, seed=1, slice_step=2, tile_vox=None, epochs=1, imgsz=128, batch=8,
-             device="cpu", work_dir="work", bundle_dir="bundle"),
+        dict(data_root=str(ds.root), k_folds=3, fold_epochs=1, final_epochs=1, n_sim_runs=2, sim_val_runs=1,
+             sim_runs_shape_vox=TINY_SHAPE, imgsz=128, batch=8, workers=0, device="cpu",
+             work_dir=str(tmp_path / "tmp" / "czii_finetune"), out_dir=str(out)),
         tmp_path,
         kernel_name,
     )
-    from czii_kaggle.aggregate import AggregateConfig
-    from czii_kaggle.detect import load_model
-    from czii_kaggle.predict import load_bundle
-
-    bundle_dir = tmp_path / "bundle"
-    model = load_model(bundle_dir / "model.pt")  # a loadable six-class detector
-    assert model.task == "detect"
-    cfg = json.loads((bundle_dir / "czii_config.json").read_text())
-    assert {"preprocess", "labels", "train", "aggregate"} <= set(cfg)
-    from czii_kaggle import layout
-
-    runs = layout.list_pick_runs(tmp_path / "data" / "czii-cryo-et-object-identification")
-    assert len(runs) == 2 and cfg["val_runs"] == runs[-1:] and cfg["train_runs"] == runs[:1]
-    assert cfg["train"]["epochs"] == 1 and cfg["train"]["imgsz"] == 128
-    tuned = AggregateConfig.from_dict(cfg["aggregate"])
-    assert load_bundle(bundle_dir).aggregate == tuned
-    # the ONNX copy of the trained weights is made (this environment has onnx) and matches them
-    assert load_bundle(bundle_dir).onnx == bundle_dir / "model.onnx"
-    # the tuning table shown is the one saved: one row per type the validation run holds
-    table_html = "\n".join(_outputs(nb, "text/html"))
-    assert "default_f_beta" in table_html and "f_beta" in table_html
-    assert any("score on 1 held-out run(s):" in s for s in _outputs(nb, "stream"))
-    assert (tmp_path / "work" / "validation_detections.png").is_file()
-    assert (tmp_path / "work" / "dataset" / "data.yaml").is_file()
+    record = json.loads((out / "FINETUNE.json").read_text())
+    runs = layout.list_pick_runs(ds.root)
+    held = [f["val_real"] for f in record["folds"]]
+    assert sorted(r for h in held for r in h) == runs and all(len(h) == 1 for h in held)  # leave-one-run-out
+    assert record["sim_runs"] == ["TS_sim_21_0", "TS_sim_21_1"] and record["sim_val_runs"] == ["TS_sim_21_1"]
+    assert len(record["scores"]) == 3 and all(0.0 <= v <= 1.0 for v in record["scores"].values())
+    assert {r["particle_type"] for r in record["tuned_table"]} <= {"apo-ferritin", "beta-amylase",
+                                                                   "beta-galactosidase", "ribosome",
+                                                                   "thyroglobulin", "virus-like-particle"}
+    # every training started from the shipped model, on its preprocessing (2.5D offset 3)
+    work = tmp_path / "tmp" / "czii_finetune"
+    for name in ("fold0", "fold1", "fold2", "final"):
+        cfg = json.loads((work / name / "bundle" / "czii_config.json").read_text())
+        assert cfg["train"]["model"] == "czii_kaggle/models/model.pt" and cfg["train"]["epochs"] == 1
+        assert cfg["preprocess"] == json.loads((DEFAULT_BUNDLE / "czii_config.json").read_text())["preprocess"]
+    # a fold validates on the real run it holds out, and never trains on it
+    fold0 = record["folds"][0]
+    train_txt = (work / "fold0" / "train.txt").read_text()
+    val_lines = (work / "fold0" / "val.txt").read_text().split()
+    assert val_lines and all(Path(p).name.startswith(fold0["val_real"][0] + "_z") for p in val_lines)
+    assert f"/{fold0['val_real'][0]}_z" not in train_txt and "/TS_sim_21_1_z" not in train_txt
+    # the bundle holds the tuned thresholds, and the inference notebook takes it as `weights`
+    bundle = load_bundle(out)
+    assert json.loads((out / "czii_config.json").read_text())["aggregate"] == bundle.aggregate.to_dict()
+    inference = _execute("inference", dict(data_root=str(ds.root), weights=str(out), out_csv="submission.csv"),
+                         tmp_path, kernel_name)
+    assert "1/1 runs predicted" in "".join(_outputs(inference, "stream"))
+    assert (tmp_path / "submission.csv").is_file()
+    streams = "".join(_outputs(nb, "stream"))
+    assert "estimate on one T4" in streams and "fold2: holds out" in streams and "start model, its own" in streams
 
 
 @pytest.mark.slow

@@ -1,0 +1,472 @@
+"""Fine-tuning the shipped model on Kaggle's real training runs (``notebooks/train.ipynb``).
+
+Starts from a bundle (the shipped one by default) and trains on the competition's training
+runs with their picks plus randomised simulated runs (:mod:`czii_kaggle.simulate.look`), so
+that no single rendering style, real or simulated, is all the model sees:
+
+1. :func:`plan_fine_tune`: the real runs, ``k`` folds over them (each holds some real runs
+   out; ``k`` = the number of runs is leave-one-run-out), the simulated runs, the settings
+   (the shipped recipe's dataset, the start bundle's preprocessing) and a time estimate
+   (:func:`estimate_s`) checked against a budget before anything long starts;
+2. :func:`simulate_runs`, :func:`build_slices`: every run's slice images once
+   (one dataset for the real runs, one for the simulated), each fold's ``data.yaml`` then
+   lists its images (:func:`write_fold_yaml`);
+3. :func:`train_fold` for every fold, and :func:`oof_candidates`: each fold's model predicts
+   the real runs it never trained on, giving out-of-fold 3D candidates of every real run;
+4. :func:`tune_oof`: the per-class thresholds tuned on the pooled out-of-fold candidates with
+   the library's tuning (:func:`czii_kaggle.tune.tune_thresholds`), scored beside the start
+   model's own thresholds on the same runs;
+5. the final fit on every real run (:func:`train_fold` of ``plan.final``), with the tuned
+   thresholds saved into its bundle (:func:`finish_bundle`): a folder the inference notebook
+   takes as ``weights``.
+
+Every fold's training validates (Ultralytics' best epoch) on its held-out real runs; the
+final fit, which holds no real run out, on ``sim_val_runs`` simulated runs never trained on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import layout, outputs
+from .errors import CziiInputError
+
+# The pipeline calls this module makes, in one place (bundle loading, prediction, threshold saving).
+from .predict import DEFAULT_BUNDLE, export_bundle_onnx, load_bundle, run_candidates as _predict_candidates  # noqa: I001
+from .predict import save_aggregate_config
+from .train import MODEL_FILE, TrainConfig, train
+
+#: The simulated runs' data root inside their folder (as :func:`czii_kaggle.simulate.simulate_dataset` writes it).
+ROOT_NAME = layout.KAGGLE_ROOT.name
+#: The fine-tuning record written into the final bundle.
+RECORD_FILE = "FINETUNE.json"
+
+# ---------------------------------------------------------------------------- time model
+# Measured (benchmarks/bench_finetune.py, benchmarks/results/finetune.md) or derived as said
+# there; the estimate is for one Kaggle T4 with the 4 CPU cores of a GPU kernel.
+#: Seconds to simulate one full-size (184 x 630 x 630) random-look run, and to read, preprocess
+#: and write the slice images of one: measured on the 2-core build machine at a load average of
+#: 10-12 (benchmarks/results/finetune.md, 2026-12-01 15:51, the slower of two records; small runs
+#: scaled by voxels), kept as they are for Kaggle's 4 cores (conservative: 17.5 s to simulate at a
+#: less loaded moment, README).
+SIM_S_PER_RUN = 78.0
+DATASET_S_PER_RUN = 54.0
+#: Slice images of one full-size run with the recipe's dataset (every 3rd of 184 slices, 2 x 2
+#: crops of 320 on 630 x 630): the most there can be (crops without a particle are mostly dropped).
+IMAGES_PER_RUN = 62 * 4
+#: Seconds per training step (batch 32, imgsz 320) on one T4 with 3 data-loader processes:
+#: derived in benchmarks/results/finetune.md from the CPU step times measured there: data-bound,
+#: 1.35 s of loading and augmenting a batch on one loaded core (15:51; 0.58 s at 15:46: the
+#: slower is kept) / 3 processes (the network's compute, 0.54 GFLOPs per image, is far under
+#: that on a T4). Measured without
+#: mosaic, as every epoch of a training of at most 10 epochs runs (Ultralytics closes mosaic for
+#: the last 10); longer trainings with mosaic load 4 images per sample and take longer.
+T4_STEP_S = 0.45
+#: Seconds to predict one full-size run on one T4 (reading and preprocessing bound): 13.3 s of
+#: CPU-side work per run on the loaded build machine (README, Kaggle estimate).
+T4_PREDICT_S_PER_RUN = 13.3
+#: Fixed seconds per training (model and data set-up, Ultralytics' final validation).
+TRAIN_OVERHEAD_S = 60.0
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """Options of the fine-tuning; :meth:`from_recipe` gives the shipped recipe's (``fine_tune`` section).
+
+    Attributes
+    ----------
+    init : str
+        Bundle folder (or ``.pt``) to start from; ``"shipped"``: the shipped bundle.
+    k_folds : int
+        Folds over the real runs (2 .. number of runs; the number of runs is leave-one-run-out).
+    fold_epochs, final_epochs : int
+        Epochs of each fold's training and of the final fit on every real run.
+    sim_seed, n_sim_runs : int
+        Simulated runs (random layouts), ``sim_val_runs`` of them never trained on (the final
+        fit's validation images).
+    sim_look : str or dict
+        ``"random"`` (each run draws its look), ``"classic"`` or a look spec.
+    sim_difficulties : tuple
+        Difficulty per simulated run (names or 0..1), repeated.
+    sim_count_scale : dict
+        Multiplies a type's mean count in the simulated layouts.
+    sim_shape_vox : (z, y, x)
+    batch, imgsz, workers, device, seed : training options (``device="auto"``: the first GPU).
+    max_hours : float
+        :func:`plan_fine_tune` refuses a plan whose estimate exceeds it.
+    """
+
+    init: str = "shipped"
+    k_folds: int = 4
+    fold_epochs: int = 6
+    final_epochs: int = 10
+    sim_seed: int = 21
+    n_sim_runs: int = 8
+    sim_val_runs: int = 1
+    sim_look: str | dict = "random"
+    sim_difficulties: tuple = ("medium",)
+    sim_count_scale: dict = field(default_factory=dict)
+    sim_shape_vox: tuple[int, int, int] = (184, 630, 630)
+    batch: int = 32
+    imgsz: int = 320
+    workers: int = 4
+    device: str = "auto"
+    seed: int = 0
+    max_hours: float = 9.0
+
+    def __post_init__(self):
+        if self.k_folds < 2:
+            raise ValueError(f"k_folds must be >= 2 (each fold holds real runs out), not {self.k_folds}")
+        for name in ("fold_epochs", "final_epochs", "batch", "imgsz"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not 0 <= self.sim_val_runs <= self.n_sim_runs:
+            raise ValueError(f"sim_val_runs must be in 0..n_sim_runs ({self.n_sim_runs}), not {self.sim_val_runs}")
+
+    @classmethod
+    def from_recipe(cls, recipe=None, **overrides) -> "FineTuneConfig":
+        """The recipe's ``fine_tune`` settings (default: the shipped recipe), ``overrides`` applied
+        (``None`` values are ignored, so notebook parameters left at None keep the recipe's)."""
+        from .recipe import load_recipe
+
+        ft = (recipe or load_recipe()).fine_tune
+        sim = ft.get("sim", {})
+        base = dict(init=ft.get("init", "shipped"), k_folds=ft["k_folds"], fold_epochs=ft["fold_epochs"],
+                    final_epochs=ft["final_epochs"], sim_seed=sim["seed"], n_sim_runs=sim["n_runs"],
+                    sim_val_runs=ft.get("sim_val_runs", 1), sim_look=sim.get("look", "random"),
+                    sim_difficulties=tuple(sim.get("difficulties", ("medium",))),
+                    sim_count_scale=dict(sim.get("count_scale", {})),
+                    sim_shape_vox=tuple(sim.get("shape_vox", (184, 630, 630))), batch=ft.get("batch", 32),
+                    workers=ft.get("workers", 4))
+        base.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One training: ``train_real`` real runs (and the simulated training runs); ``val_real``
+    real runs held out (none in the final fit)."""
+
+    name: str
+    train_real: tuple[str, ...]
+    val_real: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FineTunePlan:
+    """What :func:`plan_fine_tune` decided: runs, folds, settings, the time estimate."""
+
+    config: FineTuneConfig
+    init_weights: Path
+    real_runs: tuple[str, ...]
+    sim_runs: tuple[str, ...]
+    sim_val: tuple[str, ...]
+    folds: tuple[Fold, ...]
+    final: Fold
+    dataset: object  # DatasetConfig: the recipe's, with the start bundle's preprocessing
+    estimate: dict
+
+    def summary(self) -> str:
+        """A few lines to print before the long work starts."""
+        lines = [f"start: {self.init_weights}",
+                 f"real runs ({len(self.real_runs)}): {', '.join(self.real_runs)}",
+                 f"simulated runs: {len(self.sim_runs)} ({len(self.sim_val)} only for the final fit's validation), "
+                 f"look {self.config.sim_look!r}"]
+        lines += [f"{f.name}: holds out {', '.join(f.val_real)}" for f in self.folds]
+        e = self.estimate
+        lines.append("estimate on one T4: " + ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in e.items()
+                                                          if k != "total_s") + f"; total {e['total_s'] / 3600:.1f} h")
+        return "\n".join(lines)
+
+
+def make_folds(runs: list[str], k: int, seed: int = 0) -> tuple[Fold, ...]:
+    """``k`` folds over ``runs``: a seeded shuffle dealt round robin, so each run is held out by
+    exactly one fold and fold sizes differ by at most one. ``k == len(runs)``: leave-one-run-out."""
+    runs = sorted(runs)
+    if not 2 <= k <= len(runs):
+        raise CziiInputError(None, f"k_folds = {k}: needs 2 .. {len(runs)} (the number of real runs with picks)")
+    order = [runs[i] for i in np.random.default_rng(seed).permutation(len(runs))]
+    held = [sorted(order[i::k]) for i in range(k)]
+    return tuple(Fold(f"fold{i}", tuple(r for r in runs if r not in h), tuple(h)) for i, h in enumerate(held))
+
+
+def sim_run_names(config: FineTuneConfig) -> list[str]:
+    """Names :func:`simulate_runs` gives its runs (random layouts, no real names)."""
+    return [f"TS_sim_{config.sim_seed}_{i}" for i in range(config.n_sim_runs)]
+
+
+def _n_steps(n_images: int, batch: int) -> int:
+    return math.ceil(n_images / batch)
+
+
+def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAGES_PER_RUN,
+               step_s: float = T4_STEP_S, predict_s_per_run: float = T4_PREDICT_S_PER_RUN,
+               sim_s_per_run: float = SIM_S_PER_RUN, dataset_s_per_run: float = DATASET_S_PER_RUN) -> dict:
+    """Seconds per phase of the fine-tuning on one T4 (see the time model constants above).
+
+    Each training epoch runs ``ceil(train images / batch)`` steps and validates its held-out
+    images at a third of a step per batch; out-of-fold prediction predicts each real run once,
+    the baseline (the start model on every real run) once more.
+    """
+    voxels = float(np.prod(config.sim_shape_vox)) / (184 * 630 * 630)
+    n_sim_train = config.n_sim_runs - config.sim_val_runs
+    held = n_real / config.k_folds
+    trainings = [(n_real - held, held, config.fold_epochs)] * config.k_folds  # (train, val, epochs) in runs
+    trainings.append((n_real, config.sim_val_runs or n_real, config.final_epochs))
+    train_s = 0.0
+    for n_train, n_val, epochs in trainings:
+        steps = (_n_steps((n_train + n_sim_train) * images_per_run * voxels, config.batch)
+                 + _n_steps(n_val * images_per_run * voxels, config.batch) / 3)
+        train_s += epochs * steps * step_s + TRAIN_OVERHEAD_S
+    out = {
+        "simulate_s": config.n_sim_runs * sim_s_per_run * voxels,
+        "dataset_s": (n_real + config.n_sim_runs) * dataset_s_per_run * voxels,
+        "train_s": train_s,
+        "predict_s": 2 * n_real * predict_s_per_run * voxels,
+    }
+    out["total_s"] = sum(out.values())
+    return out
+
+
+def _init_weights(init: str | Path) -> Path:
+    path = DEFAULT_BUNDLE if init in ("shipped", None) else Path(init)
+    return load_bundle(path).weights
+
+
+def plan_fine_tune(real_root: str | Path, config: FineTuneConfig = FineTuneConfig(), **estimate_kw) -> FineTunePlan:
+    """The runs, folds, settings and time estimate; refuses, before anything long, a root without
+    enough runs with picks, a start bundle that is not there, or an estimate over ``config.max_hours``."""
+    from .recipe import load_recipe
+
+    real_runs = layout.list_pick_runs(real_root)
+    if len(real_runs) < 2:
+        raise CziiInputError(layout.overlay_runs_dir(real_root), f"needs at least 2 runs with picks, found {real_runs}")
+    for run in real_runs:
+        tomo = layout.tomogram_path(real_root, "train", run)
+        if not tomo.exists():
+            raise CziiInputError(tomo, f"run {run!r} has picks but no {tomo.name}")
+    folds = make_folds(real_runs, config.k_folds, config.seed)
+    init = _init_weights(config.init)
+    dataset = replace(load_recipe().dataset, preprocess=load_bundle(init).preprocess, seed=config.seed)
+    sims = sim_run_names(config)
+    sim_val = tuple(sims[len(sims) - config.sim_val_runs:])
+    estimate = estimate_s(config, len(real_runs), **estimate_kw)
+    if estimate["total_s"] > config.max_hours * 3600:
+        raise CziiInputError(None, f"the plan is estimated at {estimate['total_s'] / 3600:.1f} h on one T4, over "
+                                   f"max_hours = {config.max_hours}: lower the epochs, the folds or the simulated runs")
+    return FineTunePlan(config=config, init_weights=init, real_runs=tuple(real_runs), sim_runs=tuple(sims),
+                        sim_val=sim_val, folds=folds, final=Fold("final", tuple(real_runs), ()), dataset=dataset,
+                        estimate=estimate)
+
+
+def simulate_runs(plan: FineTunePlan, out_dir: str | Path) -> Path:
+    """Simulate the plan's runs into ``out_dir`` (kept when already complete); returns their data root."""
+    from .simulate import SimConfig, difficulty_value, simulate_dataset
+
+    out_dir = Path(out_dir)
+    cfg = plan.config
+    root = out_dir / ROOT_NAME
+    if (out_dir / "simulation.json").is_file() and set(plan.sim_runs) <= set(layout.list_pick_runs(root)):
+        return root
+    diffs = [difficulty_value(cfg.sim_difficulties[i % len(cfg.sim_difficulties)]) for i in range(cfg.n_sim_runs)]
+    ds = simulate_dataset(out_dir, n_train=cfg.n_sim_runs, n_test=0, seed=cfg.sim_seed, difficulties=diffs,
+                          config=SimConfig(shape_vox=tuple(cfg.sim_shape_vox), look=cfg.sim_look),
+                          count_scale=cfg.sim_count_scale or 1.0, overwrite=True)  # this step's own folder
+    return ds.root
+
+
+@dataclass(frozen=True)
+class SliceSets:
+    """Every run's slice images: ``images[run]`` lists its PNG files; ``meta``: the datasets' ``czii`` records."""
+
+    images: dict
+    meta: dict
+
+
+def _run_images(data_yaml: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for png in sorted((data_yaml.parent / "images" / "train").glob("*.png")):
+        out.setdefault(png.stem.rsplit("_z", 1)[0], []).append(png)
+    return out
+
+
+def build_slices(plan: FineTunePlan, real_root: str | Path, sim_root: str | Path, work_dir: str | Path) -> SliceSets:
+    """The slice images of every real and simulated run, made once (kept when already built)."""
+    import yaml
+
+    from .dataset import build_dataset
+
+    work_dir = Path(work_dir)
+    images, meta = {}, {}
+    for name, root, runs in (("real", real_root, plan.real_runs), ("sim", sim_root, plan.sim_runs)):
+        data_yaml = work_dir / f"slices_{name}" / "data.yaml"
+        if not data_yaml.is_file():
+            build_dataset(root, data_yaml.parent, val_runs=[], runs=list(runs), config=plan.dataset, overwrite=True)
+        meta[name] = yaml.safe_load(data_yaml.read_text())["czii"]
+        if meta[name]["config"] != json.loads(json.dumps(plan.dataset.to_dict())):
+            raise CziiInputError(data_yaml, "was built with other dataset settings than this plan's (another start "
+                                            "bundle?): remove the work folder or choose another one")
+        images.update(_run_images(data_yaml))
+    missing = [r for r in (*plan.real_runs, *plan.sim_runs) if r not in images]
+    if missing:
+        raise CziiInputError(work_dir, f"runs {missing} gave no slice image (no particle in any crop?)")
+    return SliceSets(images=images, meta=meta)
+
+
+def write_fold_yaml(plan: FineTunePlan, slices: SliceSets, fold: Fold, out_dir: str | Path) -> Path:
+    """``{out_dir}/data.yaml`` of one fold: its training images (its real runs and the simulated
+    training runs) and validation images (its held-out real runs; the final fit: the simulated
+    validation runs, or its real runs when there are none), listed in text files."""
+    import yaml
+
+    from .particles import NAMES
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim_train = [r for r in plan.sim_runs if r not in plan.sim_val]
+    train_runs = [*fold.train_real, *sim_train]
+    val_runs = list(fold.val_real) or list(plan.sim_val) or list(fold.train_real)
+    for split, runs in (("train", train_runs), ("val", val_runs)):
+        lines = [str(p.resolve()) for r in runs for p in slices.images[r]]
+        outputs.write_text(out_dir / f"{split}.txt", "\n".join(lines) + "\n")
+    doc = {"path": str(out_dir.resolve()), "train": str((out_dir / "train.txt").resolve()),
+           "val": str((out_dir / "val.txt").resolve()), "names": dict(enumerate(NAMES)),
+           "czii": {"train_runs": train_runs, "val_runs": val_runs, "config": slices.meta["real"]["config"],
+                    "images": {"train": sum(len(slices.images[r]) for r in train_runs),
+                               "val": sum(len(slices.images[r]) for r in val_runs)}}}
+    return outputs.write_text(out_dir / "data.yaml", yaml.safe_dump(doc, sort_keys=False))
+
+
+def train_fold(plan: FineTunePlan, slices: SliceSets, fold: Fold, out_dir: str | Path) -> Path:
+    """Train one fold from the plan's start weights (kept when already trained); its bundle folder
+    gets the start bundle's inference settings and thresholds (the starting point of the tuning)."""
+    out_dir = Path(out_dir)
+    bundle_dir = out_dir / "bundle"
+    cfg = plan.config
+    epochs = cfg.final_epochs if fold.name == plan.final.name else cfg.fold_epochs
+    if (bundle_dir / MODEL_FILE).is_file():  # kept from an interrupted run of the same plan, or refused
+        done = json.loads((bundle_dir / "czii_config.json").read_text())
+        sim_train = [r for r in plan.sim_runs if r not in plan.sim_val]
+        same = (done.get("train_runs") == [*fold.train_real, *sim_train] and done["train"]["epochs"] == epochs
+                and set(done.get("val_runs", [])) >= set(fold.val_real))
+        if not same:
+            raise CziiInputError(bundle_dir, f"was trained for another plan (runs or epochs differ from {fold.name}'s): "
+                                             "remove the work folder or choose another one")
+    else:
+        data_yaml = write_fold_yaml(plan, slices, fold, out_dir)
+        from .recipe import load_recipe
+
+        tr = load_recipe().train_config(model=plan.init_weights, epochs=epochs, batch=cfg.batch, imgsz=cfg.imgsz,
+                                        workers=cfg.workers, device=cfg.device, seed=cfg.seed)
+        train(data_yaml, bundle_dir, tr)
+        start = load_bundle(plan.init_weights)
+        save_aggregate_config(bundle_dir, start.aggregate, detect=start.detect)
+    return bundle_dir
+
+
+def run_candidates(real_root: str | Path, runs: list[str], bundle) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every 3D candidate (no threshold) of ``runs`` predicted with ``bundle`` (a folder, ``.pt`` or
+    loaded bundle), and the run report."""
+    bundle = load_bundle(bundle) if not hasattr(bundle, "aggregate") else bundle
+    return _predict_candidates(real_root, list(runs), bundle)
+
+
+def oof_candidates(real_root: str | Path, folds: tuple[Fold, ...], bundle_dirs: list[Path]) -> pd.DataFrame:
+    """Out-of-fold candidates: each fold's model on the real runs it held out, pooled."""
+    parts = [run_candidates(real_root, list(f.val_real), b)[0] for f, b in zip(folds, bundle_dirs)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def tune_oof(real_root: str | Path, candidates: pd.DataFrame, start_bundle) -> tuple[object, pd.DataFrame]:
+    """Per-class thresholds tuned on the pooled out-of-fold candidates (the library's tuning, from the
+    start bundle's thresholds); returns the tuned :class:`AggregateConfig` and the per-class table."""
+    from .picks import read_all_picks
+    from .tune import tune_thresholds
+
+    truth = read_all_picks(real_root, sorted(set(candidates["experiment"].astype(str))))
+    start = load_bundle(start_bundle) if not hasattr(start_bundle, "aggregate") else start_bundle
+    return tune_thresholds(candidates, truth, start.aggregate)
+
+
+def score_candidates(real_root: str | Path, candidates: pd.DataFrame, config) -> float:
+    """The competition score of ``candidates`` selected with ``config`` against the runs' picks."""
+    from . import metric
+    from .aggregate import select
+    from .particles import SCORED
+    from .picks import read_all_picks
+
+    truth = read_all_picks(real_root, sorted(set(candidates["experiment"].astype(str))))
+    picked = select(candidates, config)
+    return float(metric.score(truth, picked[picked["particle_type"].isin(SCORED)].reset_index(drop=True)))
+
+
+def compare_scores(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame, tuned) -> dict[str, float]:
+    """Scores on the real runs: the start model with its own thresholds, the folds' out-of-fold
+    candidates with the start thresholds and with the tuned ones (tuned on these very runs)."""
+    start = load_bundle(plan.init_weights)
+    baseline, _ = run_candidates(real_root, list(plan.real_runs), start)
+    return {
+        "start model, its own thresholds": score_candidates(real_root, baseline, start.aggregate),
+        "fine-tuned, out of fold, start thresholds": score_candidates(real_root, oof, start.aggregate),
+        "fine-tuned, out of fold, tuned thresholds (tuned on these runs)": score_candidates(real_root, oof, tuned),
+    }
+
+
+def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
+                 out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """``(work_dir, out_dir)``: the given ones, else on Kaggle scratch in the temporary folder (not
+    kept) and the bundle in ``/kaggle/working/czii_finetuned`` (kept with the notebook's output),
+    elsewhere ``finetune_work`` and ``finetuned_bundle`` in the current folder."""
+    import tempfile
+
+    from .runtime import KAGGLE_WORKING
+
+    if kaggle:
+        defaults = Path(tempfile.gettempdir()) / "czii_finetune", KAGGLE_WORKING / "czii_finetuned"
+    else:
+        defaults = Path("finetune_work"), Path("finetuned_bundle")
+    return (Path(work_dir) if work_dir is not None else defaults[0],
+            Path(out_dir) if out_dir is not None else defaults[1])
+
+
+def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePlan, scores: dict | None = None,
+                  table: pd.DataFrame | None = None, elapsed: dict | None = None) -> Path:
+    """Copy the final fit's bundle to ``out_dir``: the weights, ``czii_config.json`` with the tuned
+    thresholds, ``FINETUNE.json`` (the plan, the scores, the tuning table, measured and estimated
+    seconds) and ``model.onnx`` where the onnx package is installed. A folder that is there already
+    is replaced only when it holds a previous ``FINETUNE.json``."""
+    import importlib.util
+
+    record = {**plan_record(plan), "scores": scores or {},
+              "tuned_table": [] if table is None else table.to_dict(orient="records"), "elapsed_s": elapsed or {}}
+
+    out_dir = Path(out_dir)
+    outputs.check_writable(out_dir, folder=True)
+    previous = out_dir.is_dir() and any(out_dir.iterdir())
+    if previous and not (out_dir / RECORD_FILE).is_file():
+        raise CziiInputError(out_dir, f"is not empty and holds no {RECORD_FILE} (not a fine-tuned bundle of ours): "
+                                      "not replacing it; give another folder")
+    with outputs.atomic_dir(out_dir, replace=previous) as tmp:
+        for name in (MODEL_FILE, "czii_config.json"):
+            shutil.copy2(final_dir / name, tmp / name)
+        start = load_bundle(plan.init_weights)
+        save_aggregate_config(tmp, tuned, detect=start.detect)
+        if importlib.util.find_spec("onnx") is not None:
+            export_bundle_onnx(tmp)
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
+    return out_dir
+
+
+def plan_record(plan: FineTunePlan) -> dict:
+    """The plan as saved in ``FINETUNE.json``."""
+    return {"config": asdict(plan.config), "init_weights": str(plan.init_weights), "real_runs": list(plan.real_runs),
+            "sim_runs": list(plan.sim_runs), "sim_val_runs": list(plan.sim_val),
+            "folds": [asdict(f) for f in plan.folds], "dataset": plan.dataset.to_dict(),
+            "estimate_s": plan.estimate, "recorded": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

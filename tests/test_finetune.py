@@ -1,0 +1,125 @@
+"""The Kaggle fine-tuning's plan (czii_kaggle.finetune): folds, time estimate, settings, refusals.
+The whole flow runs in tests/test_notebooks.py (train notebook in Kaggle's layout)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from czii_kaggle import finetune
+from czii_kaggle.errors import CziiInputError
+from czii_kaggle.finetune import FineTuneConfig, estimate_s, make_folds
+from czii_kaggle.recipe import load_recipe
+
+RUNS = ["TS_5_4", "TS_69_2", "TS_6_4", "TS_6_6", "TS_73_6", "TS_86_3", "TS_99_9"]
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 7])
+def test_folds_hold_each_run_out_once(k):
+    folds = make_folds(RUNS, k, seed=3)
+    assert len(folds) == k
+    held = [r for f in folds for r in f.val_real]
+    assert sorted(held) == sorted(RUNS)  # each run held out by exactly one fold
+    sizes = [len(f.val_real) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for f in folds:
+        assert set(f.train_real) | set(f.val_real) == set(RUNS) and not set(f.train_real) & set(f.val_real)
+    assert make_folds(RUNS, k, seed=3) == folds  # seeded
+    if k == len(RUNS):
+        assert all(len(f.val_real) == 1 for f in folds)  # leave-one-run-out
+
+
+def test_folds_refuse_impossible_k():
+    with pytest.raises(CziiInputError, match="k_folds = 8"):
+        make_folds(RUNS, 8)
+    with pytest.raises(ValueError, match="k_folds must be >= 2"):
+        FineTuneConfig(k_folds=1)
+
+
+def test_config_comes_from_the_recipe_and_none_keeps_it():
+    ft = load_recipe().fine_tune
+    cfg = FineTuneConfig.from_recipe(k_folds=None, fold_epochs=3, sim_shape_vox=[48, 128, 128])
+    assert cfg.k_folds == ft["k_folds"] and cfg.final_epochs == ft["final_epochs"]
+    assert cfg.fold_epochs == 3 and cfg.sim_shape_vox == (48, 128, 128)
+    assert cfg.sim_look == "random" and cfg.n_sim_runs == ft["sim"]["n_runs"]
+
+
+def test_estimate_counts_steps_of_every_training():
+    cfg = FineTuneConfig(k_folds=7, fold_epochs=2, final_epochs=3, n_sim_runs=4, sim_val_runs=1, batch=32)
+    est = estimate_s(cfg, 7, images_per_run=64, step_s=1.0, predict_s_per_run=10.0, sim_s_per_run=5.0,
+                     dataset_s_per_run=2.0)
+    # folds: 6 real + 3 simulated training runs = 576 images = 18 steps, 1 held-out run = 2 val batches / 3
+    fold = 2 * (18 + 2 / 3) + finetune.TRAIN_OVERHEAD_S
+    final = 3 * (20 + 2 / 3) + finetune.TRAIN_OVERHEAD_S  # 7 + 3 runs = 20 steps; 1 simulated val run
+    assert est["train_s"] == pytest.approx(7 * fold + final)
+    assert est["simulate_s"] == 20 and est["dataset_s"] == 22 and est["predict_s"] == 140
+    assert est["total_s"] == pytest.approx(sum(v for k, v in est.items() if k != "total_s"))
+    more = estimate_s(FineTuneConfig(k_folds=7, fold_epochs=4, final_epochs=3, n_sim_runs=4), 7)
+    assert more["train_s"] > estimate_s(FineTuneConfig(k_folds=7, fold_epochs=2, final_epochs=3, n_sim_runs=4), 7)[
+        "train_s"]
+
+
+def test_the_recipe_plan_fits_nine_hours_on_a_t4():
+    est = estimate_s(FineTuneConfig.from_recipe(), 7)
+    assert est["total_s"] < 9 * 3600
+
+
+def _kaggle_root(tmp_path, runs):
+    from czii_kaggle import layout
+
+    root = tmp_path / "czii-cryo-et-object-identification"
+    for run in runs:
+        layout.tomogram_path(root, "train", run).mkdir(parents=True)
+        layout.picks_dir(root, run).mkdir(parents=True)
+    return root
+
+
+def test_plan_refuses_before_the_long_work(tmp_path):
+    root = _kaggle_root(tmp_path, RUNS)
+    plan = finetune.plan_fine_tune(root, FineTuneConfig(k_folds=7))
+    assert plan.real_runs == tuple(RUNS) and len(plan.folds) == 7 and plan.final.train_real == tuple(RUNS)
+    assert plan.dataset.preprocess.slice_offset == 3  # the start bundle's preprocessing
+    assert plan.sim_val == (plan.sim_runs[-1],)
+    assert "estimate on one T4" in plan.summary()
+    record = json.loads(json.dumps(finetune.plan_record(plan)))  # plain JSON
+    assert record["folds"][0]["val_real"] == list(plan.folds[0].val_real)
+    with pytest.raises(CziiInputError, match="over max_hours = 0.1"):
+        finetune.plan_fine_tune(root, FineTuneConfig(max_hours=0.1))
+    with pytest.raises(CziiInputError, match="needs at least 2 runs with picks"):
+        finetune.plan_fine_tune(_kaggle_root(tmp_path / "one", RUNS[:1]), FineTuneConfig())
+    with pytest.raises(CziiInputError, match="weights file not found"):
+        finetune.plan_fine_tune(root, FineTuneConfig(init=str(tmp_path / "nothing")))
+
+
+def test_finish_bundle_never_replaces_a_foreign_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    plan = finetune.plan_fine_tune(_kaggle_root(tmp_path, RUNS[:2]), FineTuneConfig(k_folds=2))
+    with pytest.raises(CziiInputError, match="not replacing it"):
+        finetune.finish_bundle(tmp_path, out, None, plan)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_default_dirs():
+    work, out = finetune.default_dirs(True)
+    assert str(out) == "/kaggle/working/czii_finetuned" and work.name == "czii_finetune"
+    assert finetune.default_dirs(False) == (finetune.Path("finetune_work"), finetune.Path("finetuned_bundle"))
+    assert finetune.default_dirs(True, "w", "o") == (finetune.Path("w"), finetune.Path("o"))
+
+
+def test_a_kept_fold_of_another_plan_is_refused(tmp_path):
+    """A re-run keeps the folds already trained, but never one trained on other runs or epochs."""
+    root = _kaggle_root(tmp_path, RUNS)
+    plan = finetune.plan_fine_tune(root, FineTuneConfig(k_folds=7, fold_epochs=2))
+    fold = plan.folds[0]
+    bundle = tmp_path / "work" / fold.name / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "model.pt").write_bytes(b"")
+    sim_train = [r for r in plan.sim_runs if r not in plan.sim_val]
+    cfg = {"train_runs": [*fold.train_real, *sim_train], "val_runs": list(fold.val_real), "train": {"epochs": 2}}
+    (bundle / "czii_config.json").write_text(json.dumps(cfg))
+    assert finetune.train_fold(plan, None, fold, bundle.parent) == bundle  # the same plan: kept
+    other = finetune.plan_fine_tune(root, FineTuneConfig(k_folds=3, fold_epochs=2))
+    with pytest.raises(CziiInputError, match="was trained for another plan"):
+        finetune.train_fold(other, None, other.folds[0], bundle.parent)
