@@ -164,7 +164,7 @@ def test_build_dataset_slice_offset(tmp_path):
     import cv2
     import yaml
 
-    from czii_kaggle import io, layout
+    from czii_kaggle import layout, omezarr
     from czii_kaggle.preprocess import preprocess_volume, stack_slices
     from czii_kaggle.simulate import SimConfig, simulate_dataset
 
@@ -177,7 +177,7 @@ def test_build_dataset_slice_offset(tmp_path):
     meta = yaml.safe_load((out / "data.yaml").read_text())["czii"]
     assert meta["config"]["preprocess"]["slice_offset"] == 2 and meta["config"]["slice_step"] == 5
     run = ds.train_runs[-1]
-    volume, _ = io.read_tomogram(layout.tomogram_path(ds.root, "train", run))
+    volume, _ = omezarr.read_tomogram(layout.tomogram_path(ds.root, "train", run))
     vol_u8 = preprocess_volume(volume, PreprocessConfig(slice_offset=2))
     images = sorted((out / "images" / "val").glob(f"{run}_z*.png"))
     assert images
