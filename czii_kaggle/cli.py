@@ -248,7 +248,7 @@ def _cmd_export_onnx(a) -> None:
     from .predict import export_bundle_onnx, load_bundle
 
     if a.detector == "heatmap":
-        from .heatmap import export_heatmap_onnx
+        from .detectors.heatmap import export_heatmap_onnx
         from .predict import DEFAULT_BUNDLE
 
         print(export_heatmap_onnx(a.weights or DEFAULT_BUNDLE))
@@ -269,8 +269,8 @@ def _sources(items: list[str]) -> list[tuple[Path, list[str] | None]]:
 
 
 def _cmd_train_heatmap(a) -> None:
-    from .heatmap import HeatmapConfig
-    from .heatmap_train import HeatmapTrainConfig, train_heatmap
+    from .detectors.heatmap import HeatmapConfig
+    from .train_heatmap import HeatmapTrainConfig, train_heatmap
 
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
@@ -278,7 +278,7 @@ def _cmd_train_heatmap(a) -> None:
 
 
 def _cmd_tune_heatmap(a) -> None:
-    from .heatmap_train import tune_heatmap
+    from .train_heatmap import tune_heatmap
 
     table = tune_heatmap([(r, runs or []) for r, runs in _sources(a.data)], a.weights, backend=a.backend)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -165,8 +165,8 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
 
     from czii_kaggle import io, layout
     from czii_kaggle.cli import main
-    from czii_kaggle.heatmap import HeatmapConfig, save_heatmap_json
-    from czii_kaggle.heatmap_net import HeatmapUNet
+    from czii_kaggle.detectors.heatmap import HeatmapConfig, save_heatmap_json
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
     from czii_kaggle.submission import validate_submission
 
     root = tmp_path / "data"

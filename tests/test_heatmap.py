@@ -10,11 +10,11 @@ import torch
 
 from czii_kaggle import io, layout
 from czii_kaggle.errors import CziiInputError
-from czii_kaggle.heatmap import (HeatmapBundle, HeatmapConfig, HeatmapDetector, A_to_grid, export_heatmap_onnx,
+from czii_kaggle.detectors.heatmap import (HeatmapBundle, HeatmapConfig, HeatmapDetector, A_to_grid, export_heatmap_onnx,
                                  find_peaks, grid_to_A, heatmap_candidates, load_heatmap_bundle, load_model,
                                  load_net, predict_heatmaps, read_input, save_heatmap_json, window_starts)
-from czii_kaggle.heatmap_net import HeatmapUNet, focal_heatmap_loss
-from czii_kaggle.heatmap_train import (HeatmapTrainConfig, TrainRun, render_targets, sample_batch,
+from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss
+from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, render_targets, sample_batch,
                                        train_heatmap)
 from czii_kaggle.particles import NAMES, get
 

@@ -7,7 +7,7 @@ in Angstrom, ``score``, ``n_slices``, ``share``) and knows its own selection
 
 - ``yolo``: the 2.5D YOLO path (:func:`czii_kaggle.predict.detect_run` then
   :func:`czii_kaggle.aggregate.aggregate`), weights ``model.pt`` / ``model.onnx``;
-- ``heatmap``: the 3D heatmap network (:class:`czii_kaggle.heatmap.HeatmapDetector`),
+- ``heatmap``: the 3D heatmap network (:class:`czii_kaggle.detectors.heatmap.HeatmapDetector`),
   weights ``heatmap.pt`` / ``heatmap.onnx``.
 
 A bundle folder may hold either or both, and ``ensemble.json`` (:mod:`czii_kaggle.ensemble`)
@@ -29,9 +29,9 @@ from typing import Protocol
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import layout
-from .aggregate import AggregateConfig, aggregate, empty_candidates, select
-from .errors import CziiInputError
+from .. import layout
+from ..aggregate import AggregateConfig, aggregate, empty_candidates, select
+from ..errors import CziiInputError
 
 DETECTOR_NAMES: tuple[str, ...] = ("yolo", "heatmap")
 
@@ -55,8 +55,8 @@ class YoloDetector:
     name = "yolo"
 
     def __init__(self, bundle=None, backend: str = "auto", device: str = "cpu"):
-        from .detect import load_model
-        from .predict import Bundle, choose_backend, load_bundle
+        from ..detect import load_model
+        from ..predict import Bundle, choose_backend, load_bundle
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = choose_backend(self.bundle, backend, [device])
@@ -65,7 +65,7 @@ class YoloDetector:
         self.aggregate = self.bundle.aggregate
 
     def candidates(self, zarr_path: str | Path, experiment: str) -> tuple[pd.DataFrame, dict]:
-        from .predict import detect_run
+        from ..predict import detect_run
 
         dets, times = detect_run(self.model, zarr_path, experiment, self.bundle, self.device)
         t0 = time.perf_counter()
@@ -80,7 +80,7 @@ class YoloDetector:
 def held_detectors(bundle_dir: str | Path) -> list[str]:
     """The detectors whose weights the bundle folder holds, in :data:`DETECTOR_NAMES` order."""
     from .heatmap import WEIGHTS_FILE
-    from .train import MODEL_FILE
+    from ..train import MODEL_FILE
 
     d = Path(bundle_dir)
     held = {"yolo": (d / MODEL_FILE).is_file() or (d / "model.onnx").is_file(), "heatmap": (d / WEIGHTS_FILE).is_file()}
@@ -89,7 +89,7 @@ def held_detectors(bundle_dir: str | Path) -> list[str]:
 
 def default_detectors(bundle_dir: str | Path) -> list[str]:
     """What the bundle ships to run by default: ``ensemble.json``'s ``default_detectors``, else ``["yolo"]``."""
-    from .ensemble import ENSEMBLE_FILE
+    from ..ensemble import ENSEMBLE_FILE
 
     path = Path(bundle_dir) / ENSEMBLE_FILE
     if path.is_file():
@@ -199,8 +199,8 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
 
     Runs where some detector failed use the selection of a detector that succeeded.
     """
-    from .ensemble import load_ensemble, select_ensemble
-    from .predict import DEFAULT_BUNDLE
+    from ..ensemble import load_ensemble, select_ensemble
+    from ..predict import DEFAULT_BUNDLE
 
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
     names = parse_detectors(None if detectors is None else ",".join(detectors), bundle_dir)
@@ -222,7 +222,7 @@ def select_runs(candidates: dict[str, pd.DataFrame], report: pd.DataFrame, detec
                 runs: list[str], ensemble=None) -> pd.DataFrame:
     """Selected picks of every run: the ensemble's where every detector succeeded on it, else the
     own selection of the first detector (in ``detectors`` order) that succeeded; none if all failed."""
-    from .ensemble import select_ensemble
+    from ..ensemble import select_ensemble
 
     names = {d.name for d in detectors}
     ok = report[report["status"] == "ok"].groupby("experiment")["detector"].apply(set).to_dict() if len(report) else {}
@@ -253,10 +253,10 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
     they are. ``cache``: as :func:`run_candidates` (one sub-folder per source). Returns the
     tuning tables ``{"heatmap": ..., "ensemble": ...}``.
     """
-    from .ensemble import fit_ensemble, save_ensemble
+    from ..ensemble import fit_ensemble, save_ensemble
     from .heatmap import save_heatmap_json
-    from .picks import read_all_picks
-    from .tune import tune_thresholds
+    from ..picks import read_all_picks
+    from ..tune import tune_thresholds
 
     dets = load_detectors(bundle_dir, ["yolo", "heatmap"], backend)
     cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}

@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import layout, picks as picks_io
 from .errors import CziiInputError
-from .heatmap import (CONFIG_FILE, WEIGHTS_FILE, HeatmapConfig, HeatmapDetector, A_to_grid, build_net,
+from .detectors.heatmap import (CONFIG_FILE, WEIGHTS_FILE, HeatmapConfig, HeatmapDetector, A_to_grid, build_net,
                       default_aggregate_config, read_input, save_heatmap_json)
 from .particles import NAMES, PARTICLES
 
@@ -175,7 +175,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     """
     import torch
 
-    from .heatmap_net import focal_heatmap_loss
+    from .detectors.heatmap_net import focal_heatmap_loss
 
     config = config or HeatmapConfig()
     train = train or HeatmapTrainConfig()

@@ -18,7 +18,7 @@ inference use the same mapping (:func:`grid_to_A`, :func:`A_to_grid`).
 
 A bundle holds the weights as ``heatmap.pt`` (state dict + config), optionally
 ``heatmap.onnx`` (ONNX Runtime, CPU) and ``heatmap.json`` (config, thresholds,
-ONNX record, training record). See :mod:`czii_kaggle.heatmap_train` for training.
+ONNX record, training record). See :mod:`czii_kaggle.train_heatmap` for training.
 """
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import io
-from .aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
-from .errors import CziiInputError
-from .particles import NAMES, PARTICLES
-from .preprocess import percentile_range
+from .. import io
+from ..aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
+from ..errors import CziiInputError
+from ..particles import NAMES, PARTICLES
+from ..preprocess import percentile_range
 
 WEIGHTS_FILE = "heatmap.pt"
 ONNX_FILE = "heatmap.onnx"
@@ -56,7 +56,7 @@ class HeatmapConfig:
         The level's voxel size the weights were trained at; a tomogram whose level
         differs by more than 10 % is refused.
     channels : (int, int, int)
-        Network widths (:class:`czii_kaggle.heatmap_net.HeatmapUNet`).
+        Network widths (:class:`czii_kaggle.detectors.heatmap_net.HeatmapUNet`).
     classes : tuple of str
         Output channels, in order (all six types, beta-amylase included).
     sigma_fraction : float
@@ -268,7 +268,7 @@ def load_net(bundle: HeatmapBundle):
 def load_model(bundle: HeatmapBundle, backend: str = "auto"):
     """A callable model: ONNX Runtime when ``backend`` is ``"onnx"`` (or ``"auto"`` and the bundle has an
     up-to-date ``heatmap.onnx`` and onnxruntime is installed), else torch."""
-    from .detect import onnxruntime_available
+    from ..detect import onnxruntime_available
 
     if backend == "onnx" and bundle.onnx is None:
         raise CziiInputError(bundle.weights.parent / ONNX_FILE, "no up-to-date ONNX copy of the heatmap weights")
