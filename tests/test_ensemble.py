@@ -10,13 +10,13 @@ import pytest
 
 from czii_kaggle import metric
 from czii_kaggle.aggregate import AggregateConfig, ClassParams, empty_candidates, select
-from czii_kaggle.detectors import (default_detectors, held_detectors, parse_detectors, run_candidates,
-                                   select_runs)
-from czii_kaggle.ensemble import (EnsembleConfig, combine, fit_ensemble, fit_logistic, is_true_positive,
-                                  load_ensemble, save_ensemble)
+from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, held_detectors, load_ensemble, parse_detectors,
+                                save_ensemble)
+from czii_kaggle.detectors import run_candidates, select_picks
+from czii_kaggle.ensemble import EnsembleConfig, combine, fit_logistic, is_true_positive
 from czii_kaggle.errors import CziiInputError
 from czii_kaggle.particles import NAMES, PARTICLES, SCORED, get
-from czii_kaggle.predict import DEFAULT_BUNDLE
+from czii_kaggle.tune import fit_ensemble
 
 
 def _cands(rows, cols=("experiment", "particle_type", "x", "y", "z", "score")):
@@ -138,13 +138,13 @@ def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path)
     ident = {n: (1.0, 0.0) for n in NAMES}
     ens = EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident},
                          AggregateConfig({p.name: ClassParams(min_support=2, conf_threshold=0.5) for p in PARTICLES}))
-    picks = select_runs(cands, report, dets, runs, ens)
+    picks = select_picks(cands, report, dets, runs, ens)
     by_run = picks.set_index("experiment")["score"].to_dict()
     assert by_run["A"] == pytest.approx(0.8)  # heatmap alone (yolo failed), its own threshold
     assert by_run["B"] == pytest.approx(0.9)  # yolo alone
     assert by_run["C"] == pytest.approx(0.85)  # the ensemble: both agree
     assert set(picks["experiment"]) == {"A", "B", "C", "D"}
-    assert select_runs({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
+    assert select_picks({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
                        dets, runs, ens).empty
 
 
@@ -165,7 +165,8 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
 
     from czii_kaggle import io, layout
     from czii_kaggle.cli import main
-    from czii_kaggle.detectors.heatmap import HeatmapConfig, save_heatmap_json
+    from czii_kaggle.bundle import save_heatmap_json
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
     from czii_kaggle.detectors.heatmap_net import HeatmapUNet
     from czii_kaggle.submission import validate_submission
 
@@ -196,8 +197,8 @@ def test_the_yolo_detector_gives_the_pipelines_candidates(tmp_path):
     bundle's thresholds, are exactly the picks the prediction pipeline makes of the same run."""
     from czii_kaggle import layout
     from czii_kaggle.detect import load_model
-    from czii_kaggle.detectors import YoloDetector
-    from czii_kaggle.predict import load_bundle, predict_one
+    from czii_kaggle.bundle import load_bundle
+    from czii_kaggle.detectors.yolo import YoloDetector, predict_one
     from czii_kaggle.simulate import SimConfig, simulate_dataset
 
     ds = simulate_dataset(tmp_path, n_train=0, n_test=1, seed=3,

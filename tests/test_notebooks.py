@@ -190,7 +190,7 @@ def test_train_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
     )
     from czii_kaggle.aggregate import AggregateConfig
     from czii_kaggle.detect import load_model
-    from czii_kaggle.predict import load_bundle
+    from czii_kaggle.bundle import load_bundle
 
     bundle_dir = tmp_path / "bundle"
     model = load_model(bundle_dir / "model.pt")  # a loadable six-class detector
@@ -223,7 +223,7 @@ def test_train_heatmap_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
         tmp_path,
         kernel_name,
     )
-    from czii_kaggle.detectors.heatmap import load_heatmap_bundle
+    from czii_kaggle.bundle import load_heatmap_bundle
 
     bundle = load_heatmap_bundle(tmp_path / "bundle")
     assert bundle.record["steps"] == 3 and bundle.config.window_vox == (24, 64, 64)
