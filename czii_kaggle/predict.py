@@ -1,6 +1,10 @@
 """The prediction pipeline: runs of a Kaggle-layout root -> particles -> submission.
 
-read zarr -> preprocess -> YOLO per slice -> 3D aggregation -> thresholds + NMS.
+This module schedules runs; what happens to one run is the detectors' (:mod:`czii_kaggle.detectors`),
+what a model is, the bundle's (:mod:`czii_kaggle.bundle`).
+:func:`predict_runs`: the YOLO detector (read zarr -> preprocess -> YOLO per slice -> 3D
+aggregation -> thresholds + NMS; :mod:`czii_kaggle.detectors.yolo`) over runs and devices;
+:func:`predict_detectors`: any of a bundle's detectors, alone or as their ensemble.
 A run that fails (bad zarr, NaNs everywhere, ...) is reported and skipped; the
 other runs' predictions are kept, and :func:`run_problems` says which runs failed or
 found nothing, and why. On GPUs the runs are shared out over every usable device (one
@@ -22,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import layout, outputs, particles, runtime
 from .aggregate import empty_candidates
-from .bundle import (DEFAULT_BUNDLE, Bundle, bundle_files, load_bundle, load_detectors, load_ensemble,
+from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, load_bundle, load_detectors, load_ensemble,
                      parse_detectors)
 from .detect import empty_detections
 from .detectors import DetectorsPrediction, run_candidates, select_picks
@@ -358,7 +362,7 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     if len(names) > 1:
         ensemble = load_ensemble(bundle_dir)
         if ensemble is None or sorted(ensemble.detectors) != sorted(names):
-            raise CziiInputError(Path(bundle_dir) / "ensemble.json",
+            raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
                                  f"no ensemble of {', '.join(names)} fitted in this bundle "
                                  "(run `czii-kaggle tune-ensemble`)")
     dets = load_detectors(bundle_dir, names, backend)

@@ -214,3 +214,45 @@ def test_the_yolo_detector_gives_the_pipelines_candidates(tmp_path):
     key = ["particle_type", "x", "y", "z"]
     got = det.select(cands)[key].sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, picks[key].sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_a_run_the_heatmap_cannot_read_keeps_the_yolo_picks(tmp_path, capsys):
+    """End to end with both real detectors: a tomogram smaller than one heatmap window fails in the
+    heatmap detector only; it is reported (exit 1) and YOLO's own selection is what is written."""
+    import torch
+
+    from czii_kaggle import layout
+    from czii_kaggle.bundle import load_bundle, save_heatmap_json
+    from czii_kaggle.cli import main
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
+    from czii_kaggle.detectors.yolo import YoloDetector
+    from czii_kaggle.predict import scored_only
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+    from czii_kaggle.submission import validate_submission
+
+    ds = simulate_dataset(tmp_path / "sim", n_train=0, n_test=1, seed=3,
+                          config=SimConfig(shape_vox=(48, 224, 224), difficulty="easy"))
+    run = ds.test_runs[0]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("model.pt", "czii_config.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle / "heatmap.pt")
+    # level 1 of a 48-slice tomogram is 24 voxels deep: less than this 32-voxel window
+    save_heatmap_json(bundle, config=HeatmapConfig(channels=(4, 8, 8), window_vox=(32, 64, 64)).to_dict())
+    ident = {n: (1.0, 0.0) for n in NAMES}
+    save_ensemble(bundle, EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident}))
+    out = tmp_path / "sub.csv"
+    code = main(["predict", "--data", str(ds.root), "--weights", str(bundle), "--out", str(out),
+                 "--detectors", "yolo,heatmap", "--backend", "torch"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{run} (heatmap): failed" in err and "smaller than one heatmap window" in err
+    yolo = YoloDetector(load_bundle(bundle), backend="torch")
+    cands, _ = yolo.candidates(layout.tomogram_path(ds.root, "test", run), run)
+    want = scored_only(yolo.select(cands))
+    sub = validate_submission(out)
+    assert len(want) > 0 and len(sub) == len(want)
+    assert sub["particle_type"].value_counts().to_dict() == want["particle_type"].value_counts().to_dict()

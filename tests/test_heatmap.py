@@ -1,6 +1,7 @@
 """The 3D heatmap detector: coordinates, windows, peaks, targets, training, weights checks."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -10,10 +11,11 @@ import torch
 
 from czii_kaggle import io, layout
 from czii_kaggle.errors import CziiInputError
-from czii_kaggle.bundle import export_heatmap_onnx, load_heatmap_bundle, save_heatmap_json
-from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, find_peaks, grid_to_A,
-                                           heatmap_candidates, load_model, load_net, predict_heatmaps, read_input,
-                                           window_starts)
+from czii_kaggle.bundle import (DEFAULT_BUNDLE, export_heatmap_onnx, file_sha256, load_heatmap_bundle,
+                                save_heatmap_json)
+from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, default_aggregate_config,
+                                           find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
+                                           predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss
 from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, render_targets, sample_batch,
                                        train_heatmap)
@@ -172,6 +174,52 @@ def test_weights_of_the_wrong_class_count_are_refused(tmp_path):
     (tmp_path / "junk" / "heatmap.pt").write_text("not torch")
     with pytest.raises(CziiInputError, match="cannot read heatmap weights"):
         load_net(load_heatmap_bundle(tmp_path / "junk"))
+
+
+def test_weights_of_another_network_or_a_broken_config_are_refused(tmp_path):
+    _bundle(tmp_path, channels=(4, 8, 8))
+    doc = load_heatmap_bundle(tmp_path)
+    wider = replace(doc, config=replace(doc.config, channels=(8, 16, 16)))
+    with pytest.raises(CziiInputError, match="heatmap.pt: weights do not fit the configured network"):
+        load_net(wider)
+    (tmp_path / "heatmap.json").write_text('{"config": {"level": 1,')
+    with pytest.raises(CziiInputError, match="heatmap.json: not valid JSON"):
+        load_heatmap_bundle(tmp_path)
+    (tmp_path / "heatmap.json").write_text(json.dumps({"config": {"window_vox": [20, 32, 32]}}))
+    with pytest.raises(CziiInputError, match="heatmap.json: not a valid heatmap config: window_vox"):
+        load_heatmap_bundle(tmp_path)
+    (tmp_path / "heatmap.json").write_text(json.dumps({"aggregate": [0.5]}))
+    with pytest.raises(CziiInputError, match="heatmap.json: 'aggregate' is \\[0.5\\], not an object"):
+        load_heatmap_bundle(tmp_path)
+
+
+def test_shipped_heatmap_loads_with_its_onnx_copy():
+    """The shipped heatmap.json (an ONNX record naming no source file) loads as it is, copy included."""
+    bundle = load_heatmap_bundle(None)
+    assert bundle.weights == DEFAULT_BUNDLE / "heatmap.pt"
+    assert bundle.onnx == DEFAULT_BUNDLE / "heatmap.onnx"
+    assert bundle.aggregate != default_aggregate_config()  # its tuned thresholds were read
+    assert bundle.record.get("steps", 0) > 0
+
+
+def test_heatmap_export_replaces_only_the_copy_of_its_own_weights(tmp_path):
+    b = _bundle(tmp_path)
+    own = export_heatmap_onnx(b)
+    assert own == b / "heatmap.onnx"
+    record = json.loads((b / "heatmap.json").read_text())["onnx"]
+    assert record["source"] == "heatmap.pt" and record["source_sha256"] == file_sha256(b / "heatmap.pt")
+    assert load_heatmap_bundle(b).onnx == own
+    onnx_bytes = own.read_bytes()
+    torch.manual_seed(1)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), b / "other.pt")
+    assert export_heatmap_onnx(b / "other.pt") == b / "other.onnx"  # beside, never over the bundle's copy
+    assert own.read_bytes() == onnx_bytes and json.loads((b / "heatmap.json").read_text())["onnx"] == record
+    assert load_heatmap_bundle(b).onnx == own and load_heatmap_bundle(b / "other.pt").onnx is None
+    save_heatmap_json(b, onnx={**record, "source": "best.pt"})  # heatmap.onnx is recorded as best.pt's copy
+    with pytest.raises(CziiInputError, match="heatmap.onnx: is the ONNX copy of best.pt"):
+        export_heatmap_onnx(b)
+    assert own.read_bytes() == onnx_bytes
+    assert not list(b.glob(".*.tmp*"))  # no temporary file left behind
 
 
 def _zarr(tmp_path, voxel_size_A, shape=(40, 72, 72)):
