@@ -36,9 +36,8 @@ from pathlib import Path
 from . import outputs, particles
 from .aggregate import AggregateConfig
 from .detect import DetectConfig, export_onnx
-from .detectors import DETECTOR_NAMES
-from .detectors.heatmap import HeatmapConfig, HeatmapDetector, default_aggregate_config, load_net
-from .detectors.yolo import YoloDetector
+from .detectors import DETECTOR_NAMES, DETECTORS
+from .detectors.heatmap import HeatmapConfig, default_aggregate_config, load_net
 from .ensemble import EnsembleConfig
 from .errors import CziiInputError
 from .preprocess import PreprocessConfig
@@ -375,10 +374,5 @@ def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
 def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto") -> list:
     """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each
     behind :class:`czii_kaggle.detectors.Detector`'s interface."""
-    out = []
-    for n in parse_detectors(",".join(names), bundle_dir):
-        if n == "yolo":
-            out.append(YoloDetector(load_bundle(bundle_dir), backend=backend))
-        else:
-            out.append(HeatmapDetector(load_heatmap_bundle(bundle_dir), backend=backend))
-    return out
+    loaders = {"yolo": load_bundle, "heatmap": load_heatmap_bundle}
+    return [DETECTORS[n](loaders[n](bundle_dir), backend=backend) for n in parse_detectors(",".join(names), bundle_dir)]

@@ -202,7 +202,9 @@ def test_shipped_heatmap_loads_with_its_onnx_copy():
     assert bundle.record.get("steps", 0) > 0
 
 
-def test_heatmap_export_replaces_only_the_copy_of_its_own_weights(tmp_path):
+def test_heatmap_export_replaces_only_the_copy_of_its_own_weights(tmp_path, capsys):
+    from czii_kaggle.cli import main
+
     b = _bundle(tmp_path)
     own = export_heatmap_onnx(b)
     assert own == b / "heatmap.onnx"
@@ -212,7 +214,9 @@ def test_heatmap_export_replaces_only_the_copy_of_its_own_weights(tmp_path):
     onnx_bytes = own.read_bytes()
     torch.manual_seed(1)
     torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), b / "other.pt")
-    assert export_heatmap_onnx(b / "other.pt") == b / "other.onnx"  # beside, never over the bundle's copy
+    assert main(["export-onnx", "--detector", "heatmap", "--weights", str(b / "other.pt")]) == 0
+    assert "record stays with another weights file" in capsys.readouterr().out
+    assert (b / "other.onnx").is_file()  # beside, never over the bundle's copy
     assert own.read_bytes() == onnx_bytes and json.loads((b / "heatmap.json").read_text())["onnx"] == record
     assert load_heatmap_bundle(b).onnx == own and load_heatmap_bundle(b / "other.pt").onnx is None
     save_heatmap_json(b, onnx={**record, "source": "best.pt"})  # heatmap.onnx is recorded as best.pt's copy

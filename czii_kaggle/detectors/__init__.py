@@ -36,8 +36,13 @@ from ..aggregate import AggregateConfig, empty_candidates
 from ..ensemble import EnsembleConfig, select_ensemble
 from ..errors import CziiInputError
 
-#: The detectors a bundle may hold, in the order they are run and fall back to.
-DETECTOR_NAMES: tuple[str, ...] = ("yolo", "heatmap")
+from .heatmap import HeatmapDetector
+from .yolo import YoloDetector
+
+#: The registry: each detector's name and class (built from a loaded bundle by
+#: :func:`czii_kaggle.bundle.load_detectors`), in the order they are run and fall back to.
+DETECTORS: dict[str, type] = {"yolo": YoloDetector, "heatmap": HeatmapDetector}
+DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
 
 
 class Detector(Protocol):
