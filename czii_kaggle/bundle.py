@@ -327,9 +327,9 @@ def export_heatmap_onnx(path: str | Path | None = None) -> Path:
 def load_ensemble(bundle_dir: str | Path) -> EnsembleConfig | None:
     """The bundle's ``ensemble.json`` (None when absent); :class:`CziiInputError` when malformed."""
     path = Path(bundle_dir) / ENSEMBLE_FILE
-    doc = read_json(path, ("calibration", "weights", "aggregate"))
-    if not doc:
+    if not path.is_file():
         return None
+    doc = read_json(path, ("calibration", "weights", "aggregate"))
     try:
         return EnsembleConfig.from_dict(doc)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -352,7 +352,10 @@ def held_detectors(bundle_dir: str | Path) -> list[str]:
 
 def default_detectors(bundle_dir: str | Path) -> list[str]:
     """What the bundle ships to run by default: ``ensemble.json``'s ``default_detectors``, else ``["yolo"]``."""
-    names = read_json(Path(bundle_dir) / ENSEMBLE_FILE).get("default_detectors")
+    path = Path(bundle_dir) / ENSEMBLE_FILE
+    names = read_json(path).get("default_detectors")
+    if names and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise CziiInputError(path, f"default_detectors is {names!r}, not a list of detector names")
     return list(names) if names else ["yolo"]
 
 

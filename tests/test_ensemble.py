@@ -110,6 +110,9 @@ def test_a_bundle_naming_a_detector_it_lacks_is_refused(tmp_path):
         parse_detectors(None, tmp_path)
     with pytest.raises(CziiInputError, match="unknown detectors"):
         parse_detectors("yolo,unet", tmp_path)
+    (tmp_path / "ensemble.json").write_text(json.dumps({"default_detectors": "heatmap"}))
+    with pytest.raises(CziiInputError, match="ensemble.json: default_detectors is 'heatmap', not a list"):
+        parse_detectors(None, tmp_path)
 
 
 class _Fake:
