@@ -45,7 +45,8 @@ from czii_kaggle import blob, metric, submission, tune  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.detect import BACKENDS  # noqa: E402
 from czii_kaggle.preprocess import SPECTRAL  # noqa: E402
-from czii_kaggle.predict import load_bundle, predict_runs, scored_only, with_tta  # noqa: E402
+from czii_kaggle.bundle import load_bundle, with_tta  # noqa: E402
+from czii_kaggle.predict import predict_runs, scored_only  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "detection.md"
 

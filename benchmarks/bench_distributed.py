@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from czii_kaggle import layout  # noqa: E402
 from czii_kaggle.distributed import connect, predict_runs_dask, run_tasks  # noqa: E402
-from czii_kaggle.predict import load_bundle, predict_runs  # noqa: E402
+from czii_kaggle.bundle import load_bundle  # noqa: E402
+from czii_kaggle.predict import predict_runs  # noqa: E402
 from czii_kaggle.simulate import SimConfig, simulate_dataset  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "distributed.md"

@@ -30,8 +30,9 @@ from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import layout, metric, submission  # noqa: E402
-from czii_kaggle.detectors import load_detectors, run_candidates  # noqa: E402
-from czii_kaggle.ensemble import load_ensemble, select_ensemble  # noqa: E402
+from czii_kaggle.bundle import load_detectors, load_ensemble  # noqa: E402
+from czii_kaggle.detectors import run_candidates  # noqa: E402
+from czii_kaggle.ensemble import select_ensemble  # noqa: E402
 from czii_kaggle.particles import SCORED  # noqa: E402
 from czii_kaggle.predict import scored_only  # noqa: E402
 

@@ -29,7 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from czii_kaggle import layout  # noqa: E402
 from czii_kaggle.detect import BACKENDS, detect_volume, load_model  # noqa: E402
-from czii_kaggle.predict import choose_backend, load_bundle, predict_runs, prepare_run, stage_times  # noqa: E402
+from czii_kaggle.bundle import load_bundle  # noqa: E402
+from czii_kaggle.detectors.yolo import choose_backend, prepare_run  # noqa: E402
+from czii_kaggle.predict import predict_runs, stage_times  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.md"
 

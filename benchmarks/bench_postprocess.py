@@ -44,7 +44,7 @@ from czii_kaggle.aggregate import AggregateConfig, ClassParams, aggregate, selec
 from czii_kaggle.dataset import slice_boxes  # noqa: E402
 from czii_kaggle import frames  # noqa: E402
 from czii_kaggle.frames import DETECTION_COLUMNS  # noqa: E402
-from czii_kaggle.predict import load_bundle  # noqa: E402
+from czii_kaggle.bundle import load_bundle  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.particles import NAMES, PARTICLES, SCORED  # noqa: E402
 from czii_kaggle.tune import tune_thresholds  # noqa: E402

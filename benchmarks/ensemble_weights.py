@@ -25,9 +25,11 @@ from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from czii_kaggle import metric, picks as picks_io, submission  # noqa: E402
-from czii_kaggle.detectors import load_detectors, run_candidates  # noqa: E402
-from czii_kaggle.ensemble import fit_ensemble, select_ensemble  # noqa: E402
+from czii_kaggle.bundle import load_detectors  # noqa: E402
+from czii_kaggle.detectors import run_candidates  # noqa: E402
+from czii_kaggle.ensemble import select_ensemble  # noqa: E402
 from czii_kaggle.predict import scored_only  # noqa: E402
+from czii_kaggle.tune import fit_ensemble  # noqa: E402
 
 GRIDS = [("per-class weight 0, 0.25 .. 1 (the default fit)", (0.0, 0.25, 0.5, 0.75, 1.0)),
          ("equal weights", (0.5,)), ("YOLO 0.75", (0.75,)), ("YOLO 0.5 .. 1", (0.5, 0.75, 1.0)),

@@ -177,9 +177,8 @@ def _exit_code(problems, pred, out) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .detectors import parse_detectors
-    from .predict import (DEFAULT_BUNDLE, bundle_files, check_outputs, load_bundle, predict_runs, stage_line,
-                          with_slice_step, with_tta, write_prediction)
+    from .bundle import DEFAULT_BUNDLE, bundle_files, load_bundle, parse_detectors, with_slice_step, with_tta
+    from .predict import check_outputs, predict_runs, stage_line, write_prediction
 
     bundle_dir = DEFAULT_BUNDLE if a.weights is None else (a.weights if a.weights.is_dir() else None)
     if bundle_dir is not None:
@@ -211,9 +210,8 @@ def _cmd_predict(a) -> int:
 
 
 def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
-    """``predict`` with the heatmap detector or an ensemble (:func:`czii_kaggle.detectors.predict_detectors`)."""
-    from .detectors import predict_detectors
-    from .predict import check_outputs, scored_only
+    """``predict`` with the heatmap detector or an ensemble (:func:`czii_kaggle.predict.predict_detectors`)."""
+    from .predict import check_outputs, predict_detectors, scored_only
     from .submission import write_submission
 
     a.out = a.out or Path("submission.csv")
@@ -236,7 +234,7 @@ def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
 
 
 def _cmd_tune_ensemble(a) -> None:
-    from .detectors import tune_ensemble
+    from .tune import tune_ensemble
 
     tables = tune_ensemble([(r, runs or []) for r, runs in _sources(a.data)], a.weights,
                            default=a.default.split(",") if a.default else None, backend=a.backend,
@@ -246,20 +244,20 @@ def _cmd_tune_ensemble(a) -> None:
 
 
 def _cmd_tune(a) -> None:
-    from .predict import tune_bundle
+    from .tune import tune_bundle
 
     table = tune_bundle(a.data, a.runs, a.weights, tta_views=a.tta_views, backend=a.backend)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def _cmd_export_onnx(a) -> None:
-    from .predict import export_bundle_onnx, load_bundle
+    from .bundle import export_bundle_onnx, export_heatmap_onnx, load_bundle, load_heatmap_bundle
 
     if a.detector == "heatmap":
-        from .heatmap import export_heatmap_onnx
-        from .predict import DEFAULT_BUNDLE
-
-        print(export_heatmap_onnx(a.weights or DEFAULT_BUNDLE))
+        onnx = export_heatmap_onnx(a.weights)
+        print(onnx)
+        if load_heatmap_bundle(a.weights).onnx != onnx:
+            print(f"the bundle's ONNX record stays with another weights file: {onnx} is not used by the bundle")
         return
     onnx = export_bundle_onnx(a.weights, imgsz=a.imgsz)
     print(onnx)
@@ -277,8 +275,8 @@ def _sources(items: list[str]) -> list[tuple[Path, list[str] | None]]:
 
 
 def _cmd_train_heatmap(a) -> None:
-    from .heatmap import HeatmapConfig
-    from .heatmap_train import HeatmapTrainConfig, train_heatmap
+    from .detectors.heatmap import HeatmapConfig
+    from .train_heatmap import HeatmapTrainConfig, train_heatmap
 
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
@@ -286,7 +284,7 @@ def _cmd_train_heatmap(a) -> None:
 
 
 def _cmd_tune_heatmap(a) -> None:
-    from .heatmap_train import tune_heatmap
+    from .tune import tune_heatmap
 
     table = tune_heatmap([(r, runs or []) for r, runs in _sources(a.data)], a.weights, backend=a.backend)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -120,7 +120,7 @@ def predict_task(run: str, zarr_path: str | Path, bundle, backend: str = "auto",
     detect, aggregate); an error in the run becomes a ``failed`` row, not an exception.
     """
     from .detect import empty_detections
-    from .predict import choose_backend, predict_one
+    from .detectors.yolo import choose_backend, predict_one
 
     t0 = time.perf_counter()
     worker, device = _worker_identity()
@@ -208,7 +208,8 @@ def predict_runs_dask(tomograms: dict[str, str | Path], bundle=None, scheduler: 
     """
     from .aggregate import empty_candidates
     from .detect import empty_detections
-    from .predict import REPORT_COLUMNS, Bundle, Prediction, load_bundle
+    from .bundle import Bundle, load_bundle
+    from .predict import REPORT_COLUMNS, Prediction
 
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     runs = list(tomograms)

@@ -15,18 +15,16 @@
    "both").
 3. **Select**: per class, the detector weights (a grid from one detector alone to
    the other alone), threshold, minimum agreement and minimum share that maximise the
-   metric on validation runs (:func:`fit_ensemble`), then 3D NMS
+   metric on validation runs (:func:`czii_kaggle.tune.fit_ensemble`), then 3D NMS
    (:func:`czii_kaggle.aggregate.select`). A class where one detector is useless
    falls back to the other one alone.
 
-The fitted :class:`EnsembleConfig` is saved as ``ensemble.json`` in the bundle.
+The fitted :class:`EnsembleConfig` is saved as ``ensemble.json`` in the bundle (:mod:`czii_kaggle.bundle`).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,10 +33,8 @@ from scipy.spatial import cKDTree
 from . import frames
 from .aggregate import (EXPERIMENT_GAP_A, AggregateConfig, ClassParams, _greedy_seeds, _neighbour_lists,
                         _scaled_points, class_share, empty_candidates, select)
-from .errors import CziiInputError
 from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES
 
-ENSEMBLE_FILE = "ensemble.json"
 
 
 def _default_aggregate() -> AggregateConfig:
@@ -77,26 +73,6 @@ class EnsembleConfig:
         if bad:
             raise ValueError(f"weights of {bad} do not name a particle type with one weight per detector")
         return cls(detectors, cal, agg, weights)
-
-
-def load_ensemble(bundle_dir: str | Path) -> EnsembleConfig | None:
-    """The bundle's ``ensemble.json`` (None when absent); :class:`CziiInputError` when malformed."""
-    path = Path(bundle_dir) / ENSEMBLE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return EnsembleConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError, KeyError, IndexError) as exc:
-        raise CziiInputError(path, f"not a valid ensemble config: {exc}") from None
-
-
-def save_ensemble(bundle_dir: str | Path, config: EnsembleConfig, **extra) -> Path:
-    """Write ``ensemble.json`` (atomically; ``extra`` keys kept beside the config)."""
-    path = Path(bundle_dir) / ENSEMBLE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**config.to_dict(), **extra}, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -212,46 +188,6 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     })
     out = out.sort_values(["experiment", "particle_type", "score"], ascending=[True, True, False], kind="stable")
     return out.reset_index(drop=True)
-
-
-#: Weight of the first detector tried per class by :func:`fit_ensemble` (the second gets 1 - w).
-WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
-                 detectors: tuple[str, ...] = ("yolo", "heatmap"),
-                 weight_grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[EnsembleConfig, pd.DataFrame]:
-    """Calibrations, per-class detector weights and merged-candidate thresholds fitted on validation runs.
-
-    ``candidates``: each detector's unthresholded candidates of the runs of ``truth``.
-    For two detectors every weight of ``weight_grid`` is tried per class (ties: the one
-    closest to 0.5), then the thresholds are tuned again with all classes at their chosen
-    weights; with more detectors, equal weights. Returns the config and
-    :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
-    the first detector's).
-    """
-    from .tune import tune_thresholds
-
-    cal = {d: fit_calibration(candidates[d], truth) for d in detectors}
-    grid = sorted(weight_grid, key=lambda w: abs(w - 0.5)) if len(detectors) == 2 else [None]
-    best: dict[str, tuple] = {}
-    for w in grid:
-        weights = {} if w is None else {n: (w, 1.0 - w) for n in NAMES}
-        config = EnsembleConfig(tuple(detectors), cal, weights=weights)
-        agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
-                                     support_grid=tuple(range(1, len(detectors) + 1)))
-        for _, row in table.iterrows():
-            name = row["particle_type"]
-            if name not in best or row["f_beta"] > best[name][0]:
-                best[name] = (row["f_beta"], agg[name], weights.get(name))
-    weights = {name: w for name, (_, _, w) in best.items() if w is not None}
-    # A candidate's share depends on the other classes' scores, hence on their weights: tune the
-    # thresholds once more with every class at its chosen weight.
-    config = EnsembleConfig(tuple(detectors), cal, weights=weights)
-    agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
-                                 support_grid=tuple(range(1, len(detectors) + 1)))
-    table["weight"] = [weights.get(n, (None,))[0] for n in table["particle_type"]]
-    return EnsembleConfig(tuple(detectors), cal, agg, weights), table
 
 
 def select_ensemble(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> pd.DataFrame:

@@ -39,9 +39,9 @@ from . import layout, outputs
 from .errors import CziiInputError
 
 # The pipeline calls this module makes, in one place (bundle loading, prediction, threshold saving).
-from .predict import DEFAULT_BUNDLE, export_bundle_onnx, load_bundle, run_candidates as _predict_candidates  # noqa: I001
-from .predict import save_aggregate_config
-from .train import MODEL_FILE, TrainConfig, train
+from .bundle import DEFAULT_BUNDLE, MODEL_FILE, export_bundle_onnx, load_bundle, save_aggregate_config
+from .train import train
+from .tune import yolo_candidates as _predict_candidates
 
 #: The simulated runs' data root inside their folder (as :func:`czii_kaggle.simulate.simulate_dataset` writes it).
 ROOT_NAME = layout.KAGGLE_ROOT.name

@@ -1,6 +1,10 @@
 """The prediction pipeline: runs of a Kaggle-layout root -> particles -> submission.
 
-read zarr -> preprocess -> YOLO per slice -> 3D aggregation -> thresholds + NMS.
+This module schedules runs; what happens to one run is the detectors' (:mod:`czii_kaggle.detectors`),
+what a model is, the bundle's (:mod:`czii_kaggle.bundle`).
+:func:`predict_runs`: the YOLO detector (read zarr -> preprocess -> YOLO per slice -> 3D
+aggregation -> thresholds + NMS; :mod:`czii_kaggle.detectors.yolo`) over runs and devices;
+:func:`predict_detectors`: any of a bundle's detectors, alone or as their ensemble.
 A run that fails (bad zarr, NaNs everywhere, ...) is reported and skipped; the
 other runs' predictions are kept, and :func:`run_problems` says which runs failed or
 found nothing, and why. On GPUs the runs are shared out over every usable device (one
@@ -10,257 +14,25 @@ the next run in a thread of its own while its model works on the current one.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
 import queue
 import threading
 import time
 import traceback
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import omezarr, layout, outputs, particles, picks as picks_io, runtime
-from .aggregate import AggregateConfig, aggregate, empty_candidates
-from .detect import (BACKENDS, DetectConfig, detect_volume, empty_detections, export_onnx, load_model,
-                     onnxruntime_available)
+from . import layout, outputs, particles, runtime
+from .aggregate import empty_candidates
+from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, load_bundle, load_detectors, load_ensemble,
+                     parse_detectors)
+from .detect import empty_detections
+from .detectors import DetectorsPrediction, run_candidates, select_picks
+from .detectors.yolo import choose_backend, detect_prepared, load_yolo, prepare_run
 from .errors import CziiInputError, CziiRunError
-from .preprocess import PreprocessConfig, preprocess_volume
 from .submission import write_submission
-from .train import CONFIG_FILE, MODEL_FILE
-from .tune import tune_thresholds
-
-#: The shipped model bundle (weights + the configs it was trained and tuned with).
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models"
-#: ONNX Runtime copy of a bundle's ``model.pt`` (:func:`export_bundle_onnx`).
-ONNX_FILE = "model.onnx"
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """A trained model and the configs that go with it.
-
-    ``weights``: the YOLO ``.pt``; the configs are read from ``czii_config.json`` beside it
-    (keys ``preprocess``, ``detect``, ``aggregate``), defaults where a key is absent.
-    ``onnx``: the ONNX Runtime copy of ``weights`` when the bundle holds one made from
-    these very weights (``czii_config.json`` key ``onnx`` records their sha256), else None.
-    """
-
-    weights: Path
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    detect: DetectConfig = field(default_factory=DetectConfig)
-    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
-    onnx: Path | None = None
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _matching_onnx(weights: Path, record: dict | None) -> Path | None:
-    """The bundle's ONNX file when ``record`` (``czii_config.json``'s ``onnx``) says it was
-    exported from ``weights`` as they are now; a stale copy is ignored with a warning."""
-    if not record or record.get("source", weights.name) != weights.name:  # no copy, or another file's copy
-        return None
-    path = weights.parent / str(record.get("file", ONNX_FILE))
-    if not path.is_file():
-        return None
-    if record.get("source_sha256") != file_sha256(weights):
-        warnings.warn(f"{path} was exported from other weights than {weights.name} (sha256 differs); "
-                      "it is not used: re-export it with `czii-kaggle export-onnx`", RuntimeWarning, stacklevel=3)
-        return None
-    return path
-
-
-def load_bundle(path: str | Path | None = None) -> Bundle:
-    """Load a bundle from a folder (``model.pt`` + ``czii_config.json``), a ``.pt`` file or an
-    ``.onnx`` file (run by ONNX Runtime); the configs come from ``czii_config.json`` beside it.
-
-    ``None`` loads the shipped default bundle.
-    """
-    path = Path(path) if path is not None else DEFAULT_BUNDLE
-    weights = path / MODEL_FILE if path.is_dir() else path
-    if not weights.is_file():
-        raise CziiInputError(weights, "weights file not found (pass --weights, or reinstall czii_kaggle for the shipped model)")
-    cfg_path = weights.parent / CONFIG_FILE
-    cfg = {}
-    if cfg_path.is_file():
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CziiInputError(cfg_path, f"not valid JSON ({exc})") from None
-        if not isinstance(cfg, dict):
-            raise CziiInputError(cfg_path, f"holds a {type(cfg).__name__}, not an object of settings")
-        for key in ("preprocess", "detect", "aggregate"):
-            if key in cfg and not isinstance(cfg[key], dict):
-                raise CziiInputError(cfg_path, f"{key!r} is {cfg[key]!r}, not an object of settings")
-    try:  # the config classes check every value
-        configs = dict(
-            preprocess=PreprocessConfig.from_dict(cfg["preprocess"]) if "preprocess" in cfg else PreprocessConfig(),
-            detect=DetectConfig.from_dict(cfg["detect"]) if "detect" in cfg else DetectConfig(),
-            aggregate=AggregateConfig.from_dict(cfg["aggregate"]) if "aggregate" in cfg else AggregateConfig(),
-        )
-    except (TypeError, ValueError) as exc:
-        raise CziiInputError(cfg_path, f"invalid settings: {exc}") from None
-    return Bundle(weights=weights, **configs,
-                  onnx=weights if weights.suffix == ".onnx" else _matching_onnx(weights, cfg.get("onnx")))
-
-
-def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None = None) -> Path:
-    """Export a bundle's weights (its ``model.pt``, or the ``.pt`` file given) to ONNX, for
-    ONNX Runtime on the CPU; returns the path of ``{weights stem}.onnx`` beside them.
-
-    Only the copy of these very weights is replaced: the export is made in a temporary
-    folder and renamed onto ``{stem}.onnx`` when complete, and the ``onnx`` record of the
-    bundle's ``czii_config.json`` (file, sha256 of the ``.pt`` it came from, image size;
-    :func:`load_bundle` uses the copy only while that sha256 matches) is written only when
-    it is free or already describes these weights. Exporting ``other.pt`` beside
-    ``model.pt`` thus writes ``other.onnx`` (run it with ``--weights other.onnx``) and
-    leaves ``model.onnx`` and its record alone. ``imgsz`` defaults to the bundle's
-    ``detect.max_imgsz``.
-    """
-    import shutil
-    import tempfile
-
-    path = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
-    bundle = load_bundle(path)
-    weights = bundle.weights
-    if weights.suffix != ".pt":
-        raise CziiInputError(weights, "only a PyTorch .pt model can be exported to ONNX")
-    imgsz = imgsz or bundle.detect.max_imgsz
-    target = weights.with_suffix(".onnx")
-    cfg_path = weights.parent / CONFIG_FILE
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    record = cfg.get("onnx") or {}
-    owner = record.get("source", MODEL_FILE) if record else weights.name
-    if owner != weights.name and record.get("file", ONNX_FILE) == target.name:
-        raise CziiInputError(target, f"is the ONNX copy of {owner} (czii_config.json records it); exporting "
-                                     f"{weights.name} would replace it: give {weights.name} another name")
-    work = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=weights.parent))
-    try:
-        shutil.copy2(weights, work / weights.name)
-        os.replace(export_onnx(work / weights.name, imgsz=imgsz), target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if owner == weights.name:
-        cfg["onnx"] = {"file": target.name, "source": weights.name, "source_sha256": file_sha256(weights),
-                       "imgsz": imgsz, "dynamic": True}
-        outputs.write_text(cfg_path, json.dumps(cfg, indent=2))
-    return target
-
-
-def choose_backend(bundle: Bundle, backend: str = "auto", devices: list[str] | None = None) -> str:
-    """``"torch"`` or ``"onnx"``: how ``bundle`` runs on ``devices``.
-
-    ``"auto"``: ONNX Runtime when every device is the CPU, the bundle holds an up-to-date
-    ONNX copy and onnxruntime is installed (faster on CPU: see ``benchmarks/``); else torch.
-    ``"onnx"`` insists (a clear error when it cannot), and always runs on the CPU.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    if bundle.weights.suffix == ".onnx":  # given an ONNX file itself: nothing else to run
-        if backend == "torch":
-            raise CziiInputError(bundle.weights, "is an ONNX model: the torch backend needs the .pt weights")
-        return "onnx"
-    if backend == "torch":
-        return "torch"
-    if backend == "onnx":
-        if bundle.onnx is None:
-            raise CziiInputError(bundle.weights.parent / ONNX_FILE,
-                                 f"no ONNX copy of {bundle.weights.name} made from these weights; "
-                                 f"run `czii-kaggle export-onnx --weights {bundle.weights.parent}`")
-        if not onnxruntime_available():
-            raise CziiInputError(bundle.onnx, "the onnx backend needs onnxruntime, which is not installed")
-        return "onnx"
-    on_cpu = all(d == "cpu" for d in (devices or visible_devices()))
-    return "onnx" if on_cpu and bundle.onnx is not None and onnxruntime_available() else "torch"
-
-
-def with_slice_step(bundle: Bundle, slice_step: int) -> Bundle:
-    """The bundle run on every ``slice_step``-th slice: faster, at some recall cost.
-
-    Minimum slice supports were tuned with every slice, so they shrink by the same
-    factor (rounded up, at least 1); scores already account for the step.
-    """
-    if slice_step < 1:
-        raise ValueError(f"slice_step must be >= 1, not {slice_step}")
-    old = bundle.detect.slice_step
-    agg = bundle.aggregate
-    for name in particles.NAMES:
-        support = agg[name].min_support * old
-        agg = agg.with_params(name, min_support=max(1, math.ceil(support / slice_step)))
-    return replace(bundle, detect=replace(bundle.detect, slice_step=slice_step), aggregate=agg)
-
-
-def with_tta(bundle: Bundle, tta_views: int) -> Bundle:
-    """The bundle with ``tta_views`` test-time views per slice (see :class:`DetectConfig`).
-
-    A bundle's thresholds fit the views it was tuned with (its ``czii_config.json``
-    ``detect.tta_views``); more views raise the scores a little, so re-tune when it matters.
-    """
-    return replace(bundle, detect=replace(bundle.detect, tta_views=tta_views))
-
-
-def visible_devices() -> list[str]:
-    """Every usable CUDA device (``cuda:0``, ``cuda:1``...), else ``["cpu"]``; a GPU the installed
-    torch cannot run is left out (:func:`czii_kaggle.runtime.plan_devices`)."""
-    return runtime.plan_devices().devices
-
-
-def prepare_run(zarr_path: str | Path, bundle: Bundle) -> tuple[np.ndarray, float, dict]:
-    """Read and preprocess one tomogram: the uint8 volume ``(Z, Y, X)`` the model sees, the
-    voxel size in Angstrom, and the seconds spent reading (``read_s``) and preprocessing."""
-    t0 = time.perf_counter()
-    volume, voxel_size_A = omezarr.read_tomogram(zarr_path)
-    t1 = time.perf_counter()
-    vol_u8 = preprocess_volume(volume, bundle.preprocess, source=zarr_path)
-    return vol_u8, voxel_size_A, {"read_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
-
-
-def infer_prepared(model, vol_u8: np.ndarray, voxel_size_A: float, experiment: str, bundle: Bundle,
-                   device: str = "cpu", progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Raw per-slice detections of one prepared run (:func:`prepare_run`), with the seconds of
-    inference (``inference_s``) and the slice spacing in Angstrom (``slice_step_A``)."""
-    t0 = time.perf_counter()
-    dets = detect_volume(model, vol_u8, voxel_size_A, experiment, bundle.detect, bundle.preprocess.slice_offset,
-                         device, progress)
-    return dets, {"inference_s": time.perf_counter() - t0, "slice_step_A": voxel_size_A * bundle.detect.slice_step}
-
-
-def detect_run(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
-               progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Raw detections of one tomogram (read, preprocessed, inferred), with each stage's seconds
-    and ``slice_step_A``."""
-    vol_u8, voxel_size_A, times = prepare_run(zarr_path, bundle)
-    dets, more = infer_prepared(model, vol_u8, voxel_size_A, experiment, bundle, device, progress)
-    return dets, {**times, **more}
-
-
-def _aggregated(dets: pd.DataFrame, times: dict, bundle: Bundle) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """``(dets, 3D picks, times + aggregate_s)``: the bundle's aggregation of one run's detections."""
-    t0 = time.perf_counter()
-    found = aggregate(dets, bundle.aggregate, slice_step_A=times["slice_step_A"])
-    return dets, found, {**times, "aggregate_s": time.perf_counter() - t0}
-
-
-def detect_prepared(model, vol_u8: np.ndarray, voxel_size_A: float, experiment: str, bundle: Bundle,
-                    device: str = "cpu", progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Raw detections and 3D picks of one prepared run (:func:`prepare_run`), with the seconds
-    of inference and aggregation and the slice spacing in Angstrom (``slice_step_A``)."""
-    return _aggregated(*infer_prepared(model, vol_u8, voxel_size_A, experiment, bundle, device, progress), bundle)
-
-
-def predict_one(model, zarr_path: str | Path, experiment: str, bundle: Bundle, device: str = "cpu",
-                progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """One tomogram read, preprocessed, detected and aggregated: ``(detections, picks, stage seconds)``."""
-    return _aggregated(*detect_run(model, zarr_path, experiment, bundle, device, progress), bundle)
 
 
 #: Columns of :attr:`Prediction.report`.
@@ -307,12 +79,6 @@ def select_runs(root: str | Path, split: str, runs: list[str] | None = None) -> 
     if not runs:
         raise CziiInputError(layout.runs_dir(root, split), "no run selected (an empty run list)")
     return runs
-
-
-def bundle_files(bundle: Bundle) -> list[Path]:
-    """The files a bundle is made of (weights, configs, ONNX copy): inputs, never outputs."""
-    files = [bundle.weights, bundle.weights.parent / CONFIG_FILE, bundle.weights.with_suffix(".onnx")]
-    return files + ([bundle.onnx] if bundle.onnx is not None else [])
 
 
 def _one_line(error: str) -> str:
@@ -388,8 +154,7 @@ def predict_runs(
         from . import offline
 
         offline.set_cpu_threads()
-    weights = (bundle.onnx or bundle.weights) if backend == "onnx" else bundle.weights
-    models = [load_model(weights) for _ in devices]  # one model per worker, never shared between threads
+    models = [load_yolo(bundle, backend) for _ in devices]  # one model per worker, never shared between threads
     todo: queue.Queue = queue.Queue()
     for run in runs:
         todo.put(run)
@@ -581,58 +346,26 @@ def scored_only(picks: pd.DataFrame) -> pd.DataFrame:
     return picks[picks["particle_type"].isin(particles.SCORED)].reset_index(drop=True)
 
 
-def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detect: DetectConfig | None = None) -> Path:
-    """Write ``config`` under the ``aggregate`` key of the bundle's ``czii_config.json``
-    (and ``detect``, the inference settings the thresholds were tuned with, when given)."""
-    path = Path(bundle_dir) / CONFIG_FILE
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
-    cfg["aggregate"] = config.to_dict()
-    if detect is not None:
-        cfg["detect"] = detect.to_dict()
-    return outputs.write_text(path, json.dumps(cfg, indent=2))
+def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | None = None,
+                      bundle_dir: str | Path | None = None, detectors: list[str] | None = None,
+                      backend: str = "auto", progress: bool = True,
+                      tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE) -> DetectorsPrediction:
+    """Predict runs with any of a bundle's detectors: one (its own thresholds) or several (the
+    bundle's ensemble); ``detectors`` default: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`).
 
-
-def run_candidates(root: str | Path, runs: list[str], bundle: Bundle, devices: list[str] | None = None,
-                   progress: bool = False, backend: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every 3D candidate (no threshold applied) of training ``runs`` predicted with ``bundle``, and the
-    run report; a run that fails stops it (:class:`CziiInputError` naming the root and the runs)."""
-    pred = predict_runs(root, "train", runs=runs, bundle=bundle, devices=devices, progress=progress, backend=backend)
-    failed = pred.report[pred.report["status"] != "ok"]
-    if len(failed):
-        raise CziiInputError(Path(root), f"cannot tune: runs {list(failed['experiment'])} failed "
-                                         f"({'; '.join(failed['error'].astype(str))})")
-    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
-                           slice_step_A=pred.report["slice_step_A"].median())
-    return candidates, pred.report
-
-
-def tune_bundle(
-    root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
-    progress: bool = True, tta_views: int | None = None,
-    more: list[tuple[str | Path, list[str]]] | None = None, backend: str = "auto",
-) -> pd.DataFrame:
-    """Tune a bundle's per-class thresholds on training runs with picks; save them beside the weights.
-
-    Predicts ``runs`` of the ``train`` split, keeps every 3D candidate, picks per class the
-    threshold and minimum support that maximise the metric against the runs' picks
-    (:func:`czii_kaggle.tune.tune_thresholds`) and writes them into the bundle's
-    ``czii_config.json``. ``tta_views`` (default: the bundle's) is saved with them, so
-    inference runs as tuned. ``more``: further ``(root, runs)`` pooled with the first
-    (runs of the same name in two roots stay apart). ``backend``: as :func:`predict_runs`.
-    Returns the per-class table.
+    A run that fails in one detector is reported (a ``failed`` row of the report) and the
+    selection of a detector that succeeded on it is used (:func:`czii_kaggle.detectors.select_picks`).
     """
-    bundle = load_bundle(bundle_dir)
-    outputs.check_writable(bundle.weights.parent / CONFIG_FILE)  # before the runs are predicted
-    if tta_views is not None:
-        bundle = with_tta(bundle, tta_views)
-    all_candidates, all_truth = [], []
-    for i, (src, src_runs) in enumerate([(root, runs), *(more or [])]):
-        candidates, _ = run_candidates(src, src_runs, bundle, devices, progress, backend)
-        truth = picks_io.read_all_picks(src, src_runs)
-        prefix = f"{i}/" if more else ""
-        all_candidates.append(candidates.assign(experiment=prefix + candidates["experiment"].astype(str)))
-        all_truth.append(truth.assign(experiment=prefix + truth["experiment"].astype(str)))
-    config, table = tune_thresholds(pd.concat(all_candidates, ignore_index=True),
-                                    pd.concat(all_truth, ignore_index=True), bundle.aggregate)
-    save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect)
-    return table
+    bundle_dir = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
+    names = parse_detectors(None if detectors is None else ",".join(detectors), bundle_dir)
+    ensemble = None
+    if len(names) > 1:
+        ensemble = load_ensemble(bundle_dir)
+        if ensemble is None or sorted(ensemble.detectors) != sorted(names):
+            raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
+                                 f"no ensemble of {', '.join(names)} fitted in this bundle "
+                                 "(run `czii-kaggle tune-ensemble`)")
+    dets = load_detectors(bundle_dir, names, backend)
+    runs = select_runs(root, split, runs)
+    cands, report = run_candidates(dets, root, split, runs, tomo_type, progress)
+    return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble), cands, report)

@@ -17,8 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CziiInputError
+
+if TYPE_CHECKING:  # loaded lazily (the CLI reads the recipe without importing the training stack)
+    from .dataset import DatasetConfig
+    from .train import TrainConfig
 
 #: A recipe's ``model_yaml`` is relative to this folder (the package's).
 MODEL_YAML_DIR = Path(__file__).resolve().parent

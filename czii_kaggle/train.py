@@ -8,18 +8,16 @@ no shear or perspective (particle size in pixels is a real cue).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from . import offline, outputs
+from .bundle import MODEL_FILE, write_training_config
 from .errors import CziiInputError
 from .preprocess import PreprocessConfig
 
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "czii_config.json"
 #: The folder holding the ``czii_kaggle`` package (the repository in a development install).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: The project's own model yaml: YOLO11 at a pico width, six classes (the shipped model's).
@@ -210,15 +208,11 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     outputs.copy_file(best, model_path)
     dataset_cfg = meta.get("config", {})
     train_record = config.record()
-    bundle = {
+    write_training_config(out_dir, {
         "preprocess": dataset_cfg.get("preprocess", PreprocessConfig().to_dict()),
         "labels": dataset_cfg.get("labels", {}),
         "train": train_record,
         "train_runs": meta.get("train_runs", []),
         "val_runs": meta.get("val_runs", []),
-    }
-    cfg_path = out_dir / CONFIG_FILE
-    old = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    old.update(bundle)
-    outputs.write_text(cfg_path, json.dumps(old, indent=2))
+    })
     return model_path

@@ -13,19 +13,32 @@ the best candidate within ``0.5 * radius`` (the metric's rule, inclusive) has
 
 The chosen setting replaces the configured one only when it is strictly better on
 the validation runs, so tuning never scores below the starting config there.
-Use :func:`czii_kaggle.aggregate.save_config` / ``load_config`` to keep the result.
+
+The same search fits the ensemble (:func:`fit_ensemble`: calibrations, per-class
+detector weights, thresholds of the merged candidates). A bundle's detectors are tuned
+on runs with picks and the results saved in the bundle (:mod:`czii_kaggle.bundle`):
+:func:`tune_bundle` (YOLO, ``czii_config.json``), :func:`tune_heatmap` (``heatmap.json``)
+and :func:`tune_ensemble` (both, ``heatmap.json`` and ``ensemble.json``).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from . import frames
-from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
+from . import frames, layout, outputs, picks as picks_io
+from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, aggregate, candidate_share, nms_3d
+from .bundle import (CONFIG_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_heatmap_bundle,
+                     save_aggregate_config, save_ensemble, save_heatmap_json, with_tta)
+from .detectors import run_candidates
+from .detectors.heatmap import HeatmapDetector
+from .ensemble import EnsembleConfig, combine, fit_calibration
+from .errors import CziiInputError
 from .particles import MATCH_RADIUS_FRACTION, METRIC_BETA, NAMES, get
+from .predict import predict_runs
 
 #: Score thresholds tried by default (the particle score lies in 0..1).
 DEFAULT_THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 201), 3))
@@ -175,3 +188,147 @@ def tune_thresholds(
         rows.append({"particle_type": name, **best_row.to_dict(), "default_f_beta": float(default_row["f_beta"])})
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     return config, table.astype({"min_support": np.int64, "tp": np.int64, "fp": np.int64, "fn": np.int64})
+
+
+# --------------------------------------------------------------------------- the ensemble
+
+
+#: Weight of the first detector tried per class by :func:`fit_ensemble` (the second gets 1 - w).
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
+                 detectors: tuple[str, ...] = ("yolo", "heatmap"),
+                 weight_grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[EnsembleConfig, pd.DataFrame]:
+    """Calibrations, per-class detector weights and merged-candidate thresholds fitted on validation runs.
+
+    ``candidates``: each detector's unthresholded candidates of the runs of ``truth``.
+    For two detectors every weight of ``weight_grid`` is tried per class (ties: the one
+    closest to 0.5), then the thresholds are tuned again with all classes at their chosen
+    weights; with more detectors, equal weights. Returns the config and
+    :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
+    the first detector's).
+    """
+    cal = {d: fit_calibration(candidates[d], truth) for d in detectors}
+    grid = sorted(weight_grid, key=lambda w: abs(w - 0.5)) if len(detectors) == 2 else [None]
+    best: dict[str, tuple] = {}
+    for w in grid:
+        weights = {} if w is None else {n: (w, 1.0 - w) for n in NAMES}
+        config = EnsembleConfig(tuple(detectors), cal, weights=weights)
+        agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
+                                     support_grid=tuple(range(1, len(detectors) + 1)))
+        for _, row in table.iterrows():
+            name = row["particle_type"]
+            if name not in best or row["f_beta"] > best[name][0]:
+                best[name] = (row["f_beta"], agg[name], weights.get(name))
+    weights = {name: w for name, (_, _, w) in best.items() if w is not None}
+    # A candidate's share depends on the other classes' scores, hence on their weights: tune the
+    # thresholds once more with every class at its chosen weight.
+    config = EnsembleConfig(tuple(detectors), cal, weights=weights)
+    agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
+                                 support_grid=tuple(range(1, len(detectors) + 1)))
+    table["weight"] = [weights.get(n, (None,))[0] for n in table["particle_type"]]
+    return EnsembleConfig(tuple(detectors), cal, agg, weights), table
+
+
+# --------------------------------------------------------------------------- a bundle's detectors
+
+
+def yolo_candidates(root: str | Path, runs: list[str], bundle, devices: list[str] | None = None,
+                    progress: bool = False, backend: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every 3D candidate (no threshold applied) of training ``runs`` predicted with the YOLO ``bundle``, and
+    the run report; a run that fails stops it (:class:`CziiInputError` naming the root and the runs)."""
+    pred = predict_runs(root, "train", runs=runs, bundle=bundle, devices=devices, progress=progress, backend=backend)
+    failed = pred.report[pred.report["status"] != "ok"]
+    if len(failed):
+        raise CziiInputError(Path(root), f"cannot tune: runs {list(failed['experiment'])} failed "
+                                         f"({'; '.join(failed['error'].astype(str))})")
+    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
+                           slice_step_A=pred.report["slice_step_A"].median())
+    return candidates, pred.report
+
+
+def tune_bundle(
+    root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
+    progress: bool = True, tta_views: int | None = None,
+    more: list[tuple[str | Path, list[str]]] | None = None, backend: str = "auto",
+) -> pd.DataFrame:
+    """Tune a bundle's YOLO per-class thresholds on training runs with picks; save them in the bundle.
+
+    Predicts ``runs`` of the ``train`` split, keeps every 3D candidate, picks per class the
+    threshold and minimum support that maximise the metric against the runs' picks
+    (:func:`tune_thresholds`) and writes them into the bundle's ``czii_config.json``
+    (:func:`czii_kaggle.bundle.save_aggregate_config`). ``tta_views`` (default: the
+    bundle's) is saved with them, so inference runs as tuned. ``more``: further
+    ``(root, runs)`` pooled with the first (runs of the same name in two roots stay
+    apart). ``backend``: as :func:`czii_kaggle.predict.predict_runs`. Returns the per-class table.
+    """
+    bundle = load_bundle(bundle_dir)
+    outputs.check_writable(bundle.weights.parent / CONFIG_FILE)  # before the runs are predicted
+    if tta_views is not None:
+        bundle = with_tta(bundle, tta_views)
+    all_candidates, all_truth = [], []
+    for i, (src, src_runs) in enumerate([(root, runs), *(more or [])]):
+        candidates, _ = yolo_candidates(src, src_runs, bundle, devices, progress, backend)
+        truth = picks_io.read_all_picks(src, src_runs)
+        prefix = f"{i}/" if more else ""
+        all_candidates.append(candidates.assign(experiment=prefix + candidates["experiment"].astype(str)))
+        all_truth.append(truth.assign(experiment=prefix + truth["experiment"].astype(str)))
+    config, table = tune_thresholds(pd.concat(all_candidates, ignore_index=True),
+                                    pd.concat(all_truth, ignore_index=True), bundle.aggregate)
+    save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect)
+    return table
+
+
+def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path, backend: str = "auto"
+                 ) -> pd.DataFrame:
+    """Tune the heatmap detector's per-class thresholds (and min shares) on runs with picks; save
+    them in the bundle's ``heatmap.json``. Returns :func:`tune_thresholds`' table."""
+    det = HeatmapDetector(load_heatmap_bundle(bundle_dir), backend=backend)
+    outputs.check_writable(det.bundle.weights.parent / HEATMAP_CONFIG_FILE)  # before the runs are predicted
+    cands, truth = [], []
+    for i, (root, runs) in enumerate(sources):
+        for run in runs:
+            c, _ = det.candidates(layout.tomogram_path(root, "train", run), f"{i}/{run}")
+            cands.append(c)
+        truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
+    config, table = tune_thresholds(pd.concat(cands, ignore_index=True), pd.concat(truth, ignore_index=True),
+                                    det.aggregate, support_grid=None)
+    save_heatmap_json(det.bundle.weights.parent, aggregate=config.to_dict(),
+                      tuned_on=[{"root": str(r), "runs": rs} for r, rs in sources])
+    return table
+
+
+def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path,
+                  default: list[str] | None = None, backend: str = "auto",
+                  cache: dict[str, Path] | None = None) -> dict[str, pd.DataFrame]:
+    """Fit a bundle's heatmap thresholds and its YOLO + heatmap ensemble on runs with picks.
+
+    Runs both detectors once over ``sources`` (``(root, runs)``, train split), tunes the
+    heatmap's own per-class thresholds (saved in ``heatmap.json``), calibrates both
+    detectors and tunes the merged candidates' thresholds (:func:`fit_ensemble`, saved as
+    ``ensemble.json``, with ``default_detectors`` = ``default`` when given). The YOLO
+    thresholds are left as they are. ``cache``: as :func:`czii_kaggle.detectors.run_candidates`
+    (one sub-folder per source). Returns the tuning tables ``{"heatmap": ..., "ensemble": ...}``.
+    """
+    dets = load_detectors(bundle_dir, ["yolo", "heatmap"], backend)
+    cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}
+    truth = []
+    for i, (root, runs) in enumerate(sources):
+        sub_cache = {k: Path(v) / str(i) for k, v in (cache or {}).items()}
+        found, report = run_candidates(dets, root, "train", runs, progress=False, cache=sub_cache)
+        failed = report[report["status"] != "ok"]
+        if len(failed):
+            raise CziiInputError(Path(root), f"cannot tune: {'; '.join(failed['error'].astype(str))}")
+        for name in cands:
+            cands[name].append(found[name].assign(experiment=f"{i}/" + found[name]["experiment"].astype(str)))
+        truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
+    pooled = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
+    solution = pd.concat(truth, ignore_index=True)
+    heatmap = next(d for d in dets if d.name == "heatmap")
+    hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, heatmap.aggregate, support_grid=None)
+    tuned_on = [{"root": str(r), "runs": list(rs)} for r, rs in sources]
+    save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
+    config, table = fit_ensemble(pooled, solution)
+    save_ensemble(bundle_dir, config, default_detectors=default, tuned_on=tuned_on)
+    return {"heatmap": hm_table, "ensemble": table}

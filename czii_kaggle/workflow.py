@@ -85,7 +85,8 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
     from .aggregate import empty_candidates
     from .copick_project import with_failed_runs
     from .detect import empty_detections
-    from .predict import REPORT_COLUMNS, Prediction, load_bundle, predict_runs
+    from .bundle import load_bundle
+    from .predict import REPORT_COLUMNS, Prediction, predict_runs
 
     bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
     on_dask = scheduler is not None or n_workers is not None

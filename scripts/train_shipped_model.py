@@ -35,10 +35,12 @@ sys.path.insert(0, str(REPO))
 
 from czii_kaggle import layout, particles  # noqa: E402
 from czii_kaggle.dataset import DatasetConfig, build_dataset  # noqa: E402
-from czii_kaggle.predict import DEFAULT_BUNDLE, ONNX_FILE, export_bundle_onnx, load_bundle, tune_bundle  # noqa: E402
-from czii_kaggle.recipe import SHIPPED_RECIPE, Simulation, Stage, TuneSource, load_recipe  # noqa: E402
+from czii_kaggle.bundle import (CONFIG_FILE, DEFAULT_BUNDLE, MODEL_FILE, ONNX_FILE, export_bundle_onnx,  # noqa: E402
+                                load_bundle, write_record)
+from czii_kaggle.recipe import SHIPPED_RECIPE, Simulation, Stage, load_recipe  # noqa: E402
 from czii_kaggle.simulate import difficulty_value, simulate_dataset  # noqa: E402
-from czii_kaggle.train import CONFIG_FILE, MODEL_FILE, TrainConfig, train  # noqa: E402
+from czii_kaggle.train import TrainConfig, train  # noqa: E402
+from czii_kaggle.tune import tune_bundle  # noqa: E402
 
 ROOT_NAME = "czii-cryo-et-object-identification"
 
@@ -254,7 +256,7 @@ def run_plan(plan: Plan, command: str) -> float:
     previous = plan.init.parent / "TRAINING.json" if plan.init else None
     if previous is not None and previous.is_file():  # the record of the model this one was fine-tuned from
         record["fine_tuned_from"] = json.loads(previous.read_text())
-    (bundle / "TRAINING.json").write_text(json.dumps(record, indent=1, default=str))
+    write_record(bundle, record)
     if plan.install:
         DEFAULT_BUNDLE.mkdir(exist_ok=True)
         for name in (MODEL_FILE, ONNX_FILE, CONFIG_FILE, "TRAINING.json"):

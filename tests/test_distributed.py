@@ -12,7 +12,7 @@ distributed = pytest.importorskip("distributed")
 
 from czii_kaggle import cli, layout  # noqa: E402
 from czii_kaggle.copick_project import open_project, read_picks, write_config  # noqa: E402
-from czii_kaggle.distributed import connect, predict_runs_dask, run_tasks  # noqa: E402
+from czii_kaggle.distributed import connect, run_tasks  # noqa: E402
 from czii_kaggle.errors import CziiInputError  # noqa: E402
 from czii_kaggle.predict import predict_runs  # noqa: E402
 from czii_kaggle.simulate import SimConfig, simulate_dataset  # noqa: E402

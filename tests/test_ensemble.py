@@ -10,13 +10,13 @@ import pytest
 
 from czii_kaggle import metric
 from czii_kaggle.aggregate import AggregateConfig, ClassParams, empty_candidates, select
-from czii_kaggle.detectors import (default_detectors, held_detectors, parse_detectors, run_candidates,
-                                   select_runs)
-from czii_kaggle.ensemble import (EnsembleConfig, combine, fit_ensemble, fit_logistic, is_true_positive,
-                                  load_ensemble, save_ensemble)
+from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, held_detectors, load_ensemble, parse_detectors,
+                                save_ensemble)
+from czii_kaggle.detectors import run_candidates, select_picks
+from czii_kaggle.ensemble import EnsembleConfig, combine, fit_logistic, is_true_positive
 from czii_kaggle.errors import CziiInputError
 from czii_kaggle.particles import NAMES, PARTICLES, SCORED, get
-from czii_kaggle.predict import DEFAULT_BUNDLE
+from czii_kaggle.tune import fit_ensemble
 
 
 def _cands(rows, cols=("experiment", "particle_type", "x", "y", "z", "score")):
@@ -110,6 +110,9 @@ def test_a_bundle_naming_a_detector_it_lacks_is_refused(tmp_path):
         parse_detectors(None, tmp_path)
     with pytest.raises(CziiInputError, match="unknown detectors"):
         parse_detectors("yolo,unet", tmp_path)
+    (tmp_path / "ensemble.json").write_text(json.dumps({"default_detectors": "heatmap"}))
+    with pytest.raises(CziiInputError, match="ensemble.json: default_detectors is 'heatmap', not a list"):
+        parse_detectors(None, tmp_path)
 
 
 class _Fake:
@@ -138,13 +141,13 @@ def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path)
     ident = {n: (1.0, 0.0) for n in NAMES}
     ens = EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident},
                          AggregateConfig({p.name: ClassParams(min_support=2, conf_threshold=0.5) for p in PARTICLES}))
-    picks = select_runs(cands, report, dets, runs, ens)
+    picks = select_picks(cands, report, dets, runs, ens)
     by_run = picks.set_index("experiment")["score"].to_dict()
     assert by_run["A"] == pytest.approx(0.8)  # heatmap alone (yolo failed), its own threshold
     assert by_run["B"] == pytest.approx(0.9)  # yolo alone
     assert by_run["C"] == pytest.approx(0.85)  # the ensemble: both agree
     assert set(picks["experiment"]) == {"A", "B", "C", "D"}
-    assert select_runs({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
+    assert select_picks({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
                        dets, runs, ens).empty
 
 
@@ -165,8 +168,9 @@ def _heatmap_only_bundle(tmp_path):
     import torch
 
     from czii_kaggle import layout, omezarr
-    from czii_kaggle.heatmap import HeatmapConfig, save_heatmap_json
-    from czii_kaggle.heatmap_net import HeatmapUNet
+    from czii_kaggle.bundle import save_heatmap_json
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
@@ -223,8 +227,8 @@ def test_the_yolo_detector_gives_the_pipelines_candidates(tmp_path):
     bundle's thresholds, are exactly the picks the prediction pipeline makes of the same run."""
     from czii_kaggle import layout
     from czii_kaggle.detect import load_model
-    from czii_kaggle.detectors import YoloDetector
-    from czii_kaggle.predict import load_bundle, predict_one
+    from czii_kaggle.bundle import load_bundle
+    from czii_kaggle.detectors.yolo import YoloDetector, predict_one
     from czii_kaggle.simulate import SimConfig, simulate_dataset
 
     ds = simulate_dataset(tmp_path, n_train=0, n_test=1, seed=3,
@@ -240,3 +244,45 @@ def test_the_yolo_detector_gives_the_pipelines_candidates(tmp_path):
     key = ["particle_type", "x", "y", "z"]
     got = det.select(cands)[key].sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, picks[key].sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_a_run_the_heatmap_cannot_read_keeps_the_yolo_picks(tmp_path, capsys):
+    """End to end with both real detectors: a tomogram smaller than one heatmap window fails in the
+    heatmap detector only; it is reported (exit 1) and YOLO's own selection is what is written."""
+    import torch
+
+    from czii_kaggle import layout
+    from czii_kaggle.bundle import load_bundle, save_heatmap_json
+    from czii_kaggle.cli import main
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
+    from czii_kaggle.detectors.yolo import YoloDetector
+    from czii_kaggle.predict import scored_only
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+    from czii_kaggle.submission import validate_submission
+
+    ds = simulate_dataset(tmp_path / "sim", n_train=0, n_test=1, seed=3,
+                          config=SimConfig(shape_vox=(48, 224, 224), difficulty="easy"))
+    run = ds.test_runs[0]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("model.pt", "czii_config.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle / "heatmap.pt")
+    # level 1 of a 48-slice tomogram is 24 voxels deep: less than this 32-voxel window
+    save_heatmap_json(bundle, config=HeatmapConfig(channels=(4, 8, 8), window_vox=(32, 64, 64)).to_dict())
+    ident = {n: (1.0, 0.0) for n in NAMES}
+    save_ensemble(bundle, EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident}))
+    out = tmp_path / "sub.csv"
+    code = main(["predict", "--data", str(ds.root), "--weights", str(bundle), "--out", str(out),
+                 "--detectors", "yolo,heatmap", "--backend", "torch"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{run} (heatmap): failed" in err and "smaller than one heatmap window" in err
+    yolo = YoloDetector(load_bundle(bundle), backend="torch")
+    cands, _ = yolo.candidates(layout.tomogram_path(ds.root, "test", run), run)
+    want = scored_only(yolo.select(cands))
+    sub = validate_submission(out)
+    assert len(want) > 0 and len(sub) == len(want)
+    assert sub["particle_type"].value_counts().to_dict() == want["particle_type"].value_counts().to_dict()

@@ -1,6 +1,7 @@
 """The 3D heatmap detector: coordinates, windows, peaks, targets, training, weights checks."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -10,11 +11,13 @@ import torch
 
 from czii_kaggle import omezarr, layout
 from czii_kaggle.errors import CziiInputError
-from czii_kaggle.heatmap import (HeatmapBundle, HeatmapConfig, HeatmapDetector, A_to_grid, export_heatmap_onnx,
-                                 find_peaks, grid_to_A, heatmap_candidates, load_heatmap_bundle, load_model,
-                                 load_net, predict_heatmaps, read_input, save_heatmap_json, window_starts)
-from czii_kaggle.heatmap_net import HeatmapUNet, focal_heatmap_loss
-from czii_kaggle.heatmap_train import (HeatmapTrainConfig, TrainRun, render_targets, sample_batch,
+from czii_kaggle.bundle import (DEFAULT_BUNDLE, export_heatmap_onnx, file_sha256, load_heatmap_bundle,
+                                save_heatmap_json)
+from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, default_aggregate_config,
+                                           find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
+                                           predict_heatmaps, read_input, window_starts)
+from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss
+from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, render_targets, sample_batch,
                                        train_heatmap)
 from czii_kaggle.particles import NAMES, get
 
@@ -173,6 +176,56 @@ def test_weights_of_the_wrong_class_count_are_refused(tmp_path):
         load_net(load_heatmap_bundle(tmp_path / "junk"))
 
 
+def test_weights_of_another_network_or_a_broken_config_are_refused(tmp_path):
+    _bundle(tmp_path, channels=(4, 8, 8))
+    doc = load_heatmap_bundle(tmp_path)
+    wider = replace(doc, config=replace(doc.config, channels=(8, 16, 16)))
+    with pytest.raises(CziiInputError, match="heatmap.pt: weights do not fit the configured network"):
+        load_net(wider)
+    (tmp_path / "heatmap.json").write_text('{"config": {"level": 1,')
+    with pytest.raises(CziiInputError, match="heatmap.json: not valid JSON"):
+        load_heatmap_bundle(tmp_path)
+    (tmp_path / "heatmap.json").write_text(json.dumps({"config": {"window_vox": [20, 32, 32]}}))
+    with pytest.raises(CziiInputError, match="heatmap.json: not a valid heatmap config: window_vox"):
+        load_heatmap_bundle(tmp_path)
+    (tmp_path / "heatmap.json").write_text(json.dumps({"aggregate": [0.5]}))
+    with pytest.raises(CziiInputError, match="heatmap.json: 'aggregate' is \\[0.5\\], not an object"):
+        load_heatmap_bundle(tmp_path)
+
+
+def test_shipped_heatmap_loads_with_its_onnx_copy():
+    """The shipped heatmap.json (an ONNX record naming no source file) loads as it is, copy included."""
+    bundle = load_heatmap_bundle(None)
+    assert bundle.weights == DEFAULT_BUNDLE / "heatmap.pt"
+    assert bundle.onnx == DEFAULT_BUNDLE / "heatmap.onnx"
+    assert bundle.aggregate != default_aggregate_config()  # its tuned thresholds were read
+    assert bundle.record.get("steps", 0) > 0
+
+
+def test_heatmap_export_replaces_only_the_copy_of_its_own_weights(tmp_path, capsys):
+    from czii_kaggle.cli import main
+
+    b = _bundle(tmp_path)
+    own = export_heatmap_onnx(b)
+    assert own == b / "heatmap.onnx"
+    record = json.loads((b / "heatmap.json").read_text())["onnx"]
+    assert record["source"] == "heatmap.pt" and record["source_sha256"] == file_sha256(b / "heatmap.pt")
+    assert load_heatmap_bundle(b).onnx == own
+    onnx_bytes = own.read_bytes()
+    torch.manual_seed(1)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), b / "other.pt")
+    assert main(["export-onnx", "--detector", "heatmap", "--weights", str(b / "other.pt")]) == 0
+    assert "record stays with another weights file" in capsys.readouterr().out
+    assert (b / "other.onnx").is_file()  # beside, never over the bundle's copy
+    assert own.read_bytes() == onnx_bytes and json.loads((b / "heatmap.json").read_text())["onnx"] == record
+    assert load_heatmap_bundle(b).onnx == own and load_heatmap_bundle(b / "other.pt").onnx is None
+    save_heatmap_json(b, onnx={**record, "source": "best.pt"})  # heatmap.onnx is recorded as best.pt's copy
+    with pytest.raises(CziiInputError, match="heatmap.onnx: is the ONNX copy of best.pt"):
+        export_heatmap_onnx(b)
+    assert own.read_bytes() == onnx_bytes
+    assert not list(b.glob(".*.tmp*"))  # no temporary file left behind
+
+
 def _zarr(tmp_path, voxel_size_A, shape=(40, 72, 72)):
     path = tmp_path / "t.zarr"
     omezarr.write_tomogram(path, np.random.default_rng(0).random(shape).astype(np.float32), voxel_size_A)
@@ -192,7 +245,7 @@ def test_wrong_resolution_is_refused(tmp_path):
 def test_detector_runs_a_tomogram_and_onnx_matches_torch(tmp_path):
     bundle_dir = _bundle(tmp_path)
     zarr = _zarr(tmp_path, 10.012444537618887)
-    cands, times = HeatmapDetector(bundle_dir, backend="torch").candidates(zarr, "r")
+    cands, times = HeatmapDetector(load_heatmap_bundle(bundle_dir), backend="torch").candidates(zarr, "r")
     assert set(times) == {"read_s", "inference_s", "peaks_s"}
     assert list(cands.columns) == ["experiment", "particle_type", "x", "y", "z", "score", "n_slices", "share"]
     assert len(cands) and (cands["x"] < 72 * 10.02).all()
@@ -205,7 +258,8 @@ def test_detector_runs_a_tomogram_and_onnx_matches_torch(tmp_path):
     p_onnx = predict_heatmaps(load_model(bundle, "onnx"), vol, bundle.config)
     np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
     torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle_dir / "heatmap.pt")  # retrained: export is stale
-    assert load_heatmap_bundle(bundle_dir).onnx is None
+    with pytest.warns(RuntimeWarning, match="heatmap.onnx was exported from other weights"):
+        assert load_heatmap_bundle(bundle_dir).onnx is None
 
 
 @pytest.mark.slow

@@ -241,7 +241,7 @@ def test_train_heatmap_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
         tmp_path,
         kernel_name,
     )
-    from czii_kaggle.heatmap import load_heatmap_bundle
+    from czii_kaggle.bundle import load_heatmap_bundle
 
     bundle = load_heatmap_bundle(tmp_path / "bundle")
     assert bundle.record["steps"] == 3 and bundle.config.window_vox == (24, 64, 64)

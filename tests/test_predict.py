@@ -10,8 +10,9 @@ from czii_kaggle import omezarr, layout, metric, particles, picks, submission
 from czii_kaggle.aggregate import AggregateConfig
 from czii_kaggle.detect import DETECTION_COLUMNS, DetectConfig, detect_volume, image_size, load_model
 from czii_kaggle.errors import CziiInputError, CziiRunError
-from czii_kaggle.predict import (DEFAULT_BUNDLE, Prediction, file_sha256, load_bundle, predict_runs, raise_on_problems,
-                                 export_bundle_onnx, run_problems, scored_only, stage_times, write_prediction)
+from czii_kaggle.bundle import DEFAULT_BUNDLE, export_bundle_onnx, file_sha256, load_bundle
+from czii_kaggle.predict import (Prediction, predict_runs, raise_on_problems, run_problems, scored_only, stage_times,
+                                 write_prediction)
 from czii_kaggle.simulate import SimConfig, simulate_dataset
 
 SHIPPED = DEFAULT_BUNDLE / "TRAINING.json"  # written only beside a really trained shipped model
@@ -146,6 +147,7 @@ def test_reading_overlaps_the_model_work(monkeypatch):
     import threading
     import time
 
+    import czii_kaggle.detectors.yolo as yolo_mod
     import czii_kaggle.predict as predict_mod
     from czii_kaggle.detect import empty_detections
 
@@ -162,10 +164,10 @@ def test_reading_overlaps_the_model_work(monkeypatch):
         return fake
 
     monkeypatch.setattr(predict_mod, "select_runs", lambda root, split, runs: ["a", "b", "c", "d"])
-    monkeypatch.setattr(predict_mod, "load_model", lambda weights: None)
+    monkeypatch.setattr(predict_mod, "load_yolo", lambda bundle, backend: None)
     monkeypatch.setattr(predict_mod, "prepare_run", timed(
         "read", lambda: (np.zeros((2, 40, 40), np.uint8), 10.0, {"read_s": 0.15, "preprocess_s": 0.0})))
-    monkeypatch.setattr(predict_mod, "detect_volume", timed("model", empty_detections))
+    monkeypatch.setattr(yolo_mod, "detect_volume", timed("model", empty_detections))
 
     def overlaps() -> bool:
         return any(r0 < m1 and m0 < r1 for r0, r1 in spans["read"] for m0, m1 in spans["model"])
@@ -282,7 +284,7 @@ def test_shipped_model_finds_particles(small_dataset):
 
 
 def test_with_slice_step_scales_support(untrained_bundle):
-    from czii_kaggle.predict import with_slice_step
+    from czii_kaggle.bundle import with_slice_step
 
     b = load_bundle(untrained_bundle)
     b2 = with_slice_step(b, 2)
@@ -297,7 +299,7 @@ def test_with_slice_step_scales_support(untrained_bundle):
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model in czii_kaggle/models")
 @pytest.mark.slow
 def test_slice_step_trades_speed_for_recall(small_dataset):
-    from czii_kaggle.predict import with_slice_step
+    from czii_kaggle.bundle import with_slice_step
 
     bundle = with_slice_step(load_bundle(None), 2)
     pred = predict_runs(small_dataset.root, "test", bundle=bundle, progress=False)
@@ -345,7 +347,7 @@ def test_tta_views_are_flipped_back_into_the_slice_frame(small_dataset):
 @pytest.mark.slow
 def test_tune_bundle_pools_roots_and_saves_tta(tmp_path, real_root):
     """Runs of one name in two roots are tuned on side by side, not merged; the TTA setting is saved."""
-    from czii_kaggle.predict import tune_bundle
+    from czii_kaggle.tune import tune_bundle
 
     roots = []
     for seed in (11, 12):  # both roots hold a run called TS_5_4 (the first real layout, cropped)
@@ -433,7 +435,7 @@ def test_export_replaces_only_the_copy_of_its_own_weights(tmp_path, onnx_bundle,
 
 
 def test_stale_or_missing_onnx_is_never_used(tmp_path, onnx_bundle, untrained_bundle, monkeypatch):
-    from czii_kaggle.predict import choose_backend
+    from czii_kaggle.detectors.yolo import choose_backend
 
     b = tmp_path / "b"
     shutil.copytree(onnx_bundle, b)
@@ -453,10 +455,10 @@ def test_stale_or_missing_onnx_is_never_used(tmp_path, onnx_bundle, untrained_bu
         choose_backend(stale, "onnx", ["cpu"])
     # without onnxruntime an ONNX model is a clear error, and auto falls back to torch
     import czii_kaggle.detect as detect_mod
-    import czii_kaggle.predict as predict_mod
+    import czii_kaggle.detectors.yolo as yolo_mod
 
     monkeypatch.setattr(detect_mod, "onnxruntime_available", lambda: False)
-    monkeypatch.setattr(predict_mod, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(yolo_mod, "onnxruntime_available", lambda: False)
     with pytest.raises(CziiInputError, match="model.onnx: an ONNX model needs onnxruntime"):
         load_model(onnx_bundle / "model.onnx")
     assert choose_backend(load_bundle(onnx_bundle), "auto", ["cpu"]) == "torch"

@@ -75,7 +75,7 @@ def test_star_per_run_and_pixel_coordinates(tmp_path):
 @pytest.mark.slow
 def test_cli_predict_format_star(tmp_path):
     """predict --format star on a Kaggle root: files readable back to the prediction's positions."""
-    from czii_kaggle.predict import load_bundle
+    from czii_kaggle.bundle import load_bundle
     from czii_kaggle.simulate import SimConfig, simulate_dataset
 
     sim = simulate_dataset(tmp_path / "sim", n_train=0, n_test=1,

@@ -1,5 +1,4 @@
 """The training wrapper's records: settings saved beside the weights carry no machine paths."""
-from pathlib import Path
 
 from czii_kaggle.train import PROJECT_ROOT, TrainConfig, resolve_device
 

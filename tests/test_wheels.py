@@ -300,7 +300,7 @@ def test_offline_predict_with_bundled_weights(installed, no_network):
             network = f"unreachable: {exc}"
 
         import czii_kaggle  # first: it switches Ultralytics' network touchpoints off before importing it
-        from czii_kaggle import predict, submission
+        from czii_kaggle import bundle, predict, submission
         from czii_kaggle.simulate import SimConfig, simulate_dataset
 
         out = Path(sys.argv[1])
@@ -313,7 +313,7 @@ def test_offline_predict_with_bundled_weights(installed, no_network):
             "network": network,
             "files": {m.__name__: m.__file__ for m in (czii_kaggle, ultralytics, zarr, numcodecs, torch, onnxruntime)},
             "versions": {m.__name__: m.__version__ for m in (ultralytics, zarr, numcodecs)},
-            "weights": str(predict.load_bundle().weights),
+            "weights": str(bundle.load_bundle().weights),
             "test_runs": sim.test_runs,
             "report": pred.report.to_dict(orient="records"),
             "n_rows": len(sub), "n_checked": len(checked),
@@ -411,7 +411,7 @@ except OSError as exc:
     network = f"unreachable: {exc}"
 
 import czii_kaggle  # first: it switches Ultralytics' network touchpoints off before importing it
-from czii_kaggle import predict, submission
+from czii_kaggle import bundle, predict, submission
 
 root, backend, out_csv = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 pred = predict.predict_runs(root, "test", progress=False, backend=backend, devices=["cpu"])
@@ -423,7 +423,7 @@ mods = (czii_kaggle, ultralytics, zarr, torch, numpy, onnxruntime)
 print("RESULT " + json.dumps({
     "network": network, "python": sys.version.split()[0],
     "files": {m.__name__: m.__file__ for m in mods}, "versions": {m.__name__: m.__version__ for m in mods},
-    "weights": str(predict.load_bundle().weights),
+    "weights": str(bundle.load_bundle().weights),
     "report": pred.report.to_dict(orient="records"), "n_checked": len(checked),
 }, default=str))
 """

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 #: Input sides must be multiples of this (three stride-2 stages).
 SIZE_MULTIPLE = 8

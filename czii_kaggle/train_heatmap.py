@@ -1,4 +1,4 @@
-"""Training the 3D heatmap detector from picks: patches, targets, a seeded resumable loop, tuning.
+"""Training the 3D heatmap detector from picks: patches, targets, a seeded resumable loop.
 
 Every run of the given Kaggle-layout roots (``train`` split, picks under
 ``train/overlay``) is read once at the heatmap's level and normalised. Each step
@@ -12,7 +12,6 @@ pick's nearest voxel. The draws of step ``i`` come from ``numpy.random.default_r
 """
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -20,12 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import layout, picks as picks_io
 from .errors import CziiInputError
-from .heatmap import (CONFIG_FILE, WEIGHTS_FILE, HeatmapConfig, HeatmapDetector, A_to_grid, build_net,
-                      default_aggregate_config, read_input, save_heatmap_json)
+from .bundle import HEATMAP_WEIGHTS_FILE, save_heatmap_json
+from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, read_input
 from .particles import NAMES, PARTICLES
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -175,7 +173,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     """
     import torch
 
-    from .heatmap_net import focal_heatmap_loss
+    from .detectors.heatmap_net import focal_heatmap_loss
 
     config = config or HeatmapConfig()
     train = train or HeatmapTrainConfig()
@@ -218,7 +216,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
             torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "losses": losses,
                         "seconds": time.perf_counter() - t_start}, tmp)
             tmp.replace(ckpt_path)
-    weights = out / WEIGHTS_FILE
+    weights = out / HEATMAP_WEIGHTS_FILE
     tmp = weights.with_suffix(".tmp")
     torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
     tmp.replace(weights)
@@ -236,30 +234,3 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     }
     save_heatmap_json(out, config=config.to_dict(), aggregate=default_aggregate_config().to_dict(), training=record)
     return out
-
-
-def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path, backend: str = "auto"
-                 ) -> pd.DataFrame:
-    """Tune the heatmap bundle's per-class thresholds (and min shares) on runs with picks; save them.
-
-    Returns :func:`czii_kaggle.tune.tune_thresholds`' table.
-    """
-    from .tune import tune_thresholds
-
-    det = HeatmapDetector(bundle_dir, backend=backend)
-    cands, truth = [], []
-    for i, (root, runs) in enumerate(sources):
-        for run in runs:
-            c, _ = det.candidates(layout.tomogram_path(root, "train", run), f"{i}/{run}")
-            cands.append(c)
-        truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
-    config, table = tune_thresholds(pd.concat(cands, ignore_index=True), pd.concat(truth, ignore_index=True),
-                                    det.aggregate, support_grid=None)
-    save_heatmap_json(det.bundle.weights.parent, aggregate=config.to_dict(),
-                      tuned_on=[{"root": str(r), "runs": rs} for r, rs in sources])
-    return table
-
-
-def read_record(bundle_dir: str | Path) -> dict:
-    """The training record of a heatmap bundle (``heatmap.json`` key ``training``)."""
-    return json.loads((Path(bundle_dir) / CONFIG_FILE).read_text()).get("training", {})

@@ -16,33 +16,31 @@ so its centre lies at ``j * s_L + (s_L - s_0) / 2`` Angstrom; an output voxel ``
 of the network (stride 2) covers input voxels ``2k, 2k + 1``. Training targets and
 inference use the same mapping (:func:`grid_to_A`, :func:`A_to_grid`).
 
-A bundle holds the weights as ``heatmap.pt`` (state dict + config), optionally
-``heatmap.onnx`` (ONNX Runtime, CPU) and ``heatmap.json`` (config, thresholds,
-ONNX record, training record). See :mod:`czii_kaggle.heatmap_train` for training.
+A bundle holds the weights as ``heatmap.pt`` (state dict), optionally ``heatmap.onnx``
+(ONNX Runtime, CPU) and ``heatmap.json`` (config, thresholds, ONNX record, training
+record); :mod:`czii_kaggle.bundle` reads and writes them (``load_heatmap_bundle``,
+``export_heatmap_onnx``). See :mod:`czii_kaggle.train_heatmap` for training.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import omezarr
-from .aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
-from .errors import CziiInputError
-from .particles import NAMES, PARTICLES
-from .preprocess import percentile_range
+from .. import omezarr
+from ..aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
+from ..errors import CziiInputError
+from ..particles import NAMES, PARTICLES
+from ..preprocess import percentile_range
 
-WEIGHTS_FILE = "heatmap.pt"
-ONNX_FILE = "heatmap.onnx"
-CONFIG_FILE = "heatmap.json"
-
+if TYPE_CHECKING:  # the bundle module opens detectors; a detector only reads a loaded bundle
+    from ..bundle import HeatmapBundle
 
 @dataclass(frozen=True)
 class HeatmapConfig:
@@ -56,7 +54,7 @@ class HeatmapConfig:
         The level's voxel size the weights were trained at; a tomogram whose level
         differs by more than 10 % is refused.
     channels : (int, int, int)
-        Network widths (:class:`czii_kaggle.heatmap_net.HeatmapUNet`).
+        Network widths (:class:`czii_kaggle.detectors.heatmap_net.HeatmapUNet`).
     classes : tuple of str
         Output channels, in order (all six types, beta-amylase included).
     sigma_fraction : float
@@ -196,54 +194,9 @@ def build_net(config: HeatmapConfig):
     return HeatmapUNet(len(config.classes), config.channels)
 
 
-@dataclass(frozen=True)
-class HeatmapBundle:
-    """A trained heatmap detector: weights, config, selection thresholds, optional ONNX copy."""
-
-    weights: Path
-    config: HeatmapConfig = field(default_factory=HeatmapConfig)
-    aggregate: AggregateConfig = field(default_factory=default_aggregate_config)
-    onnx: Path | None = None
-    record: dict = field(default_factory=dict)
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def load_heatmap_bundle(path: str | Path) -> HeatmapBundle:
-    """Load ``heatmap.pt`` + ``heatmap.json`` from a folder (or the ``.pt`` file itself).
-
-    :class:`CziiInputError` when the weights are absent or unreadable, the JSON is
-    malformed, or the weights hold another number of classes than the config names.
-    """
-    path = Path(path)
-    weights = path / WEIGHTS_FILE if path.is_dir() else path
-    if not weights.is_file():
-        raise CziiInputError(weights, "heatmap weights not found (train them with `czii-kaggle train-heatmap`)")
-    cfg_path = weights.parent / CONFIG_FILE
-    doc = {}
-    if cfg_path.is_file():
-        try:
-            doc = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CziiInputError(cfg_path, f"not valid JSON ({exc})") from None
-    try:
-        config = HeatmapConfig.from_dict(doc.get("config", {}))
-        agg = AggregateConfig.from_dict(doc["aggregate"]) if "aggregate" in doc else default_aggregate_config()
-    except (TypeError, ValueError) as exc:
-        raise CziiInputError(cfg_path, f"not a valid heatmap config: {exc}") from None
-    onnx = None
-    rec = doc.get("onnx") or {}
-    if rec and (weights.parent / rec.get("file", ONNX_FILE)).is_file() and rec.get("source_sha256") == _file_sha256(weights):
-        onnx = weights.parent / rec.get("file", ONNX_FILE)
-    return HeatmapBundle(weights, config, agg, onnx, doc.get("training", {}))
-
-
 def load_net(bundle: HeatmapBundle):
-    """The torch network of ``bundle`` with its weights; a class-count or shape mismatch is a clear error."""
+    """The torch network of ``bundle`` (its ``weights`` and ``config``) with its weights; weights of
+    another class count or network width than the config names are a clear error."""
     import torch
 
     try:
@@ -268,43 +221,14 @@ def load_net(bundle: HeatmapBundle):
 def load_model(bundle: HeatmapBundle, backend: str = "auto"):
     """A callable model: ONNX Runtime when ``backend`` is ``"onnx"`` (or ``"auto"`` and the bundle has an
     up-to-date ``heatmap.onnx`` and onnxruntime is installed), else torch."""
-    from .detect import onnxruntime_available
+    from ..detect import onnxruntime_available
 
     if backend == "onnx" and bundle.onnx is None:
-        raise CziiInputError(bundle.weights.parent / ONNX_FILE, "no up-to-date ONNX copy of the heatmap weights")
+        raise CziiInputError(bundle.weights.with_suffix(".onnx"), "no up-to-date ONNX copy of the heatmap weights "
+                                                                  "(run `czii-kaggle export-onnx --detector heatmap`)")
     if backend in ("onnx", "auto") and bundle.onnx is not None and onnxruntime_available():
         return OnnxHeatmapModel(bundle.onnx)
     return TorchHeatmapModel(load_net(bundle))
-
-
-def save_heatmap_json(folder: str | Path, **updates) -> Path:
-    """Merge ``updates`` (top-level keys: ``config``, ``aggregate``, ``onnx``, ``training``) into ``heatmap.json``."""
-    path = Path(folder) / CONFIG_FILE
-    doc = json.loads(path.read_text()) if path.is_file() else {}
-    doc.update(updates)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def export_heatmap_onnx(folder: str | Path) -> Path:
-    """Export ``heatmap.pt`` to ``heatmap.onnx`` (dynamic spatial axes, logits out); recorded in ``heatmap.json``."""
-    import torch
-
-    bundle = load_heatmap_bundle(folder)
-    net = load_net(bundle).eval()
-    target = bundle.weights.parent / ONNX_FILE
-    tmp = target.with_suffix(".onnx.tmp")
-    dummy = torch.zeros(1, 1, *bundle.config.window_vox)
-    axes = {0: "n", 2: "z", 3: "y", 4: "x"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
-        torch.onnx.export(net, dummy, str(tmp), input_names=["volume"], output_names=["logits"], opset_version=17,
-                          dynamic_axes={"volume": axes, "logits": axes}, dynamo=False)
-    tmp.replace(target)
-    save_heatmap_json(bundle.weights.parent, onnx={"file": ONNX_FILE, "source_sha256": _file_sha256(bundle.weights)})
-    return target
 
 
 # --------------------------------------------------------------------------- inference
@@ -426,8 +350,8 @@ class HeatmapDetector:
 
     name = "heatmap"
 
-    def __init__(self, bundle: HeatmapBundle | str | Path, backend: str = "auto", tta_views: int | None = None):
-        self.bundle = bundle if isinstance(bundle, HeatmapBundle) else load_heatmap_bundle(bundle)
+    def __init__(self, bundle: HeatmapBundle, backend: str = "auto", tta_views: int | None = None):
+        self.bundle = bundle
         if tta_views is not None:
             self.bundle = replace(self.bundle, config=replace(self.bundle.config, tta_views=tta_views))
         self.model = load_model(self.bundle, backend)

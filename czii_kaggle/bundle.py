@@ -1,0 +1,381 @@
+"""The model bundle: one folder holding one or more detectors with the configs they were trained and tuned with.
+
+=================  =============================================================================
+``model.pt``       the YOLO detector's weights (Ultralytics)
+``model.onnx``     its ONNX Runtime copy, made from these very weights (``czii_config.json`` ``onnx``)
+``czii_config.json``  the YOLO detector's settings: ``preprocess``, ``detect``, ``aggregate``
+                   (tuned thresholds), ``onnx`` (record of the copy), ``labels``, ``train``,
+                   ``train_runs``, ``val_runs`` (how it was trained)
+``heatmap.pt``     the 3D heatmap detector's weights (a torch state dict)
+``heatmap.onnx``   its ONNX Runtime copy (``heatmap.json`` ``onnx``)
+``heatmap.json``   its settings: ``config``, ``aggregate`` (tuned thresholds), ``onnx``,
+                   ``training`` (record), ``tuned_on``
+``ensemble.json``  the ensemble of both (:class:`czii_kaggle.ensemble.EnsembleConfig`), and
+                   ``default_detectors``: what ``predict`` runs by default (else YOLO alone)
+``TRAINING.json``  the shipped model's full training record (``scripts/train_shipped_model.py``)
+=================  =============================================================================
+
+This module is the only one that reads or writes these JSON files (one checker:
+:func:`read_json`; one writer: :func:`update_json`), knows which detectors a folder
+holds, opens them (:func:`load_detectors`) and exports ONNX copies. An export only
+replaces the copy of the very weights it was made from: the record names the source
+file and its sha256, and a copy whose sha256 no longer matches is not used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import outputs, particles
+from .aggregate import AggregateConfig
+from .detect import DetectConfig, export_onnx
+from .detectors import DETECTOR_NAMES, DETECTORS
+from .detectors.heatmap import HeatmapConfig, default_aggregate_config, load_net
+from .ensemble import EnsembleConfig
+from .errors import CziiInputError
+from .preprocess import PreprocessConfig
+
+#: The shipped model bundle (weights + the configs they were trained and tuned with).
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models"
+MODEL_FILE = "model.pt"
+#: ONNX Runtime copy of a bundle's ``model.pt`` (:func:`export_bundle_onnx`).
+ONNX_FILE = "model.onnx"
+CONFIG_FILE = "czii_config.json"
+HEATMAP_WEIGHTS_FILE = "heatmap.pt"
+HEATMAP_ONNX_FILE = "heatmap.onnx"
+HEATMAP_CONFIG_FILE = "heatmap.json"
+ENSEMBLE_FILE = "ensemble.json"
+#: The shipped model's training record.
+RECORD_FILE = "TRAINING.json"
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_json(path: str | Path, sections: tuple[str, ...] = ()) -> dict:
+    """A bundle JSON file as a dict (``{}`` when absent); :class:`CziiInputError` naming the file
+    when it is not valid JSON, not an object, or one of ``sections`` is present but not an object."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CziiInputError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CziiInputError(path, f"holds a {type(doc).__name__}, not an object of settings")
+    for key in sections:
+        if key in doc and not isinstance(doc[key], dict):
+            raise CziiInputError(path, f"{key!r} is {doc[key]!r}, not an object of settings")
+    return doc
+
+
+def update_json(path: str | Path, updates: dict) -> Path:
+    """Merge ``updates`` (top-level keys) into a bundle JSON file, written atomically; other keys are kept."""
+    doc = read_json(path)
+    doc.update(updates)
+    return outputs.write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- ONNX records
+
+
+def _onnx_owner(record: dict, default_source: str) -> str:
+    """The weights file an ``onnx`` record belongs to (old records name none: the bundle's own)."""
+    return str(record.get("source", default_source))
+
+
+def _matching_onnx(weights: Path, record: dict | None, default_source: str, default_file: str) -> Path | None:
+    """The ONNX copy ``record`` describes when it was exported from ``weights`` as they are now;
+    a stale copy is ignored with a warning."""
+    if not record or _onnx_owner(record, default_source) != weights.name:  # no copy, or another file's copy
+        return None
+    path = weights.parent / str(record.get("file", default_file))
+    if not path.is_file():
+        return None
+    if record.get("source_sha256") != file_sha256(weights):
+        warnings.warn(f"{path} was exported from other weights than {weights.name} (sha256 differs); "
+                      "it is not used: re-export it with `czii-kaggle export-onnx`", RuntimeWarning, stacklevel=3)
+        return None
+    return path
+
+
+def _export_target(weights: Path, record: dict, default_source: str, default_file: str) -> tuple[Path, bool]:
+    """Where an export of ``weights`` goes (``{stem}.onnx``) and whether it owns the bundle's record;
+    a :class:`CziiInputError` when that file is the recorded copy of other weights."""
+    target = weights.with_suffix(".onnx")
+    owner = _onnx_owner(record, default_source) if record else weights.name
+    if owner != weights.name and record.get("file", default_file) == target.name:
+        raise CziiInputError(target, f"is the ONNX copy of {owner} (the bundle's JSON records it); exporting "
+                                     f"{weights.name} would replace it: give {weights.name} another name")
+    return target, owner == weights.name
+
+
+def write_record(bundle_dir: str | Path, record: dict) -> Path:
+    """Write a bundle's full training record, ``TRAINING.json`` (atomically)."""
+    return outputs.write_text(Path(bundle_dir) / RECORD_FILE, json.dumps(record, indent=1, default=str))
+
+
+# --------------------------------------------------------------------------- the YOLO detector
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The YOLO detector of a bundle: weights and the configs that go with them.
+
+    ``weights``: the YOLO ``.pt``; the configs are read from ``czii_config.json`` beside it
+    (keys ``preprocess``, ``detect``, ``aggregate``), defaults where a key is absent.
+    ``onnx``: the ONNX Runtime copy of ``weights`` when the bundle holds one made from
+    these very weights (``czii_config.json`` key ``onnx`` records their sha256), else None.
+    """
+
+    weights: Path
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    onnx: Path | None = None
+
+
+def load_bundle(path: str | Path | None = None) -> Bundle:
+    """Load a bundle's YOLO detector from a folder (``model.pt`` + ``czii_config.json``), a ``.pt``
+    file or an ``.onnx`` file (run by ONNX Runtime); the configs come from ``czii_config.json`` beside it.
+
+    ``None`` loads the shipped default bundle.
+    """
+    path = Path(path) if path is not None else DEFAULT_BUNDLE
+    weights = path / MODEL_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise CziiInputError(weights, "weights file not found (pass --weights, or reinstall czii_kaggle for the shipped model)")
+    cfg_path = weights.parent / CONFIG_FILE
+    cfg = read_json(cfg_path, ("preprocess", "detect", "aggregate"))
+    try:  # the config classes check every value
+        configs = dict(
+            preprocess=PreprocessConfig.from_dict(cfg["preprocess"]) if "preprocess" in cfg else PreprocessConfig(),
+            detect=DetectConfig.from_dict(cfg["detect"]) if "detect" in cfg else DetectConfig(),
+            aggregate=AggregateConfig.from_dict(cfg["aggregate"]) if "aggregate" in cfg else AggregateConfig(),
+        )
+    except (TypeError, ValueError) as exc:
+        raise CziiInputError(cfg_path, f"invalid settings: {exc}") from None
+    onnx = weights if weights.suffix == ".onnx" else _matching_onnx(weights, cfg.get("onnx"), MODEL_FILE, ONNX_FILE)
+    return Bundle(weights=weights, **configs, onnx=onnx)
+
+
+def bundle_files(bundle: Bundle) -> list[Path]:
+    """The files a bundle is made of (weights, configs, ONNX copy): inputs, never outputs."""
+    files = [bundle.weights, bundle.weights.parent / CONFIG_FILE, bundle.weights.with_suffix(".onnx")]
+    return files + ([bundle.onnx] if bundle.onnx is not None else [])
+
+
+def with_slice_step(bundle: Bundle, slice_step: int) -> Bundle:
+    """The bundle run on every ``slice_step``-th slice: faster, at some recall cost.
+
+    Minimum slice supports were tuned with every slice, so they shrink by the same
+    factor (rounded up, at least 1); scores already account for the step.
+    """
+    if slice_step < 1:
+        raise ValueError(f"slice_step must be >= 1, not {slice_step}")
+    old = bundle.detect.slice_step
+    agg = bundle.aggregate
+    for name in particles.NAMES:
+        support = agg[name].min_support * old
+        agg = agg.with_params(name, min_support=max(1, math.ceil(support / slice_step)))
+    return replace(bundle, detect=replace(bundle.detect, slice_step=slice_step), aggregate=agg)
+
+
+def with_tta(bundle: Bundle, tta_views: int) -> Bundle:
+    """The bundle with ``tta_views`` test-time views per slice (see :class:`DetectConfig`).
+
+    A bundle's thresholds fit the views it was tuned with (its ``czii_config.json``
+    ``detect.tta_views``); more views raise the scores a little, so re-tune when it matters.
+    """
+    return replace(bundle, detect=replace(bundle.detect, tta_views=tta_views))
+
+
+def write_training_config(out_dir: str | Path, record: dict) -> Path:
+    """Record how the YOLO weights of ``out_dir`` were trained (``preprocess``, ``labels``, ``train``,
+    ``train_runs``, ``val_runs``) in its ``czii_config.json``; other keys are kept."""
+    return update_json(Path(out_dir) / CONFIG_FILE, record)
+
+
+def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detect: DetectConfig | None = None) -> Path:
+    """Write tuned thresholds ``config`` under the ``aggregate`` key of the bundle's ``czii_config.json``
+    (and ``detect``, the inference settings the thresholds were tuned with, when given)."""
+    path = Path(bundle_dir) / CONFIG_FILE
+    return update_json(path, {"aggregate": config.to_dict(), **({"detect": detect.to_dict()} if detect else {})})
+
+
+def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None = None) -> Path:
+    """Export a bundle's YOLO weights (its ``model.pt``, or the ``.pt`` file given) to ONNX, for
+    ONNX Runtime on the CPU; returns the path of ``{weights stem}.onnx`` beside them.
+
+    Only the copy of these very weights is replaced: the export is made in a temporary
+    folder and renamed onto ``{stem}.onnx`` when complete, and the ``onnx`` record of the
+    bundle's ``czii_config.json`` (file, sha256 of the ``.pt`` it came from, image size;
+    :func:`load_bundle` uses the copy only while that sha256 matches) is written only when
+    it is free or already describes these weights. Exporting ``other.pt`` beside
+    ``model.pt`` thus writes ``other.onnx`` (run it with ``--weights other.onnx``) and
+    leaves ``model.onnx`` and its record alone. ``imgsz`` defaults to the bundle's
+    ``detect.max_imgsz``.
+    """
+    path = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
+    bundle = load_bundle(path)
+    weights = bundle.weights
+    if weights.suffix != ".pt":
+        raise CziiInputError(weights, "only a PyTorch .pt model can be exported to ONNX")
+    imgsz = imgsz or bundle.detect.max_imgsz
+    cfg_path = weights.parent / CONFIG_FILE
+    target, owns = _export_target(weights, read_json(cfg_path).get("onnx") or {}, MODEL_FILE, ONNX_FILE)
+    work = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=weights.parent))
+    try:
+        shutil.copy2(weights, work / weights.name)
+        os.replace(export_onnx(work / weights.name, imgsz=imgsz), target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if owns:
+        update_json(cfg_path, {"onnx": {"file": target.name, "source": weights.name,
+                                        "source_sha256": file_sha256(weights), "imgsz": imgsz, "dynamic": True}})
+    return target
+
+
+# --------------------------------------------------------------------------- the heatmap detector
+
+
+@dataclass(frozen=True)
+class HeatmapBundle:
+    """A trained heatmap detector: weights, config, selection thresholds, optional ONNX copy,
+    training record (``heatmap.json`` key ``training``)."""
+
+    weights: Path
+    config: HeatmapConfig = field(default_factory=HeatmapConfig)
+    aggregate: AggregateConfig = field(default_factory=default_aggregate_config)
+    onnx: Path | None = None
+    record: dict = field(default_factory=dict)
+
+
+def load_heatmap_bundle(path: str | Path | None = None) -> HeatmapBundle:
+    """Load ``heatmap.pt`` + ``heatmap.json`` from a folder (or the ``.pt`` file itself; ``None``:
+    the shipped bundle).
+
+    :class:`CziiInputError` when the weights are absent or the JSON is malformed; the
+    weights themselves are checked against the config (class count, network widths)
+    when the network is built (:func:`czii_kaggle.detectors.heatmap.load_net`).
+    """
+    path = Path(path) if path is not None else DEFAULT_BUNDLE
+    weights = path / HEATMAP_WEIGHTS_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise CziiInputError(weights, "heatmap weights not found (train them with `czii-kaggle train-heatmap`)")
+    cfg_path = weights.parent / HEATMAP_CONFIG_FILE
+    doc = read_json(cfg_path, ("config", "aggregate", "onnx", "training"))
+    try:
+        config = HeatmapConfig.from_dict(doc.get("config", {}))
+        agg = AggregateConfig.from_dict(doc["aggregate"]) if "aggregate" in doc else default_aggregate_config()
+    except (TypeError, ValueError) as exc:
+        raise CziiInputError(cfg_path, f"not a valid heatmap config: {exc}") from None
+    onnx = _matching_onnx(weights, doc.get("onnx"), HEATMAP_WEIGHTS_FILE, HEATMAP_ONNX_FILE)
+    return HeatmapBundle(weights, config, agg, onnx, doc.get("training", {}))
+
+
+def save_heatmap_json(folder: str | Path, **updates) -> Path:
+    """Merge ``updates`` (top-level keys: ``config``, ``aggregate``, ``onnx``, ``training``, ``tuned_on``)
+    into the folder's ``heatmap.json``."""
+    return update_json(Path(folder) / HEATMAP_CONFIG_FILE, updates)
+
+
+def export_heatmap_onnx(path: str | Path | None = None) -> Path:
+    """Export a folder's ``heatmap.pt`` (or the heatmap ``.pt`` given) to ``{stem}.onnx`` (dynamic
+    spatial axes, logits out), recorded in ``heatmap.json`` with the weights' sha256.
+
+    As :func:`export_bundle_onnx`: written under a temporary name and renamed, and only the
+    copy of these very weights is replaced (the record is written only when it is free or
+    already describes these weights).
+    """
+    import torch
+
+    bundle = load_heatmap_bundle(path)
+    weights = bundle.weights
+    cfg_path = weights.parent / HEATMAP_CONFIG_FILE
+    target, owns = _export_target(weights, read_json(cfg_path).get("onnx") or {}, HEATMAP_WEIGHTS_FILE,
+                                  HEATMAP_ONNX_FILE)
+    net = load_net(bundle).eval()
+    dummy = torch.zeros(1, 1, *bundle.config.window_vox)
+    axes = {0: "n", 2: "z", 3: "y", 4: "x"}
+    with outputs.atomic_path(target) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
+        torch.onnx.export(net, dummy, str(tmp), input_names=["volume"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"volume": axes, "logits": axes}, dynamo=False)
+    if owns:
+        save_heatmap_json(weights.parent, onnx={"file": target.name, "source": weights.name,
+                                                "source_sha256": file_sha256(weights)})
+    return target
+
+
+# --------------------------------------------------------------------------- the ensemble and the detectors held
+
+
+def load_ensemble(bundle_dir: str | Path) -> EnsembleConfig | None:
+    """The bundle's ``ensemble.json`` (None when absent); :class:`CziiInputError` when malformed."""
+    path = Path(bundle_dir) / ENSEMBLE_FILE
+    if not path.is_file():
+        return None
+    doc = read_json(path, ("calibration", "weights", "aggregate"))
+    try:
+        return EnsembleConfig.from_dict(doc)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise CziiInputError(path, f"not a valid ensemble config: {exc}") from None
+
+
+def save_ensemble(bundle_dir: str | Path, config: EnsembleConfig, **extra) -> Path:
+    """Write ``ensemble.json`` (atomically; ``extra`` keys, e.g. ``default_detectors``, kept beside the config)."""
+    path = Path(bundle_dir) / ENSEMBLE_FILE
+    return outputs.write_text(path, json.dumps({**config.to_dict(), **extra}, indent=2) + "\n")
+
+
+def held_detectors(bundle_dir: str | Path) -> list[str]:
+    """The detectors whose weights the bundle folder holds, in :data:`DETECTOR_NAMES` order."""
+    d = Path(bundle_dir)
+    held = {"yolo": (d / MODEL_FILE).is_file() or (d / ONNX_FILE).is_file(),
+            "heatmap": (d / HEATMAP_WEIGHTS_FILE).is_file()}
+    return [n for n in DETECTOR_NAMES if held[n]]
+
+
+def default_detectors(bundle_dir: str | Path) -> list[str]:
+    """What the bundle ships to run by default: ``ensemble.json``'s ``default_detectors``, else ``["yolo"]``."""
+    path = Path(bundle_dir) / ENSEMBLE_FILE
+    names = read_json(path).get("default_detectors")
+    if names and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise CziiInputError(path, f"default_detectors is {names!r}, not a list of detector names")
+    return list(names) if names else ["yolo"]
+
+
+def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
+    """``"yolo,heatmap"`` -> names, checked against :data:`DETECTOR_NAMES` and the bundle's weights;
+    ``None``: :func:`default_detectors`. A name the bundle does not hold is a clear error."""
+    names = default_detectors(bundle_dir) if text is None else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DETECTOR_NAMES]
+    if unknown or not names:
+        raise CziiInputError(bundle_dir, f"unknown detectors {unknown or names}; choose from {', '.join(DETECTOR_NAMES)}")
+    held = held_detectors(bundle_dir)
+    absent = [n for n in names if n not in held]
+    if absent:
+        raise CziiInputError(bundle_dir, f"names detector(s) {', '.join(absent)} but the bundle holds only "
+                                         f"{', '.join(held) or 'none'}")
+    return list(dict.fromkeys(names))
+
+
+def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto") -> list:
+    """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each
+    behind :class:`czii_kaggle.detectors.Detector`'s interface."""
+    loaders = {"yolo": load_bundle, "heatmap": load_heatmap_bundle}
+    return [DETECTORS[n](loaders[n](bundle_dir), backend=backend) for n in parse_detectors(",".join(names), bundle_dir)]
