@@ -155,14 +155,14 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
         The model bundle; None: the one shipped in the package.
     detectors : str, optional
         ``"yolo"``, ``"heatmap"`` or ``"yolo,heatmap"`` (the ensemble, fitted in the bundle's
-        ``ensemble.json``); None: what the bundle ships (:func:`czii_kaggle.detectors.default_detectors`),
+        ``ensemble.json``); None: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`),
         as ``czii-kaggle predict --detectors``. A name the bundle does not hold is a clear error.
 
     Returns
     -------
     Prediction
         YOLO alone: :func:`czii_kaggle.predict.predict_runs`'s. Otherwise
-        :func:`czii_kaggle.detectors.predict_detectors`'s picks, no slice detections, and one report
+        :func:`czii_kaggle.predict.predict_detectors`'s picks, no slice detections, and one report
         row per run: ``status`` ok when some detector succeeded on it, ``n_detections`` the
         candidates of all detectors, ``inference_s`` their seconds, ``error`` which detector failed
         and why; ``notes`` names the detectors.
@@ -170,8 +170,8 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
     import time
 
     from . import frames
-    from .detectors import parse_detectors, predict_detectors
-    from .predict import DEFAULT_BUNDLE, REPORT_COLUMNS, Prediction, predict_runs
+    from .bundle import DEFAULT_BUNDLE, parse_detectors
+    from .predict import REPORT_COLUMNS, Prediction, predict_detectors, predict_runs
 
     bundle_dir = DEFAULT_BUNDLE if bundle is None else (Path(bundle) if isinstance(bundle, (str, Path)) else None)
     if bundle_dir is not None and not bundle_dir.is_dir():

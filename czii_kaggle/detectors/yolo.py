@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .. import io, runtime
+from .. import omezarr, runtime
 from ..aggregate import aggregate, select
 from ..detect import BACKENDS, detect_volume, load_model, onnxruntime_available
 from ..errors import CziiInputError
@@ -69,7 +69,7 @@ def prepare_run(zarr_path: str | Path, bundle: Bundle) -> tuple[np.ndarray, floa
     """Read and preprocess one tomogram: the uint8 volume ``(Z, Y, X)`` the model sees, the
     voxel size in Angstrom, and the seconds spent reading (``read_s``) and preprocessing."""
     t0 = time.perf_counter()
-    volume, voxel_size_A = io.read_tomogram(zarr_path)
+    volume, voxel_size_A = omezarr.read_tomogram(zarr_path)
     t1 = time.perf_counter()
     vol_u8 = preprocess_volume(volume, bundle.preprocess, source=zarr_path)
     return vol_u8, voxel_size_A, {"read_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
