@@ -98,7 +98,7 @@ def _worker_identity() -> tuple[str, str]:
 
 def worker_model(bundle, backend: str, device: str, cpu_threads: int | None = None):
     """The model of ``bundle`` for this worker process, loaded on first use and kept."""
-    from .detect import load_model
+    from .detectors.yolo import load_yolo
 
     weights = (bundle.onnx or bundle.weights) if backend == "onnx" else bundle.weights
     key = (str(weights), backend, device)
@@ -108,7 +108,7 @@ def worker_model(bundle, backend: str, device: str, cpu_threads: int | None = No
                 from . import offline
 
                 offline.set_cpu_threads(cpu_threads)
-            _MODELS[key] = load_model(weights)
+            _MODELS[key] = load_yolo(bundle, backend)
         return _MODELS[key]
 
 
