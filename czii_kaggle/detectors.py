@@ -54,11 +54,13 @@ class YoloDetector:
 
     name = "yolo"
 
-    def __init__(self, bundle=None, backend: str = "auto", device: str = "cpu"):
+    def __init__(self, bundle=None, backend: str = "auto", device: str = "cpu", tta_views: int | None = None):
         from .detect import load_model
-        from .predict import Bundle, choose_backend, load_bundle
+        from .predict import Bundle, choose_backend, load_bundle, with_tta
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        if tta_views is not None:
+            self.bundle = with_tta(self.bundle, tta_views)
         self.backend = choose_backend(self.bundle, backend, [device])
         self.device = "cpu" if self.backend == "onnx" else device
         self.model = load_model((self.bundle.onnx or self.bundle.weights) if self.backend == "onnx" else self.bundle.weights)
@@ -117,14 +119,20 @@ def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto") -> list[Detector]:
-    """The named detectors of a bundle folder (checked by :func:`parse_detectors` first)."""
+def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto",
+                   tta_views: int | None = None) -> list[Detector]:
+    """The named detectors of a bundle folder (checked by :func:`parse_detectors` first).
+
+    ``tta_views`` (default: each detector's own setting): flipped test-time views, per slice
+    for YOLO, per 3D window for the heatmap (1-4; thresholds were tuned for the bundle's own).
+    """
     from .heatmap import HeatmapDetector
 
     names = parse_detectors(",".join(names), bundle_dir)
     out: list[Detector] = []
     for n in names:
-        out.append(YoloDetector(bundle_dir, backend=backend) if n == "yolo" else HeatmapDetector(bundle_dir, backend=backend))
+        out.append(YoloDetector(bundle_dir, backend=backend, tta_views=tta_views) if n == "yolo"
+                   else HeatmapDetector(bundle_dir, backend=backend, tta_views=tta_views))
     return out
 
 
@@ -194,8 +202,11 @@ def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs
 def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | None = None,
                       bundle_dir: str | Path | None = None, detectors: list[str] | None = None,
                       backend: str = "auto", progress: bool = True,
-                      tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE) -> DetectorsPrediction:
+                      tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, tta_views: int | None = None
+                      ) -> DetectorsPrediction:
     """Predict runs with one detector (its own thresholds) or several (the bundle's ensemble).
+
+    ``tta_views``: as :func:`load_detectors`.
 
     Runs where some detector failed use the selection of a detector that succeeded.
     """
@@ -211,7 +222,7 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
             raise CziiInputError(Path(bundle_dir) / "ensemble.json",
                                  f"no ensemble of {', '.join(names)} fitted in this bundle "
                                  "(run `czii-kaggle tune-ensemble`)")
-    dets = load_detectors(bundle_dir, names, backend)
+    dets = load_detectors(bundle_dir, names, backend, tta_views)
     runs = list(runs) if runs is not None else layout.list_runs(root, split)
     cands, report = run_candidates(dets, root, split, runs, tomo_type, progress)
     picks = select_runs(cands, report, dets, runs, ensemble)
