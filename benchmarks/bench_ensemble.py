@@ -9,6 +9,11 @@ tomogram's heatmap inference (measured in a child process that runs only that).
     .venv/bin/python benchmarks/bench_ensemble.py --weights runs/hm/bundle \\
         --data runs/hm/test_medium/czii-cryo-et-object-identification --solution runs/hm/test_medium/test_solution.csv
 
+``--domains`` adds the held-out-look sets of ``bench_detection.py --domains`` (the same runs:
+same seeds, shape and folders under ``--sim-work``, simulated when absent) beside ``--data``;
+``--blob`` scores the training-free blob floor on every set too (thresholds tuned as
+``bench_detection.py --blob`` does); ``--tta-views`` sets the heatmap's flipped views.
+
 Appends the tables, with the command, date and machine, to ``benchmarks/results/ensemble.md``.
 """
 from __future__ import annotations
@@ -29,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from czii_kaggle import layout, metric, submission  # noqa: E402
+from bench_detection import DOMAINS, blob_tuned, simulate  # noqa: E402
+from czii_kaggle import blob, layout, metric, submission  # noqa: E402
+from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import load_detectors, load_ensemble  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
 from czii_kaggle.ensemble import select_ensemble  # noqa: E402
@@ -47,80 +54,147 @@ def fmt(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return "\n".join(lines)
 
 
-def memory_probe(weights: Path, zarr: Path) -> None:
+def memory_probe(weights: Path, zarr: Path, tta_views: int | None = None) -> None:
     """Child process: one full tomogram through the heatmap detector; prints its peak RSS (GiB) as JSON."""
-    det = load_detectors(weights, ["heatmap"])[0]
+    det = load_detectors(weights, ["heatmap"], tta_views=tta_views)[0]
     t0 = time.perf_counter()
     cands, times = det.candidates(zarr, "probe")
     print(json.dumps({"peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                       "seconds": time.perf_counter() - t0, **times}))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", type=Path, required=True, help="bundle folder with both detectors and ensemble.json")
-    ap.add_argument("--data", type=Path, required=True, help="Kaggle-layout root of the test runs")
-    ap.add_argument("--solution", type=Path, required=True, help="their test_solution.csv")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_ensemble")
-    ap.add_argument("--cache-yolo", type=Path, help="reuse / keep YOLO candidates and seconds per run in this folder")
-    ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--memory-probe", type=Path, help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.memory_probe:
-        memory_probe(a.weights, a.memory_probe)
-        return 0
+def test_sets(a) -> list[tuple[str, Path, pd.DataFrame]]:
+    """``(name, Kaggle-layout root, truth)`` of ``--data`` and of every ``--domains`` set."""
+    sets = []
+    if a.data is not None:
+        if a.solution is None:
+            raise SystemExit("--data needs --solution")
+        sets.append((a.label, a.data, submission.read_solution(a.solution)))
+    for domain in a.domains:
+        seed = a.seed + 1000 * list(DOMAINS).index(domain)
+        sub_dir = f"seed{seed}_n{a.n_runs}_{'x'.join(map(str, a.shape))}"
+        out = a.sim_work / a.difficulty / sub_dir if domain == "classic" else a.sim_work / domain / a.difficulty / sub_dir
+        simulate(out, a.n_runs, a.difficulty, seed, a.shape, DOMAINS[domain])
+        sets.append((domain, out / "czii-cryo-et-object-identification", submission.read_solution(out / "test_solution.csv")))
+    if not sets:
+        raise SystemExit("give --data/--solution or --domains")
+    return sets
 
-    runs = layout.list_runs(a.data, a.split)
-    dets = load_detectors(a.weights, ["yolo", "heatmap"], a.backend)
-    ensemble = load_ensemble(a.weights)
-    cache = {"yolo": a.cache_yolo} if a.cache_yolo else None
-    cands, report = run_candidates(dets, a.data, a.split, runs, progress=False, cache=cache)
-    a.work.mkdir(parents=True, exist_ok=True)
-    for name, c in cands.items():
-        c.to_csv(a.work / f"candidates_{name}.csv", index=False)
-    truth = submission.read_solution(a.solution)
-    truth = truth[truth["experiment"].isin(runs)]
-    picks = {d.name: d.select(cands[d.name]) for d in dets}
-    t0 = time.perf_counter()
-    picks["ensemble"] = select_ensemble(cands, ensemble)
-    merge_s = (time.perf_counter() - t0) / len(runs)
+
+def score_rows(set_name: str, picks: dict[str, pd.DataFrame], truth: pd.DataFrame) -> tuple[list, list]:
+    """One score row per detector and one per (detector, type)."""
     rows, type_rows = [], []
     for name, p in picks.items():
         sub = submission.make_submission(scored_only(p))
         table = metric.score_table(truth, sub)
-        rows.append({"detector": name, "score": metric.score(truth, sub),
+        rows.append({"set": set_name, "detector": name, "score": metric.score(truth, sub),
                      **{n: float(table.loc[n, "f_beta"]) for n in SCORED if n in table.index}})
         for t, r in table.iterrows():
-            type_rows.append({"detector": name, "particle_type": t, "tp": int(r.tp), "fp": int(r.fp), "fn": int(r.fn),
-                              "precision": float(r.precision), "recall": float(r.recall), "f_beta": float(r.f_beta)})
+            type_rows.append({"set": set_name, "detector": name, "particle_type": t, "tp": int(r.tp), "fp": int(r.fp),
+                              "fn": int(r.fn), "precision": float(r.precision), "recall": float(r.recall),
+                              "f_beta": float(r.f_beta)})
+    return rows, type_rows
 
-    stage = report.drop(columns=["experiment", "status", "error", "n_candidates"]).groupby("detector").mean()
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=Path, required=True, help="bundle folder with both detectors and ensemble.json")
+    ap.add_argument("--data", type=Path, help="Kaggle-layout root of the test runs")
+    ap.add_argument("--solution", type=Path, help="their test_solution.csv")
+    ap.add_argument("--label", default="given", help="name of the --data set in the tables")
+    ap.add_argument("--domains", nargs="*", default=[], choices=list(DOMAINS),
+                    help="also bench_detection.py's sets of these looks (held-out looks of the shipped models)")
+    ap.add_argument("--n-runs", type=int, default=2, help="runs per --domains set")
+    ap.add_argument("--difficulty", default="medium")
+    ap.add_argument("--seed", type=int, default=90210, help="as bench_detection.py (+1000 per domain index)")
+    ap.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630))
+    ap.add_argument("--sim-work", type=Path, default=REPO / "runs" / "bench_detection",
+                    help="bench_detection.py --work: where the --domains sets are (or are simulated)")
+    ap.add_argument("--blob", action="store_true", help="also score the training-free blob floor on every set")
+    ap.add_argument("--blob-val-runs", type=int, default=2)
+    ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4), help="the heatmap's flipped views (default: its own)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_ensemble")
+    ap.add_argument("--cache-yolo", type=Path, help="reuse / keep YOLO candidates and seconds per run in this folder")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--memory-probe", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.memory_probe:
+        memory_probe(a.weights, a.memory_probe, a.tta_views)
+        return 0
+
+    sets = test_sets(a)
+    dets = load_detectors(a.weights, ["yolo"], a.backend) + load_detectors(a.weights, ["heatmap"], a.backend,
+                                                                            tta_views=a.tta_views)
+    ensemble = load_ensemble(a.weights)
+    blob_config = blob_tuned(a.sim_work, a.blob_val_runs, a.shape)[0] if a.blob else None
+    rows, type_rows, reports, merge_s, blob_s, all_runs = [], [], [], [], [], []
+    a.work.mkdir(parents=True, exist_ok=True)
+    for set_name, root, truth in sets:
+        runs = layout.list_runs(root, a.split)
+        all_runs += [f"{set_name}/{r}" for r in runs]
+        cache = {"yolo": a.cache_yolo / set_name} if a.cache_yolo else None
+        cands, report = run_candidates(dets, root, a.split, runs, progress=False, cache=cache)
+        reports.append(report.assign(set=set_name))
+        for name, c in cands.items():
+            c.to_csv(a.work / f"candidates_{name}{'' if set_name == a.label else '_' + set_name}.csv", index=False)
+        truth = truth[truth["experiment"].isin(runs)]
+        picks = {d.name: d.select(cands[d.name]) for d in dets}
+        t0 = time.perf_counter()
+        picks["ensemble"] = select_ensemble(cands, ensemble)
+        merge_s.append((time.perf_counter() - t0) / len(runs))
+        if blob_config is not None:
+            t0 = time.perf_counter()
+            bc, _ = blob.blob_candidates_runs(root, a.split, runs)
+            picks["blob floor"] = select(bc, blob_config)
+            blob_s.append((time.perf_counter() - t0) / len(runs))
+        r, t = score_rows(set_name, picks, truth)
+        rows += r
+        type_rows += t
+        print(fmt(pd.DataFrame(r)), flush=True)
+    if len(sets) > 1:  # the mean over the sets other than --data (the held-out looks when --domains names them)
+        held = [s for s, _, _ in sets if s != a.label or a.data is None]
+        df = pd.DataFrame(rows)
+        df = df[df["set"].isin(held)]
+        mean = df.drop(columns="set").groupby("detector", sort=False).mean().reset_index()
+        rows += mean.assign(set=f"mean of {', '.join(held)}")[list(df.columns)].to_dict("records")
+
+    report = pd.concat(reports, ignore_index=True)
+    report = report[report["status"] == "ok"]
+    stage = report.drop(columns=["experiment", "status", "error", "n_candidates", "set"]).groupby("detector").mean()
     stage = stage.reindex(["yolo", "heatmap"]).reset_index()
-    per_run = report.groupby("experiment")["seconds"].sum()
-    ens_row = {"detector": "ensemble (both + merge)", "seconds": float(per_run.mean()) + merge_s, "merge_s": merge_s}
-    speed = pd.concat([stage, pd.DataFrame([ens_row])], ignore_index=True).fillna(0.0)
-    probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--data", str(a.data),
-                            "--solution", str(a.solution), "--memory-probe",
-                            str(layout.tomogram_path(a.data, a.split, runs[0]))],
-                           capture_output=True, text=True, check=True, cwd=REPO)
-    mem = json.loads(probe.stdout.strip().splitlines()[-1])
+    per_run = report.groupby(["set", "experiment"])["seconds"].sum()
+    mean_merge = sum(merge_s) / len(merge_s)
+    ens_row = {"detector": "ensemble (both + merge)", "seconds": float(per_run.mean()) + mean_merge, "merge_s": mean_merge}
+    extra = [ens_row] + ([{"detector": "blob floor", "seconds": sum(blob_s) / len(blob_s)}] if blob_s else [])
+    speed = pd.concat([stage, pd.DataFrame(extra)], ignore_index=True).fillna(0.0)
+    parts_mem = []
+    if not a.no_memory:
+        root0 = sets[0][1]
+        probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--memory-probe",
+                                str(layout.tomogram_path(root0, a.split, layout.list_runs(root0, a.split)[0])),
+                                *(["--tta-views", str(a.tta_views)] if a.tta_views else [])],
+                               capture_output=True, text=True, check=True, cwd=REPO)
+        mem = json.loads(probe.stdout.strip().splitlines()[-1])
+        parts_mem.append(f"**Peak memory** of one full tomogram's heatmap inference (child process, read + inference + "
+                         f"peaks): {mem['peak_rss_GiB']:.2f} GiB ({mem['seconds']:.1f} s)")
     hm = dets[1].bundle
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_ensemble.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
         f"- machine: {describe_machine()}\n"
         f"- bundle: `{a.weights}`; YOLO by {dets[0].backend}, heatmap by {type(dets[1].model).__name__} "
-        f"({hm.config.tta_views} view(s), windows {hm.config.window_vox}); {len(runs)} simulated test runs "
-        f"(no real voxels): {', '.join(runs)}",
+        f"({hm.config.tta_views} view(s), windows {hm.config.window_vox}); {len(all_runs)} simulated test runs "
+        f"(no real voxels): {', '.join(all_runs)}"
+        + (f"; domains: {', '.join(f'{d} = `{json.dumps(DOMAINS[d])}`' for d in a.domains)}" if a.domains else ""),
         "**Score** (competition metric; each detector with its own tuned thresholds, the ensemble with its own):\n\n"
         + fmt(pd.DataFrame(rows)),
         "**Per type**:\n\n" + fmt(pd.DataFrame(type_rows)),
         "**Seconds per full tomogram** by stage (mean over runs; the ensemble runs both detectors one after "
         "the other):\n\n" + fmt(speed, "{:.2f}"),
-        f"**Peak memory** of one full tomogram's heatmap inference (child process, read + inference + peaks): "
-        f"{mem['peak_rss_GiB']:.2f} GiB ({mem['seconds']:.1f} s)",
+        *parts_mem,
     ])
     print(text)
     if not a.no_write:

@@ -374,8 +374,19 @@ def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto") -> list:
+def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto",
+                   tta_views: int | None = None) -> list:
     """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each
-    behind :class:`czii_kaggle.detectors.Detector`'s interface."""
-    loaders = {"yolo": load_bundle, "heatmap": load_heatmap_bundle}
-    return [DETECTORS[n](loaders[n](bundle_dir), backend=backend) for n in parse_detectors(",".join(names), bundle_dir)]
+    behind :class:`czii_kaggle.detectors.Detector`'s interface.
+
+    ``tta_views`` (default: each detector's own setting): flipped test-time views, per slice
+    for YOLO, per 3D window for the heatmap (1-4; thresholds were tuned for the bundle's own).
+    """
+    out = []
+    for n in parse_detectors(",".join(names), bundle_dir):
+        if n == "yolo":
+            b = load_bundle(bundle_dir)
+            out.append(DETECTORS[n](b if tta_views is None else with_tta(b, tta_views), backend=backend))
+        else:
+            out.append(DETECTORS[n](load_heatmap_bundle(bundle_dir), backend=backend, tta_views=tta_views))
+    return out

@@ -217,7 +217,8 @@ def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
     a.out = a.out or Path("submission.csv")
     outputs.check_writable(a.out)  # before the runs are predicted, not after
     check_outputs([a.out], [a.data, bundle_dir])
-    pred = predict_detectors(a.data, a.split, runs=a.runs, bundle_dir=bundle_dir, detectors=names, backend=a.backend)
+    pred = predict_detectors(a.data, a.split, runs=a.runs, bundle_dir=bundle_dir, detectors=names, backend=a.backend,
+                              tta_views=a.tta_views)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = pred.report[pred.report["status"] != "ok"]
     for _, row in failed.iterrows():
@@ -278,7 +279,8 @@ def _cmd_train_heatmap(a) -> None:
     from .detectors.heatmap import HeatmapConfig
     from .train_heatmap import HeatmapTrainConfig, train_heatmap
 
-    train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed)
+    train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
+                               threads=a.threads)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     print(train_heatmap(_sources(a.data), a.out, HeatmapConfig(), train, init=a.init, command=cmd))
 
@@ -374,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
     s.add_argument("--slice-step", type=_positive, help="run on every n-th slice (faster, lower recall)")
     s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
-                   help="flipped views per slice (default: the bundle's, as its thresholds were tuned)")
+                   help="flipped test-time views per slice (YOLO) or per 3D window (heatmap); default: the "
+                        "bundle's, as its thresholds were tuned")
     s.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch, onnx (ONNX Runtime, CPU) or auto: onnx on a CPU-only machine when the bundle has it")
     g = s.add_argument_group("beyond Kaggle (README: Beyond Kaggle: copick, RELION, Dask)")
@@ -420,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=3e-3)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--init", type=Path, help="heatmap.pt to start from")
+    s.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
     s.set_defaults(func=_cmd_train_heatmap)
 
     s = sub.add_parser("tune-heatmap", help="tune the heatmap detector's per-class thresholds on runs with picks")

@@ -10,8 +10,8 @@ import pytest
 
 from czii_kaggle import metric
 from czii_kaggle.aggregate import AggregateConfig, ClassParams, empty_candidates, select
-from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, held_detectors, load_ensemble, parse_detectors,
-                                save_ensemble)
+from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, held_detectors, load_detectors, load_ensemble,
+                                parse_detectors, save_ensemble)
 from czii_kaggle.detectors import run_candidates, select_picks
 from czii_kaggle.ensemble import EnsembleConfig, combine, fit_logistic, is_true_positive
 from czii_kaggle.errors import CziiInputError
@@ -199,6 +199,13 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
     sub = validate_submission(out)
     assert set(sub["experiment"]) == {"TS_a", "TS_b"}  # an untrained net, no thresholds: peaks everywhere
     assert "wrote" in capsys.readouterr().out
+    # flipped test-time views of the 3D windows: averaged maps, so other scores than one view
+    assert load_detectors(bundle, ["heatmap"], tta_views=3)[0].bundle.config.tta_views == 3
+    out4 = tmp_path / "sub4.csv"
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out4),
+                 "--detectors", "heatmap", "--tta-views", "4"]) == 0
+    one, four = pd.read_csv(out), validate_submission(out4)
+    assert set(four["experiment"]) == {"TS_a", "TS_b"} and not one.equals(four)
 
 
 def test_predict_bundle_passes_the_detectors_through(tmp_path):

@@ -55,7 +55,7 @@ def _pool_model(n_classes: int):
     return model
 
 
-@pytest.mark.parametrize("tta", [1, 2, 4])
+@pytest.mark.parametrize("tta", [1, 2, 3, 4])
 def test_windows_blend_back_to_the_whole_volume(tta):
     rng = np.random.default_rng(0)
     vol = rng.random((40, 83, 70)).astype(np.float32)

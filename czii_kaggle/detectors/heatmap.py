@@ -68,8 +68,9 @@ class HeatmapConfig:
     overlap_vox : int
         Minimum overlap of neighbouring windows (voxels of ``level``).
     tta_views : int
-        1: the window as is; 2: also flipped along x; 4: also y and x-y flipped.
-        Probabilities of the views are averaged.
+        Test-time views: 1: the window as is; 2: also flipped along x; 3: also along y;
+        4: also along x and y. Probabilities of the views are averaged (about ``tta_views``
+        times the inference seconds).
     peak_fraction : float
         Half-width of the max-filter window as a fraction of the radius.
     min_peak : float
@@ -93,8 +94,8 @@ class HeatmapConfig:
             raise ValueError(f"window_vox must be positive multiples of 8, not {self.window_vox}")
         if not 0 <= self.overlap_vox < min(self.window_vox):
             raise ValueError(f"overlap_vox must be in 0..{min(self.window_vox) - 1}, not {self.overlap_vox}")
-        if self.tta_views not in (1, 2, 4):
-            raise ValueError(f"tta_views must be 1, 2 or 4, not {self.tta_views}")
+        if self.tta_views not in (1, 2, 3, 4):
+            raise ValueError(f"tta_views must be 1, 2, 3 or 4, not {self.tta_views}")
         unknown = [c for c in self.classes if c not in NAMES]
         if unknown:
             raise ValueError(f"unknown particle types {unknown} in heatmap classes")
@@ -249,7 +250,7 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     return np.minimum(1.0, np.minimum(i + 1, n - i) / (width + 1)).astype(np.float32)
 
 
-_FLIPS = {1: [()], 2: [(), (4,)], 4: [(), (4,), (3,), (3, 4)]}
+_FLIPS = {1: [()], 2: [(), (4,)], 3: [(), (4,), (3,)], 4: [(), (4,), (3,), (3, 4)]}
 
 
 def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str | Path | None = None) -> np.ndarray:
