@@ -62,6 +62,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0, help="data-loader workers (0 is fastest on 2 cores)")
+    ap.add_argument("--optimizer", default="auto", help="Ultralytics optimizer (auto, AdamW, SGD ...)")
+    ap.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (ignored with --optimizer auto)")
+    ap.add_argument("--warmup-epochs", type=float, default=3.0, help="learning-rate warmup (0: none, for fine-tunes)")
     ap.add_argument("--init", type=Path, help="fine-tune from this model.pt instead of training from the yaml")
     ap.add_argument("--no-install", action="store_true", help="do not copy the bundle into czii_kaggle/models")
     ap.add_argument("--sim-seed", type=int, default=SIM_SEED, help="master seed of the simulated runs")
@@ -128,7 +131,8 @@ def main(argv=None) -> int:
 
     start = a.init.resolve() if a.init else REPO / "czii_kaggle" / "model_cfg" / "yolo11p-czii.yaml"
     tr_cfg = TrainConfig(model=str(start), epochs=a.epochs,
-                         imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device, workers=a.workers, patience=100)
+                         imgsz=a.imgsz, batch=a.batch, seed=a.seed, device=a.device, workers=a.workers, patience=100,
+                         optimizer=a.optimizer, lr0=a.lr0, warmup_epochs=a.warmup_epochs)
     bundle = work / "bundle"
     if not (bundle / MODEL_FILE).exists():
         train(data_yaml, bundle, tr_cfg)
