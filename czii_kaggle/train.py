@@ -45,6 +45,9 @@ class TrainConfig:
     optimizer, lr0 : str, float
         Ultralytics optimizer; ``lr0`` applies only when ``optimizer`` is not ``"auto"``
         (auto chooses AdamW or SGD and its learning rate from the schedule length).
+    warmup_epochs : float
+        Ultralytics' learning-rate warmup (its bias learning rate starts at 0.1); 0 turns it
+        off, e.g. for a short fine-tune of a trained model.
     fliplr, flipud : float
         Flip probabilities (x-y flips are physical symmetries of a tomogram slice).
     scale, translate, mosaic : float
@@ -66,6 +69,7 @@ class TrainConfig:
     patience: int = 100
     optimizer: str = "auto"
     lr0: float = 0.01
+    warmup_epochs: float = 3.0
     fliplr: float = 0.5
     flipud: float = 0.5
     scale: float = 0.1
@@ -181,6 +185,7 @@ def train(data_yaml: str | Path, out_dir: str | Path, config: TrainConfig = Trai
         patience=config.patience,
         optimizer=config.optimizer,
         lr0=config.lr0,
+        warmup_epochs=config.warmup_epochs,
         fliplr=config.fliplr,
         flipud=config.flipud,
         scale=config.scale,

@@ -99,6 +99,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int)
     g.add_argument("--seed", type=int, help="training and dataset seed")
     g.add_argument("--init", type=Path, help="fine-tune from this model.pt (default: the stage's start)")
+    g.add_argument("--optimizer", help="Ultralytics optimizer (auto, AdamW, SGD ...)")
+    g.add_argument("--lr0", type=float, help="initial learning rate (ignored with --optimizer auto)")
+    g.add_argument("--warmup-epochs", type=float, help="learning-rate warmup (0: none, for fine-tunes)")
     g.add_argument("--sim-seed", type=int, help="master seed of the simulated runs")
     g.add_argument("--n-runs", type=int, help="simulated runs: the real layouts first, then random ones")
     g.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="simulated runs' shape (voxels)")
@@ -132,7 +135,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     recipe = load_recipe(a.recipe)
     stage = recipe.stage(a.stage)
     given = {k: v for k, v in vars(a).items() if v is not None and k in {
-        "epochs", "stop_after_epochs", "imgsz", "batch", "seed", "init", "sim_seed", "n_runs", "shape", "difficulties",
+        "epochs", "stop_after_epochs", "imgsz", "batch", "seed", "optimizer", "lr0", "warmup_epochs", "init", "sim_seed", "n_runs", "shape", "difficulties",
         "val_runs", "count_scale", "tune_more", "slice_offset", "tta_views", "look", "hold_out"}}
     sim = stage.simulation
     if a.look is not None:
@@ -179,7 +182,8 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
             raise SystemExit(f"--tune-more takes ROOT:RUN,RUN, not {item!r}")
         tune_more += ((Path(src).absolute(), tuple(names.split(","))),)
     tr = recipe.train_config(model=init, epochs=epochs, stop_after_epochs=stop, device=a.device, workers=a.workers,
-                             **{k: given[k] for k in ("imgsz", "batch", "seed") if k in given})
+                             **{k: given[k] for k in ("imgsz", "batch", "seed", "optimizer", "lr0", "warmup_epochs")
+                                if k in given})
     return Plan(stage=stage, work=work, init=init, train=tr, tune_more=tune_more,
                 tta_views=a.tta_views or recipe.tuning.tta_views, install=not a.no_install, recipe_path=a.recipe,
                 overrides=given, real_root=a.real_root)

@@ -47,3 +47,35 @@ def test_train_refuses_bad_input_before_training(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match=bad):
             TrainConfig(**{bad: 0})
     assert not (tmp_path / "bundle").exists()
+
+
+def test_train_hands_the_schedule_settings_to_ultralytics(tmp_path, monkeypatch):
+    """Optimizer, learning rate and warmup (0 for a short fine-tune) reach Ultralytics' trainer as given."""
+    import types
+
+    import pytest
+
+    from czii_kaggle import offline, train as train_mod
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeYOLO:
+        def __init__(self, model):
+            seen["model"] = model
+
+        def train(self, **kwargs):
+            seen.update(kwargs)
+            raise Stop
+
+    monkeypatch.setattr(offline, "import_ultralytics", lambda: types.SimpleNamespace(YOLO=FakeYOLO))
+    monkeypatch.setattr(offline, "set_cpu_threads", lambda n=None: 1)
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text("path: .\ntrain: images/train\nval: images/val\n")
+    config = TrainConfig(model="yolo11n.yaml", device="cpu", optimizer="AdamW", lr0=0.0007, warmup_epochs=0.0)
+    with pytest.raises(Stop):
+        train_mod.train(data_yaml, tmp_path / "bundle", config)
+    assert (seen["optimizer"], seen["lr0"], seen["warmup_epochs"]) == ("AdamW", 0.0007, 0.0)
+    assert TrainConfig().warmup_epochs == 3.0 and config.record()["warmup_epochs"] == 0.0
