@@ -210,3 +210,9 @@ def test_script_runs_two_stages_of_the_recipe_in_order(script, tmp_path, real_ro
     assert 0.0 <= second["validation_score"] <= 1.0 and second["validation_tuned_table"]
     cfg = json.loads((tmp_path / "stage2" / "bundle" / "czii_config.json").read_text())
     assert cfg["preprocess"]["slice_offset"] == 1 and "aggregate" in cfg
+
+
+def test_fine_tune_defaults_equal_the_recipe():
+    from czii_kaggle.finetune import FineTuneConfig
+
+    assert FineTuneConfig() == FineTuneConfig.from_recipe()
