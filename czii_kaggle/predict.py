@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import layout, outputs, particles, runtime
-from .aggregate import empty_candidates
+from .aggregate import aggregate, empty_candidates
 from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, load_bundle, load_detectors, load_ensemble,
                      parse_detectors)
 from .detect import empty_detections
@@ -357,6 +357,8 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
 
     A run that fails in one detector is reported (a ``failed`` row of the report) and the
     selection of a detector that succeeded on it is used (:func:`czii_kaggle.detectors.select_picks`).
+    YOLO's candidates come through :func:`predict_runs` (the next run read while the model works,
+    one worker per device), the other detectors' run by run (:func:`czii_kaggle.detectors.run_candidates`).
     """
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
     names = parse_detectors(None if detectors is None else ",".join(detectors), bundle_dir)
@@ -369,5 +371,37 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
                                  "(run `czii-kaggle tune-ensemble`)")
     dets = load_detectors(bundle_dir, names, backend, tta_views)
     runs = select_runs(root, split, runs)
-    cands, report = run_candidates(dets, root, split, runs, tomo_type, progress)
+    others = [d for d in dets if d.name != "yolo"]
+    cands, report = run_candidates(others, root, split, runs, tomo_type, progress)
+    yolo = next((d for d in dets if d.name == "yolo"), None)
+    if yolo is not None:  # through predict_runs: the next run read while the model works, every device used
+        cands["yolo"], yolo_report = _yolo_candidates(root, split, runs, yolo.bundle, backend, tomo_type, progress)
+        order = {n: i for i, n in enumerate(names)}
+        report = pd.concat([yolo_report, report], ignore_index=True)
+        report = report.sort_values(["experiment", "detector"], key=lambda c: c.map(
+            {r: i for i, r in enumerate(runs)} if c.name == "experiment" else order), kind="stable")
+        report = report.reset_index(drop=True)
     return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble), cands, report)
+
+
+def _yolo_candidates(root: str | Path, split: str, runs: list[str], bundle: Bundle, backend: str, tomo_type: str,
+                     progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The YOLO detector's unthresholded candidates of ``runs`` by :func:`predict_runs`, and its
+    rows of :class:`~czii_kaggle.detectors.DetectorsPrediction`'s report."""
+    pred = predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, tomo_type=tomo_type,
+                        progress=progress)
+    by_run = dict(tuple(pred.detections.groupby("experiment", sort=False))) if len(pred.detections) else {}
+    found, rows = [], []
+    for rep in pred.report.itertuples(index=False):
+        ok = rep.status == "ok"
+        cands = empty_candidates()
+        if ok:
+            cands = aggregate(by_run.get(rep.experiment, empty_detections()), bundle.aggregate,
+                              apply_thresholds=False, slice_step_A=rep.slice_step_A)
+            found.append(cands)
+        stages = {k: float(getattr(rep, k)) for k in ("read_s", "preprocess_s", "inference_s", "aggregate_s")
+                  if ok and pd.notna(getattr(rep, k))}
+        rows.append({"experiment": rep.experiment, "detector": "yolo", "status": "ok" if ok else "failed",
+                     "n_candidates": len(cands), **stages, "seconds": float(rep.total_s) if pd.notna(rep.total_s)
+                     else 0.0, "error": "" if ok else str(rep.error)})
+    return (pd.concat(found, ignore_index=True) if found else empty_candidates()), pd.DataFrame(rows)

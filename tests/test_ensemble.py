@@ -251,6 +251,21 @@ def test_the_yolo_detector_gives_the_pipelines_candidates(tmp_path):
     key = ["particle_type", "x", "y", "z"]
     got = det.select(cands)[key].sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, picks[key].sort_values(key).reset_index(drop=True))
+    # predict_detectors takes YOLO's candidates through predict_runs (prefetch, every device): the same
+    # candidates, the same picks, and the report's YOLO row with its stage seconds
+    from czii_kaggle.bundle import DEFAULT_BUNDLE
+    from czii_kaggle.predict import predict_detectors
+
+    pred = predict_detectors(ds.root, "test", bundle_dir=DEFAULT_BUNDLE, detectors=["yolo"], backend="torch",
+                             progress=False)
+    cols = key + ["score", "n_slices"]
+    pd.testing.assert_frame_equal(pred.candidates["yolo"][cols].sort_values(key).reset_index(drop=True),
+                                  cands[cols].sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(pred.picks[key].sort_values(key).reset_index(drop=True),
+                                  picks[key].sort_values(key).reset_index(drop=True))
+    row = pred.report.iloc[0]
+    assert (len(pred.report), row["detector"], row["status"], row["n_candidates"]) == (1, "yolo", "ok", len(cands))
+    assert row["inference_s"] > 0 and row["seconds"] >= row["inference_s"]
 
 
 @pytest.mark.slow
