@@ -184,6 +184,13 @@ def _cmd_predict(a) -> int:
     if bundle_dir is not None:
         names = parse_detectors(a.detectors, bundle_dir)
         if names != ["yolo"]:
+            yolo_only = [flag for flag, given in (
+                ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
+                ("--workers", a.workers), ("--detections-out", a.detections_out), ("--slice-step", a.slice_step))
+                if given]
+            if yolo_only:
+                raise CziiInputError(bundle_dir, f"{', '.join(yolo_only)} run the YOLO detector alone, not "
+                                                 f"{'+'.join(names)}: pass --detectors yolo or leave them out")
             return _predict_detectors(a, bundle_dir, names)
     elif a.detectors not in (None, "yolo"):
         raise CziiInputError(a.weights, "--detectors other than yolo needs a bundle folder as --weights")
@@ -218,7 +225,7 @@ def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
     outputs.check_writable(a.out)  # before the runs are predicted, not after
     check_outputs([a.out], [a.data, bundle_dir])
     pred = predict_detectors(a.data, a.split, runs=a.runs, bundle_dir=bundle_dir, detectors=names, backend=a.backend,
-                              tta_views=a.tta_views)
+                              tta_views=a.tta_views, tomo_type=a.tomo_type)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = pred.report[pred.report["status"] != "ok"]
     for _, row in failed.iterrows():

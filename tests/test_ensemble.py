@@ -206,6 +206,14 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
                  "--detectors", "heatmap", "--tta-views", "4"]) == 0
     one, four = pd.read_csv(out), validate_submission(out4)
     assert set(four["experiment"]) == {"TS_a", "TS_b"} and not one.equals(four)
+    # options of the YOLO path alone are refused with the heatmap, in one line, before anything runs
+    capsys.readouterr()
+    out5 = tmp_path / "sub5.csv"
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out5), "--detectors",
+                 "heatmap", "--detections-out", str(tmp_path / "d.csv"), "--slice-step", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--detections-out, --slice-step run the YOLO detector alone, not heatmap" in err[0]
+    assert not out5.exists()
 
 
 def test_predict_bundle_passes_the_detectors_through(tmp_path):
