@@ -402,6 +402,6 @@ def _yolo_candidates(root: str | Path, split: str, runs: list[str], bundle: Bund
         stages = {k: float(getattr(rep, k)) for k in ("read_s", "preprocess_s", "inference_s", "aggregate_s")
                   if ok and pd.notna(getattr(rep, k))}
         rows.append({"experiment": rep.experiment, "detector": "yolo", "status": "ok" if ok else "failed",
-                     "n_candidates": len(cands), **stages, "seconds": float(rep.total_s) if pd.notna(rep.total_s)
+                     "backend": rep.backend, "device": rep.device, "n_candidates": len(cands), **stages, "seconds": float(rep.total_s) if pd.notna(rep.total_s)
                      else 0.0, "error": "" if ok else str(rep.error)})
     return (pd.concat(found, ignore_index=True) if found else empty_candidates()), pd.DataFrame(rows)

@@ -185,6 +185,8 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
         names = parse_detectors(detectors, bundle_dir)
     if names == ["yolo"]:
         return predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, progress=progress)
+    if progress:
+        print(f"detectors: {' + '.join(names)}", flush=True)
     t0 = time.perf_counter()
     pred = predict_detectors(root, split, runs=runs, bundle_dir=bundle_dir, detectors=names, backend=backend,
                              progress=progress)
@@ -192,8 +194,10 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
     rows = []
     for run, rep in pred.report.groupby("experiment", sort=False):
         failed = rep[rep["status"] != "ok"]
+        yolo = rep[rep["detector"] == "yolo"]
+        device = yolo["device"].iloc[0] if len(yolo) and "device" in yolo else "cpu"  # the others run on the CPU
         rows.append({"experiment": run, "status": "failed" if len(failed) == len(rep) else "ok",
-                     "backend": backend, "n_detections": int(rep["n_candidates"].sum()),
+                     "backend": backend, "device": device, "n_detections": int(rep["n_candidates"].sum()),
                      "n_picks": int((pred.picks["experiment"] == run).sum()),
                      "inference_s": float(rep["seconds"].sum()), "total_s": float(rep["seconds"].sum()),
                      "error": "; ".join(f"{r.detector}: {r.error}" for r in failed.itertuples()) or None})

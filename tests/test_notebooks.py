@@ -340,10 +340,12 @@ SHIPPED = Path(__file__).resolve().parents[1] / "czii_kaggle" / "models"
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHIPPED / "TRAINING.json").is_file(),
                     reason="no trained shipped model yet (czii_kaggle/models/TRAINING.json absent)")
-def test_inference_notebook_with_the_shipped_model_finds_particles(tmp_path, kernel_name):
+@pytest.mark.parametrize("detectors", [None, "yolo,heatmap"], ids=["default", "ensemble"])
+def test_inference_notebook_with_the_shipped_model_finds_particles(tmp_path, kernel_name, detectors):
     nb = _execute(
         "inference",
-        dict(sim_dir="data", sim_n_test=1, sim_shape_vox=(64, 320, 320), seed=11, out_csv="submission.csv"),
+        dict(sim_dir="data", sim_n_test=1, sim_shape_vox=(64, 320, 320), seed=11, out_csv="submission.csv",
+             detectors=detectors),
         tmp_path,
         kernel_name,
         prepend=NETWORK_GUARD,
@@ -358,3 +360,5 @@ def test_inference_notebook_with_the_shipped_model_finds_particles(tmp_path, ker
     score = metric.score(truth, sub)
     assert score > 0.0
     assert f"score against the simulated truth: {score:.4f}" in "".join(_outputs(nb, "stream"))
+    if detectors is not None:  # the shipped bundle's ensemble of both detectors ran
+        assert "detectors: yolo + heatmap" in "".join(_outputs(nb, "stream"))
