@@ -374,6 +374,21 @@ def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def weights_detectors(weights, detectors: str | None) -> tuple[Path | None, list[str]]:
+    """The bundle folder of ``weights`` and the detectors to run with it (:func:`parse_detectors`).
+
+    ``weights``: a bundle folder, a weights file or loaded :class:`Bundle` (YOLO alone: folder None),
+    or None (the shipped bundle). Detectors other than YOLO named for a weights file are a clear error.
+    """
+    folder = DEFAULT_BUNDLE if weights is None else (Path(weights) if isinstance(weights, (str, Path)) else None)
+    if folder is not None and folder.is_dir():
+        return folder, parse_detectors(detectors, folder)
+    if detectors not in (None, "yolo"):
+        raise CziiInputError(folder, f"detectors {detectors!r} need a bundle folder as weights (a weights file "
+                                     "is YOLO's alone)")
+    return None, ["yolo"]
+
+
 def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto",
                    tta_views: int | None = None) -> list:
     """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each

@@ -177,23 +177,19 @@ def _exit_code(problems, pred, out) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .bundle import DEFAULT_BUNDLE, bundle_files, load_bundle, parse_detectors, with_slice_step, with_tta
+    from .bundle import bundle_files, load_bundle, weights_detectors, with_slice_step, with_tta
     from .predict import check_outputs, predict_runs, stage_line, write_prediction
 
-    bundle_dir = DEFAULT_BUNDLE if a.weights is None else (a.weights if a.weights.is_dir() else None)
-    if bundle_dir is not None:
-        names = parse_detectors(a.detectors, bundle_dir)
-        if names != ["yolo"]:
-            yolo_only = [flag for flag, given in (
-                ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
-                ("--workers", a.workers), ("--detections-out", a.detections_out), ("--slice-step", a.slice_step))
-                if given]
-            if yolo_only:
-                raise CziiInputError(bundle_dir, f"{', '.join(yolo_only)} run the YOLO detector alone, not "
-                                                 f"{'+'.join(names)}: pass --detectors yolo or leave them out")
-            return _predict_detectors(a, bundle_dir, names)
-    elif a.detectors not in (None, "yolo"):
-        raise CziiInputError(a.weights, "--detectors other than yolo needs a bundle folder as --weights")
+    bundle_dir, names = weights_detectors(a.weights, a.detectors)
+    if names != ["yolo"]:
+        yolo_only = [flag for flag, given in (
+            ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
+            ("--workers", a.workers), ("--detections-out", a.detections_out), ("--slice-step", a.slice_step))
+            if given]
+        if yolo_only:
+            raise CziiInputError(bundle_dir, f"{', '.join(yolo_only)} run the YOLO detector alone, not "
+                                             f"{'+'.join(names)}: pass --detectors yolo or leave them out")
+        return _predict_detectors(a, bundle_dir, names)
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)

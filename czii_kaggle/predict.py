@@ -375,7 +375,8 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     cands, report = run_candidates(others, root, split, runs, tomo_type, progress)
     yolo = next((d for d in dets if d.name == "yolo"), None)
     if yolo is not None:  # through predict_runs: the next run read while the model works, every device used
-        cands["yolo"], yolo_report = _yolo_candidates(root, split, runs, yolo.bundle, backend, tomo_type, progress)
+        cands["yolo"], yolo_pred = yolo_run_candidates(root, split, runs, yolo.bundle, backend, tomo_type, progress)
+        yolo_report = _yolo_report(yolo_pred, cands["yolo"])
         order = {n: i for i, n in enumerate(names)}
         report = pd.concat([yolo_report, report], ignore_index=True)
         report = report.sort_values(["experiment", "detector"], key=lambda c: c.map(
@@ -384,24 +385,32 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble), cands, report)
 
 
-def _yolo_candidates(root: str | Path, split: str, runs: list[str], bundle: Bundle, backend: str, tomo_type: str,
-                     progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The YOLO detector's unthresholded candidates of ``runs`` by :func:`predict_runs`, and its
-    rows of :class:`~czii_kaggle.detectors.DetectorsPrediction`'s report."""
-    pred = predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, tomo_type=tomo_type,
-                        progress=progress)
+def yolo_run_candidates(root: str | Path, split: str, runs: list[str] | None, bundle: Bundle, backend: str = "auto",
+                        tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, progress: bool = False,
+                        devices: list[str] | None = None) -> tuple[pd.DataFrame, Prediction]:
+    """The YOLO bundle's unthresholded 3D candidates of every run that succeeded, each aggregated with
+    its own slice spacing, through :func:`predict_runs` (prefetch, one worker per device); and that
+    prediction (its report says which runs failed and why)."""
+    pred = predict_runs(root, split, runs=runs, bundle=bundle, devices=devices, backend=backend,
+                        tomo_type=tomo_type, progress=progress)
     by_run = dict(tuple(pred.detections.groupby("experiment", sort=False))) if len(pred.detections) else {}
-    found, rows = [], []
+    ok = pred.report[pred.report["status"] == "ok"]
+    found = [aggregate(by_run.get(run, empty_detections()), bundle.aggregate, apply_thresholds=False,
+                       slice_step_A=step) for run, step in zip(ok["experiment"], ok["slice_step_A"])]
+    return (pd.concat(found, ignore_index=True) if found else empty_candidates()), pred
+
+
+def _yolo_report(pred: Prediction, candidates: pd.DataFrame) -> pd.DataFrame:
+    """YOLO's rows of :class:`~czii_kaggle.detectors.DetectorsPrediction`'s report, from its prediction."""
+    counts = candidates["experiment"].value_counts()
+    rows = []
     for rep in pred.report.itertuples(index=False):
         ok = rep.status == "ok"
-        cands = empty_candidates()
-        if ok:
-            cands = aggregate(by_run.get(rep.experiment, empty_detections()), bundle.aggregate,
-                              apply_thresholds=False, slice_step_A=rep.slice_step_A)
-            found.append(cands)
         stages = {k: float(getattr(rep, k)) for k in ("read_s", "preprocess_s", "inference_s", "aggregate_s")
                   if ok and pd.notna(getattr(rep, k))}
         rows.append({"experiment": rep.experiment, "detector": "yolo", "status": "ok" if ok else "failed",
-                     "backend": rep.backend, "device": rep.device, "n_candidates": len(cands), **stages, "seconds": float(rep.total_s) if pd.notna(rep.total_s)
-                     else 0.0, "error": "" if ok else str(rep.error)})
-    return (pd.concat(found, ignore_index=True) if found else empty_candidates()), pd.DataFrame(rows)
+                     "backend": rep.backend, "device": rep.device,
+                     "n_candidates": int(counts.get(rep.experiment, 0)) if ok else 0, **stages,
+                     "seconds": float(rep.total_s) if pd.notna(rep.total_s) else 0.0,
+                     "error": "" if ok else str(rep.error)})
+    return pd.DataFrame(rows)

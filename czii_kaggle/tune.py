@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from . import frames, layout, outputs, picks as picks_io
-from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, aggregate, candidate_share, nms_3d
+from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
 from .bundle import (CONFIG_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_heatmap_bundle,
                      save_aggregate_config, save_ensemble, save_heatmap_json, with_tta)
 from .detectors import run_candidates
@@ -38,7 +38,7 @@ from .detectors.heatmap import HeatmapDetector
 from .ensemble import EnsembleConfig, combine, fit_calibration
 from .errors import CziiInputError
 from .particles import MATCH_RADIUS_FRACTION, METRIC_BETA, NAMES, get
-from .predict import predict_runs
+from .predict import yolo_run_candidates
 
 #: Score thresholds tried by default (the particle score lies in 0..1).
 DEFAULT_THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 201), 3))
@@ -238,13 +238,11 @@ def yolo_candidates(root: str | Path, runs: list[str], bundle, devices: list[str
                     progress: bool = False, backend: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every 3D candidate (no threshold applied) of training ``runs`` predicted with the YOLO ``bundle``, and
     the run report; a run that fails stops it (:class:`CziiInputError` naming the root and the runs)."""
-    pred = predict_runs(root, "train", runs=runs, bundle=bundle, devices=devices, progress=progress, backend=backend)
+    candidates, pred = yolo_run_candidates(root, "train", runs, bundle, backend, progress=progress, devices=devices)
     failed = pred.report[pred.report["status"] != "ok"]
     if len(failed):
         raise CziiInputError(Path(root), f"cannot tune: runs {list(failed['experiment'])} failed "
                                          f"({'; '.join(failed['error'].astype(str))})")
-    candidates = aggregate(pred.detections, bundle.aggregate, apply_thresholds=False,
-                           slice_step_A=pred.report["slice_step_A"].median())
     return candidates, pred.report
 
 

@@ -170,19 +170,10 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
     import time
 
     from . import frames
-    from .bundle import DEFAULT_BUNDLE, parse_detectors
+    from .bundle import weights_detectors
     from .predict import REPORT_COLUMNS, Prediction, predict_detectors, predict_runs
 
-    bundle_dir = DEFAULT_BUNDLE if bundle is None else (Path(bundle) if isinstance(bundle, (str, Path)) else None)
-    if bundle_dir is not None and not bundle_dir.is_dir():
-        bundle_dir = None  # a weights file: YOLO alone
-    if bundle_dir is None:
-        if detectors not in (None, "yolo"):
-            raise CziiInputError(None if bundle is None or not isinstance(bundle, (str, Path)) else bundle,
-                                 f"detectors {detectors!r} need a bundle folder (these weights are YOLO's alone)")
-        names = ["yolo"]
-    else:
-        names = parse_detectors(detectors, bundle_dir)
+    bundle_dir, names = weights_detectors(bundle, detectors)
     if names == ["yolo"]:
         return predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, progress=progress)
     if progress:
