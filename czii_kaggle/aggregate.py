@@ -38,6 +38,8 @@ those boxes into one 3D point per particle:
    ``n_slices >= min_support``, ``score >= conf_threshold`` and
    ``share >= min_share``, then a 3D non-maximum suppression: of two kept
    candidates closer than ``nms_fraction * radius`` only the higher score stays.
+   With a floor (``min_keep``) a run also keeps its best ``min_keep`` candidates
+   of the type whatever their score.
    Every class's ``share`` is computed from all candidates before any
    threshold, so the classes can still be tuned one by one.
 
@@ -99,6 +101,13 @@ class ClassParams:
         Minimum ``share`` (0..1, see the module docstring): drop a candidate that
         another class outscores at the same spot by more than ``(1 - min_share) /
         min_share`` times. 0 (off) unless tuning finds a value that scores higher.
+    min_keep : int
+        A floor per run: the best ``min_keep`` candidates of the type that pass
+        ``min_support`` and ``min_share`` (after NMS) are kept whatever their score.
+        For tomograms whose scores run lower than the validation runs' (a look the
+        model never saw), where a fixed threshold loses recall. 0: off. The shipped
+        bundles set it to the mean picks per run of the real training runs
+        (recipe ``tuning.count_floor``, ``czii-kaggle set-floor``).
     """
 
     xy_fraction: float = 0.7
@@ -107,6 +116,7 @@ class ClassParams:
     conf_threshold: float = 0.05
     nms_fraction: float = 1.0
     min_share: float = 0.0
+    min_keep: int = 0
 
     def __post_init__(self) -> None:
         for name in ("xy_fraction", "z_fraction", "nms_fraction"):
@@ -116,6 +126,8 @@ class ClassParams:
             raise ValueError(f"min_support must be an integer >= 1, not {self.min_support!r}")
         if not 0.0 <= self.min_share <= 1.0:
             raise ValueError(f"min_share must be in 0..1, not {self.min_share!r}")
+        if int(self.min_keep) != self.min_keep or self.min_keep < 0:
+            raise ValueError(f"min_keep must be an integer >= 0, not {self.min_keep!r}")
 
 
 def default_class_params(particle: Particle) -> ClassParams:
@@ -157,6 +169,16 @@ class AggregateConfig:
         """A copy with ``changes`` (ClassParams fields) applied to type ``name``."""
         new = dict(self.params)
         new[name] = replace(self.params[name], **changes)
+        return AggregateConfig(new)
+
+    def with_floor(self, min_keep: Mapping[str, int]) -> AggregateConfig:
+        """A copy with each type's ``min_keep`` from ``min_keep`` (types absent keep theirs; 0: off)."""
+        unknown = [n for n in min_keep if n not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown particle type(s) {unknown} in count floor")
+        new = dict(self.params)
+        for name, k in min_keep.items():
+            new[name] = replace(self.params[name], min_keep=int(k))
         return AggregateConfig(new)
 
     def to_dict(self) -> dict:
@@ -471,9 +493,28 @@ def select(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> p
     min_support = pd.Series({n: config[n].min_support for n in NAMES}).reindex(types).to_numpy()
     threshold = pd.Series({n: config[n].conf_threshold for n in NAMES}).reindex(types).to_numpy()
     min_share = pd.Series({n: config[n].min_share for n in NAMES}).reindex(types).to_numpy()
-    ok = (candidates["n_slices"].to_numpy() >= min_support) & (candidates["score"].to_numpy() >= threshold)
-    ok &= candidate_share(candidates) >= min_share
-    return nms_3d(candidates.loc[ok], config)
+    ok = (candidates["n_slices"].to_numpy() >= min_support) & (candidate_share(candidates) >= min_share)
+    if not any(config[n].min_keep for n in NAMES):
+        return nms_3d(candidates.loc[ok & (candidates["score"].to_numpy() >= threshold)], config)
+    # Greedy NMS keeps a candidate unless a higher-scored one suppresses it, so the survivors
+    # above a threshold are the same whether the threshold comes before the NMS or after it.
+    kept = nms_3d(candidates.loc[ok], config)
+    return kept.loc[~below_floor_and_threshold(kept, config)].reset_index(drop=True)
+
+
+def floor_rank(kept: pd.DataFrame, config: AggregateConfig) -> np.ndarray:
+    """Per row of NMS survivors (sorted as :func:`nms_3d` sorts): True where it is among the
+    best ``min_keep`` of its type in its run."""
+    rank = kept.groupby(["experiment", "particle_type"], sort=False).cumcount().to_numpy()
+    keep_n = pd.Series({n: config[n].min_keep for n in NAMES}).reindex(kept["particle_type"].to_numpy()).to_numpy()
+    return rank < keep_n
+
+
+def below_floor_and_threshold(kept: pd.DataFrame, config: AggregateConfig) -> np.ndarray:
+    """Rows of NMS survivors that neither reach their type's threshold nor lie within its floor."""
+    threshold = pd.Series({n: config[n].conf_threshold for n in NAMES}).reindex(kept["particle_type"].to_numpy())
+    return (kept["score"].to_numpy() < threshold.to_numpy()) & ~floor_rank(kept, config)
+
 
 
 def candidate_share(candidates: pd.DataFrame) -> np.ndarray:

@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -340,6 +341,37 @@ def save_ensemble(bundle_dir: str | Path, config: EnsembleConfig, **extra) -> Pa
     """Write ``ensemble.json`` (atomically; ``extra`` keys, e.g. ``default_detectors``, kept beside the config)."""
     path = Path(bundle_dir) / ENSEMBLE_FILE
     return outputs.write_text(path, json.dumps({**config.to_dict(), **extra}, indent=2) + "\n")
+
+
+def set_count_floor(bundle_dir: str | Path, min_keep: Mapping[str, int]) -> list[Path]:
+    """Write each type's floor (``min_keep``, see :class:`czii_kaggle.aggregate.ClassParams`) into every
+    selection config the bundle folder holds: ``czii_config.json`` (YOLO), ``heatmap.json`` and
+    ``ensemble.json``; thresholds and other settings are kept. Returns the files written.
+
+    Each file is checked before any is written, so a malformed one changes none.
+    """
+    d = Path(bundle_dir)
+    if not d.is_dir():
+        raise CziiInputError(d, "not a bundle folder")
+    found = []
+    for name, default in ((CONFIG_FILE, AggregateConfig), (HEATMAP_CONFIG_FILE, default_aggregate_config)):
+        path = d / name
+        if path.is_file():
+            doc = read_json(path)
+            try:
+                found.append((path, AggregateConfig.from_dict(doc["aggregate"]) if "aggregate" in doc else default()))
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise CziiInputError(path, f"invalid aggregate settings: {exc}") from None
+    ensemble = load_ensemble(d)
+    if ensemble is not None:
+        found.append((d / ENSEMBLE_FILE, ensemble.aggregate))
+    if not found:
+        raise CziiInputError(d, f"no {CONFIG_FILE}, {HEATMAP_CONFIG_FILE} or {ENSEMBLE_FILE} to set a floor in")
+    try:
+        updated = [(path, agg.with_floor(min_keep)) for path, agg in found]
+    except ValueError as exc:
+        raise CziiInputError(d, f"invalid count floor: {exc}") from None
+    return [update_json(path, {"aggregate": agg.to_dict()}) for path, agg in updated]
 
 
 def held_detectors(bundle_dir: str | Path) -> list[str]:

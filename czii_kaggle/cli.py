@@ -45,6 +45,16 @@ _count = _int_at_least(0)
 _positive = _int_at_least(1)
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
 def _difficulty(text: str) -> str | float:
     """``easy`` / ``medium`` / ``hard`` or a number in 0..1."""
     try:
@@ -247,6 +257,16 @@ def _cmd_tune_ensemble(a) -> None:
         print(f"{name}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
 
 
+def _cmd_set_floor(a) -> None:
+    from .bundle import set_count_floor
+    from .recipe import load_recipe
+
+    min_keep = load_recipe().tuning.min_keep(a.factor)
+    for path in set_count_floor(a.weights, min_keep):
+        print(f"wrote {path}")
+    print("min_keep per run: " + ", ".join(f"{n} {k}" for n, k in min_keep.items()))
+
+
 def _cmd_tune(a) -> None:
     from .tune import tune_bundle
 
@@ -283,7 +303,7 @@ def _cmd_train_heatmap(a) -> None:
     from .train_heatmap import HeatmapTrainConfig, train_heatmap
 
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
-                               threads=a.threads)
+                               threads=a.threads, look_augment=a.look_augment)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     print(train_heatmap(_sources(a.data), a.out, HeatmapConfig(), train, init=a.init, command=cmd))
 
@@ -427,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--init", type=Path, help="heatmap.pt to start from")
     s.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
+    s.add_argument("--look-augment", type=float, default=0.0,
+                   help="share of patches given a random look (CTF-like band gain, low-pass, noise); default 0")
     s.set_defaults(func=_cmd_train_heatmap)
 
     s = sub.add_parser("tune-heatmap", help="tune the heatmap detector's per-class thresholds on runs with picks")
@@ -442,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-yolo", type=Path, help="keep / reuse the YOLO candidates of each run in this folder")
     s.add_argument("--backend", choices=BACKENDS, default="auto")
     s.set_defaults(func=_cmd_tune_ensemble)
+
+    s = sub.add_parser("set-floor", help="set the count floor (min_keep: each run keeps at least its best candidates "
+                                         "of a type, factor x the real runs' mean picks) in a bundle's configs")
+    s.add_argument("--weights", required=True, type=Path, help="bundle folder (czii_config.json, heatmap.json, ensemble.json)")
+    s.add_argument("--factor", type=_non_negative, help="times the mean picks per real training run (default: the recipe's; 0: off)")
+    s.set_defaults(func=_cmd_set_floor)
 
     s = sub.add_parser("show", help="save a figure of a run's tomogram with its picks")
     s.add_argument("--data", required=True, type=Path)

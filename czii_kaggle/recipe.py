@@ -1,7 +1,8 @@
 """The shipped model's recipe: one versioned file, ``czii_kaggle/recipes/shipped.json``.
 
 It holds every setting the shipped bundle was made with: the slice dataset (the 2.5D slice
-offset among them), the labels, the model yaml, the training options, the tuning grids,
+offset among them), the labels, the model yaml, the training options, the tuning grids and
+count floor,
 the held-out look families and the training stages in order (each with its start, epochs,
 simulated data and validation runs), plus the defaults of the Kaggle fine-tuning
 (:mod:`czii_kaggle.finetune`). ``scripts/train_shipped_model.py``, ``czii-kaggle
@@ -110,6 +111,16 @@ class TuneSettings:
     threshold_grid: tuple[float, ...]
     support_grid: tuple[int, ...]
     share_grid: tuple[float, ...]
+    #: the count floor: ``factor`` times the mean picks ``per_run`` of the real training runs
+    floor_factor: float = 0.0
+    floor_per_run: dict = field(default_factory=dict)
+
+    def min_keep(self, factor: float | None = None) -> dict[str, int]:
+        """Each type's floor (``min_keep``): ``round(factor * per_run)``, the recipe's factor by default."""
+        f = self.floor_factor if factor is None else factor
+        if f < 0:
+            raise ValueError(f"count floor factor must be >= 0, not {f!r}")
+        return {name: int(round(f * float(n))) for name, n in self.floor_per_run.items()}
 
 
 @dataclass(frozen=True)
@@ -194,7 +205,9 @@ def load_recipe(path: str | Path = SHIPPED_RECIPE) -> Recipe:
         tuning = TuneSettings(
             tta_views=int(doc["tuning"]["tta_views"]),
             threshold_grid=tuple(np.round(np.linspace(grid["start"], grid["stop"], grid["num"]), 3)),
-            support_grid=tuple(doc["tuning"]["support_grid"]), share_grid=tuple(doc["tuning"]["share_grid"]))
+            support_grid=tuple(doc["tuning"]["support_grid"]), share_grid=tuple(doc["tuning"]["share_grid"]),
+            floor_factor=float(doc["tuning"].get("count_floor", {}).get("factor", 0.0)),
+            floor_per_run={k: float(v) for k, v in doc["tuning"].get("count_floor", {}).get("per_run", {}).items()})
         stages = []
         for s in doc["stages"]:
             sim = _simulation(s["simulation"], held_out)

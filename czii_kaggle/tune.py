@@ -14,6 +14,14 @@ the best candidate within ``0.5 * radius`` (the metric's rule, inclusive) has
 The chosen setting replaces the configured one only when it is strictly better on
 the validation runs, so tuning never scores below the starting config there.
 
+A type's floor (``min_keep``, :class:`czii_kaggle.aggregate.ClassParams`) is carried
+over but not counted: thresholds are tuned as if there were none, and the table's
+figures are those without it. Counting it raised the thresholds where the floor
+already gave the validation runs their recall, and on looks the model never saw,
+where the floor's count is not enough, the higher thresholds lost it (held-out
+looks: 0.585 with the floor counted, 0.617 with it added after tuning, 0.599
+without a floor; ``benchmarks/results/ensemble.md``).
+
 The same search fits the ensemble (:func:`fit_ensemble`: calibrations, per-class
 detector weights, thresholds of the merged candidates). A bundle's detectors are tuned
 on runs with picks and the results saved in the bundle (:mod:`czii_kaggle.bundle`):
@@ -31,7 +39,7 @@ from scipy.spatial import cKDTree
 
 from . import frames, layout, outputs, picks as picks_io
 from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
-from .bundle import (CONFIG_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_heatmap_bundle,
+from .bundle import (CONFIG_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_ensemble, load_heatmap_bundle,
                      save_aggregate_config, save_ensemble, save_heatmap_json, with_tta)
 from .detectors import run_candidates
 from .detectors.heatmap import HeatmapDetector
@@ -199,13 +207,15 @@ WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
                  detectors: tuple[str, ...] = ("yolo", "heatmap"),
-                 weight_grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[EnsembleConfig, pd.DataFrame]:
+                 weight_grid: tuple[float, ...] = WEIGHT_GRID, start: AggregateConfig | None = None
+                 ) -> tuple[EnsembleConfig, pd.DataFrame]:
     """Calibrations, per-class detector weights and merged-candidate thresholds fitted on validation runs.
 
     ``candidates``: each detector's unthresholded candidates of the runs of ``truth``.
     For two detectors every weight of ``weight_grid`` is tried per class (ties: the one
     closest to 0.5), then the thresholds are tuned again with all classes at their chosen
-    weights; with more detectors, equal weights. Returns the config and
+    weights; with more detectors, equal weights. ``start``: the merged candidates' starting selection
+    options (its floor, ``min_keep``, is kept; default: the ensemble's defaults). Returns the config and
     :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
     the first detector's).
     """
@@ -214,7 +224,7 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     best: dict[str, tuple] = {}
     for w in grid:
         weights = {} if w is None else {n: (w, 1.0 - w) for n in NAMES}
-        config = EnsembleConfig(tuple(detectors), cal, weights=weights)
+        config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}), weights=weights)
         agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                      support_grid=tuple(range(1, len(detectors) + 1)))
         for _, row in table.iterrows():
@@ -224,7 +234,7 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     weights = {name: w for name, (_, _, w) in best.items() if w is not None}
     # A candidate's share depends on the other classes' scores, hence on their weights: tune the
     # thresholds once more with every class at its chosen weight.
-    config = EnsembleConfig(tuple(detectors), cal, weights=weights)
+    config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}), weights=weights)
     agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                  support_grid=tuple(range(1, len(detectors) + 1)))
     table["weight"] = [weights.get(n, (None,))[0] for n in table["particle_type"]]
@@ -327,6 +337,7 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
     hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, heatmap.aggregate, support_grid=None)
     tuned_on = [{"root": str(r), "runs": list(rs)} for r, rs in sources]
     save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
-    config, table = fit_ensemble(pooled, solution)
+    before = load_ensemble(bundle_dir)  # its floor (min_keep) carries over
+    config, table = fit_ensemble(pooled, solution, start=None if before is None else before.aggregate)
     save_ensemble(bundle_dir, config, default_detectors=default, tuned_on=tuned_on)
     return {"heatmap": hm_table, "ensemble": table}

@@ -217,6 +217,40 @@ def test_select_applies_support_then_nms():
     assert len(kept) == 1 and kept["n_slices"].iloc[0] == 6
 
 
+def test_min_keep_keeps_each_runs_best_candidates_whatever_their_score():
+    r = particles.get("ribosome").radius_A
+    rows = [("TS_1", "ribosome", 1000.0 + 3 * r * i, 1000.0, 500.0, s, 5) for i, s in enumerate([0.9, 0.3, 0.2, 0.1])]
+    rows += [("TS_2", "ribosome", 1000.0, 1000.0, 500.0, 0.05, 5),
+             ("TS_2", "ribosome", 1000.0 + 0.5 * r, 1000.0, 500.0, 0.04, 5),  # NMS-ed by the one above
+             ("TS_2", "ribosome", 1000.0 + 3 * r, 1000.0, 500.0, 0.03, 1),  # below min_support: never kept
+             ("TS_2", "thyroglobulin", 1000.0, 1000.0, 500.0, 0.01, 5)]  # another type: no floor
+    cands = _cands(rows)
+    cfg = AggregateConfig().with_params("ribosome", conf_threshold=0.25, min_support=2)
+    assert sorted(select(cands, cfg)["score"]) == [0.3, 0.9]
+    floor = cfg.with_params("ribosome", min_keep=3)
+    kept = select(cands, floor)
+    by_run = kept[kept["particle_type"] == "ribosome"].groupby("experiment")["score"].apply(sorted).to_dict()
+    assert by_run == {"TS_1": [0.2, 0.3, 0.9], "TS_2": [0.05]}
+    assert not (kept["particle_type"] == "thyroglobulin").any()
+    # a floor of 1: TS_1 already keeps 2 by the threshold, TS_2 gets its best
+    one = select(cands, cfg.with_params("ribosome", min_keep=1))
+    assert one.groupby("experiment")["score"].apply(sorted).to_dict() == {"TS_1": [0.3, 0.9], "TS_2": [0.05]}
+    assert AggregateConfig.from_dict(floor.to_dict()) == floor
+    with pytest.raises(ValueError, match="min_keep"):
+        ClassParams(min_keep=-1)
+
+
+def test_with_floor_sets_min_keep():
+    cfg = AggregateConfig().with_floor({"ribosome": 21, "apo-ferritin": 28})
+    assert cfg["ribosome"].min_keep == 21 and cfg["apo-ferritin"].min_keep == 28
+    assert cfg["thyroglobulin"].min_keep == 0 and cfg["ribosome"].conf_threshold == AggregateConfig()["ribosome"].conf_threshold
+    assert cfg.with_floor({"ribosome": 0})["ribosome"].min_keep == 0
+    with pytest.raises(ValueError, match="unknown particle type"):
+        cfg.with_floor({"ribosomes": 3})
+    with pytest.raises(ValueError, match="min_keep"):
+        cfg.with_floor({"ribosome": -2})
+
+
 def test_select_of_all_candidates_equals_aggregate():
     rng = np.random.default_rng(3)
     parts = [

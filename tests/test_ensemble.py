@@ -88,6 +88,48 @@ def test_fitted_ensemble_beats_each_detector_on_its_own():
     assert set(table["particle_type"]) == set(NAMES)
 
 
+def test_fit_ensemble_keeps_the_floor_it_starts_from():
+    rng = np.random.default_rng(4)
+    truth = _scene(rng, 40)
+    cands = {"yolo": _noisy_detector(rng, truth, 0.7, 30), "heatmap": _noisy_detector(rng, truth, 0.7, 30)}
+    start = EnsembleConfig().aggregate.with_floor({"ribosome": 7, "apo-ferritin": 3})
+    config, _ = fit_ensemble(cands, truth, start=start)
+    assert config.aggregate["ribosome"].min_keep == 7 and config.aggregate["apo-ferritin"].min_keep == 3
+    assert config.aggregate["thyroglobulin"].min_keep == 0
+    assert all(fit_ensemble(cands, truth)[0].aggregate[n].min_keep == 0 for n in NAMES)
+
+
+def test_set_count_floor_writes_every_config_of_a_bundle(tmp_path):
+    from czii_kaggle import cli
+    from czii_kaggle.bundle import load_bundle, load_heatmap_bundle, set_count_floor
+
+    b = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, b)
+    before = {f: (b / f).read_text() for f in ("czii_config.json", "heatmap.json", "ensemble.json")}
+    written = set_count_floor(b, {"ribosome": 5, "thyroglobulin": 0})
+    assert sorted(p.name for p in written) == ["czii_config.json", "ensemble.json", "heatmap.json"]
+    for agg, old in ((load_bundle(b).aggregate, load_bundle(DEFAULT_BUNDLE).aggregate),
+                     (load_heatmap_bundle(b).aggregate, load_heatmap_bundle(DEFAULT_BUNDLE).aggregate),
+                     (load_ensemble(b).aggregate, load_ensemble(DEFAULT_BUNDLE).aggregate)):
+        assert agg["ribosome"].min_keep == 5 and agg["thyroglobulin"].min_keep == 0
+        assert agg["ribosome"].conf_threshold == old["ribosome"].conf_threshold  # thresholds kept
+        assert agg["apo-ferritin"] == old["apo-ferritin"]
+    # one malformed file: none is written
+    (b / "heatmap.json").write_text(json.dumps({"aggregate": {"params": {"ribosome": {"min_keep": -1}}}}))
+    snapshot = (b / "czii_config.json").read_text()
+    with pytest.raises(CziiInputError, match="heatmap.json"):
+        set_count_floor(b, {"ribosome": 9})
+    assert (b / "czii_config.json").read_text() == snapshot
+    # the CLI: the recipe's floor, or --factor 0 to turn it off
+    c = tmp_path / "c"
+    shutil.copytree(DEFAULT_BUNDLE, c)
+    assert cli.main(["set-floor", "--weights", str(c), "--factor", "0"]) == 0
+    assert all(load_ensemble(c).aggregate[n].min_keep == 0 for n in NAMES)
+    assert all((DEFAULT_BUNDLE / f).read_text() == t for f, t in before.items())  # the shipped files untouched
+    with pytest.raises(CziiInputError, match="not a bundle folder"):
+        set_count_floor(tmp_path / "none", {"ribosome": 1})
+
+
 def test_ensemble_config_round_trips(tmp_path):
     cfg = EnsembleConfig(("yolo", "heatmap"), {"yolo": {"ribosome": (1.5, -0.2)}},
                          AggregateConfig().with_params("ribosome", conf_threshold=0.33))

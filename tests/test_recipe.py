@@ -216,3 +216,18 @@ def test_fine_tune_defaults_equal_the_recipe():
     from czii_kaggle.finetune import FineTuneConfig
 
     assert FineTuneConfig() == FineTuneConfig.from_recipe()
+
+
+def test_count_floor_is_the_real_runs_mean_picks(recipe, real_root):
+    """The recipe's floor is the mean picks per run of the real training runs, and the shipped bundle holds it."""
+    from czii_kaggle import layout, picks
+
+    real = picks.read_all_picks(real_root, layout.list_pick_runs(real_root))
+    mean = real.groupby("particle_type").size() / real["experiment"].nunique()
+    assert recipe.tuning.floor_per_run == pytest.approx(mean.round(1).to_dict())
+    assert recipe.tuning.floor_factor == 1.0
+    floor = recipe.tuning.min_keep()
+    assert floor == {n: int(round(v)) for n, v in mean.items()}
+    assert recipe.tuning.min_keep(0.0) == {n: 0 for n in floor}
+    for name in floor:
+        assert load_bundle().aggregate[name].min_keep == floor[name]

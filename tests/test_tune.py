@@ -1,6 +1,8 @@
 """Per-class threshold tuning (czii_kaggle.tune)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,3 +135,21 @@ def test_min_share_is_tuned_when_fps_sit_on_another_class():
     assert metric.score(sol, select(cand, tuned)) > metric.score(sol, select(cand, tuned.with_params(bg, min_share=0.0)))
     fixed, _ = tune_thresholds(cand, sol, AggregateConfig(), share_grid=None)
     assert fixed[bg].min_share == 0.0
+
+
+def test_the_floor_is_carried_but_not_counted_while_tuning():
+    """Thresholds are tuned as without a floor (min_keep); the floor is kept in the config and
+    select adds its candidates on top."""
+    sol, cand = make_case(seed=10, n_fp=60, fp_scores=(0.0, 0.6))
+    start = AggregateConfig({n: AggregateConfig()[n].__class__(min_support=1, conf_threshold=0.95)
+                             for n in particles.NAMES})  # fmt: skip
+    plain, plain_table = tune_thresholds(cand, sol, start)
+    floored, table = tune_thresholds(cand, sol, start.with_floor({n: 20 for n in particles.NAMES}))
+    assert all(floored[n].min_keep == 20 for n in particles.NAMES)
+    assert all(floored[n].conf_threshold == plain[n].conf_threshold for n in particles.NAMES)
+    pd.testing.assert_frame_equal(table, plain_table)
+    # a threshold above most true ones: the floor's 20 per run are most of the TPs
+    high = AggregateConfig({n: replace(floored[n], conf_threshold=0.95) for n in particles.NAMES})
+    with_floor = metric.score_table(sol, select(cand, high)).loc[list(particles.SCORED), "tp"]
+    without = metric.score_table(sol, select(cand, high.with_floor({n: 0 for n in particles.NAMES})))
+    assert (with_floor > 40).all() and (without.loc[list(particles.SCORED), "tp"] < 30).all()
