@@ -7,10 +7,16 @@
    probabilities.
 2. **Merge** (:func:`combine`): per (run, class), the candidates of all detectors are
    grouped greedily, best calibrated score first: a seed takes every candidate within
-   ``0.5 * radius`` (the metric's match radius). A group's score is the *weighted mean
-   over detectors* of each detector's best calibrated score in it (0 for a detector
-   that has none), so agreement is rewarded and a lone detection counts only its
-   detector's weight; its centre is the score-weighted mean of those best members;
+   ``0.5 * radius`` (the metric's match radius). A group's score pools each detector's
+   best calibrated score in it (``fusion``): ``"logit"`` (the default since the
+   ensemble was refitted with it) is the sigmoid of the *weighted mean of their
+   logits* (log-linear pooling; a detector that has none there counts as 1e-4, so a
+   lone detection is kept only where the fit gives its detector all the weight);
+   ``"mean"`` (the first ensemble's rule, kept for ``ensemble.json`` files without a
+   ``fusion`` key) is their weighted mean (0 for a detector that has none). On the
+   held-out-look runs log-linear pooling scored 0.632 against 0.625 for the mean,
+   and 0.877 against 0.847 on the classic test (ensemble.md, 2026-12-01). A group's
+   centre is the score-weighted mean of those best members;
    ``n_slices`` is the number of detectors that agree (so ``min_support = 2`` means
    "both").
 3. **Select**: per class, the detector weights (a grid from one detector alone to
@@ -37,6 +43,10 @@ from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES
 
 
 
+#: Pooling rules of :func:`combine`.
+FUSIONS: tuple[str, ...] = ("logit", "mean")
+
+
 def _default_aggregate() -> AggregateConfig:
     return AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.2) for p in PARTICLES})
 
@@ -45,13 +55,18 @@ def _default_aggregate() -> AggregateConfig:
 class EnsembleConfig:
     """Detectors, their per-class calibrations ``{detector: {class: (a, b)}}`` (calibrated
     ``p = sigmoid(a * logit(score) + b)``), per-class detector weights ``{class: (w, ...)}``
-    (one per detector, summing to 1; equal where absent) and the selection options of
-    merged candidates."""
+    (one per detector, summing to 1; equal where absent), the selection options of
+    merged candidates and the pooling rule ``fusion`` (:data:`FUSIONS`, see the module docstring)."""
 
     detectors: tuple[str, ...] = ("yolo", "heatmap")
     calibration: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
     aggregate: AggregateConfig = field(default_factory=_default_aggregate)
     weights: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    fusion: str = "logit"
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
 
     def class_weights(self, name: str) -> np.ndarray:
         w = self.weights.get(name)
@@ -61,7 +76,7 @@ class EnsembleConfig:
         return {"detectors": list(self.detectors),
                 "calibration": {d: {c: list(ab) for c, ab in cal.items()} for d, cal in self.calibration.items()},
                 "weights": {c: list(w) for c, w in self.weights.items()},
-                "aggregate": self.aggregate.to_dict()}
+                "aggregate": self.aggregate.to_dict(), "fusion": self.fusion}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> EnsembleConfig:
@@ -72,7 +87,7 @@ class EnsembleConfig:
         bad = [c for c, w in weights.items() if len(w) != len(detectors) or c not in NAMES]
         if bad:
             raise ValueError(f"weights of {bad} do not name a particle type with one weight per detector")
-        return cls(detectors, cal, agg, weights)
+        return cls(detectors, cal, agg, weights, str(d.get("fusion", "mean")))  # files before the key: the mean
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -177,8 +192,11 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     lab_group = np.zeros(n_lab, dtype=np.int64)
     lab_group[label] = group
     lab_cls, lab_exp = lab_group % len(NAMES), lab_group // len(NAMES)
-    class_w = np.stack([config.class_weights(n) for n in NAMES])  # (classes, detectors)
-    score = (best * class_w[lab_cls]).sum(axis=1)
+    class_w = np.stack([config.class_weights(n) for n in NAMES])[lab_cls]  # (groups, detectors)
+    if config.fusion == "logit":
+        score = 1.0 / (1.0 + np.exp(-(_logit(np.where(best > 0, best, 0.0)) * class_w).sum(axis=1)))
+    else:
+        score = (best * class_w).sum(axis=1)
     out = pd.DataFrame({
         "experiment": np.asarray(exp_names, dtype=object)[lab_exp],
         "particle_type": np.asarray(NAMES, dtype=object)[lab_cls],

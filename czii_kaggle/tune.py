@@ -207,15 +207,16 @@ WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
                  detectors: tuple[str, ...] = ("yolo", "heatmap"),
-                 weight_grid: tuple[float, ...] = WEIGHT_GRID, start: AggregateConfig | None = None
-                 ) -> tuple[EnsembleConfig, pd.DataFrame]:
+                 weight_grid: tuple[float, ...] = WEIGHT_GRID, start: AggregateConfig | None = None,
+                 fusion: str = "logit") -> tuple[EnsembleConfig, pd.DataFrame]:
     """Calibrations, per-class detector weights and merged-candidate thresholds fitted on validation runs.
 
     ``candidates``: each detector's unthresholded candidates of the runs of ``truth``.
     For two detectors every weight of ``weight_grid`` is tried per class (ties: the one
     closest to 0.5), then the thresholds are tuned again with all classes at their chosen
     weights; with more detectors, equal weights. ``start``: the merged candidates' starting selection
-    options (its floor, ``min_keep``, is kept; default: the ensemble's defaults). Returns the config and
+    options (its floor, ``min_keep``, is kept; default: the ensemble's defaults); ``fusion``: the
+    pooling rule (:data:`czii_kaggle.ensemble.FUSIONS`). Returns the config and
     :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
     the first detector's).
     """
@@ -224,7 +225,8 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     best: dict[str, tuple] = {}
     for w in grid:
         weights = {} if w is None else {n: (w, 1.0 - w) for n in NAMES}
-        config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}), weights=weights)
+        config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}),
+                                weights=weights, fusion=fusion)
         agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                      support_grid=tuple(range(1, len(detectors) + 1)))
         for _, row in table.iterrows():
@@ -234,11 +236,12 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     weights = {name: w for name, (_, _, w) in best.items() if w is not None}
     # A candidate's share depends on the other classes' scores, hence on their weights: tune the
     # thresholds once more with every class at its chosen weight.
-    config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}), weights=weights)
+    config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}),
+                            weights=weights, fusion=fusion)
     agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                  support_grid=tuple(range(1, len(detectors) + 1)))
     table["weight"] = [weights.get(n, (None,))[0] for n in table["particle_type"]]
-    return EnsembleConfig(tuple(detectors), cal, agg, weights), table
+    return EnsembleConfig(tuple(detectors), cal, agg, weights, fusion), table
 
 
 # --------------------------------------------------------------------------- a bundle's detectors

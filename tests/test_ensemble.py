@@ -40,7 +40,7 @@ def test_agreeing_detectors_merge_and_are_rewarded():
     a = _cands([("r", "ribosome", 1000, 1000, 500, 0.8), ("r", "ribosome", 3000, 1000, 500, 0.8)])
     b = _cands([("r", "ribosome", 1000 + 0.3 * r, 1000, 500, 0.6), ("r", "apo-ferritin", 3000, 1000, 500, 0.9)])
     ident = {n: (1.0, 0.0) for n in NAMES}
-    cfg = EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident})
+    cfg = EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident}, fusion="mean")
     out = combine({"yolo": a, "heatmap": b}, cfg)
     ribo = out[out["particle_type"] == "ribosome"].sort_values("x")
     assert len(ribo) == 2
@@ -187,7 +187,7 @@ def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path)
     by_run = picks.set_index("experiment")["score"].to_dict()
     assert by_run["A"] == pytest.approx(0.8)  # heatmap alone (yolo failed), its own threshold
     assert by_run["B"] == pytest.approx(0.9)  # yolo alone
-    assert by_run["C"] == pytest.approx(0.85)  # the ensemble: both agree
+    assert by_run["C"] == pytest.approx(6 / 7)  # the ensemble: both agree (pooled odds: 9 and 4 give 6)
     assert set(picks["experiment"]) == {"A", "B", "C", "D"}
     assert select_picks({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
                        dets, runs, ens).empty
@@ -358,3 +358,26 @@ def test_a_run_the_heatmap_cannot_read_keeps_the_yolo_picks(tmp_path, capsys):
     sub = validate_submission(out)
     assert len(want) > 0 and len(sub) == len(want)
     assert sub["particle_type"].value_counts().to_dict() == want["particle_type"].value_counts().to_dict()
+
+
+def test_logit_pooling_rewards_agreement_and_old_files_keep_the_mean():
+    """Two detectors at 0.9 on one spot pool to 0.9; one alone at 0.9 to almost nothing with equal
+    weights, and to 0.9 where it has all the weight. An ensemble.json without ``fusion`` is the mean."""
+    ident = {n: (1.0, 0.0) for n in NAMES}
+    spot = pd.DataFrame({"experiment": ["r"], "particle_type": ["ribosome"], "x": [1000.0], "y": [1000.0],
+                         "z": [500.0], "score": [0.9], "n_slices": [1], "share": [1.0]})
+    far = spot.assign(x=5000.0)
+    cands = {"yolo": pd.concat([spot, far], ignore_index=True), "heatmap": spot}
+    cfg = EnsembleConfig(("yolo", "heatmap"), {"yolo": ident, "heatmap": ident})
+    assert cfg.fusion == "logit"
+    out = combine(cands, cfg).sort_values("x")["score"].tolist()
+    assert out[0] == pytest.approx(0.9) and out[1] < 0.05  # sigmoid((logit(0.9) + logit(1e-4)) / 2)
+    alone = EnsembleConfig(cfg.detectors, cfg.calibration, weights={"ribosome": (1.0, 0.0)})
+    assert combine(cands, alone).sort_values("x")["score"].tolist() == pytest.approx([0.9, 0.9])
+    mean = EnsembleConfig(cfg.detectors, cfg.calibration, fusion="mean")
+    assert combine(cands, mean).sort_values("x")["score"].tolist() == pytest.approx([0.9, 0.45])
+    old = {k: v for k, v in cfg.to_dict().items() if k != "fusion"}
+    assert EnsembleConfig.from_dict(old).fusion == "mean"
+    assert EnsembleConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="fusion"):
+        EnsembleConfig(fusion="median")
