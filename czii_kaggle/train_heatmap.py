@@ -53,6 +53,9 @@ class HeatmapTrainConfig:
         Steps between checkpoints (the last step always writes one).
     threads : int
         torch CPU threads.
+    look_augment : float
+        Share of patches given a random look (:func:`augment_look`: a random CTF-like
+        band gain, anisotropic low-pass and noise); 0: off (the records before it).
     """
 
     patch_vox: tuple[int, int, int] = (48, 96, 96)
@@ -64,10 +67,13 @@ class HeatmapTrainConfig:
     seed: int = 0
     checkpoint_every: int = 25
     threads: int = 2
+    look_augment: float = 0.0
 
     def __post_init__(self) -> None:
         if any(p <= 0 or p % 8 for p in self.patch_vox) or self.patch_vox[1] != self.patch_vox[2]:
             raise ValueError(f"patch_vox must be positive multiples of 8 with y == x, not {self.patch_vox}")
+        if not 0.0 <= self.look_augment <= 1.0:
+            raise ValueError(f"look_augment must be in 0..1, not {self.look_augment!r}")
 
 
 @dataclass
@@ -124,6 +130,29 @@ def render_targets(grid_zyx: dict[str, np.ndarray], origin_out: np.ndarray, shap
     return target
 
 
+def augment_look(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``patch`` (z, y, x, normalised to -0.5..0.5) as another microscope and reconstruction might
+    have drawn it: in Fourier space a CTF-like gain ``(1 - w) + w * cos(2 pi (k / k0)^2 + phi)``
+    (contrast reversing band by band when ``w`` is large), a low-pass with a random cutoff and a
+    random stretch per axis (anisotropic filtering); then white noise, and the patch's own
+    0.5 / 99.5 percentiles mapped back to -0.5..0.5. Pure: the same ``rng`` state, the same result.
+    """
+    shape = patch.shape
+    axes = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
+    stretch = rng.uniform(0.7, 1.4, 3)
+    kz, ky, kx = np.meshgrid(*(a * st for a, st in zip(axes, stretch)), indexing="ij", sparse=True)
+    k = np.sqrt(kz**2 + ky**2 + kx**2)
+    w, k0, phi = rng.uniform(0.0, 0.9), rng.uniform(0.12, 0.45), rng.uniform(-0.5, 0.5)
+    gain = (1 - w) + w * np.cos(2 * np.pi * (k / k0) ** 2 + phi)
+    gain *= np.exp(-0.5 * (k / rng.uniform(0.15, 0.6)) ** 2)
+    gain.flat[0] = 1.0
+    out = np.fft.irfftn(np.fft.rfftn(patch) * gain, s=shape)
+    out += rng.normal(0.0, rng.uniform(0.0, 0.6) * out.std(), shape)
+    lo, hi = np.percentile(out, (0.5, 99.5))
+    out = (out - lo) / max(hi - lo, 1e-6) - 0.5
+    return np.clip(out, -0.5, 0.5).astype(np.float32)
+
+
 def sample_batch(runs: list[TrainRun], step: int, config: HeatmapConfig, train: HeatmapTrainConfig
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The patches ``(B, 1, *patch)`` and targets ``(B, C, *patch / 2)`` of one step (seeded by ``[seed, step]``)."""
@@ -144,6 +173,8 @@ def sample_batch(runs: list[TrainRun], step: int, config: HeatmapConfig, train: 
             origin = (rng.random(3) * (shape - patch + 1)).astype(int)
         origin = np.clip(origin, 0, shape - patch) // STRIDE * STRIDE
         x = run.volume[origin[0]:origin[0] + patch[0], origin[1]:origin[1] + patch[1], origin[2]:origin[2] + patch[2]]
+        if train.look_augment and rng.random() < train.look_augment:
+            x = augment_look(x, rng)
         y = render_targets(run.grid_zyx, origin / STRIDE, tuple(patch // STRIDE), run.voxel_size_A, config)
         x = x[None]
         for axis in (1, 2, 3):

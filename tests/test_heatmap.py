@@ -17,7 +17,7 @@ from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_
                                            find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
                                            predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss
-from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, render_targets, sample_batch,
+from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, render_targets, sample_batch,
                                        train_heatmap)
 from czii_kaggle.particles import NAMES, get
 
@@ -137,6 +137,28 @@ def test_batches_are_seeded_by_step_and_augmented_consistently():
     np.testing.assert_array_equal(y1, y2)
     assert not np.array_equal(x1, x3)
     assert (y1 == 1.0).any()  # most patches are centred near a pick
+
+
+def test_look_augmentation_changes_the_look_not_the_targets():
+    """A blob keeps its place under a random look; the patch stays in -0.5..0.5; seeded; with
+    look_augment 1 every patch of a batch gets a look of its own."""
+    z, y, x = np.mgrid[:16, :32, :32]
+    blob = np.exp(-((z - 8) ** 2 + (y - 12) ** 2 + (x - 20) ** 2) / 8.0).astype(np.float32) - 0.5
+    looks = [augment_look(blob, np.random.default_rng(i)) for i in range(6)]
+    for a in looks:
+        assert a.shape == blob.shape and a.dtype == np.float32 and a.min() >= -0.5 and a.max() <= 0.5
+        assert not np.allclose(a, blob)
+        # the blob is still the strongest feature near its centre (the gain keeps low frequencies' sign)
+        assert abs(a[8, 12, 20] - np.median(a)) > 3 * np.abs(a[:, :, :4] - np.median(a)).mean()
+    np.testing.assert_array_equal(augment_look(blob, np.random.default_rng(3)), looks[3])
+    rng = np.random.default_rng(0)
+    runs = [_train_run(rng)]
+    cfg = HeatmapConfig()
+    plain, aug = (HeatmapTrainConfig(patch_vox=(16, 32, 32), batch=4, seed=5, look_augment=p) for p in (0.0, 1.0))
+    (x0, y0), (x1, y1) = sample_batch(runs, 3, cfg, plain), sample_batch(runs, 3, cfg, aug)
+    assert not any(np.array_equal(a, b) for a, b in zip(x0, x1))
+    with pytest.raises(ValueError, match="look_augment"):
+        HeatmapTrainConfig(look_augment=1.5)
 
 
 def test_network_shapes_and_loss_falls_on_one_batch():
