@@ -16,11 +16,12 @@ the validation runs, so tuning never scores below the starting config there.
 
 A type's floor (``min_keep``, :class:`czii_kaggle.aggregate.ClassParams`) is carried
 over but not counted: thresholds are tuned as if there were none, and the table's
-figures are those without it. Counting it raised the thresholds where the floor
-already gave the validation runs their recall, and on looks the model never saw,
-where the floor's count is not enough, the higher thresholds lost it (held-out
-looks: 0.585 with the floor counted, 0.617 with it added after tuning, 0.599
-without a floor; ``benchmarks/results/ensemble.md``).
+figures are those without it. The floor is a safety net for looks the model never
+saw, not a tuning knob: counted, it let the thresholds rise where it already gave the
+validation runs their recall, and on the held-out looks those thresholds lost it
+(an experiment while the floor was built: held-out ensemble 0.585 counted, 0.617
+added after tuning). ``benchmarks/bench_selection.py`` measures each detector and
+the ensemble with and without it (``benchmarks/results/selection.md``).
 
 The same search fits the ensemble (:func:`fit_ensemble`: calibrations, per-class
 detector weights, thresholds of the merged candidates). A bundle's detectors are tuned

@@ -1,0 +1,140 @@
+"""Selection rules side by side on the same candidates: the count floor and the ensemble's pooling.
+
+Each detector of a bundle (YOLO and the heatmap) runs once over the validation runs and the
+test sets of ``bench_ensemble.py`` (``--data``/``--solution`` and ``--domains``: the same runs,
+seeds and folders); their unthresholded candidates are kept under ``--cache`` and reused. Then,
+for every variant, thresholds (and for the ensemble its calibration and weights) are fitted on
+the validation runs and every test set is scored with the competition metric:
+
+- each detector alone, with and without the count floor (``min_keep``, the recipe's
+  ``tuning.count_floor``; thresholds tuned without it either way, see :mod:`czii_kaggle.tune`);
+- the ensemble with each pooling rule (:data:`czii_kaggle.ensemble.FUSIONS`), with and
+  without the floor.
+
+    .venv/bin/python benchmarks/bench_selection.py --weights czii_kaggle/models \\
+        --val runs/hml/val/czii-cryo-et-object-identification runs/hml/val_classic/czii-cryo-et-object-identification \\
+        --data runs/hml/test_medium/czii-cryo-et-object-identification --solution runs/hml/test_medium/test_solution.csv \\
+        --label classic-test --domains model-subunits filter-anisotropic ctf-unflipped
+
+Appends the table, with the command, date and machine, to ``benchmarks/results/selection.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as describe_machine  # noqa: E402
+sys.path.insert(0, str(REPO))
+
+from bench_ensemble import fmt, test_sets  # noqa: E402
+from czii_kaggle import layout, metric, picks, submission  # noqa: E402
+from czii_kaggle.aggregate import select  # noqa: E402
+from czii_kaggle.bundle import load_detectors  # noqa: E402
+from czii_kaggle.detectors import run_candidates  # noqa: E402
+from czii_kaggle.ensemble import FUSIONS, EnsembleConfig, select_ensemble  # noqa: E402
+from czii_kaggle.particles import NAMES, SCORED  # noqa: E402
+from czii_kaggle.predict import scored_only  # noqa: E402
+from czii_kaggle.recipe import load_recipe  # noqa: E402
+from czii_kaggle.tune import fit_ensemble, tune_thresholds  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "selection.md"
+
+
+def candidates(dets, name: str, root: Path, split: str, cache: Path) -> dict[str, pd.DataFrame]:
+    runs = layout.list_runs(root, split)
+    found, report = run_candidates(dets, root, split, runs, progress=False,
+                                   cache={d.name: cache / d.name / name for d in dets})
+    bad = report[report["status"] != "ok"]
+    if len(bad):
+        raise SystemExit(f"{name}: {'; '.join(bad['error'].astype(str))}")
+    return found
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", type=Path, required=True, help="bundle folder with both detectors")
+    ap.add_argument("--val", type=Path, nargs="+", required=True, help="Kaggle-layout roots of validation runs (train split, picks)")
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--solution", type=Path)
+    ap.add_argument("--label", default="given")
+    ap.add_argument("--domains", nargs="*", default=[])
+    ap.add_argument("--n-runs", type=int, default=2)
+    ap.add_argument("--difficulty", default="medium")
+    ap.add_argument("--seed", type=int, default=90210)
+    ap.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630))
+    ap.add_argument("--sim-work", type=Path, default=REPO / "runs" / "bench_detection")
+    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_selection")
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args(argv)
+
+    dets = load_detectors(a.weights, ["yolo", "heatmap"])
+    val_c, val_t = {d.name: [] for d in dets}, []
+    for i, root in enumerate(a.val):
+        found = candidates(dets, f"val{i}", root, "train", a.cache)
+        for k, v in found.items():
+            val_c[k].append(v.assign(experiment=f"{i}/" + v["experiment"].astype(str)))
+        t = picks.read_all_picks(root, layout.list_pick_runs(root))
+        val_t.append(t.assign(experiment=f"{i}/" + t["experiment"].astype(str)))
+    val_c = {k: pd.concat(v, ignore_index=True) for k, v in val_c.items()}
+    val_t = pd.concat(val_t, ignore_index=True)
+    sets = [(name, candidates(dets, name, root, "test", a.cache), truth) for name, root, truth in test_sets(a)]
+    held = [name for name, _, _ in sets if name != a.label or a.data is None]
+
+    floor = load_recipe().tuning.min_keep()
+    no_floor = {n: 0 for n in NAMES}
+    selectors = {}
+    for det in dets:
+        for tag, mk in (("no floor", no_floor), ("floor", floor)):
+            cfg, _ = tune_thresholds(val_c[det.name], val_t, det.aggregate.with_floor(mk),
+                                     **({"support_grid": None} if det.name == "heatmap" else {}))
+            selectors[f"{det.name}, {tag}"] = (lambda c, cfg=cfg, n=det.name: select(c[n], cfg))
+    for fusion in FUSIONS:
+        for tag, mk in (("no floor", no_floor), ("floor", floor)):
+            ens, _ = fit_ensemble(val_c, val_t, start=EnsembleConfig().aggregate.with_floor(mk), fusion=fusion)
+            selectors[f"ensemble {fusion}, {tag}"] = (lambda c, ens=ens: select_ensemble(c, ens))
+
+    rows = []
+    for variant, pick in selectors.items():
+        row, per = {"variant": variant}, {}
+        for name, cands, truth in sets:
+            sub = submission.make_submission(scored_only(pick(cands)))
+            table = metric.score_table(truth, sub)
+            row[name] = metric.score(truth, sub)
+            per[name] = {n: float(table.loc[n, "f_beta"]) for n in SCORED if n in table.index}
+        if held:
+            row["held-out mean"] = float(np.mean([row[h] for h in held]))
+            for n in SCORED:
+                row[f"held {n}"] = float(np.mean([per[h].get(n, np.nan) for h in held]))
+        if a.data is not None:
+            for n in SCORED:
+                row[f"{a.label} {n}"] = per[a.label].get(n, np.nan)
+        rows.append(row)
+        print(variant, {k: round(v, 3) for k, v in row.items() if k != "variant"}, flush=True)
+
+    text = "\n\n".join([
+        f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
+        f"- command: `python benchmarks/bench_selection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
+        f"- machine: {describe_machine()}\n"
+        f"- bundle `{a.weights}`; validation runs (thresholds, calibration, weights): "
+        f"{', '.join(map(str, a.val))} ({val_t['experiment'].nunique()} runs); test sets: "
+        f"{', '.join(f'{n} ({t.experiment.nunique()} runs)' for n, _, t in sets)}; "
+        f"floor (min_keep per run): {floor}; all simulated, no real voxels",
+        "**Score** (competition metric; held-out mean: the sets other than the given one):\n\n" + fmt(pd.DataFrame(rows)),
+    ])
+    print(text)
+    if not a.no_write:
+        head = "" if RESULTS.exists() else "# Selection-rule benchmark results\n\nAppended by `benchmarks/bench_selection.py`.\n\n"
+        with RESULTS.open("a") as f:
+            f.write(head + text + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
