@@ -196,10 +196,13 @@ def _cmd_predict(a) -> int:
             ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
             ("--workers", a.workers), ("--detections-out", a.detections_out), ("--slice-step", a.slice_step))
             if given]
-        if yolo_only:
+        if yolo_only and a.detectors is not None:
             raise CziiInputError(bundle_dir, f"{', '.join(yolo_only)} run the YOLO detector alone, not "
                                              f"{'+'.join(names)}: pass --detectors yolo or leave them out")
-        return _predict_detectors(a, bundle_dir, names)
+        if not yolo_only:
+            return _predict_detectors(a, bundle_dir, names)
+        print(f"detectors: yolo ({', '.join(yolo_only)}: the YOLO detector alone, not the bundle's default "
+              f"{'+'.join(names)})")
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)

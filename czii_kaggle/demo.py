@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import omezarr, layout, metric, submission
 from .outputs import check_writable
-from .predict import predict_runs, scored_only
+from .predict import scored_only
 
 
 def run_demo(
@@ -18,7 +18,8 @@ def run_demo(
     shape_vox: tuple[int, int, int] = (184, 630, 630),
     verbose: bool = True,
 ) -> dict:
-    """Simulate ``n_test`` test tomograms, predict them with the shipped (or given) model,
+    """Simulate ``n_test`` test tomograms, predict them with the shipped (or given) bundle's default
+    detectors (the shipped one: the YOLO + heatmap ensemble),
     write ``submission.csv``, score it against the simulated truth and save a picture
     of the detections over the busiest slice of the first run.
 
@@ -35,7 +36,9 @@ def run_demo(
                           config=SimConfig(shape_vox=tuple(shape_vox), difficulty=difficulty), seed=seed,
                           overwrite=True)  # the demo's own folder: a second demo replaces the first
     say(f"[demo] simulated {n_test} test tomogram(s) {tuple(shape_vox)} in {time.perf_counter() - t0:.1f} s -> {ds.root}")
-    pred = predict_runs(ds.root, "test", bundle=weights, progress=verbose)
+    from .workflow import predict_bundle
+
+    pred = predict_bundle(ds.root, "test", bundle=weights, progress=verbose)  # the bundle's default detectors
     sub_path = out_dir / "submission.csv"
     sub = submission.write_submission(scored_only(pred.picks), sub_path)
     truth = submission.read_solution(ds.solution_csv)

@@ -258,18 +258,23 @@ def test_predict_exit_status_and_nothing_replaced_by_an_empty_result(tmp_path, c
     assert _predict(sim_root, "--out", out, "--runs", "TS_sim_4_O") == 2
     err = capsys.readouterr().err
     assert "no run named 'TS_sim_4_O'" in err and err.count("\n") == 1
-    # every run failing: one line naming the cause, nothing written
-    assert _predict(sim_root, "--out", out, "--runs", "TS_broken") == 2
+    # every run failing: one line naming the cause, nothing written (YOLO alone; the default ensemble:
+    # one line per detector)
+    assert _predict(sim_root, "--out", out, "--runs", "TS_broken", "--detectors", "yolo") == 2
     err = _lines(capsys.readouterr().err)
     assert err[0].startswith("TS_broken: failed: ") and "denoised.zarr" in err[0]
     assert len(err) == 2 and err[-1].startswith(f"czii-kaggle: error: {out}: not written: every run failed")
+    assert _predict(sim_root, "--out", out, "--runs", "TS_broken") == 2
+    err = _lines(capsys.readouterr().err)
+    assert [e.split(":")[0] for e in err[:2]] == ["TS_broken (yolo)", "TS_broken (heatmap)"]
+    assert len(err) == 3 and err[-1].startswith(f"czii-kaggle: error: {out}: not written: every run failed in every")
     assert out.read_text() == "an earlier submission\n"
 
 
 @pytest.mark.slow
 def test_predict_writes_the_other_runs_and_exits_1_when_one_fails(tmp_path, capsys, sim_root):
     out = tmp_path / "submission.csv"
-    assert _predict(sim_root, "--out", out) == 1  # the shipped model
+    assert _predict(sim_root, "--out", out, "--detectors", "yolo") == 1  # the shipped YOLO model
     captured = capsys.readouterr()
     sub = submission.validate_submission(out)
     assert len(sub) > 0 and set(sub["experiment"]) == {"TS_sim_4_0"}
@@ -286,3 +291,16 @@ def test_simulate_real_layouts_take_the_root_given(tmp_path, capsys, real_root):
     assert main(["simulate", "--out", str(tmp_path / "sim2"), "--n-train", "1", "--n-test", "0",
                  "--shape", "16", "96", "96", "--real-layouts", str(tmp_path / "nowhere")]) == 2
     assert "nowhere/train/overlay/ExperimentRuns: no training overlay (picks) folder" in capsys.readouterr().err
+
+
+def test_yolo_only_options_run_yolo_alone_when_the_detectors_are_the_bundles_default(tmp_path, capsys, sim_root):
+    """The shipped bundle's default is the ensemble; --detections-out (YOLO's slice detections) then runs
+    YOLO alone and says so; named explicitly, the ensemble with it is refused in one line."""
+    out, det = tmp_path / "sub.csv", tmp_path / "det.csv"
+    assert _predict(sim_root, "--out", out, "--runs", "TS_sim_4_0", "--detections-out", det) == 0
+    captured = capsys.readouterr()
+    assert "detectors: yolo (--detections-out: the YOLO detector alone, not the bundle's default yolo+heatmap)" \
+        in captured.out
+    assert len(pd.read_csv(det)) > 0 and len(submission.validate_submission(out)) > 0
+    assert _predict(sim_root, "--out", tmp_path / "s2.csv", "--detectors", "yolo,heatmap", "--detections-out", det) == 2
+    assert "run the YOLO detector alone, not yolo+heatmap" in capsys.readouterr().err
