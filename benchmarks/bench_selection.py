@@ -30,7 +30,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe as describe_machine  # noqa: E402
+from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from bench_ensemble import fmt, test_sets  # noqa: E402
@@ -130,9 +130,7 @@ def main(argv=None) -> int:
     ])
     print(text)
     if not a.no_write:
-        head = "" if RESULTS.exists() else "# Selection-rule benchmark results\n\nAppended by `benchmarks/bench_selection.py`.\n\n"
-        with RESULTS.open("a") as f:
-            f.write(head + text + "\n\n")
+        append_result(RESULTS, "Selection-rule benchmark results", text)
     return 0
 
 
