@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from bench_ensemble import fmt, test_sets  # noqa: E402
 from czii_kaggle import layout, metric, picks, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
-from czii_kaggle.bundle import load_detectors  # noqa: E402
+from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, MODEL_FILE, file_sha256, load_detectors  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
 from czii_kaggle.ensemble import FUSIONS, EnsembleConfig, select_ensemble  # noqa: E402
 from czii_kaggle.particles import NAMES, SCORED  # noqa: E402
@@ -47,10 +47,15 @@ from czii_kaggle.tune import fit_ensemble, tune_thresholds  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "selection.md"
 
 
-def candidates(dets, name: str, root: Path, split: str, cache: Path) -> dict[str, pd.DataFrame]:
+def weights_tag(bundle_dir: Path, name: str) -> str:
+    """``{detector}-{sha256 of its weights, 12 digits}``: the cache folder of that detector's candidates."""
+    return f"{name}-{file_sha256(bundle_dir / (MODEL_FILE if name == 'yolo' else HEATMAP_WEIGHTS_FILE))[:12]}"
+
+
+def candidates(dets, name: str, root: Path, split: str, cache: Path, bundle_dir: Path) -> dict[str, pd.DataFrame]:
     runs = layout.list_runs(root, split)
     found, report = run_candidates(dets, root, split, runs, progress=False,
-                                   cache={d.name: cache / d.name / name for d in dets})
+                                   cache={d.name: cache / weights_tag(bundle_dir, d.name) / name for d in dets})
     bad = report[report["status"] != "ok"]
     if len(bad):
         raise SystemExit(f"{name}: {'; '.join(bad['error'].astype(str))}")
@@ -70,21 +75,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=90210)
     ap.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630))
     ap.add_argument("--sim-work", type=Path, default=REPO / "runs" / "bench_detection")
-    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_selection")
+    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_selection",
+                    help="candidates kept per detector weights (sha256) and set, reused when there")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
 
     dets = load_detectors(a.weights, ["yolo", "heatmap"])
     val_c, val_t = {d.name: [] for d in dets}, []
     for i, root in enumerate(a.val):
-        found = candidates(dets, f"val{i}", root, "train", a.cache)
+        found = candidates(dets, f"val{i}", root, "train", a.cache, a.weights)
         for k, v in found.items():
             val_c[k].append(v.assign(experiment=f"{i}/" + v["experiment"].astype(str)))
         t = picks.read_all_picks(root, layout.list_pick_runs(root))
         val_t.append(t.assign(experiment=f"{i}/" + t["experiment"].astype(str)))
     val_c = {k: pd.concat(v, ignore_index=True) for k, v in val_c.items()}
     val_t = pd.concat(val_t, ignore_index=True)
-    sets = [(name, candidates(dets, name, root, "test", a.cache), truth) for name, root, truth in test_sets(a)]
+    sets = [(name, candidates(dets, name, root, "test", a.cache, a.weights), truth) for name, root, truth in test_sets(a)]
     held = [name for name, _, _ in sets if name != a.label or a.data is None]
 
     floor = load_recipe().tuning.min_keep()
