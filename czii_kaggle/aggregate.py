@@ -480,6 +480,11 @@ def nms_3d(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> p
     return out.reset_index(drop=True)
 
 
+def _per_row(config: AggregateConfig, name: str, types: np.ndarray) -> np.ndarray:
+    """The :class:`ClassParams` field ``name`` of each row's particle type."""
+    return pd.Series({n: getattr(config[n], name) for n in NAMES}).reindex(types).to_numpy()
+
+
 def select(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> pd.DataFrame:
     """Apply per-class ``min_support`` and ``conf_threshold``, then :func:`nms_3d`.
 
@@ -490,31 +495,20 @@ def select(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> p
         return candidates.reset_index(drop=True)
     frames.validate(candidates, frames.CANDIDATES, need=("n_slices",))
     types = candidates["particle_type"].to_numpy()
-    min_support = pd.Series({n: config[n].min_support for n in NAMES}).reindex(types).to_numpy()
-    threshold = pd.Series({n: config[n].conf_threshold for n in NAMES}).reindex(types).to_numpy()
-    min_share = pd.Series({n: config[n].min_share for n in NAMES}).reindex(types).to_numpy()
-    ok = (candidates["n_slices"].to_numpy() >= min_support) & (candidate_share(candidates) >= min_share)
+    ok = (candidates["n_slices"].to_numpy() >= _per_row(config, "min_support", types))
+    ok &= candidate_share(candidates) >= _per_row(config, "min_share", types)
     if not any(config[n].min_keep for n in NAMES):
-        return nms_3d(candidates.loc[ok & (candidates["score"].to_numpy() >= threshold)], config)
+        ok &= candidates["score"].to_numpy() >= _per_row(config, "conf_threshold", types)
+        return nms_3d(candidates.loc[ok], config)
     # Greedy NMS keeps a candidate unless a higher-scored one suppresses it, so the survivors
     # above a threshold are the same whether the threshold comes before the NMS or after it.
+    # nms_3d sorts each (run, type) best first: a row's rank there says whether the floor keeps it.
     kept = nms_3d(candidates.loc[ok], config)
-    return kept.loc[~below_floor_and_threshold(kept, config)].reset_index(drop=True)
-
-
-def floor_rank(kept: pd.DataFrame, config: AggregateConfig) -> np.ndarray:
-    """Per row of NMS survivors (sorted as :func:`nms_3d` sorts): True where it is among the
-    best ``min_keep`` of its type in its run."""
+    kept_types = kept["particle_type"].to_numpy()
     rank = kept.groupby(["experiment", "particle_type"], sort=False).cumcount().to_numpy()
-    keep_n = pd.Series({n: config[n].min_keep for n in NAMES}).reindex(kept["particle_type"].to_numpy()).to_numpy()
-    return rank < keep_n
-
-
-def below_floor_and_threshold(kept: pd.DataFrame, config: AggregateConfig) -> np.ndarray:
-    """Rows of NMS survivors that neither reach their type's threshold nor lie within its floor."""
-    threshold = pd.Series({n: config[n].conf_threshold for n in NAMES}).reindex(kept["particle_type"].to_numpy())
-    return (kept["score"].to_numpy() < threshold.to_numpy()) & ~floor_rank(kept, config)
-
+    keep = (kept["score"].to_numpy() >= _per_row(config, "conf_threshold", kept_types))
+    keep |= rank < _per_row(config, "min_keep", kept_types)
+    return kept.loc[keep].reset_index(drop=True)
 
 
 def candidate_share(candidates: pd.DataFrame) -> np.ndarray:

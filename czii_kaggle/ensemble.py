@@ -194,7 +194,7 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     lab_cls, lab_exp = lab_group % len(NAMES), lab_group // len(NAMES)
     class_w = np.stack([config.class_weights(n) for n in NAMES])[lab_cls]  # (groups, detectors)
     if config.fusion == "logit":
-        score = 1.0 / (1.0 + np.exp(-(_logit(np.where(best > 0, best, 0.0)) * class_w).sum(axis=1)))
+        score = 1.0 / (1.0 + np.exp(-(_logit(best) * class_w).sum(axis=1)))  # none there: 0, clipped to 1e-4
     else:
         score = (best * class_w).sum(axis=1)
     out = pd.DataFrame({

@@ -221,13 +221,13 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
     the first detector's).
     """
+    start = EnsembleConfig().aggregate if start is None else start
     cal = {d: fit_calibration(candidates[d], truth) for d in detectors}
     grid = sorted(weight_grid, key=lambda w: abs(w - 0.5)) if len(detectors) == 2 else [None]
     best: dict[str, tuple] = {}
     for w in grid:
         weights = {} if w is None else {n: (w, 1.0 - w) for n in NAMES}
-        config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}),
-                                weights=weights, fusion=fusion)
+        config = EnsembleConfig(tuple(detectors), cal, start, weights, fusion)
         agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                      support_grid=tuple(range(1, len(detectors) + 1)))
         for _, row in table.iterrows():
@@ -237,8 +237,7 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     weights = {name: w for name, (_, _, w) in best.items() if w is not None}
     # A candidate's share depends on the other classes' scores, hence on their weights: tune the
     # thresholds once more with every class at its chosen weight.
-    config = EnsembleConfig(tuple(detectors), cal, **({} if start is None else {"aggregate": start}),
-                            weights=weights, fusion=fusion)
+    config = EnsembleConfig(tuple(detectors), cal, start, weights, fusion)
     agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                  support_grid=tuple(range(1, len(detectors) + 1)))
     table["weight"] = [weights.get(n, (None,))[0] for n in table["particle_type"]]
