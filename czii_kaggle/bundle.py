@@ -210,11 +210,14 @@ def write_training_config(out_dir: str | Path, record: dict) -> Path:
     return update_json(Path(out_dir) / CONFIG_FILE, record)
 
 
-def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detect: DetectConfig | None = None) -> Path:
+def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detect: DetectConfig | None = None,
+                          tuned_on: list[dict] | None = None) -> Path:
     """Write tuned thresholds ``config`` under the ``aggregate`` key of the bundle's ``czii_config.json``
-    (and ``detect``, the inference settings the thresholds were tuned with, when given)."""
+    (and ``detect``, the inference settings the thresholds were tuned with, and ``tuned_on``, the
+    ``{"root", "runs"}`` they were tuned on, when given)."""
     path = Path(bundle_dir) / CONFIG_FILE
-    return update_json(path, {"aggregate": config.to_dict(), **({"detect": detect.to_dict()} if detect else {})})
+    return update_json(path, {"aggregate": config.to_dict(), **({"detect": detect.to_dict()} if detect else {}),
+                              **({"tuned_on": tuned_on} if tuned_on is not None else {})})
 
 
 def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None = None) -> Path:

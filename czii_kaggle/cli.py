@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=BACKENDS, default="auto")
     s.set_defaults(func=_cmd_tune_heatmap)
 
-    s = sub.add_parser("tune-ensemble", help="calibrate YOLO + heatmap and tune the ensemble's thresholds; saves ensemble.json")
+    s = sub.add_parser("tune-ensemble", help="tune YOLO's, the heatmap's and the ensemble's thresholds on the same runs with picks "
+                            "(czii_config.json, heatmap.json, ensemble.json)")
     s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
     s.add_argument("--weights", required=True, type=Path, help="bundle folder holding both detectors")
     s.add_argument("--default", help="detectors predict runs by default with this bundle, e.g. yolo,heatmap")

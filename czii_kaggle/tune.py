@@ -40,7 +40,7 @@ from scipy.spatial import cKDTree
 
 from . import frames, layout, outputs, picks as picks_io
 from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
-from .bundle import (CONFIG_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_ensemble, load_heatmap_bundle,
+from .bundle import (CONFIG_FILE, ENSEMBLE_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_ensemble, load_heatmap_bundle,
                      save_aggregate_config, save_ensemble, save_heatmap_json, with_tta)
 from .detectors import run_candidates
 from .detectors.heatmap import HeatmapDetector
@@ -287,7 +287,8 @@ def tune_bundle(
         all_truth.append(truth.assign(experiment=prefix + truth["experiment"].astype(str)))
     config, table = tune_thresholds(pd.concat(all_candidates, ignore_index=True),
                                     pd.concat(all_truth, ignore_index=True), bundle.aggregate)
-    save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect)
+    save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect,
+                          tuned_on=[{"root": str(r), "runs": list(rs)} for r, rs in [(root, runs), *(more or [])]])
     return table
 
 
@@ -313,16 +314,22 @@ def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | 
 def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path,
                   default: list[str] | None = None, backend: str = "auto",
                   cache: dict[str, Path] | None = None) -> dict[str, pd.DataFrame]:
-    """Fit a bundle's heatmap thresholds and its YOLO + heatmap ensemble on runs with picks.
+    """Fit a bundle's detectors and their YOLO + heatmap ensemble on the same runs with picks.
 
-    Runs both detectors once over ``sources`` (``(root, runs)``, train split), tunes the
-    heatmap's own per-class thresholds (saved in ``heatmap.json``), calibrates both
-    detectors and tunes the merged candidates' thresholds (:func:`fit_ensemble`, saved as
-    ``ensemble.json``, with ``default_detectors`` = ``default`` when given). The YOLO
-    thresholds are left as they are. ``cache``: as :func:`czii_kaggle.detectors.run_candidates`
-    (one sub-folder per source). Returns the tuning tables ``{"heatmap": ..., "ensemble": ...}``.
+    Runs both detectors once over ``sources`` (``(root, runs)``, train split) and tunes, on
+    the same candidates, each detector's own per-class thresholds (YOLO's in
+    ``czii_config.json``, the heatmap's in ``heatmap.json``; each keeps its floor,
+    ``min_keep``), so that either detector alone is as well tuned as the ensemble; then
+    calibrates both detectors and tunes the merged candidates' thresholds
+    (:func:`fit_ensemble`, saved as ``ensemble.json``, with ``default_detectors`` =
+    ``default`` when given). ``cache``: as :func:`czii_kaggle.detectors.run_candidates`
+    (one sub-folder per source). Returns the tuning tables ``{"yolo": ..., "heatmap": ...,
+    "ensemble": ...}``.
     """
     dets = load_detectors(bundle_dir, ["yolo", "heatmap"], backend)
+    for det, name in zip(dets, (CONFIG_FILE, HEATMAP_CONFIG_FILE)):  # before the runs are predicted
+        outputs.check_writable(det.bundle.weights.parent / name)
+    outputs.check_writable(Path(bundle_dir) / ENSEMBLE_FILE)
     cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}
     truth = []
     for i, (root, runs) in enumerate(sources):
@@ -336,11 +343,13 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
         truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
     pooled = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
     solution = pd.concat(truth, ignore_index=True)
-    heatmap = next(d for d in dets if d.name == "heatmap")
+    yolo, heatmap = (next(d for d in dets if d.name == n) for n in ("yolo", "heatmap"))
+    yolo_config, yolo_table = tune_thresholds(pooled["yolo"], solution, yolo.aggregate)
     hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, heatmap.aggregate, support_grid=None)
     tuned_on = [{"root": str(r), "runs": list(rs)} for r, rs in sources]
+    save_aggregate_config(yolo.bundle.weights.parent, yolo_config, detect=yolo.bundle.detect, tuned_on=tuned_on)
     save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
     before = load_ensemble(bundle_dir)  # its floor (min_keep) carries over
     config, table = fit_ensemble(pooled, solution, start=None if before is None else before.aggregate)
     save_ensemble(bundle_dir, config, default_detectors=default, tuned_on=tuned_on)
-    return {"heatmap": hm_table, "ensemble": table}
+    return {"yolo": yolo_table, "heatmap": hm_table, "ensemble": table}

@@ -381,3 +381,56 @@ def test_logit_pooling_rewards_agreement_and_old_files_keep_the_mean():
     assert EnsembleConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="fusion"):
         EnsembleConfig(fusion="median")
+
+
+@pytest.mark.slow
+def test_tune_ensemble_tunes_each_detector_and_the_ensemble_on_the_same_runs(tmp_path, capsys):
+    """``tune-ensemble`` writes YOLO's thresholds (czii_config.json), the heatmap's (heatmap.json)
+    and the ensemble (ensemble.json), all from one pass of both detectors over the same runs: YOLO's
+    saved thresholds are exactly what :func:`tune_thresholds` picks on YOLO's candidates of those
+    runs, its floor is kept and the weights are not touched."""
+    import torch
+
+    from czii_kaggle import layout, picks as picks_io
+    from czii_kaggle.bundle import file_sha256, load_bundle, save_heatmap_json
+    from czii_kaggle.cli import main
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
+    from czii_kaggle.detectors.yolo import YoloDetector
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+    from czii_kaggle.tune import tune_thresholds
+
+    ds = simulate_dataset(tmp_path / "sim", n_train=2, n_test=0, seed=4,
+                          config=SimConfig(shape_vox=(64, 192, 192), difficulty="easy"))
+    runs = layout.list_runs(ds.root, "train")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("model.pt", "czii_config.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
+    torch.manual_seed(0)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle / "heatmap.pt")
+    save_heatmap_json(bundle, config=HeatmapConfig(channels=(4, 8, 8), window_vox=(32, 64, 64)).to_dict())
+    before = load_bundle(bundle).aggregate
+    assert any(before[n].min_keep > 0 for n in NAMES)  # the shipped floor
+    weights_sha = file_sha256(bundle / "model.pt")
+
+    code = main(["tune-ensemble", "--data", f"{ds.root}:{','.join(runs)}", "--weights", str(bundle),
+                 "--cache-yolo", str(tmp_path / "cache"), "--backend", "torch", "--default", "yolo,heatmap"])
+    out = capsys.readouterr().out
+    assert code in (None, 0) and "yolo:" in out and "heatmap:" in out and "ensemble:" in out
+
+    yolo = YoloDetector(load_bundle(DEFAULT_BUNDLE), backend="torch")
+    cands = pd.concat([yolo.candidates(layout.tomogram_path(ds.root, "train", r), f"0/{r}")[0] for r in runs])
+    truth = picks_io.read_all_picks(ds.root, runs).assign(experiment=lambda d: "0/" + d["experiment"].astype(str))
+    want, _ = tune_thresholds(cands, truth, before)
+    doc = json.loads((bundle / "czii_config.json").read_text())
+    assert want.to_dict() != before.to_dict()  # these runs move YOLO's thresholds
+    assert doc["aggregate"] == want.to_dict()
+    assert doc["tuned_on"] == [{"root": str(ds.root), "runs": runs}]
+    assert [load_bundle(bundle).aggregate[n].min_keep for n in NAMES] == [before[n].min_keep for n in NAMES]
+    assert file_sha256(bundle / "model.pt") == weights_sha
+    hm = json.loads((bundle / "heatmap.json").read_text())
+    assert hm["tuned_on"] == doc["tuned_on"] and AggregateConfig.from_dict(hm["aggregate"]) is not None
+    ens = load_ensemble(bundle)
+    assert ens is not None and ens.detectors == ("yolo", "heatmap")
+    assert default_detectors(bundle) == ["yolo", "heatmap"]
