@@ -16,9 +16,15 @@ that no single rendering style, real or simulated, is all the model sees:
 4. :func:`tune_oof`: the per-class thresholds tuned on the pooled out-of-fold candidates with
    the library's tuning (:func:`czii_kaggle.tune.tune_thresholds`), scored beside the start
    model's own thresholds on the same runs;
-5. the final fit on every real run (:func:`train_fold` of ``plan.final``), with the tuned
-   thresholds saved into its bundle (:func:`finish_bundle`): a folder the inference notebook
-   takes as ``weights``.
+5. :func:`fit_heatmap_ensemble`: where the start bundle holds the 3D heatmap detector (the
+   shipped one does), its candidates of the real runs (it is carried over as it is, not
+   retrained, so it never trained on them), its thresholds tuned on them, and the ensemble
+   of the out-of-fold YOLO candidates with them fitted (:func:`czii_kaggle.tune.fit_ensemble`);
+   the detectors the bundle runs by default are those of the best of YOLO alone, the heatmap
+   alone and the ensemble on the real runs;
+6. the final fit on every real run (:func:`train_fold` of ``plan.final``), with the tuned
+   thresholds saved into its bundle (:func:`finish_bundle`, with the heatmap, ``ensemble.json``
+   and the default detectors of step 5): a folder the inference notebook takes as ``weights``.
 
 Every fold's training validates (Ultralytics' best epoch) on its held-out real runs; the
 final fit, which holds no real run out, on ``sim_val_runs`` simulated runs never trained on.
@@ -39,7 +45,9 @@ from . import layout, outputs
 from .errors import CziiInputError
 
 # The pipeline calls this module makes, in one place (bundle loading, prediction, threshold saving).
-from .bundle import DEFAULT_BUNDLE, MODEL_FILE, export_bundle_onnx, load_bundle, save_aggregate_config
+from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, MODEL_FILE,
+                     export_bundle_onnx, held_detectors, load_bundle, load_detectors, save_aggregate_config,
+                     save_ensemble, save_heatmap_json)
 from .train import train
 from .tune import yolo_candidates as _predict_candidates
 
@@ -397,14 +405,15 @@ def tune_oof(real_root: str | Path, candidates: pd.DataFrame, start_bundle) -> t
     return tune_thresholds(candidates, truth, start.aggregate)
 
 
-def score_candidates(real_root: str | Path, candidates: pd.DataFrame, config) -> float:
-    """The competition score of ``candidates`` selected with ``config`` against the runs' picks."""
+def score_candidates(real_root: str | Path, candidates: pd.DataFrame, config, runs: list[str] | None = None) -> float:
+    """The competition score of ``candidates`` selected with ``config`` against the picks of ``runs``
+    (default: the runs the candidates come from)."""
     from . import metric
     from .aggregate import select
     from .particles import SCORED
     from .picks import read_all_picks
 
-    truth = read_all_picks(real_root, sorted(set(candidates["experiment"].astype(str))))
+    truth = read_all_picks(real_root, runs or sorted(set(candidates["experiment"].astype(str))))
     picked = select(candidates, config)
     return float(metric.score(truth, picked[picked["particle_type"].isin(SCORED)].reset_index(drop=True)))
 
@@ -419,6 +428,76 @@ def compare_scores(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame,
         "fine-tuned, out of fold, start thresholds": score_candidates(real_root, oof, start.aggregate),
         "fine-tuned, out of fold, tuned thresholds (tuned on these runs)": score_candidates(real_root, oof, tuned),
     }
+
+
+@dataclass(frozen=True)
+class HeatmapFit:
+    """What :func:`fit_heatmap_ensemble` fitted on the real runs: the heatmap's thresholds, the
+    ensemble, their scores, the default detectors; or, with ``aggregate`` None, ``note`` says why
+    the fine-tuned bundle holds YOLO alone."""
+
+    note: str
+    aggregate: object = None  # AggregateConfig: the heatmap's thresholds tuned on the real runs
+    ensemble: object = None  # EnsembleConfig fitted on the out-of-fold YOLO and the heatmap candidates
+    scores: dict = field(default_factory=dict)
+    default: tuple[str, ...] = ("yolo",)
+    table: pd.DataFrame | None = None  # the ensemble's tuning table
+    tuned_on: list = field(default_factory=list)  # [{"root", "runs"}] of the real runs
+
+
+def heatmap_candidates(real_root: str | Path, runs: list[str], start_bundle: str | Path
+                       ) -> tuple[pd.DataFrame | None, str]:
+    """The start bundle's heatmap candidates (no threshold) of ``runs``, or ``None`` and why not
+    (the start bundle holds no heatmap, or it failed on a run: the error)."""
+    from .detectors import run_candidates as run_detectors
+
+    start = Path(start_bundle)
+    if not start.is_dir() or "heatmap" not in held_detectors(start):
+        return None, f"{start} holds no heatmap detector: the fine-tuned bundle runs YOLO alone"
+    found, report = run_detectors(load_detectors(start, ["heatmap"]), real_root, "train", list(runs), progress=False)
+    failed = report[report["status"] != "ok"]
+    if len(failed):
+        return None, (f"the heatmap failed on {', '.join(failed['experiment'])} ({failed['error'].iloc[0]}): "
+                      "the fine-tuned bundle runs YOLO alone")
+    return found["heatmap"], ""
+
+
+def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame, tuned) -> HeatmapFit:
+    """The start bundle's heatmap and the ensemble, fitted on the real runs (see the module docstring).
+
+    ``oof``: the folds' out-of-fold YOLO candidates (:func:`oof_candidates`); ``tuned``: YOLO's
+    thresholds tuned on them (:func:`tune_oof`). The heatmap's thresholds and the ensemble are
+    tuned on the same runs as ``tuned`` (the calibration, weights and thresholds of
+    :func:`czii_kaggle.tune.fit_ensemble`, from the start bundle's ensemble floor); the default
+    detectors are those of the highest of the three scores (ties: the fewer detectors).
+    """
+    from .bundle import load_ensemble
+    from .picks import read_all_picks
+    from .tune import fit_ensemble, tune_thresholds
+
+    runs = sorted(set(oof["experiment"].astype(str)))
+    start_dir = plan.init_weights.parent
+    cands, note = heatmap_candidates(real_root, runs, start_dir)
+    if cands is None:
+        return HeatmapFit(note)
+    truth = read_all_picks(real_root, runs)
+    start = load_detectors(start_dir, ["heatmap"])[0].aggregate
+    hm, _ = tune_thresholds(cands, truth, start, support_grid=None)
+    before = load_ensemble(start_dir)
+    ensemble, table = fit_ensemble({"yolo": oof, "heatmap": cands}, truth,
+                                   start=None if before is None else before.aggregate)
+    from .ensemble import combine
+
+    scores = {"yolo": score_candidates(real_root, oof, tuned, runs),
+              "heatmap": score_candidates(real_root, cands, hm, runs),
+              "yolo,heatmap": score_candidates(real_root, combine({"yolo": oof, "heatmap": cands}, ensemble),
+                                               ensemble.aggregate, runs)}
+    best = max(scores, key=lambda k: (scores[k], -k.count(",")))
+    named = {"heatmap": "heatmap of the start bundle (not retrained), thresholds tuned on these runs",
+             "yolo,heatmap": "ensemble: fine-tuned YOLO out of fold + heatmap, fitted on these runs"}
+    return HeatmapFit(f"default detectors: {best} (the best on the real runs)", hm, ensemble,
+                      {named[k]: v for k, v in scores.items() if k in named}, tuple(best.split(",")), table,
+                      [{"root": str(real_root), "runs": runs}])
 
 
 def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
@@ -439,15 +518,21 @@ def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
 
 
 def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePlan, scores: dict | None = None,
-                  table: pd.DataFrame | None = None, elapsed: dict | None = None) -> Path:
+                  table: pd.DataFrame | None = None, elapsed: dict | None = None,
+                  heatmap: HeatmapFit | None = None) -> Path:
     """Copy the final fit's bundle to ``out_dir``: the weights, ``czii_config.json`` with the tuned
     thresholds, ``FINETUNE.json`` (the plan, the scores, the tuning table, measured and estimated
-    seconds) and ``model.onnx`` where the onnx package is installed. A folder that is there already
-    is replaced only when it holds a previous ``FINETUNE.json``."""
+    seconds) and ``model.onnx`` where the onnx package is installed; with a ``heatmap`` fit
+    (:func:`fit_heatmap_ensemble`), the start bundle's heatmap files with the thresholds tuned on
+    the real runs and ``ensemble.json`` naming the default detectors. A folder that is there
+    already is replaced only when it holds a previous ``FINETUNE.json``."""
     import importlib.util
 
-    record = {**plan_record(plan), "scores": scores or {},
-              "tuned_table": [] if table is None else table.to_dict(orient="records"), "elapsed_s": elapsed or {}}
+    fitted = heatmap is not None and heatmap.aggregate is not None
+    record = {**plan_record(plan), "scores": {**(scores or {}), **(heatmap.scores if fitted else {})},
+              "tuned_table": [] if table is None else table.to_dict(orient="records"), "elapsed_s": elapsed or {},
+              "default_detectors": list(heatmap.default) if fitted else ["yolo"],
+              "heatmap_note": "" if heatmap is None else heatmap.note}
 
     out_dir = Path(out_dir)
     outputs.check_writable(out_dir, folder=True)
@@ -462,6 +547,12 @@ def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePla
         save_aggregate_config(tmp, tuned, detect=start.detect)
         if importlib.util.find_spec("onnx") is not None:
             export_bundle_onnx(tmp)
+        if fitted:
+            for name in (HEATMAP_WEIGHTS_FILE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE):
+                if (plan.init_weights.parent / name).is_file():
+                    shutil.copy2(plan.init_weights.parent / name, tmp / name)
+            save_heatmap_json(tmp, aggregate=heatmap.aggregate.to_dict(), tuned_on=heatmap.tuned_on)
+            save_ensemble(tmp, heatmap.ensemble, default_detectors=list(heatmap.default))
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
     return out_dir
 

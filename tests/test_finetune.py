@@ -123,3 +123,72 @@ def test_a_kept_fold_of_another_plan_is_refused(tmp_path):
     other = finetune.plan_fine_tune(root, FineTuneConfig(k_folds=3, fold_epochs=2))
     with pytest.raises(CziiInputError, match="was trained for another plan"):
         finetune.train_fold(other, None, other.folds[0], bundle.parent)
+
+
+@pytest.mark.slow
+def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tmp_path, capsys):
+    """A start bundle with YOLO and a heatmap detector: the heatmap's thresholds and the ensemble are
+    fitted on the real runs, the default detectors are the best of YOLO, heatmap and ensemble there,
+    and the fine-tuned bundle ships all of it and predicts with them by default. A start bundle
+    without a heatmap gives a YOLO-only bundle, and says so."""
+    import shutil
+
+    from dataclasses import replace
+
+    from czii_kaggle import layout
+    from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, load_ensemble, load_heatmap_bundle,
+                                    save_heatmap_json)
+    from czii_kaggle.cli import main
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path / "kaggle", n_train=2, n_test=1, seed=4,
+                          config=SimConfig(shape_vox=(64, 192, 192), difficulty="easy"))
+    runs = layout.list_pick_runs(ds.root)
+    start = tmp_path / "start"
+    start.mkdir()
+    for name in ("model.pt", "czii_config.json", "ensemble.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, start / name)
+    for name in ("heatmap.pt", "heatmap.onnx", "heatmap.json"):  # the shipped heatmap, in windows these runs hold
+        shutil.copy(DEFAULT_BUNDLE / name, start / name)
+    shipped = load_heatmap_bundle(DEFAULT_BUNDLE).config
+    save_heatmap_json(start, config=replace(shipped, window_vox=(32, 96, 96), overlap_vox=16).to_dict())
+    plan = finetune.plan_fine_tune(ds.root, FineTuneConfig(k_folds=2, init=str(start)))
+    oof, _ = finetune.run_candidates(ds.root, runs, start)  # stands in for the folds' out-of-fold candidates
+    tuned, _ = finetune.tune_oof(ds.root, oof, plan.init_weights)
+
+    fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof, tuned)
+    assert fit.aggregate is not None and fit.ensemble.detectors == ("yolo", "heatmap")
+    three = {"yolo": finetune.score_candidates(ds.root, oof, tuned), **dict(zip(("heatmap", "yolo,heatmap"),
+                                                                                 fit.scores.values()))}
+    assert fit.default == tuple(max(three, key=lambda k: (three[k], -k.count(","))).split(","))
+    assert all(v <= 1.0 for v in three.values()) and three["yolo,heatmap"] > 0
+    assert [fit.ensemble.aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")] == [
+        load_ensemble(start).aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")]  # the floor carried
+
+    out = finetune.finish_bundle(start, tmp_path / "out", tuned, plan, heatmap=fit)
+    assert {"model.pt", "czii_config.json", "heatmap.pt", "heatmap.onnx", "heatmap.json", "ensemble.json",
+            "FINETUNE.json"} <= {
+        p.name for p in out.iterdir()}
+    assert default_detectors(out) == list(fit.default)
+    assert load_heatmap_bundle(out).aggregate.to_dict() == fit.aggregate.to_dict()
+    assert load_ensemble(out).to_dict() == fit.ensemble.to_dict()
+    record = json.loads((out / "FINETUNE.json").read_text())
+    assert record["default_detectors"] == list(fit.default) and set(fit.scores) <= set(record["scores"])
+    assert json.loads((out / "heatmap.json").read_text())["tuned_on"] == [{"root": str(ds.root), "runs": runs}]
+    for csv, named in (("default.csv", []), ("named.csv", ["--detectors", ",".join(fit.default)])):
+        assert main(["predict", "--data", str(ds.root), "--weights", str(out), "--out", str(tmp_path / csv),
+                     "--backend", "torch", *named]) == 0
+    import pandas as pd
+
+    default, named = (pd.read_csv(tmp_path / f) for f in ("default.csv", "named.csv"))
+    assert len(default) > 0 and default.drop(columns="id").equals(named.drop(columns="id"))
+
+    yolo_only = tmp_path / "yolo_only"
+    yolo_only.mkdir()
+    shutil.copy(DEFAULT_BUNDLE / "model.pt", yolo_only / "model.pt")
+    shutil.copy(DEFAULT_BUNDLE / "czii_config.json", yolo_only / "czii_config.json")
+    plan = finetune.plan_fine_tune(ds.root, FineTuneConfig(k_folds=2, init=str(yolo_only)))
+    fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof, tuned)
+    assert fit.aggregate is None and "holds no heatmap detector" in fit.note
+    out = finetune.finish_bundle(yolo_only, tmp_path / "out2", tuned, plan, heatmap=fit)
+    assert not (out / "ensemble.json").exists() and default_detectors(out) == ["yolo"]

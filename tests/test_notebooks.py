@@ -206,6 +206,9 @@ def test_train_notebook_fine_tunes_in_kaggles_layout(tmp_path, kernel_name):
     assert sorted(r for h in held for r in h) == runs and all(len(h) == 1 for h in held)  # leave-one-run-out
     assert record["sim_runs"] == ["TS_sim_21_0", "TS_sim_21_1"] and record["sim_val_runs"] == ["TS_sim_21_1"]
     assert len(record["scores"]) == 3 and all(0.0 <= v <= 1.0 for v in record["scores"].values())
+    # these tiny runs are smaller than one heatmap window: the bundle runs YOLO alone, and says why
+    assert record["default_detectors"] == ["yolo"] and "smaller than one heatmap window" in record["heatmap_note"]
+    assert not (out / "ensemble.json").exists()
     assert {r["particle_type"] for r in record["tuned_table"]} <= {"apo-ferritin", "beta-amylase",
                                                                    "beta-galactosidase", "ribosome",
                                                                    "thyroglobulin", "virus-like-particle"}
