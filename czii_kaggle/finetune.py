@@ -80,6 +80,10 @@ T4_STEP_S = 0.45
 #: Seconds to predict one full-size run on one T4 (reading and preprocessing bound): 13.3 s of
 #: CPU-side work per run on the loaded build machine (README, Kaggle estimate).
 T4_PREDICT_S_PER_RUN = 13.3
+#: Seconds for the start bundle's heatmap detector to predict one full-size run: 2.1 s (reading,
+#: inference, peaks) with ONNX Runtime on the 2-core build machine (README, stage g), kept for a
+#: Kaggle kernel (conservative: a T4 runs the network faster).
+HEATMAP_S_PER_RUN = 2.1
 #: Fixed seconds per training (model and data set-up, Ultralytics' final validation).
 TRAIN_OVERHEAD_S = 60.0
 
@@ -218,12 +222,14 @@ def _n_steps(n_images: int, batch: int) -> int:
 
 def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAGES_PER_RUN,
                step_s: float = T4_STEP_S, predict_s_per_run: float = T4_PREDICT_S_PER_RUN,
-               sim_s_per_run: float = SIM_S_PER_RUN, dataset_s_per_run: float = DATASET_S_PER_RUN) -> dict:
+               sim_s_per_run: float = SIM_S_PER_RUN, dataset_s_per_run: float = DATASET_S_PER_RUN,
+               heatmap_s_per_run: float = HEATMAP_S_PER_RUN) -> dict:
     """Seconds per phase of the fine-tuning on one T4 (see the time model constants above).
 
     Each training epoch runs ``ceil(train images / batch)`` steps and validates its held-out
     images at a third of a step per batch; out-of-fold prediction predicts each real run once,
-    the baseline (the start model on every real run) once more.
+    the baseline (the start model on every real run) once more, and the start bundle's heatmap
+    each real run once (:func:`fit_heatmap_ensemble`).
     """
     voxels = float(np.prod(config.sim_shape_vox)) / (184 * 630 * 630)
     n_sim_train = config.n_sim_runs - config.sim_val_runs
@@ -239,7 +245,7 @@ def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAG
         "simulate_s": config.n_sim_runs * sim_s_per_run * voxels,
         "dataset_s": (n_real + config.n_sim_runs) * dataset_s_per_run * voxels,
         "train_s": train_s,
-        "predict_s": 2 * n_real * predict_s_per_run * voxels,
+        "predict_s": n_real * (2 * predict_s_per_run + heatmap_s_per_run) * voxels,
     }
     out["total_s"] = sum(out.values())
     return out

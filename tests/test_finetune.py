@@ -47,12 +47,12 @@ def test_config_comes_from_the_recipe_and_none_keeps_it():
 def test_estimate_counts_steps_of_every_training():
     cfg = FineTuneConfig(k_folds=7, fold_epochs=2, final_epochs=3, n_sim_runs=4, sim_val_runs=1, batch=32)
     est = estimate_s(cfg, 7, images_per_run=64, step_s=1.0, predict_s_per_run=10.0, sim_s_per_run=5.0,
-                     dataset_s_per_run=2.0)
+                     dataset_s_per_run=2.0, heatmap_s_per_run=3.0)
     # folds: 6 real + 3 simulated training runs = 576 images = 18 steps, 1 held-out run = 2 val batches / 3
     fold = 2 * (18 + 2 / 3) + finetune.TRAIN_OVERHEAD_S
     final = 3 * (20 + 2 / 3) + finetune.TRAIN_OVERHEAD_S  # 7 + 3 runs = 20 steps; 1 simulated val run
     assert est["train_s"] == pytest.approx(7 * fold + final)
-    assert est["simulate_s"] == 20 and est["dataset_s"] == 22 and est["predict_s"] == 140
+    assert est["simulate_s"] == 20 and est["dataset_s"] == 22 and est["predict_s"] == 7 * (2 * 10 + 3)
     assert est["total_s"] == pytest.approx(sum(v for k, v in est.items() if k != "total_s"))
     more = estimate_s(FineTuneConfig(k_folds=7, fold_epochs=4, final_epochs=3, n_sim_runs=4), 7)
     assert more["train_s"] > estimate_s(FineTuneConfig(k_folds=7, fold_epochs=2, final_epochs=3, n_sim_runs=4), 7)[
