@@ -63,6 +63,21 @@ def _difficulty(text: str) -> str | float:
         return text
 
 
+def _count_scale(text: str) -> tuple[str, float]:
+    """``beta-galactosidase=3`` -> ``("beta-galactosidase", 3.0)``: a particle type's count factor."""
+    from .particles import NAMES
+
+    name, _, value = text.partition("=")
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = -1.0
+    if name not in NAMES or not factor >= 0:
+        raise argparse.ArgumentTypeError(f"--count-scale takes TYPE=FACTOR (a type of {', '.join(NAMES)}; "
+                                         f"factor >= 0), not {text!r}")
+    return name, factor
+
+
 def _look(text: str):
     """``classic``, ``random`` or a JSON object of look fields (``'{"filter": "median"}'``)."""
     import json
@@ -97,7 +112,7 @@ def _cmd_simulate(a) -> None:
     config = _sim_config("simulate", a.difficulty, a.shape, a.look)
     ds = simulate_dataset(a.out, n_train=a.n_train, n_test=a.n_test, config=config, seed=a.seed,
                           real_train_layouts=a.real_layouts is not None, real_root=a.real_layouts,
-                          overwrite=a.overwrite)
+                          count_scale=dict(a.count_scale or ()), overwrite=a.overwrite)
     print(f"data root:     {ds.root}\ntest solution: {ds.solution_csv}")
     print(f"train runs:    {', '.join(ds.train_runs) or '-'}\ntest runs:     {', '.join(ds.test_runs) or '-'}")
 
@@ -352,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--look", type=_look, default="classic",
                    help="classic (fixed rendering), random (each run draws its look) or a JSON object fixing or "
                         "restricting look fields, e.g. '{\"filter\": \"median\"}' (see czii_kaggle.simulate.look)")
+    s.add_argument("--count-scale", type=_count_scale, nargs="+", metavar="TYPE=FACTOR",
+                   help="multiply a type's mean count in random layouts, e.g. beta-galactosidase=3 thyroglobulin=1.5")
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (refused otherwise)")
     s.set_defaults(func=_cmd_simulate)
 

@@ -64,6 +64,25 @@ def test_simulate_then_show(tmp_path, capsys):
         main(["simulate"])  # --out is required: argparse's usage error
 
 
+def test_simulate_count_scale_multiplies_a_types_count(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    counts = {}
+    for name, extra in (("plain", []), ("more", ["--count-scale", "beta-galactosidase=4", "ribosome=0"])):
+        assert main(["simulate", "--out", str(tmp_path / name), "--n-train", "0", "--n-test", "2",
+                     "--shape", "64", "320", "320", "--seed", "3", *extra]) == 0
+        counts[name] = pd.read_csv(tmp_path / name / "test_solution.csv")["particle_type"].value_counts()
+    assert counts["plain"].get("beta-galactosidase", 0) > 0
+    assert counts["more"]["beta-galactosidase"] > 2 * counts["plain"]["beta-galactosidase"]
+    assert "ribosome" in counts["plain"] and "ribosome" not in counts["more"]
+    scale = json.loads((tmp_path / "more" / "simulation.json").read_text())["count_scale"]
+    assert scale["beta-galactosidase"] == 4.0 and scale["thyroglobulin"] == 1.0
+    code, err = _run(["simulate", "--out", tmp_path / "bad", "--count-scale", "ribosomes=2"], capsys)
+    assert code == 2 and "--count-scale takes TYPE=FACTOR" in err and not (tmp_path / "bad").exists()
+
+
 def _run(argv, capsys):
     """``main(argv)``'s exit code (argparse's usage errors included) and its stderr."""
     try:
