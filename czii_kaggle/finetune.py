@@ -477,23 +477,21 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
     :func:`czii_kaggle.tune.fit_ensemble`, from the start bundle's ensemble floor); the default
     detectors are those of the highest of the three scores (ties: the fewer detectors).
     """
-    from .bundle import load_ensemble
+    from .bundle import load_ensemble, load_heatmap_bundle
+    from .ensemble import combine
     from .picks import read_all_picks
     from .tune import fit_ensemble, tune_thresholds
 
-    runs = sorted(set(oof["experiment"].astype(str)))
+    runs = list(plan.real_runs)
     start_dir = plan.init_weights.parent
     cands, note = heatmap_candidates(real_root, runs, start_dir)
     if cands is None:
         return HeatmapFit(note)
     truth = read_all_picks(real_root, runs)
-    start = load_detectors(start_dir, ["heatmap"])[0].aggregate
-    hm, _ = tune_thresholds(cands, truth, start, support_grid=None)
+    hm, _ = tune_thresholds(cands, truth, load_heatmap_bundle(start_dir).aggregate, support_grid=None)
     before = load_ensemble(start_dir)
     ensemble, table = fit_ensemble({"yolo": oof, "heatmap": cands}, truth,
                                    start=None if before is None else before.aggregate)
-    from .ensemble import combine
-
     scores = {"yolo": score_candidates(real_root, oof, tuned, runs),
               "heatmap": score_candidates(real_root, cands, hm, runs),
               "yolo,heatmap": score_candidates(real_root, combine({"yolo": oof, "heatmap": cands}, ensemble),
