@@ -146,7 +146,7 @@ def augment_look(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gain = (1 - w) + w * np.cos(2 * np.pi * (k / k0) ** 2 + phi)
     gain *= np.exp(-0.5 * (k / rng.uniform(0.15, 0.6)) ** 2)
     gain.flat[0] = 1.0
-    out = np.fft.irfftn(np.fft.rfftn(patch) * gain, s=shape)
+    out = np.fft.irfftn(np.fft.rfftn(patch) * gain, s=shape, axes=(0, 1, 2))
     out += rng.normal(0.0, rng.uniform(0.0, 0.6) * out.std(), shape)
     lo, hi = np.percentile(out, (0.5, 99.5))
     out = (out - lo) / max(hi - lo, 1e-6) - 0.5
