@@ -210,6 +210,12 @@ def write_training_config(out_dir: str | Path, record: dict) -> Path:
     return update_json(Path(out_dir) / CONFIG_FILE, record)
 
 
+def sources_record(sources) -> list[dict]:
+    """``[(root, runs), ...]`` -> ``[{"root", "runs"}, ...]``: the runs a bundle file was tuned or
+    trained on, as its ``tuned_on`` / ``sources`` keys record them (``runs`` None: every run)."""
+    return [{"root": str(root), "runs": None if runs is None else list(runs)} for root, runs in sources]
+
+
 def save_aggregate_config(bundle_dir: str | Path, config: AggregateConfig, detect: DetectConfig | None = None,
                           tuned_on: list[dict] | None = None) -> Path:
     """Write tuned thresholds ``config`` under the ``aggregate`` key of the bundle's ``czii_config.json``

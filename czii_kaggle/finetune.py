@@ -47,7 +47,7 @@ from .errors import CziiInputError
 # The pipeline calls this module makes, in one place (bundle loading, prediction, threshold saving).
 from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, MODEL_FILE,
                      export_bundle_onnx, held_detectors, load_bundle, load_detectors, save_aggregate_config,
-                     save_ensemble, save_heatmap_json)
+                     save_ensemble, save_heatmap_json, sources_record)
 from .train import train
 from .tune import yolo_candidates as _predict_candidates
 
@@ -501,7 +501,7 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
              "yolo,heatmap": "ensemble: fine-tuned YOLO out of fold + heatmap, fitted on these runs"}
     return HeatmapFit(f"default detectors: {best} (the best on the real runs)", hm, ensemble,
                       {named[k]: v for k, v in scores.items() if k in named}, tuple(best.split(",")), table,
-                      [{"root": str(real_root), "runs": runs}])
+                      sources_record([(real_root, runs)]))
 
 
 def default_dirs(kaggle: bool, work_dir: str | Path | None = None,

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import layout, picks as picks_io
 from .errors import CziiInputError
-from .bundle import HEATMAP_WEIGHTS_FILE, save_heatmap_json
+from .bundle import HEATMAP_WEIGHTS_FILE, save_heatmap_json, sources_record
 from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, read_input
 from .particles import NAMES, PARTICLES
 
@@ -253,7 +253,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     tmp.replace(weights)
     record = {
         "command": command or " ".join(sys.argv),
-        "sources": [{"root": str(r), "runs": rs} for r, rs in sources],
+        "sources": sources_record(sources),
         "runs": [r.name for r in runs],
         "train_config": asdict(train),
         "init": str(init) if init else None,

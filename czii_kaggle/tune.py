@@ -41,7 +41,7 @@ from scipy.spatial import cKDTree
 from . import frames, layout, outputs, picks as picks_io
 from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
 from .bundle import (CONFIG_FILE, ENSEMBLE_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_ensemble, load_heatmap_bundle,
-                     save_aggregate_config, save_ensemble, save_heatmap_json, with_tta)
+                     save_aggregate_config, save_ensemble, save_heatmap_json, sources_record, with_tta)
 from .detectors import run_candidates
 from .detectors.heatmap import HeatmapDetector
 from .ensemble import EnsembleConfig, combine, fit_calibration
@@ -288,7 +288,7 @@ def tune_bundle(
     config, table = tune_thresholds(pd.concat(all_candidates, ignore_index=True),
                                     pd.concat(all_truth, ignore_index=True), bundle.aggregate)
     save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect,
-                          tuned_on=[{"root": str(r), "runs": list(rs)} for r, rs in [(root, runs), *(more or [])]])
+                          tuned_on=sources_record([(root, runs), *(more or [])]))
     return table
 
 
@@ -307,7 +307,7 @@ def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | 
     config, table = tune_thresholds(pd.concat(cands, ignore_index=True), pd.concat(truth, ignore_index=True),
                                     det.aggregate, support_grid=None)
     save_heatmap_json(det.bundle.weights.parent, aggregate=config.to_dict(),
-                      tuned_on=[{"root": str(r), "runs": rs} for r, rs in sources])
+                      tuned_on=sources_record(sources))
     return table
 
 
@@ -327,9 +327,8 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
     "ensemble": ...}``.
     """
     dets = load_detectors(bundle_dir, ["yolo", "heatmap"], backend)
-    for det, name in zip(dets, (CONFIG_FILE, HEATMAP_CONFIG_FILE)):  # before the runs are predicted
-        outputs.check_writable(det.bundle.weights.parent / name)
-    outputs.check_writable(Path(bundle_dir) / ENSEMBLE_FILE)
+    for name in (CONFIG_FILE, HEATMAP_CONFIG_FILE, ENSEMBLE_FILE):  # before the runs are predicted
+        outputs.check_writable(Path(bundle_dir) / name)
     cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}
     truth = []
     for i, (root, runs) in enumerate(sources):
@@ -343,10 +342,10 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
         truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
     pooled = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
     solution = pd.concat(truth, ignore_index=True)
-    yolo, heatmap = (next(d for d in dets if d.name == n) for n in ("yolo", "heatmap"))
+    yolo, heatmap = dets
     yolo_config, yolo_table = tune_thresholds(pooled["yolo"], solution, yolo.aggregate)
     hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, heatmap.aggregate, support_grid=None)
-    tuned_on = [{"root": str(r), "runs": list(rs)} for r, rs in sources]
+    tuned_on = sources_record(sources)
     save_aggregate_config(yolo.bundle.weights.parent, yolo_config, detect=yolo.bundle.detect, tuned_on=tuned_on)
     save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
     before = load_ensemble(bundle_dir)  # its floor (min_keep) carries over

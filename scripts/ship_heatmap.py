@@ -7,8 +7,9 @@ Copies ``heatmap.pt``, ``heatmap.onnx`` and ``ensemble.json`` as they are, ``hea
 ``training.history`` taken from the committed stage record (the commands of every stage and of
 its data), and YOLO's thresholds (``aggregate``, ``tuned_on`` of ``czii_config.json``: since
 ``tune-ensemble`` tunes them on the same runs) when the bundle's ``model.pt`` is the shipped one;
-checks that the ONNX copy is the export of these weights and that the weights stay under 10 MB. The bundle is made by copying ``czii_kaggle/models/*`` into a folder, putting the
-trained ``heatmap.pt`` / ``heatmap.json`` in, ``czii-kaggle export-onnx --detector heatmap`` and
+checks that the ONNX copy is the export of these weights and that the weights stay under 10 MB.
+The bundle is made by copying ``czii_kaggle/models/*`` into a folder, putting the trained
+``heatmap.pt`` / ``heatmap.json`` in, ``czii-kaggle export-onnx --detector heatmap`` and
 ``czii-kaggle tune-ensemble`` (README: the heatmap on random looks).
 """
 from __future__ import annotations
