@@ -13,6 +13,7 @@ filesystem, or the shipped model that every install carries).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -57,13 +58,20 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
     if (scheduler is None) == (n_workers is None):
         raise ValueError("give exactly one of scheduler and n_workers")
     if scheduler is not None:
+        failure = ""
         try:
             client = distributed.Client(scheduler, timeout=timeout_s, set_as_default=False)
         except ValueError as exc:
-            raise CziiInputError(None, f"{scheduler!r} is not a Dask scheduler address ({exc})") from None
+            failure = f"{scheduler!r} is not a Dask scheduler address ({exc})"
         except (OSError, TimeoutError) as exc:
-            raise CziiInputError(None, f"Dask scheduler {scheduler} did not answer within {timeout_s:g} s "
-                                       f"({type(exc).__name__}); start one with `dask scheduler`") from None
+            failure = (f"Dask scheduler {scheduler} did not answer within {timeout_s:g} s "
+                       f"({type(exc).__name__}); start one with `dask scheduler`")
+        if failure:
+            # The half-made Client closes in its __del__: let it do so here, once the exception that
+            # held it is gone, not at a later garbage collection that may fall inside another event
+            # loop's start (a deadlock in distributed's LoopRunner).
+            gc.collect()
+            raise CziiInputError(None, failure)
         try:
             client.wait_for_workers(1, timeout=timeout_s)
         except (OSError, TimeoutError):
