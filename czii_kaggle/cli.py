@@ -323,7 +323,8 @@ def _cmd_train_heatmap(a) -> None:
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
                                threads=a.threads, look_augment=a.look_augment)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
-    print(train_heatmap(_sources(a.data), a.out, HeatmapConfig(), train, init=a.init, command=cmd))
+    config = HeatmapConfig() if a.channels is None else HeatmapConfig(channels=tuple(a.channels))
+    print(train_heatmap(_sources(a.data), a.out, config, train, init=a.init, command=cmd))
 
 
 def _cmd_tune_heatmap(a) -> None:
@@ -466,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=3e-3)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--init", type=Path, help="heatmap.pt to start from")
+    s.add_argument("--channels", type=_positive, nargs=3, metavar=("C0", "C1", "C2"),
+                   help="network widths at 1/2, 1/4, 1/8 resolution (default 12 24 32); wider than --init's "
+                        "network: it is widened without changing its output, then trained")
     s.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
     s.add_argument("--look-augment", type=float, default=0.0,
                    help="share of patches given a random look (CTF-like band gain, low-pass, noise); default 0")

@@ -200,11 +200,12 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     Writes ``out/heatmap.pt`` (the weights), ``out/heatmap.json`` (config, the default
     selection options and a training record: command, sources, settings, seconds,
     losses) and logs each step's loss to ``out/train.log``. ``init``: a ``heatmap.pt`` to
-    start from. Returns ``out``.
+    start from; when ``config.channels`` is wider than its network, the start is widened without
+    changing its output (:func:`czii_kaggle.detectors.heatmap_net.widen_state_dict`). Returns ``out``.
     """
     import torch
 
-    from .detectors.heatmap_net import focal_heatmap_loss
+    from .detectors.heatmap_net import focal_heatmap_loss, widen_state_dict
 
     config = config or HeatmapConfig()
     train = train or HeatmapTrainConfig()
@@ -215,9 +216,17 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     runs = load_runs(sources, config)
     config = HeatmapConfig.from_dict({**config.to_dict(), "voxel_size_A": float(np.median([r.voxel_size_A for r in runs]))})
     net = build_net(config).to(memory_format=torch.channels_last_3d)
+    init_channels = None
     if init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
-        net.load_state_dict(state.get("model", state))
+        state = state.get("model", state)
+        init_channels = [int(state[k].shape[0]) for k in ("stem.0.weight", "down1.0.weight", "down2.0.weight")]
+        if init_channels != list(config.channels):
+            try:
+                state = widen_state_dict(state, net)
+            except ValueError as exc:
+                raise CziiInputError(init, f"cannot start a {tuple(config.channels)} network from these weights: {exc}") from None
+        net.load_state_dict(state)
     opt = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     ckpt_path = out / CHECKPOINT_FILE
     step, losses, seconds = 0, [], 0.0
@@ -257,6 +266,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         "runs": [r.name for r in runs],
         "train_config": asdict(train),
         "init": str(init) if init else None,
+        "init_channels": init_channels,
         "steps": step,
         "seconds": round(time.perf_counter() - t_start, 1),
         "loss_first_50": float(np.mean(losses[:50])) if losses else None,

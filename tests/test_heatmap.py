@@ -16,7 +16,7 @@ from czii_kaggle.bundle import (DEFAULT_BUNDLE, export_heatmap_onnx, file_sha256
 from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, default_aggregate_config,
                                            find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
                                            predict_heatmaps, read_input, window_starts)
-from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss
+from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
 from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, render_targets, sample_batch,
                                        train_heatmap)
 from czii_kaggle.particles import NAMES, get
@@ -179,6 +179,39 @@ def test_network_shapes_and_loss_falls_on_one_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_widening_keeps_the_output_and_then_trains_the_new_channels():
+    torch.manual_seed(1)
+    small = HeatmapUNet(6, (4, 8, 8))
+    opt = torch.optim.Adam(small.parameters(), lr=1e-2)
+    x = torch.randn(2, 1, 16, 32, 32)
+    target = torch.zeros(2, 6, 8, 16, 16)
+    target[:, 3, 4, 8, 8] = 1.0
+    for _ in range(3):  # trained a little, so that batch-norm statistics and biases are not their defaults
+        opt.zero_grad()
+        focal_heatmap_loss(small(x), target).backward()
+        opt.step()
+    wide = HeatmapUNet(6, (6, 12, 16))
+    wide.load_state_dict(widen_state_dict(small.state_dict(), wide))
+    for mode in (True, False):  # batch statistics, then running statistics
+        small.train(mode)
+        wide.train(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(wide(x), small(x), rtol=0, atol=1e-6)
+    # the zero weights into old channels learn at once; then the new channels' own weights do too
+    opt = torch.optim.Adam(wide.parameters(), lr=1e-2)
+    before = wide.state_dict()["down1.0.weight"][8:, :4].clone()
+    for _ in range(2):
+        opt.zero_grad()
+        focal_heatmap_loss(wide(x), target).backward()
+        opt.step()
+    assert wide.enc0[0].weight[:4, 4:].abs().sum() > 0
+    assert not torch.equal(wide.down1[0].weight[8:, :4], before)
+    with pytest.raises(ValueError, match="does not fit"):
+        widen_state_dict(wide.state_dict(), HeatmapUNet(6, (4, 8, 8)))
+    with pytest.raises(ValueError, match="predict 6 classes, the network 4"):
+        widen_state_dict(small.state_dict(), HeatmapUNet(4, (6, 12, 16)))
+
+
 def _bundle(tmp_path, classes=NAMES, channels=(4, 8, 8)):
     cfg = HeatmapConfig(channels=channels, classes=classes, window_vox=(16, 32, 32), overlap_vox=8, min_peak=0.0)
     torch.save(HeatmapUNet(len(classes), channels).state_dict(), tmp_path / "heatmap.pt")
@@ -299,6 +332,14 @@ def test_training_writes_weights_and_resumes(tmp_path):
     bundle = load_heatmap_bundle(out)
     assert bundle.record["steps"] == 3 and bundle.record["runs"]
     assert not torch.equal(first["head.weight"], torch.load(out / "heatmap.pt", weights_only=True)["head.weight"])
+    # a wider network started from these weights: widened, trained, and its record says from what
+    wide = train_heatmap([(ds.root, None)], tmp_path / "wide", replace(cfg, channels=(6, 8, 12)), replace(tr, steps=1),
+                         init=out / "heatmap.pt", command="test")
+    assert load_heatmap_bundle(wide).record["init_channels"] == [4, 8, 8]
+    assert load_heatmap_bundle(wide).config.channels == (6, 8, 12)
+    with pytest.raises(CziiInputError, match="heatmap.pt: cannot start a \\(2, 8, 8\\) network"):
+        train_heatmap([(ds.root, None)], tmp_path / "narrow", replace(cfg, channels=(2, 8, 8)), tr,
+                      init=out / "heatmap.pt", command="test")
     run = layout.list_runs(ds.root, "train")[0]
     cands, _ = HeatmapDetector(replace(bundle, config=replace(bundle.config, window_vox=(32, 64, 64)))).candidates(
         layout.tomogram_path(ds.root, "train", run), run)

@@ -64,6 +64,48 @@ class HeatmapUNet(nn.Module):
         return self.head(d0)
 
 
+def widen_state_dict(state: dict, net: HeatmapUNet) -> dict:
+    """``state`` (weights of a narrower :class:`HeatmapUNet`) laid into ``net``'s wider shapes, function-preserving.
+
+    Each old tensor fills the leading corner of the new one. The new channels get ``net``'s own
+    fresh weights on their inputs (so they compute something) and exactly zero weight on every
+    path into an old channel or the head, so the wider network's output equals the narrower
+    one's (training mode too: batch norm is per channel); training then grows the zero weights.
+    New batch-norm channels start as identity (weight 1, bias 0, mean 0, variance 1).
+    Raises ``ValueError`` for another class count or a network narrower than ``state``.
+    """
+    new = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if set(state) != set(new):
+        raise ValueError(f"not the same network: keys {sorted(set(state) ^ set(new))[:4]} differ")
+    if state["head.weight"].shape[0] != new["head.weight"].shape[0]:
+        raise ValueError(f"the weights predict {state['head.weight'].shape[0]} classes, the network "
+                         f"{new['head.weight'].shape[0]}")
+    in_dim = {}  # weight key -> the dimension of its input channels
+    for name, module in net.named_modules():
+        if isinstance(module, nn.ConvTranspose3d):
+            in_dim[f"{name}.weight"] = 0
+        elif isinstance(module, nn.Conv3d):
+            in_dim[f"{name}.weight"] = 1
+    for key, old in state.items():
+        target = new[key]
+        if old.dim() != target.dim() or any(o > t for o, t in zip(old.shape, target.shape)):
+            raise ValueError(f"{key}: {tuple(old.shape)} does not fit in {tuple(target.shape)}")
+        if key in in_dim:
+            d = in_dim[key]
+            out_dim = 1 - d
+            # old outputs read nothing from new inputs
+            index = [slice(None)] * target.dim()
+            index[out_dim] = slice(0, old.shape[out_dim])
+            index[d] = slice(old.shape[d], None)
+            target[tuple(index)] = 0
+        elif key.endswith((".weight", ".running_var")):
+            target.fill_(1)
+        elif key.endswith((".bias", ".running_mean")) and not key.startswith(("up", "head")):
+            target.zero_()
+        target[tuple(slice(0, n) for n in old.shape)] = old
+    return new
+
+
 def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss, summed and divided by the number of peaks.
 
