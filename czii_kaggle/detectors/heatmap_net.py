@@ -5,8 +5,10 @@ the input's resolution: the input is the zarr's level 1 (~20 A per voxel), a lea
 stride-2 stem takes it to ~40 A, where the U-Net (three scales) works and answers.
 Plain torch rather than MONAI's ``BasicUNet`` / ``UNet``: torch is preinstalled on
 Kaggle while MONAI is not, so the offline archive needs no new package, and the
-network is small (~0.08 M parameters, 0.3 MB) and readable. With channels-last memory a whole
-92 x 315 x 315 level-1 tomogram runs in seconds on 2 CPU cores; a full-resolution
+network is small and readable: ~0.08 M parameters (0.3 MB) at the default widths 12/24/32,
+0.33 M (1.3 MB) at the shipped 24/48/64 (a bundle's ``heatmap.json`` names its widths; a wider
+network can start from narrower weights, :func:`widen_state_dict`). With channels-last memory
+a whole 92 x 315 x 315 level-1 tomogram runs in seconds on 2 CPU cores; a full-resolution
 decoder (measured first) cost five times as much.
 """
 from __future__ import annotations
