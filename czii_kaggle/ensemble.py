@@ -13,7 +13,11 @@
    logits* (log-linear pooling; a detector that has none there counts as 1e-4, so a
    lone detection is kept only where the fit gives its detector all the weight);
    ``"mean"`` (the first ensemble's rule, kept for ``ensemble.json`` files without a
-   ``fusion`` key) is their weighted mean (0 for a detector that has none). On the
+   ``fusion`` key) is their weighted mean (0 for a detector that has none);
+   ``"noisy_or"`` is ``1 - prod((1 - p_d) ** w_d)``, log-linear pooling of the "no
+   particle here" probabilities: a detector with none there costs nothing, so a lone
+   detection keeps ``1 - (1 - p) ** w`` (meant for looks where one detector fails;
+   measured in ``benchmarks/bench_selection.py``, not the default). On the
    held-out-look runs log-linear pooling scored 0.632 against 0.625 for the mean,
    and 0.877 against 0.847 on the classic test (ensemble.md, 2026-12-01). A group's
    centre is the score-weighted mean of those best members;
@@ -44,7 +48,7 @@ from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES
 
 
 #: Pooling rules of :func:`combine`.
-FUSIONS: tuple[str, ...] = ("logit", "mean")
+FUSIONS: tuple[str, ...] = ("logit", "mean", "noisy_or")
 
 
 def _default_aggregate() -> AggregateConfig:
@@ -195,6 +199,8 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     class_w = np.stack([config.class_weights(n) for n in NAMES])[lab_cls]  # (groups, detectors)
     if config.fusion == "logit":
         score = 1.0 / (1.0 + np.exp(-(_logit(best) * class_w).sum(axis=1)))  # none there: 0, clipped to 1e-4
+    elif config.fusion == "noisy_or":  # none there: a factor 1, no penalty
+        score = 1.0 - np.exp((np.log1p(-np.clip(best, 0.0, 1 - 1e-6)) * class_w).sum(axis=1))
     else:
         score = (best * class_w).sum(axis=1)
     out = pd.DataFrame({

@@ -376,6 +376,11 @@ def test_logit_pooling_rewards_agreement_and_old_files_keep_the_mean():
     assert combine(cands, alone).sort_values("x")["score"].tolist() == pytest.approx([0.9, 0.9])
     mean = EnsembleConfig(cfg.detectors, cfg.calibration, fusion="mean")
     assert combine(cands, mean).sort_values("x")["score"].tolist() == pytest.approx([0.9, 0.45])
+    # noisy-or: agreement at 0.9 stays 0.9, a lone 0.9 keeps 1 - 0.1 ** 0.5 (no penalty for the absent one)
+    nor = EnsembleConfig(cfg.detectors, cfg.calibration, fusion="noisy_or")
+    assert combine(cands, nor).sort_values("x")["score"].tolist() == pytest.approx([0.9, 1 - 0.1**0.5])
+    both = {"yolo": spot.assign(score=0.5), "heatmap": spot.assign(score=0.8)}
+    assert combine(both, nor)["score"].tolist() == pytest.approx([1 - (0.5 * 0.2) ** 0.5])
     old = {k: v for k, v in cfg.to_dict().items() if k != "fusion"}
     assert EnsembleConfig.from_dict(old).fusion == "mean"
     assert EnsembleConfig.from_dict(cfg.to_dict()) == cfg
