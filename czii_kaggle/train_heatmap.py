@@ -213,9 +213,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(train.threads)
     torch.manual_seed(train.seed)
-    runs = load_runs(sources, config)
-    config = HeatmapConfig.from_dict({**config.to_dict(), "voxel_size_A": float(np.median([r.voxel_size_A for r in runs]))})
-    net = build_net(config).to(memory_format=torch.channels_last_3d)
+    net = build_net(config).to(memory_format=torch.channels_last_3d)  # before the runs: a bad --init fails at once
     init_channels = None
     if init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
@@ -227,6 +225,8 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
             except ValueError as exc:
                 raise CziiInputError(init, f"cannot start a {tuple(config.channels)} network from these weights: {exc}") from None
         net.load_state_dict(state)
+    runs = load_runs(sources, config)
+    config = HeatmapConfig.from_dict({**config.to_dict(), "voxel_size_A": float(np.median([r.voxel_size_A for r in runs]))})
     opt = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     ckpt_path = out / CHECKPOINT_FILE
     step, losses, seconds = 0, [], 0.0

@@ -73,7 +73,7 @@ def widen_state_dict(state: dict, net: HeatmapUNet) -> dict:
     fresh weights on their inputs (so they compute something) and exactly zero weight on every
     path into an old channel or the head, so the wider network's output equals the narrower
     one's (training mode too: batch norm is per channel); training then grows the zero weights.
-    New batch-norm channels start as identity (weight 1, bias 0, mean 0, variance 1).
+    Everything else of the new channels is ``net``'s own (a fresh network: identity batch norm).
     Raises ``ValueError`` for another class count or a network narrower than ``state``.
     """
     new = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -100,10 +100,6 @@ def widen_state_dict(state: dict, net: HeatmapUNet) -> dict:
             index[out_dim] = slice(0, old.shape[out_dim])
             index[d] = slice(old.shape[d], None)
             target[tuple(index)] = 0
-        elif key.endswith((".weight", ".running_var")):
-            target.fill_(1)
-        elif key.endswith((".bias", ".running_mean")) and not key.startswith(("up", "head")):
-            target.zero_()
         target[tuple(slice(0, n) for n in old.shape)] = old
     return new
 
