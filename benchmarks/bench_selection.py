@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from bench_ensemble import fmt, test_sets  # noqa: E402
 from czii_kaggle import layout, metric, picks, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
-from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, MODEL_FILE, file_sha256, load_detectors  # noqa: E402
+from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, MODEL_FILE, file_sha256, load_detectors, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
 from czii_kaggle.ensemble import FUSIONS, EnsembleConfig, select_ensemble  # noqa: E402
 from czii_kaggle.particles import NAMES, SCORED  # noqa: E402
@@ -50,8 +50,13 @@ RESULTS = REPO / "benchmarks" / "results" / "selection.md"
 
 
 def weights_tag(bundle_dir: Path, name: str) -> str:
-    """``{detector}-{sha256 of its weights, 12 digits}``: the cache folder of that detector's candidates."""
-    return f"{name}-{file_sha256(bundle_dir / (MODEL_FILE if name == 'yolo' else HEATMAP_WEIGHTS_FILE))[:12]}"
+    """``{detector}-{sha256 of its weights, 12 digits}``: the cache folder of that detector's candidates;
+    for the heatmap with its options other than the defaults that change candidates (``-bn0.5``)."""
+    tag = f"{name}-{file_sha256(bundle_dir / (MODEL_FILE if name == 'yolo' else HEATMAP_WEIGHTS_FILE))[:12]}"
+    if name == "heatmap":
+        config = load_heatmap_bundle(bundle_dir).config
+        tag += f"-bn{config.bn_adapt:g}" if config.bn_adapt else ""
+    return tag
 
 
 def candidates(dets, name: str, root: Path, split: str, cache: Path, bundle_dir: Path) -> dict[str, pd.DataFrame]:

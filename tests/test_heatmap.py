@@ -13,8 +13,8 @@ from czii_kaggle import omezarr, layout
 from czii_kaggle.errors import CziiInputError
 from czii_kaggle.bundle import (DEFAULT_BUNDLE, export_heatmap_onnx, file_sha256, load_heatmap_bundle,
                                 save_heatmap_json)
-from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, default_aggregate_config,
-                                           find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
+from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, adapt_batchnorm,
+                                           default_aggregate_config, find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
                                            predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
 from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, render_targets, sample_batch,
@@ -315,6 +315,65 @@ def test_detector_runs_a_tomogram_and_onnx_matches_torch(tmp_path):
     torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle_dir / "heatmap.pt")  # retrained: export is stale
     with pytest.warns(RuntimeWarning, match="heatmap.onnx was exported from other weights"):
         assert load_heatmap_bundle(bundle_dir).onnx is None
+
+
+def _trained_like_net(channels=(4, 8, 8)):
+    """A network whose batch-norm statistics are not the defaults (as after training)."""
+    torch.manual_seed(3)
+    net = HeatmapUNet(6, channels)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_batchnorm_adaptation_takes_the_tomograms_statistics():
+    cfg = HeatmapConfig(channels=(4, 8, 8), window_vox=(16, 32, 32), overlap_vox=8)
+    net = _trained_like_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    volume = np.random.default_rng(0).normal(0.2, 0.1, (24, 40, 40)).astype(np.float32)  # another "look"
+    full = adapt_batchnorm(net, volume, cfg, 1.0)
+    # the first layer's statistics are exactly those of its convolution over every window
+    # (each window weighs by its voxels; the windows overlap, so not the volume's own mean)
+    with torch.no_grad():
+        outs = [net.stem[0](torch.from_numpy(np.ascontiguousarray(volume[z:z + 16, y:y + 32, x:x + 32])[None, None]))
+                for z in (0, 8) for y in (0, 8) for x in (0, 8)]
+    conv = torch.cat([o.flatten(2) for o in outs], dim=2)[0]
+    np.testing.assert_allclose(full.stem[1].running_mean.numpy(), conv.mean(1).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(full.stem[1].running_var.numpy(), conv.var(1).numpy(), rtol=1e-3)
+    assert not torch.allclose(full.stem[1].running_mean, before["stem.1.running_mean"])
+    half = adapt_batchnorm(net, volume, cfg, 0.5)
+    np.testing.assert_allclose(half.stem[1].running_mean.numpy(),
+                               0.5 * (full.stem[1].running_mean + before["stem.1.running_mean"]).numpy(), rtol=1e-5)
+    assert not full.training and full.stem[1].momentum == net.stem[1].momentum
+    for k, v in net.state_dict().items():  # the shipped network itself is untouched
+        assert torch.equal(v, before[k]), k
+    # weight 0 keeps the training statistics: the same predictions
+    none = adapt_batchnorm(net, volume, cfg, 0.0)
+    x = torch.from_numpy(volume[None, None, :16, :32, :32].copy())
+    with torch.no_grad():
+        torch.testing.assert_close(none(x), net(x))
+        assert not torch.allclose(full(x), net(x))
+
+
+def test_detector_with_batchnorm_adaptation(tmp_path):
+    bundle_dir = _bundle(tmp_path)
+    torch.save(_trained_like_net().state_dict(), bundle_dir / "heatmap.pt")
+    zarr = _zarr(tmp_path, 10.012444537618887)
+    plain = HeatmapDetector(load_heatmap_bundle(bundle_dir), backend="torch")
+    save_heatmap_json(bundle_dir, config=replace(plain.bundle.config, bn_adapt=1.0).to_dict())
+    adapted = HeatmapDetector(load_heatmap_bundle(bundle_dir))  # auto: torch, whatever ONNX copy there is
+    assert adapted.bundle.config.bn_adapt == 1.0 and type(adapted.model).__name__ == "TorchHeatmapModel"
+    c_plain, _ = plain.candidates(zarr, "r")
+    c_adapted, times = adapted.candidates(zarr, "r")
+    assert set(times) == {"read_s", "adapt_s", "inference_s", "peaks_s"}
+    assert list(c_adapted.columns) == list(c_plain.columns)
+    assert not np.allclose(np.sort(c_adapted["score"])[-20:], np.sort(c_plain["score"])[-20:])
+    with pytest.raises(CziiInputError, match="heatmap.json: bn_adapt needs the torch backend"):
+        HeatmapDetector(load_heatmap_bundle(bundle_dir), backend="onnx")
+    with pytest.raises(ValueError, match="bn_adapt must be in 0..1"):
+        HeatmapConfig(bn_adapt=1.5)
 
 
 @pytest.mark.slow

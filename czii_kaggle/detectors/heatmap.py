@@ -75,6 +75,13 @@ class HeatmapConfig:
         Half-width of the max-filter window as a fraction of the radius.
     min_peak : float
         Peaks below this probability are not candidates.
+    bn_adapt : float
+        Test-time adaptation of batch normalisation (0: off). Each tomogram's own activation
+        statistics, gathered over its windows (one view), are blended with the training
+        statistics with this weight (1: the tomogram's alone) before it is predicted
+        (:func:`adapt_batchnorm`): a look the network never saw shifts its features' scales, and
+        this puts them back where the later layers expect them. Runs with torch (ONNX Runtime's
+        graph has the statistics folded in); about one more view's seconds.
     """
 
     level: int = 1
@@ -88,6 +95,7 @@ class HeatmapConfig:
     tta_views: int = 1
     peak_fraction: float = 0.5
     min_peak: float = 0.02
+    bn_adapt: float = 0.0
 
     def __post_init__(self) -> None:
         if any(w <= 0 or w % 8 for w in self.window_vox):
@@ -96,6 +104,8 @@ class HeatmapConfig:
             raise ValueError(f"overlap_vox must be in 0..{min(self.window_vox) - 1}, not {self.overlap_vox}")
         if self.tta_views not in (1, 2, 3, 4):
             raise ValueError(f"tta_views must be 1, 2, 3 or 4, not {self.tta_views}")
+        if not 0.0 <= self.bn_adapt <= 1.0:
+            raise ValueError(f"bn_adapt must be in 0..1, not {self.bn_adapt}")
         unknown = [c for c in self.classes if c not in NAMES]
         if unknown:
             raise ValueError(f"unknown particle types {unknown} in heatmap classes")
@@ -221,9 +231,15 @@ def load_net(bundle: HeatmapBundle):
 
 def load_model(bundle: HeatmapBundle, backend: str = "auto"):
     """A callable model: ONNX Runtime when ``backend`` is ``"onnx"`` (or ``"auto"`` and the bundle has an
-    up-to-date ``heatmap.onnx`` and onnxruntime is installed), else torch."""
+    up-to-date ``heatmap.onnx`` and onnxruntime is installed), else torch. With ``config.bn_adapt`` the
+    model is torch's (the adaptation changes the network per tomogram); ``"onnx"`` is then an error."""
     from ..detect import onnxruntime_available
 
+    if bundle.config.bn_adapt > 0:
+        if backend == "onnx":
+            raise CziiInputError(bundle.weights.parent / "heatmap.json", "bn_adapt needs the torch backend "
+                                                                         "(ONNX Runtime's graph has fixed statistics)")
+        return TorchHeatmapModel(load_net(bundle))
     if backend == "onnx" and bundle.onnx is None:
         raise CziiInputError(bundle.weights.with_suffix(".onnx"), "no up-to-date ONNX copy of the heatmap weights "
                                                                   "(run `czii-kaggle export-onnx --detector heatmap`)")
@@ -253,6 +269,68 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 _FLIPS = {1: [()], 2: [(), (4,)], 3: [(), (4,), (3,)], 4: [(), (4,), (3,), (3, 4)]}
 
 
+def _pad_to_windows(volume: np.ndarray, config: HeatmapConfig, path) -> np.ndarray:
+    """``volume`` edge-padded to a multiple of 8 per axis; smaller than one window: :class:`CziiInputError`."""
+    shape = volume.shape
+    padded = tuple(s + (-s) % 8 for s in shape)
+    if any(p < w for p, w in zip(padded, config.window_vox)):
+        raise CziiInputError(path, f"tomogram level {config.level} is {shape} voxels, smaller than one heatmap "
+                                   f"window {config.window_vox}")
+    if padded != shape:
+        volume = np.pad(volume, [(0, p - s) for p, s in zip(padded, shape)], mode="edge")
+    return volume
+
+
+def _windows(padded: np.ndarray, config: HeatmapConfig):
+    """``((z0, y0, x0), window)`` of every sliding window of a padded volume. Windows start on even
+    voxels, so every window's output grid is a slice of the whole one."""
+    stride = 2
+    starts = [[stride * s0 for s0 in window_starts(s // stride, w // stride, config.overlap_vox // stride)]
+              for s, w in zip(padded.shape, config.window_vox)]
+    wz, wy, wx = config.window_vox
+    for z0 in starts[0]:
+        for y0 in starts[1]:
+            for x0 in starts[2]:
+                yield (z0, y0, x0), padded[z0:z0 + wz, y0:y0 + wy, x0:x0 + wx]
+
+
+def adapt_batchnorm(net, volumes, config: HeatmapConfig, weight: float = 1.0, path=None):
+    """A copy of ``net`` whose batch-norm statistics blend its own with those of ``volumes``.
+
+    ``volumes``: normalised (:func:`normalise`) tomograms, or one. Every window of each (one
+    view) goes through the copy in training mode with cumulative statistics, so each layer's
+    mean and variance are those of these tomograms (each layer seeing the layers before it
+    already adapted); then ``(1 - weight) * own + weight * theirs``, per channel. ``net`` is
+    unchanged. One tomogram with ``weight = config.bn_adapt`` is the detector's test-time
+    adaptation; many training tomograms with ``weight = 1`` re-estimate the statistics on whole
+    tomograms (training saw patches near particles), see ``czii-kaggle recalibrate-heatmap``.
+    """
+    import copy
+
+    import torch
+
+    if isinstance(volumes, np.ndarray):
+        volumes = [volumes]
+    adapted = copy.deepcopy(net)
+    norms = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    source = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the windows
+    adapted.train()
+    with torch.no_grad():
+        for volume in volumes:
+            for _, win in _windows(_pad_to_windows(volume, config, path), config):
+                x = torch.from_numpy(np.ascontiguousarray(win[None, None], dtype=np.float32))
+                adapted(x.contiguous(memory_format=torch.channels_last_3d))
+    a = float(weight)
+    for m, (mean, var, momentum) in zip(norms, source):
+        m.running_mean.mul_(a).add_(mean, alpha=1.0 - a)
+        m.running_var.mul_(a).add_(var, alpha=1.0 - a)
+        m.momentum = momentum
+    return adapted.eval()
+
+
 def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str | Path | None = None) -> np.ndarray:
     """Per-class probabilities on the output grid: ``(C, ceil(Z/2), ceil(Y/2), ceil(X/2))`` float32.
 
@@ -263,12 +341,8 @@ def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str
     window (after that padding) raises :class:`CziiInputError` naming ``path``.
     """
     shape = volume.shape
-    padded = tuple(s + (-s) % 8 for s in shape)
-    if any(p < w for p, w in zip(padded, config.window_vox)):
-        raise CziiInputError(path, f"tomogram level {config.level} is {shape} voxels, smaller than one heatmap "
-                                   f"window {config.window_vox}")
-    if padded != shape:
-        volume = np.pad(volume, [(0, p - s) for p, s in zip(padded, shape)], mode="edge")
+    volume = _pad_to_windows(volume, config, path)
+    padded = volume.shape
     stride = 2
     out_shape = tuple(s // stride for s in padded)
     win_out = tuple(w // stride for w in config.window_vox)
@@ -278,24 +352,18 @@ def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str
     weight = (_ramp(win_out[0], ramp_vox)[:, None, None] * _ramp(win_out[1], ramp_vox)[None, :, None]
               * _ramp(win_out[2], ramp_vox)[None, None, :])
     views = _FLIPS[config.tta_views]
-    # windows start on even voxels, so every window's output grid is a slice of the whole one
-    starts = [[stride * s0 for s0 in window_starts(s // stride, w // stride, config.overlap_vox // stride)]
-              for s, w in zip(padded, config.window_vox)]
-    for z0 in starts[0]:
-        for y0 in starts[1]:
-            for x0 in starts[2]:
-                win = volume[z0:z0 + config.window_vox[0], y0:y0 + config.window_vox[1], x0:x0 + config.window_vox[2]]
-                prob = np.zeros((len(config.classes), *win_out), dtype=np.float32)
-                for axes in views:
-                    batch = np.flip(win[None, None], axis=axes) if axes else win[None, None]
-                    p = model(np.ascontiguousarray(batch, dtype=np.float32))[0]
-                    prob += np.flip(p, axis=tuple(a - 1 for a in axes)) if axes else p
-                if len(views) > 1:
-                    prob /= len(views)
-                oz, oy, ox = z0 // stride, y0 // stride, x0 // stride
-                sl = (slice(oz, oz + win_out[0]), slice(oy, oy + win_out[1]), slice(ox, ox + win_out[2]))
-                acc[(slice(None), *sl)] += prob * weight
-                wsum[sl] += weight
+    for (z0, y0, x0), win in _windows(volume, config):
+        prob = np.zeros((len(config.classes), *win_out), dtype=np.float32)
+        for axes in views:
+            batch = np.flip(win[None, None], axis=axes) if axes else win[None, None]
+            p = model(np.ascontiguousarray(batch, dtype=np.float32))[0]
+            prob += np.flip(p, axis=tuple(a - 1 for a in axes)) if axes else p
+        if len(views) > 1:
+            prob /= len(views)
+        oz, oy, ox = z0 // stride, y0 // stride, x0 // stride
+        sl = (slice(oz, oz + win_out[0]), slice(oy, oy + win_out[1]), slice(ox, ox + win_out[2]))
+        acc[(slice(None), *sl)] += prob * weight
+        wsum[sl] += weight
     acc /= np.maximum(wsum, 1e-6)
     keep = tuple(slice(0, -(-s // stride)) for s in shape)
     return acc[(slice(None), *keep)]
@@ -362,13 +430,21 @@ class HeatmapDetector:
         """Unthresholded candidates of one tomogram and the seconds of each stage."""
         t0 = time.perf_counter()
         volume, voxel_size_A = read_input(zarr_path, self.bundle.config)
-        t1 = time.perf_counter()
-        prob = predict_heatmaps(self.model, volume, self.bundle.config, zarr_path)
+        times = {"read_s": time.perf_counter() - t0}
+        model = self.model
+        if self.bundle.config.bn_adapt > 0:
+            t = time.perf_counter()
+            model = TorchHeatmapModel(adapt_batchnorm(self.model.net, volume, self.bundle.config,
+                                                      self.bundle.config.bn_adapt, zarr_path))
+            times["adapt_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        prob = predict_heatmaps(model, volume, self.bundle.config, zarr_path)
         del volume
-        t2 = time.perf_counter()
+        times["inference_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         cands = heatmap_candidates(prob, voxel_size_A, experiment, self.bundle.config)
-        t3 = time.perf_counter()
-        return cands, {"read_s": t1 - t0, "inference_s": t2 - t1, "peaks_s": t3 - t2}
+        times["peaks_s"] = time.perf_counter() - t
+        return cands, times
 
     def select(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Thresholds + NMS of the bundle."""
