@@ -431,12 +431,13 @@ def weights_detectors(weights, detectors: str | None) -> tuple[Path | None, list
 
 
 def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto",
-                   tta_views: int | None = None) -> list:
+                   tta_views: int | None = None, bn_adapt: float | None = None) -> list:
     """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each
     behind :class:`czii_kaggle.detectors.Detector`'s interface.
 
     ``tta_views`` (default: each detector's own setting): flipped test-time views, per slice
     for YOLO, per 3D window for the heatmap (1-4; thresholds were tuned for the bundle's own).
+    ``bn_adapt`` (default: the heatmap's own): its test-time batch-norm adaptation, 0..1 (0: off).
     """
     out = []
     for n in parse_detectors(",".join(names), bundle_dir):
@@ -444,5 +445,6 @@ def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "aut
             b = load_bundle(bundle_dir)
             out.append(DETECTORS[n](b if tta_views is None else with_tta(b, tta_views), backend=backend))
         else:
-            out.append(DETECTORS[n](load_heatmap_bundle(bundle_dir), backend=backend, tta_views=tta_views))
+            out.append(DETECTORS[n](load_heatmap_bundle(bundle_dir), backend=backend, tta_views=tta_views,
+                                    bn_adapt=bn_adapt))
     return out

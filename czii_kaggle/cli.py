@@ -55,6 +55,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in 0..1, not {text}")
+    return value
+
+
 def _difficulty(text: str) -> str | float:
     """``easy`` / ``medium`` / ``hard`` or a number in 0..1."""
     try:
@@ -206,6 +216,9 @@ def _cmd_predict(a) -> int:
     from .predict import check_outputs, predict_runs, stage_line, write_prediction
 
     bundle_dir, names = weights_detectors(a.weights, a.detectors)
+    if a.bn_adapt is not None and "heatmap" not in names:
+        raise CziiInputError(bundle_dir, f"--bn-adapt adapts the heatmap detector, and {'+'.join(names)} does not "
+                                         "run it: pass --detectors heatmap or yolo,heatmap")
     if names != ["yolo"]:
         yolo_only = [flag for flag, given in (
             ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
@@ -249,7 +262,7 @@ def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
     outputs.check_writable(a.out)  # before the runs are predicted, not after
     check_outputs([a.out], [a.data, bundle_dir])
     pred = predict_detectors(a.data, a.split, runs=a.runs, bundle_dir=bundle_dir, detectors=names, backend=a.backend,
-                              tta_views=a.tta_views, tomo_type=a.tomo_type)
+                              tta_views=a.tta_views, tomo_type=a.tomo_type, bn_adapt=a.bn_adapt)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = pred.report[pred.report["status"] != "ok"]
     for _, row in failed.iterrows():
@@ -325,6 +338,13 @@ def _cmd_train_heatmap(a) -> None:
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     config = HeatmapConfig() if a.channels is None else HeatmapConfig(channels=tuple(a.channels))
     print(train_heatmap(_sources(a.data), a.out, config, train, init=a.init, command=cmd))
+
+
+def _cmd_recalibrate_heatmap(a) -> None:
+    from .train_heatmap import recalibrate_heatmap
+
+    out = recalibrate_heatmap(a.weights, _sources(a.data), a.out, a.bn_adapt, "czii-kaggle " + " ".join(sys.argv[1:]))
+    print(f"{out} (thresholds still those of {a.weights}: tune it, e.g. czii-kaggle tune-ensemble --weights {out})")
 
 
 def _cmd_tune_heatmap(a) -> None:
@@ -422,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
                    help="flipped test-time views per slice (YOLO) or per 3D window (heatmap); default: the "
                         "bundle's, as its thresholds were tuned")
+    s.add_argument("--bn-adapt", type=_fraction,
+                   help="heatmap: weight of each tomogram's own batch-norm statistics, 0..1 (0: off, ONNX Runtime "
+                        "allowed); default: the bundle's, as its thresholds were tuned")
     s.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch, onnx (ONNX Runtime, CPU) or auto: onnx on a CPU-only machine when the bundle has it")
     g = s.add_argument_group("beyond Kaggle (README: Beyond Kaggle: copick, RELION, Dask)")
@@ -474,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--look-augment", type=float, default=0.0,
                    help="share of patches given a random look (CTF-like band gain, low-pass, noise); default 0")
     s.set_defaults(func=_cmd_train_heatmap)
+
+    s = sub.add_parser("recalibrate-heatmap", help="copy a bundle with the heatmap network's batch-norm statistics "
+                                                   "re-estimated on whole tomograms")
+    s.add_argument("--weights", required=True, type=Path, help="bundle folder (copied, never changed)")
+    s.add_argument("--data", required=True, nargs="+", help="Kaggle-layout roots, ROOT or ROOT:RUN,RUN (train split)")
+    s.add_argument("--out", required=True, type=Path, help="the new bundle folder (absent or empty)")
+    s.add_argument("--bn-adapt", type=_fraction, help="test-time adaptation weight of the copy, 0..1 (default: the bundle's)")
+    s.set_defaults(func=_cmd_recalibrate_heatmap)
 
     s = sub.add_parser("tune-heatmap", help="tune the heatmap detector's per-class thresholds on runs with picks")
     s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")

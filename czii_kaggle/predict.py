@@ -349,11 +349,11 @@ def scored_only(picks: pd.DataFrame) -> pd.DataFrame:
 def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | None = None,
                       bundle_dir: str | Path | None = None, detectors: list[str] | None = None,
                       backend: str = "auto", progress: bool = True,
-                      tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, tta_views: int | None = None
-                      ) -> DetectorsPrediction:
+                      tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, tta_views: int | None = None,
+                      bn_adapt: float | None = None) -> DetectorsPrediction:
     """Predict runs with any of a bundle's detectors: one (its own thresholds) or several (the
     bundle's ensemble); ``detectors`` default: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`).
-    ``tta_views``: as :func:`czii_kaggle.bundle.load_detectors`.
+    ``tta_views``, ``bn_adapt``: as :func:`czii_kaggle.bundle.load_detectors`.
 
     A run that fails in one detector is reported (a ``failed`` row of the report) and the
     selection of a detector that succeeded on it is used (:func:`czii_kaggle.detectors.select_picks`).
@@ -369,7 +369,7 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
             raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
                                  f"no ensemble of {', '.join(names)} fitted in this bundle "
                                  "(run `czii-kaggle tune-ensemble`)")
-    dets = load_detectors(bundle_dir, names, backend, tta_views)
+    dets = load_detectors(bundle_dir, names, backend, tta_views, bn_adapt)
     runs = select_runs(root, split, runs)
     others = [d for d in dets if d.name != "yolo"]
     cands, report = run_candidates(others, root, split, runs, tomo_type, progress)

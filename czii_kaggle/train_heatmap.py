@@ -22,7 +22,7 @@ import numpy as np
 
 from . import layout, picks as picks_io
 from .errors import CziiInputError
-from .bundle import HEATMAP_WEIGHTS_FILE, save_heatmap_json, sources_record
+from .bundle import HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, save_heatmap_json, sources_record
 from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, read_input
 from .particles import NAMES, PARTICLES
 
@@ -274,4 +274,68 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
     }
     save_heatmap_json(out, config=config.to_dict(), aggregate=default_aggregate_config().to_dict(), training=record)
+    return out
+
+
+def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, list[str] | None]], out: str | Path,
+                        bn_adapt: float | None = None, command: str | None = None) -> Path:
+    """A copy of the bundle ``bundle_dir`` in the new folder ``out`` whose heatmap network's batch-norm
+    statistics are re-estimated on the whole tomograms of ``sources`` (``(root, runs)``, ``train``
+    split; ``runs`` None: all).
+
+    Training estimates them on its patches, most of them centred near a particle; prediction
+    sees whole tomograms, mostly empty. :func:`czii_kaggle.detectors.heatmap.adapt_batchnorm`
+    over every window of the given runs (weight 1) replaces them; the weights are otherwise
+    unchanged. ``bn_adapt`` (when given) sets the copy's test-time adaptation. Every other file of
+    the bundle is copied as it is; the ONNX copy is exported anew; the record is
+    ``heatmap.json`` ``training.recalibration``. A run that cannot be read is reported and left
+    out (none readable: :class:`CziiInputError`). The thresholds (``heatmap.json``,
+    ``ensemble.json``) were tuned for the old statistics: tune the copy again. Returns ``out``.
+    """
+    from .bundle import export_heatmap_onnx, load_heatmap_bundle
+    from .detectors.heatmap import adapt_batchnorm, load_net
+    from .outputs import atomic_dir, atomic_path, copy_file
+
+    import torch
+
+    bundle_dir, out = Path(bundle_dir), Path(out)
+    bundle = load_heatmap_bundle(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise CziiInputError(bundle_dir, "not a bundle folder (recalibrate-heatmap copies the whole bundle)")
+    config = bundle.config if bn_adapt is None else HeatmapConfig.from_dict({**bundle.config.to_dict(),
+                                                                            "bn_adapt": float(bn_adapt)})
+    net = load_net(bundle)
+    runs, failed = [], []
+    for root, names in sources:
+        for run in (names if names is not None else layout.list_runs(root, "train")):
+            runs.append((Path(root), run))
+
+    def volumes():
+        for root, run in runs:
+            try:
+                yield read_input(layout.tomogram_path(root, "train", run), config)[0]
+            except (CziiInputError, OSError, ValueError) as exc:
+                failed.append(f"{root}:{run}: {exc}")
+                print(f"skipped: {failed[-1]}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:  # out: absent or empty; nothing is left behind on failure
+        adapted = adapt_batchnorm(net, volumes(), config, 1.0)
+        if len(failed) == len(runs):
+            raise CziiInputError(out, f"none of the {len(runs)} runs could be read to recalibrate on")
+        for f in sorted(bundle_dir.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.name not in (HEATMAP_WEIGHTS_FILE, HEATMAP_ONNX_FILE):
+                copy_file(f, tmp / f.name)
+        with atomic_path(tmp / HEATMAP_WEIGHTS_FILE) as w:
+            torch.save({k: v.contiguous() for k, v in adapted.state_dict().items()}, w)
+        record = {
+            "command": command or " ".join(sys.argv),
+            "from": str(bundle_dir),
+            "sources": sources_record(sources),
+            "runs": len(runs) - len(failed),
+            "skipped": failed,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        save_heatmap_json(tmp, config=config.to_dict(), training={**bundle.record, "recalibration": record}, onnx={})
+        export_heatmap_onnx(tmp)
     return out

@@ -248,6 +248,18 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
                  "--detectors", "heatmap", "--tta-views", "4"]) == 0
     one, four = pd.read_csv(out), validate_submission(out4)
     assert set(four["experiment"]) == {"TS_a", "TS_b"} and not one.equals(four)
+    # test-time batch-norm adaptation: the tomogram's own statistics, so other scores again
+    assert load_detectors(bundle, ["heatmap"], bn_adapt=0.5)[0].bundle.config.bn_adapt == 0.5
+    out_bn = tmp_path / "sub_bn.csv"
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out_bn),
+                 "--detectors", "heatmap", "--bn-adapt", "1"]) == 0
+    assert not one.equals(validate_submission(out_bn))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out_bn),
+              "--detectors", "heatmap", "--bn-adapt", "1.5"])
+    assert exit_.value.code == 2
+    assert "argument --bn-adapt: must be in 0..1, not 1.5" in capsys.readouterr().err
     # options of the YOLO path alone are refused with the heatmap, in one line, before anything runs
     capsys.readouterr()
     out5 = tmp_path / "sub5.csv"

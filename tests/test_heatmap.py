@@ -17,8 +17,8 @@ from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_
                                            default_aggregate_config, find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
                                            predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
-from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, render_targets, sample_batch,
-                                       train_heatmap)
+from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, recalibrate_heatmap,
+                                       render_targets, sample_batch, train_heatmap)
 from czii_kaggle.particles import NAMES, get
 
 VS1 = 20.024889075237774  # level-1 voxel size of the Kaggle tomograms
@@ -374,6 +374,53 @@ def test_detector_with_batchnorm_adaptation(tmp_path):
         HeatmapDetector(load_heatmap_bundle(bundle_dir), backend="onnx")
     with pytest.raises(ValueError, match="bn_adapt must be in 0..1"):
         HeatmapConfig(bn_adapt=1.5)
+
+
+def test_recalibration_copies_the_bundle_with_whole_tomogram_statistics(tmp_path, capsys):
+    from czii_kaggle.cli import main
+
+    (tmp_path / "b").mkdir()
+    bundle_dir = _bundle(tmp_path / "b")
+    torch.save(_trained_like_net().state_dict(), bundle_dir / "heatmap.pt")
+    (bundle_dir / "ensemble.json").write_text("{}")
+    before = {f.name: f.read_bytes() for f in bundle_dir.iterdir()}
+    root, rng = tmp_path / "data", np.random.default_rng(1)
+    vols = []
+    for run in ("TS_a", "TS_b"):
+        vol = rng.normal(3.0, 2.0, (40, 72, 72)).astype(np.float32)
+        omezarr.write_tomogram(layout.tomogram_path(root, "train", run), vol, 10.012444537618887)
+        vols.append(read_input(layout.tomogram_path(root, "train", run), load_heatmap_bundle(bundle_dir).config)[0])
+    bad = layout.tomogram_path(root, "train", "TS_bad")
+    bad.mkdir(parents=True)
+    (bad / ".zattrs").write_text("{not json")
+    out = recalibrate_heatmap(bundle_dir, [(root, None)], tmp_path / "out", bn_adapt=0.5, command="test")
+    assert "TS_bad" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in bundle_dir.iterdir()} == before  # the input is untouched
+    assert (out / "ensemble.json").read_text() == "{}"
+    new = torch.load(out / "heatmap.pt", weights_only=True)
+    expected = adapt_batchnorm(load_net(load_heatmap_bundle(bundle_dir)), vols, load_heatmap_bundle(bundle_dir).config, 1.0)
+    for k, v in expected.state_dict().items():
+        torch.testing.assert_close(new[k], v)  # statistics of both readable runs' windows; weights as they were
+    old = torch.load(bundle_dir / "heatmap.pt", weights_only=True)
+    assert torch.equal(new["enc0.0.weight"], old["enc0.0.weight"])
+    assert not torch.allclose(new["enc0.1.running_mean"], old["enc0.1.running_mean"])
+    doc = json.loads((out / "heatmap.json").read_text())
+    rec = doc["training"]["recalibration"]
+    assert doc["config"]["bn_adapt"] == 0.5 and rec["runs"] == 2 and len(rec["skipped"]) == 1
+    assert "TS_bad" in rec["skipped"][0] and rec["sources"] == [{"root": str(root), "runs": None}]
+    assert doc["onnx"]["source_sha256"] == file_sha256(out / "heatmap.pt")
+    # the bundle itself, a used folder, and runs that cannot be read are refused; nothing is written
+    with pytest.raises(CziiInputError, match="folder exists and is not empty"):
+        recalibrate_heatmap(bundle_dir, [(root, None)], bundle_dir)
+    with pytest.raises(CziiInputError, match="none of the 1 runs could be read"):
+        recalibrate_heatmap(bundle_dir, [(root, ["TS_bad"])], tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+    assert {f.name: f.read_bytes() for f in bundle_dir.iterdir()} == before
+    assert main(["recalibrate-heatmap", "--weights", str(bundle_dir), "--data", f"{root}:TS_a", "--out",
+                 str(tmp_path / "out3")]) == 0
+    assert "tune it" in capsys.readouterr().out
+    doc3 = json.loads((tmp_path / "out3" / "heatmap.json").read_text())
+    assert doc3["config"]["bn_adapt"] == 0.0 and doc3["training"]["recalibration"]["runs"] == 1
 
 
 @pytest.mark.slow

@@ -419,10 +419,13 @@ class HeatmapDetector:
 
     name = "heatmap"
 
-    def __init__(self, bundle: HeatmapBundle, backend: str = "auto", tta_views: int | None = None):
+    def __init__(self, bundle: HeatmapBundle, backend: str = "auto", tta_views: int | None = None,
+                 bn_adapt: float | None = None):
         self.bundle = bundle
         if tta_views is not None:
             self.bundle = replace(self.bundle, config=replace(self.bundle.config, tta_views=tta_views))
+        if bn_adapt is not None:
+            self.bundle = replace(self.bundle, config=replace(self.bundle.config, bn_adapt=float(bn_adapt)))
         self.model = load_model(self.bundle, backend)
         self.aggregate = self.bundle.aggregate
 
