@@ -14,7 +14,7 @@ from czii_kaggle.errors import CziiInputError
 from czii_kaggle.bundle import (DEFAULT_BUNDLE, export_heatmap_onnx, file_sha256, load_heatmap_bundle,
                                 save_heatmap_json)
 from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, adapt_batchnorm,
-                                           default_aggregate_config, find_peaks, grid_to_A, heatmap_candidates, load_model, load_net,
+                                           default_aggregate_config, find_peaks, heatmap_device, grid_to_A, heatmap_candidates, load_model, load_net,
                                            predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
 from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, recalibrate_heatmap,
@@ -357,6 +357,17 @@ def test_batchnorm_adaptation_takes_the_tomograms_statistics():
         assert not torch.allclose(full(x), net(x))
 
 
+def test_heatmap_runs_on_the_first_usable_gpu_unless_onnx():
+    assert heatmap_device("auto", ["cuda:1", "cuda:0"]) == "cuda:1"
+    assert heatmap_device("torch", ["cuda:0"]) == "cuda:0"
+    assert heatmap_device("onnx", ["cuda:0"]) == "cpu"  # ONNX Runtime runs here on the CPU
+    assert heatmap_device("auto", ["cpu"]) == "cpu"
+    from czii_kaggle.runtime import plan_devices
+
+    here = plan_devices().devices
+    assert heatmap_device() == next((d for d in here if d.startswith("cuda")), "cpu")
+
+
 def test_detector_with_batchnorm_adaptation(tmp_path):
     bundle_dir = _bundle(tmp_path)
     torch.save(_trained_like_net().state_dict(), bundle_dir / "heatmap.pt")
@@ -365,6 +376,7 @@ def test_detector_with_batchnorm_adaptation(tmp_path):
     save_heatmap_json(bundle_dir, config=replace(plain.bundle.config, bn_adapt=1.0).to_dict())
     adapted = HeatmapDetector(load_heatmap_bundle(bundle_dir))  # auto: torch, whatever ONNX copy there is
     assert adapted.bundle.config.bn_adapt == 1.0 and type(adapted.model).__name__ == "TorchHeatmapModel"
+    assert adapted.device == heatmap_device() and str(adapted.model.device).startswith(adapted.device.split(":")[0])
     c_plain, _ = plain.candidates(zarr, "r")
     c_adapted, times = adapted.candidates(zarr, "r")
     assert set(times) == {"read_s", "adapt_s", "inference_s", "peaks_s"}

@@ -168,19 +168,22 @@ def read_input(zarr_path: str | Path, config: HeatmapConfig) -> tuple[np.ndarray
 
 
 class TorchHeatmapModel:
-    """Callable ``(N, 1, Z, Y, X) float32 -> (N, C, Z/2, Y/2, X/2)`` probabilities with torch on the CPU."""
+    """Callable ``(N, 1, Z, Y, X) float32 -> (N, C, Z/2, Y/2, X/2)`` probabilities with torch on ``device``
+    (``"cpu"`` or ``"cuda:N"``); numpy in and out."""
 
-    def __init__(self, net):
+    def __init__(self, net, device: str = "cpu"):
         import torch
 
         self.torch = torch
-        self.net = net.eval().to(memory_format=torch.channels_last_3d)
+        self.device = torch.device(device)
+        self.net = net.eval().to(self.device, memory_format=torch.channels_last_3d)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).contiguous(memory_format=torch.channels_last_3d)
-            return torch.sigmoid(self.net(x)).contiguous().numpy()
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            return torch.sigmoid(self.net(x)).float().cpu().contiguous().numpy()
 
 
 class OnnxHeatmapModel:
@@ -229,23 +232,39 @@ def load_net(bundle: HeatmapBundle):
     return net
 
 
-def load_model(bundle: HeatmapBundle, backend: str = "auto"):
-    """A callable model: ONNX Runtime when ``backend`` is ``"onnx"`` (or ``"auto"`` and the bundle has an
-    up-to-date ``heatmap.onnx`` and onnxruntime is installed), else torch. With ``config.bn_adapt`` the
-    model is torch's (the adaptation changes the network per tomogram); ``"onnx"`` is then an error."""
+def heatmap_device(backend: str = "auto", devices: list[str] | None = None) -> str:
+    """Where the heatmap network runs: the first usable GPU of ``devices`` (default: this machine's,
+    :func:`czii_kaggle.runtime.plan_devices`) unless ``backend`` is ``"onnx"`` (ONNX Runtime: the
+    CPU), else ``"cpu"``."""
+    if backend == "onnx":
+        return "cpu"
+    if devices is None:
+        from ..runtime import plan_devices
+
+        devices = plan_devices().devices
+    return next((d for d in devices if d.startswith("cuda")), "cpu")
+
+
+def load_model(bundle: HeatmapBundle, backend: str = "auto", device: str = "cpu"):
+    """A callable model: ONNX Runtime when ``backend`` is ``"onnx"`` (or ``"auto"``, ``device`` the CPU and
+    the bundle has an up-to-date ``heatmap.onnx`` and onnxruntime is installed), else torch on ``device``.
+    With ``config.bn_adapt`` the model is torch's (the adaptation changes the network per tomogram);
+    ``"onnx"`` is then an error."""
     from ..detect import onnxruntime_available
 
     if bundle.config.bn_adapt > 0:
         if backend == "onnx":
             raise CziiInputError(bundle.weights.parent / "heatmap.json", "bn_adapt needs the torch backend "
                                                                          "(ONNX Runtime's graph has fixed statistics)")
-        return TorchHeatmapModel(load_net(bundle))
+        return TorchHeatmapModel(load_net(bundle), device)
+    if device != "cpu" and backend != "onnx":
+        return TorchHeatmapModel(load_net(bundle), device)
     if backend == "onnx" and bundle.onnx is None:
         raise CziiInputError(bundle.weights.with_suffix(".onnx"), "no up-to-date ONNX copy of the heatmap weights "
                                                                   "(run `czii-kaggle export-onnx --detector heatmap`)")
     if backend in ("onnx", "auto") and bundle.onnx is not None and onnxruntime_available():
         return OnnxHeatmapModel(bundle.onnx)
-    return TorchHeatmapModel(load_net(bundle))
+    return TorchHeatmapModel(load_net(bundle), device)
 
 
 # --------------------------------------------------------------------------- inference
@@ -318,10 +337,11 @@ def adapt_batchnorm(net, volumes, config: HeatmapConfig, weight: float = 1.0, pa
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the windows
     adapted.train()
+    device = next(adapted.parameters()).device
     with torch.no_grad():
         for volume in volumes:
             for _, win in _windows(_pad_to_windows(volume, config, path), config):
-                x = torch.from_numpy(np.ascontiguousarray(win[None, None], dtype=np.float32))
+                x = torch.from_numpy(np.ascontiguousarray(win[None, None], dtype=np.float32)).to(device)
                 adapted(x.contiguous(memory_format=torch.channels_last_3d))
     a = float(weight)
     for m, (mean, var, momentum) in zip(norms, source):
@@ -420,13 +440,15 @@ class HeatmapDetector:
     name = "heatmap"
 
     def __init__(self, bundle: HeatmapBundle, backend: str = "auto", tta_views: int | None = None,
-                 bn_adapt: float | None = None):
+                 bn_adapt: float | None = None, device: str | None = None):
+        """``device``: ``"cpu"``, ``"cuda:N"`` or None: the first usable GPU, else the CPU (:func:`heatmap_device`)."""
         self.bundle = bundle
         if tta_views is not None:
             self.bundle = replace(self.bundle, config=replace(self.bundle.config, tta_views=tta_views))
         if bn_adapt is not None:
             self.bundle = replace(self.bundle, config=replace(self.bundle.config, bn_adapt=float(bn_adapt)))
-        self.model = load_model(self.bundle, backend)
+        self.device = device or heatmap_device(backend)
+        self.model = load_model(self.bundle, backend, self.device)
         self.aggregate = self.bundle.aggregate
 
     def candidates(self, zarr_path: str | Path, experiment: str) -> tuple[pd.DataFrame, dict]:
@@ -438,7 +460,7 @@ class HeatmapDetector:
         if self.bundle.config.bn_adapt > 0:
             t = time.perf_counter()
             model = TorchHeatmapModel(adapt_batchnorm(self.model.net, volume, self.bundle.config,
-                                                      self.bundle.config.bn_adapt, zarr_path))
+                                                      self.bundle.config.bn_adapt, zarr_path), self.device)
             times["adapt_s"] = time.perf_counter() - t
         t = time.perf_counter()
         prob = predict_heatmaps(model, volume, self.bundle.config, zarr_path)
