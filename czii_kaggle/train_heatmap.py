@@ -12,6 +12,7 @@ pick's nearest voxel. The draws of step ``i`` come from ``numpy.random.default_r
 """
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
 import time
@@ -278,7 +279,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
 
 
 def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, list[str] | None]], out: str | Path,
-                        bn_adapt: float | None = None, command: str | None = None) -> Path:
+                        bn_adapt: float | None = None, command: str | None = None, replace: bool = False) -> Path:
     """A copy of the bundle ``bundle_dir`` in the new folder ``out`` whose heatmap network's batch-norm
     statistics are re-estimated on the whole tomograms of ``sources`` (``(root, runs)``, ``train``
     split; ``runs`` None: all).
@@ -287,7 +288,9 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
     sees whole tomograms, mostly empty. :func:`czii_kaggle.detectors.heatmap.adapt_batchnorm`
     over every window of the given runs (weight 1) replaces them; the weights are otherwise
     unchanged. ``bn_adapt`` (when given) sets the copy's test-time adaptation. Every other file of
-    the bundle is copied as it is; the ONNX copy is exported anew; the record is
+    the bundle is copied as it is (not a training's checkpoint and log); the ONNX copy is exported anew (where the onnx package is
+    installed); ``out`` must be absent or empty unless ``replace`` (an earlier output of the caller's,
+    swapped out only when the new one is complete; never ``bundle_dir`` itself); the record is
     ``heatmap.json`` ``training.recalibration``. A run that cannot be read is reported and left
     out (none readable: :class:`CziiInputError`). The thresholds (``heatmap.json``,
     ``ensemble.json``) were tuned for the old statistics: tune the copy again. Returns ``out``.
@@ -299,6 +302,8 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
     import torch
 
     bundle_dir, out = Path(bundle_dir), Path(out)
+    if out.resolve() == bundle_dir.resolve():
+        raise CziiInputError(out, "is the bundle to recalibrate: give a new folder")
     bundle = load_heatmap_bundle(bundle_dir)
     if not bundle_dir.is_dir():
         raise CziiInputError(bundle_dir, "not a bundle folder (recalibrate-heatmap copies the whole bundle)")
@@ -319,12 +324,13 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
                 print(f"skipped: {failed[-1]}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:  # out: absent or empty; nothing is left behind on failure
+    with atomic_dir(out, replace=replace) as tmp:  # nothing is left behind on failure
         adapted = adapt_batchnorm(net, volumes(), config, 1.0)
         if len(failed) == len(runs):
             raise CziiInputError(out, f"none of the {len(runs)} runs could be read to recalibrate on")
         for f in sorted(bundle_dir.iterdir()):
-            if f.is_file() and not f.name.startswith(".") and f.name not in (HEATMAP_WEIGHTS_FILE, HEATMAP_ONNX_FILE):
+            if f.is_file() and not f.name.startswith(".") and f.name not in (
+                    HEATMAP_WEIGHTS_FILE, HEATMAP_ONNX_FILE, CHECKPOINT_FILE, LOG_FILE):  # training's own files stay
                 copy_file(f, tmp / f.name)
         with atomic_path(tmp / HEATMAP_WEIGHTS_FILE) as w:
             torch.save({k: v.contiguous() for k, v in adapted.state_dict().items()}, w)
@@ -337,5 +343,6 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
             "seconds": round(time.perf_counter() - t0, 1),
         }
         save_heatmap_json(tmp, config=config.to_dict(), training={**bundle.record, "recalibration": record}, onnx={})
-        export_heatmap_onnx(tmp)
+        if importlib.util.find_spec("onnx") is not None:
+            export_heatmap_onnx(tmp)
     return out

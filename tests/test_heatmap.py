@@ -422,8 +422,12 @@ def test_recalibration_copies_the_bundle_with_whole_tomogram_statistics(tmp_path
     assert "TS_bad" in rec["skipped"][0] and rec["sources"] == [{"root": str(root), "runs": None}]
     assert doc["onnx"]["source_sha256"] == file_sha256(out / "heatmap.pt")
     # the bundle itself, a used folder, and runs that cannot be read are refused; nothing is written
+    with pytest.raises(CziiInputError, match="is the bundle to recalibrate"):
+        recalibrate_heatmap(bundle_dir, [(root, None)], bundle_dir, replace=True)
     with pytest.raises(CziiInputError, match="folder exists and is not empty"):
-        recalibrate_heatmap(bundle_dir, [(root, None)], bundle_dir)
+        recalibrate_heatmap(bundle_dir, [(root, None)], out)
+    assert recalibrate_heatmap(bundle_dir, [(root, ["TS_a"])], out, replace=True) == out  # its own earlier output
+    assert json.loads((out / "heatmap.json").read_text())["training"]["recalibration"]["runs"] == 1
     with pytest.raises(CziiInputError, match="none of the 1 runs could be read"):
         recalibrate_heatmap(bundle_dir, [(root, ["TS_bad"])], tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
