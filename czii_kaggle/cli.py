@@ -503,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True, type=Path, help="bundle folder (copied, never changed)")
     s.add_argument("--data", required=True, nargs="+", help="Kaggle-layout roots, ROOT or ROOT:RUN,RUN (train split)")
     s.add_argument("--out", required=True, type=Path, help="the new bundle folder (absent or empty)")
-    s.add_argument("--bn-adapt", type=_fraction, help="test-time adaptation weight of the copy, 0..1 (default: the bundle's)")
+    s.add_argument("--bn-adapt", type=_fraction,
+                   help="test-time adaptation weight of the copy, 0..1 (default: the bundle's)")
     s.set_defaults(func=_cmd_recalibrate_heatmap)
 
     s = sub.add_parser("tune-heatmap", help="tune the heatmap detector's per-class thresholds on runs with picks")

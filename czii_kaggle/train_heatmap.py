@@ -288,9 +288,10 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
     sees whole tomograms, mostly empty. :func:`czii_kaggle.detectors.heatmap.adapt_batchnorm`
     over every window of the given runs (weight 1) replaces them; the weights are otherwise
     unchanged. ``bn_adapt`` (when given) sets the copy's test-time adaptation. Every other file of
-    the bundle is copied as it is (not a training's checkpoint and log); the ONNX copy is exported anew (where the onnx package is
-    installed); ``out`` must be absent or empty unless ``replace`` (an earlier output of the caller's,
-    swapped out only when the new one is complete; never ``bundle_dir`` itself); the record is
+    the bundle is copied as it is (not a training's checkpoint and log); the ONNX copy is exported
+    anew (where the onnx package is installed); ``out`` must be absent or empty unless ``replace``
+    (an earlier output of the caller's, swapped out only when the new one is complete; never
+    ``bundle_dir`` itself); the record is
     ``heatmap.json`` ``training.recalibration``. A run that cannot be read is reported and left
     out (none readable: :class:`CziiInputError`). The thresholds (``heatmap.json``,
     ``ensemble.json``) were tuned for the old statistics: tune the copy again. Returns ``out``.
