@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_ensemble import fmt, test_sets  # noqa: E402
+from bench_ensemble import add_test_set_args, fmt, test_sets  # noqa: E402
 from bench_selection import candidates  # noqa: E402
 from czii_kaggle.bundle import load_detectors  # noqa: E402
 from czii_kaggle.particles import NAMES, PARTICLES, SCORED  # noqa: E402
@@ -96,15 +96,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, required=True, help="bundle folder with the heatmap detector")
-    ap.add_argument("--data", type=Path)
-    ap.add_argument("--solution", type=Path)
-    ap.add_argument("--label", default="given")
-    ap.add_argument("--domains", nargs="*", default=[])
-    ap.add_argument("--n-runs", type=int, default=2)
-    ap.add_argument("--difficulty", default="medium")
-    ap.add_argument("--seed", type=int, default=90210)
-    ap.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630))
-    ap.add_argument("--sim-work", type=Path, default=REPO / "runs" / "bench_detection")
+    add_test_set_args(ap)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_selection",
                     help="candidates kept per detector weights (sha256) and set, shared with bench_selection.py")
     ap.add_argument("--no-write", action="store_true")

@@ -63,6 +63,21 @@ def memory_probe(weights: Path, zarr: Path, tta_views: int | None = None) -> Non
                       "seconds": time.perf_counter() - t0, **times}))
 
 
+def add_test_set_args(ap: argparse.ArgumentParser) -> None:
+    """The options naming the test sets (:func:`test_sets`), shared by the benches that read them."""
+    ap.add_argument("--data", type=Path, help="Kaggle-layout root of the test runs")
+    ap.add_argument("--solution", type=Path, help="their test_solution.csv")
+    ap.add_argument("--label", default="given", help="name of the --data set in the tables")
+    ap.add_argument("--domains", nargs="*", default=[], choices=list(DOMAINS),
+                    help="also bench_detection.py's sets of these looks (held-out looks of the shipped models)")
+    ap.add_argument("--n-runs", type=int, default=2, help="runs per --domains set")
+    ap.add_argument("--difficulty", default="medium")
+    ap.add_argument("--seed", type=int, default=90210, help="as bench_detection.py (+1000 per domain index)")
+    ap.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630))
+    ap.add_argument("--sim-work", type=Path, default=REPO / "runs" / "bench_detection",
+                    help="bench_detection.py --work: where the --domains sets are (or are simulated)")
+
+
 def test_sets(a) -> list[tuple[str, Path, pd.DataFrame]]:
     """``(name, Kaggle-layout root, truth)`` of ``--data`` and of every ``--domains`` set."""
     sets = []
@@ -99,17 +114,7 @@ def score_rows(set_name: str, picks: dict[str, pd.DataFrame], truth: pd.DataFram
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, required=True, help="bundle folder with both detectors and ensemble.json")
-    ap.add_argument("--data", type=Path, help="Kaggle-layout root of the test runs")
-    ap.add_argument("--solution", type=Path, help="their test_solution.csv")
-    ap.add_argument("--label", default="given", help="name of the --data set in the tables")
-    ap.add_argument("--domains", nargs="*", default=[], choices=list(DOMAINS),
-                    help="also bench_detection.py's sets of these looks (held-out looks of the shipped models)")
-    ap.add_argument("--n-runs", type=int, default=2, help="runs per --domains set")
-    ap.add_argument("--difficulty", default="medium")
-    ap.add_argument("--seed", type=int, default=90210, help="as bench_detection.py (+1000 per domain index)")
-    ap.add_argument("--shape", type=int, nargs=3, default=(184, 630, 630))
-    ap.add_argument("--sim-work", type=Path, default=REPO / "runs" / "bench_detection",
-                    help="bench_detection.py --work: where the --domains sets are (or are simulated)")
+    add_test_set_args(ap)
     ap.add_argument("--blob", action="store_true", help="also score the training-free blob floor on every set")
     ap.add_argument("--blob-val-runs", type=int, default=2)
     ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4), help="the heatmap's flipped views (default: its own)")
