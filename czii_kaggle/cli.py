@@ -45,24 +45,24 @@ _count = _int_at_least(0)
 _positive = _int_at_least(1)
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
+def _float_in(low: float, high: float | None = None):
+    """A parser of numbers ``>= low`` (and ``<= high`` when given); NaN is refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if high is None and not value >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:g}, not {text}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low:g}..{high:g}, not {text}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in 0..1, not {text}")
-    return value
+_non_negative = _float_in(0.0)
+_fraction = _float_in(0.0, 1.0)
 
 
 def _difficulty(text: str) -> str | float:

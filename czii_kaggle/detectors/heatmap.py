@@ -183,7 +183,7 @@ class TorchHeatmapModel:
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
             x = x.contiguous(memory_format=torch.channels_last_3d)
-            return torch.sigmoid(self.net(x)).float().cpu().contiguous().numpy()
+            return torch.sigmoid(self.net(x)).cpu().contiguous().numpy()
 
 
 class OnnxHeatmapModel:
@@ -252,17 +252,15 @@ def load_model(bundle: HeatmapBundle, backend: str = "auto", device: str = "cpu"
     ``"onnx"`` is then an error."""
     from ..detect import onnxruntime_available
 
-    if bundle.config.bn_adapt > 0:
-        if backend == "onnx":
-            raise CziiInputError(bundle.weights.parent / "heatmap.json", "bn_adapt needs the torch backend "
-                                                                         "(ONNX Runtime's graph has fixed statistics)")
-        return TorchHeatmapModel(load_net(bundle), device)
-    if device != "cpu" and backend != "onnx":
-        return TorchHeatmapModel(load_net(bundle), device)
+    adapt = bundle.config.bn_adapt > 0
+    if backend == "onnx" and adapt:
+        raise CziiInputError(bundle.weights.parent / "heatmap.json", "bn_adapt needs the torch backend "
+                                                                     "(ONNX Runtime's graph has fixed statistics)")
     if backend == "onnx" and bundle.onnx is None:
         raise CziiInputError(bundle.weights.with_suffix(".onnx"), "no up-to-date ONNX copy of the heatmap weights "
                                                                   "(run `czii-kaggle export-onnx --detector heatmap`)")
-    if backend in ("onnx", "auto") and bundle.onnx is not None and onnxruntime_available():
+    wants_onnx = backend == "onnx" or (backend == "auto" and device == "cpu" and not adapt)
+    if wants_onnx and bundle.onnx is not None and onnxruntime_available():
         return OnnxHeatmapModel(bundle.onnx)
     return TorchHeatmapModel(load_net(bundle), device)
 
