@@ -297,7 +297,7 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
     ``ensemble.json``) were tuned for the old statistics: tune the copy again. Returns ``out``.
     """
     from .bundle import export_heatmap_onnx, load_heatmap_bundle
-    from .detectors.heatmap import adapt_batchnorm, load_net
+    from .detectors.heatmap import adapt_batchnorm, load_net, pad_to_windows
     from .outputs import atomic_dir, atomic_path, copy_file
 
     import torch
@@ -319,7 +319,8 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
     def volumes():
         for root, run in runs:
             try:
-                yield read_input(layout.tomogram_path(root, "train", run), config)[0]
+                path = layout.tomogram_path(root, "train", run)
+                yield pad_to_windows(read_input(path, config)[0], config, path)  # too small: named, skipped
             except (CziiInputError, OSError, ValueError) as exc:
                 failed.append(f"{root}:{run}: {exc}")
                 print(f"skipped: {failed[-1]}", file=sys.stderr)

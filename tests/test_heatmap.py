@@ -431,6 +431,14 @@ def test_recalibration_copies_the_bundle_with_whole_tomogram_statistics(tmp_path
     with pytest.raises(CziiInputError, match="none of the 1 runs could be read"):
         recalibrate_heatmap(bundle_dir, [(root, ["TS_bad"])], tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+    small_root = tmp_path / "small"  # a run smaller than one window is named and left out, the others used
+    omezarr.write_tomogram(layout.tomogram_path(small_root, "train", "TS_small"),
+                           rng.normal(size=(8, 16, 16)).astype(np.float32), 10.012444537618887)
+    capsys.readouterr()
+    recalibrate_heatmap(bundle_dir, [(small_root, None), (root, ["TS_a"])], tmp_path / "out4")
+    err = capsys.readouterr().err
+    assert "TS_small" in err and "smaller than one heatmap window" in err
+    assert json.loads((tmp_path / "out4" / "heatmap.json").read_text())["training"]["recalibration"]["runs"] == 1
     assert {f.name: f.read_bytes() for f in bundle_dir.iterdir()} == before
     assert main(["recalibrate-heatmap", "--weights", str(bundle_dir), "--data", f"{root}:TS_a", "--out",
                  str(tmp_path / "out3")]) == 0

@@ -286,7 +286,7 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 _FLIPS = {1: [()], 2: [(), (4,)], 3: [(), (4,), (3,)], 4: [(), (4,), (3,), (3, 4)]}
 
 
-def _pad_to_windows(volume: np.ndarray, config: HeatmapConfig, path) -> np.ndarray:
+def pad_to_windows(volume: np.ndarray, config: HeatmapConfig, path) -> np.ndarray:
     """``volume`` edge-padded to a multiple of 8 per axis; smaller than one window: :class:`CziiInputError`."""
     shape = volume.shape
     padded = tuple(s + (-s) % 8 for s in shape)
@@ -338,7 +338,7 @@ def adapt_batchnorm(net, volumes, config: HeatmapConfig, weight: float = 1.0, pa
     device = next(adapted.parameters()).device
     with torch.no_grad():
         for volume in volumes:
-            for _, win in _windows(_pad_to_windows(volume, config, path), config):
+            for _, win in _windows(pad_to_windows(volume, config, path), config):
                 x = torch.from_numpy(np.ascontiguousarray(win[None, None], dtype=np.float32)).to(device)
                 adapted(x.contiguous(memory_format=torch.channels_last_3d))
     a = float(weight)
@@ -359,7 +359,7 @@ def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str
     window (after that padding) raises :class:`CziiInputError` naming ``path``.
     """
     shape = volume.shape
-    volume = _pad_to_windows(volume, config, path)
+    volume = pad_to_windows(volume, config, path)
     padded = volume.shape
     stride = 2
     out_shape = tuple(s // stride for s in padded)
