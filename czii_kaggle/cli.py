@@ -330,14 +330,13 @@ def _sources(items: list[str]) -> list[tuple[Path, list[str] | None]]:
 
 
 def _cmd_train_heatmap(a) -> None:
-    from .detectors.heatmap import HeatmapConfig
-    from .train_heatmap import HeatmapTrainConfig, train_heatmap
+    from .train_heatmap import HeatmapTrainConfig, train_heatmap, training_start
 
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
                                threads=a.threads, look_augment=a.look_augment)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
-    config = HeatmapConfig() if a.channels is None else HeatmapConfig(channels=tuple(a.channels))
-    print(train_heatmap(_sources(a.data), a.out, config, train, init=a.init, command=cmd))
+    config, init = training_start(a.init, a.channels)
+    print(train_heatmap(_sources(a.data), a.out, config, train, init=init, command=cmd))
 
 
 def _cmd_recalibrate_heatmap(a) -> None:
@@ -489,9 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patch", type=int, nargs=3, default=(48, 96, 96), metavar=("Z", "Y", "X"))
     s.add_argument("--lr", type=float, default=3e-3)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--init", type=Path, help="heatmap.pt to start from")
+    s.add_argument("--init", help="start from this heatmap bundle folder (or its heatmap.pt), with its config "
+                                   "(views, window, bn_adapt); 'shipped': the shipped model (fine-tuning)")
     s.add_argument("--channels", type=_positive, nargs=3, metavar=("C0", "C1", "C2"),
-                   help="network widths at 1/2, 1/4, 1/8 resolution (default 12 24 32); wider than --init's "
+                   help="network widths at 1/2, 1/4, 1/8 resolution (default 12 24 32, or --init's); wider than --init's "
                         "network: it is widened without changing its output, then trained")
     s.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
     s.add_argument("--look-augment", type=float, default=0.0,

@@ -23,7 +23,8 @@ import numpy as np
 
 from . import layout, picks as picks_io
 from .errors import CziiInputError
-from .bundle import HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, save_heatmap_json, sources_record
+from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, load_heatmap_bundle,
+                     save_heatmap_json, sources_record)
 from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, read_input
 from .particles import NAMES, PARTICLES
 
@@ -193,6 +194,43 @@ def _log(out: Path, text: str) -> None:
         f.write(text + "\n")
 
 
+def _state_channels(state: dict) -> list[int]:
+    return [int(state[k].shape[0]) for k in ("stem.0.weight", "down1.0.weight", "down2.0.weight")]
+
+
+def training_start(init: str | Path | None = None, channels: tuple[int, int, int] | None = None
+                   ) -> tuple[HeatmapConfig, Path | None]:
+    """The network config and the weights a training starts from.
+
+    ``init`` None: a new network of the default config (``channels``: its widths). ``"shipped"``:
+    the shipped bundle's heatmap network (fine-tuning). A heatmap bundle folder, or its
+    ``heatmap.pt``: that network with its bundle's config (views, window, test-time adaptation),
+    so that the trained bundle predicts as its start did; a ``heatmap.pt`` with no
+    ``heatmap.json`` beside it gets the default config at its own widths. ``channels`` wider
+    than the start's: the start is widened (:func:`train_heatmap`). A missing or unreadable
+    start is a :class:`CziiInputError` naming it.
+    """
+    import torch
+
+    if init is None:
+        return (HeatmapConfig() if channels is None else HeatmapConfig(channels=tuple(channels))), None
+    path = DEFAULT_BUNDLE if str(init) == "shipped" else Path(init)
+    weights = path / HEATMAP_WEIGHTS_FILE if path.is_dir() else path
+    if (weights.parent / HEATMAP_CONFIG_FILE).is_file():
+        config = load_heatmap_bundle(weights).config
+    else:
+        if not weights.is_file():
+            raise CziiInputError(weights, "heatmap weights to start from not found")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            config = HeatmapConfig(channels=tuple(_state_channels(state.get("model", state))))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: one line naming it
+            raise CziiInputError(weights, f"not heatmap weights: {str(exc).splitlines()[0]}") from None
+    if channels is not None:
+        config = HeatmapConfig.from_dict({**config.to_dict(), "channels": list(channels)})
+    return config, weights
+
+
 def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str | Path,
                   config: HeatmapConfig | None = None, train: HeatmapTrainConfig | None = None,
                   init: str | Path | None = None, command: str | None = None) -> Path:
@@ -201,8 +239,11 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     Writes ``out/heatmap.pt`` (the weights), ``out/heatmap.json`` (config, the default
     selection options and a training record: command, sources, settings, seconds,
     losses) and logs each step's loss to ``out/train.log``. ``init``: a ``heatmap.pt`` to
-    start from; when ``config.channels`` is wider than its network, the start is widened without
-    changing its output (:func:`czii_kaggle.detectors.heatmap_net.widen_state_dict`). Returns ``out``.
+    start from (:func:`training_start` gives it and its config); when ``config.channels`` is wider
+    than its network, the start is widened without changing its output
+    (:func:`czii_kaggle.detectors.heatmap_net.widen_state_dict`); its bundle's selection options
+    (thresholds, floor), where its ``heatmap.json`` is beside it, are the new bundle's until tuned.
+    Returns ``out``.
     """
     import torch
 
@@ -219,7 +260,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     if init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
         state = state.get("model", state)
-        init_channels = [int(state[k].shape[0]) for k in ("stem.0.weight", "down1.0.weight", "down2.0.weight")]
+        init_channels = _state_channels(state)
         if init_channels != list(config.channels):
             try:
                 state = widen_state_dict(state, net)
@@ -274,7 +315,10 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         "loss_last_50": float(np.mean(losses[-50:])) if losses else None,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
     }
-    save_heatmap_json(out, config=config.to_dict(), aggregate=default_aggregate_config().to_dict(), training=record)
+    # a start bundle's selection options (thresholds, floor) are the trained bundle's starting point for tuning
+    start_json = Path(init).parent / HEATMAP_CONFIG_FILE if init is not None else None
+    aggregate = load_heatmap_bundle(init).aggregate if start_json and start_json.is_file() else default_aggregate_config()
+    save_heatmap_json(out, config=config.to_dict(), aggregate=aggregate.to_dict(), training=record)
     return out
 
 

@@ -18,7 +18,7 @@ from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_
                                            predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
 from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, recalibrate_heatmap,
-                                       render_targets, sample_batch, train_heatmap)
+                                       render_targets, sample_batch, train_heatmap, training_start)
 from czii_kaggle.particles import NAMES, get
 
 VS1 = 20.024889075237774  # level-1 voxel size of the Kaggle tomograms
@@ -217,6 +217,29 @@ def _bundle(tmp_path, classes=NAMES, channels=(4, 8, 8)):
     torch.save(HeatmapUNet(len(classes), channels).state_dict(), tmp_path / "heatmap.pt")
     save_heatmap_json(tmp_path, config=cfg.to_dict())
     return tmp_path
+
+
+def test_a_training_starts_from_a_bundle_with_its_config(tmp_path):
+    assert training_start(None) == (HeatmapConfig(), None)
+    assert training_start(None, (6, 8, 12))[0].channels == (6, 8, 12)
+    config, weights = training_start("shipped")  # fine-tuning: the shipped network as it predicts
+    assert weights == DEFAULT_BUNDLE / "heatmap.pt" and config == load_heatmap_bundle().config
+    assert config.tta_views > 1 and config.channels != HeatmapConfig().channels
+    (tmp_path / "b").mkdir()
+    folder = _bundle(tmp_path / "b", channels=(4, 8, 8))
+    config, weights = training_start(folder)
+    assert weights == folder / "heatmap.pt" and config == load_heatmap_bundle(folder).config
+    assert config.window_vox == (16, 32, 32)  # the bundle's own, not the default
+    assert training_start(folder / "heatmap.pt", (6, 8, 12))[0].channels == (6, 8, 12)
+    (tmp_path / "bare").mkdir()  # weights alone: the default config at their own widths
+    torch.save(HeatmapUNet(len(NAMES), (4, 6, 10)).state_dict(), tmp_path / "bare" / "w.pt")
+    config, _ = training_start(tmp_path / "bare" / "w.pt")
+    assert config.channels == (4, 6, 10) and config.window_vox == HeatmapConfig().window_vox
+    with pytest.raises(CziiInputError, match="nope.pt: heatmap weights to start from not found"):
+        training_start(tmp_path / "nope.pt")
+    (tmp_path / "bare" / "junk.pt").write_text("not torch")
+    with pytest.raises(CziiInputError, match="junk.pt: not heatmap weights"):
+        training_start(tmp_path / "bare" / "junk.pt")
 
 
 def test_weights_of_the_wrong_class_count_are_refused(tmp_path):
@@ -467,6 +490,16 @@ def test_training_writes_weights_and_resumes(tmp_path):
                          init=out / "heatmap.pt", command="test")
     assert load_heatmap_bundle(wide).record["init_channels"] == [4, 8, 8]
     assert load_heatmap_bundle(wide).config.channels == (6, 8, 12)
+    # fine-tuning from a bundle (the CLI's --init FOLDER): its config and its selection options (floor) are kept
+    from czii_kaggle.cli import main
+
+    floor = bundle.aggregate.with_floor({"ribosome": 7})
+    save_heatmap_json(out, aggregate=floor.to_dict(), config=replace(bundle.config, tta_views=2).to_dict())
+    assert main(["train-heatmap", "--data", str(ds.root), "--out", str(tmp_path / "ft"), "--init", str(out),
+                 "--steps", "1", "--patch", "16", "32", "32", "--threads", "1"]) == 0
+    tuned = load_heatmap_bundle(tmp_path / "ft")
+    assert tuned.config.tta_views == 2 and tuned.config.channels == (4, 8, 8)
+    assert tuned.aggregate.params["ribosome"].min_keep == 7 and tuned.record["init"] == str(out / "heatmap.pt")
     with pytest.raises(CziiInputError, match="heatmap.pt: cannot start a \\(2, 8, 8\\) network"):
         train_heatmap([(ds.root, None)], tmp_path / "narrow", replace(cfg, channels=(2, 8, 8)), tr,
                       init=out / "heatmap.pt", command="test")

@@ -248,6 +248,9 @@ def test_train_heatmap_notebook_saves_a_tuned_bundle(tmp_path, kernel_name):
 
     bundle = load_heatmap_bundle(tmp_path / "bundle")
     assert bundle.record["steps"] == 3 and bundle.config.window_vox == (24, 64, 64)
+    shipped = load_heatmap_bundle()  # by default it fine-tunes the shipped network, with its config
+    assert bundle.record["init"] == str(shipped.weights) and bundle.config.channels == shipped.config.channels
+    assert bundle.config.tta_views == shipped.config.tta_views and bundle.record["train_config"]["lr"] == 3e-4
     # the bundle holds the trained weights with whole-tomogram statistics and test-time adaptation
     assert bundle.record["recalibration"]["runs"] == 1 and bundle.config.bn_adapt == 0.5
     assert (tmp_path / "bundle_training" / "checkpoint.pt").is_file() and not (tmp_path / "bundle" / "checkpoint.pt").exists()
