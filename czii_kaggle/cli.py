@@ -333,7 +333,7 @@ def _cmd_train_heatmap(a) -> None:
     from .train_heatmap import HeatmapTrainConfig, train_heatmap, training_start
 
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
-                               threads=a.threads, look_augment=a.look_augment)
+                               threads=a.threads, look_augment=a.look_augment, device=a.device)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     config, init = training_start(a.init, a.channels)
     print(train_heatmap(_sources(a.data), a.out, config, train, init=init, command=cmd))
@@ -494,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network widths at 1/2, 1/4, 1/8 resolution (default 12 24 32, or --init's); wider than --init's "
                         "network: it is widened without changing its output, then trained")
     s.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
+    s.add_argument("--device", default="auto", help="auto (the first usable GPU, else the CPU), cpu or cuda:N")
     s.add_argument("--look-augment", type=float, default=0.0,
                    help="share of patches given a random look (CTF-like band gain, low-pass, noise); default 0")
     s.set_defaults(func=_cmd_train_heatmap)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from . import layout, picks as picks_io
 from .errors import CziiInputError
 from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, load_heatmap_bundle,
                      save_heatmap_json, sources_record)
-from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, read_input
+from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, heatmap_device, read_input
 from .particles import NAMES, PARTICLES
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -55,6 +56,9 @@ class HeatmapTrainConfig:
         Steps between checkpoints (the last step always writes one).
     threads : int
         torch CPU threads.
+    device : str
+        ``"auto"``: the first GPU torch can run here (:func:`czii_kaggle.detectors.heatmap.heatmap_device`),
+        else the CPU; or ``"cpu"``, ``"cuda:N"``.
     look_augment : float
         Share of patches given a random look (:func:`augment_look`: a random CTF-like
         band gain, anisotropic low-pass and noise); 0: off (the records before it).
@@ -69,6 +73,7 @@ class HeatmapTrainConfig:
     seed: int = 0
     checkpoint_every: int = 25
     threads: int = 2
+    device: str = "auto"
     look_augment: float = 0.0
 
     def __post_init__(self) -> None:
@@ -76,6 +81,8 @@ class HeatmapTrainConfig:
             raise ValueError(f"patch_vox must be positive multiples of 8 with y == x, not {self.patch_vox}")
         if not 0.0 <= self.look_augment <= 1.0:
             raise ValueError(f"look_augment must be in 0..1, not {self.look_augment!r}")
+        if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
+            raise ValueError(f"device must be auto, cpu or cuda:N, not {self.device!r}")
 
 
 @dataclass
@@ -255,6 +262,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(train.threads)
     torch.manual_seed(train.seed)
+    device = heatmap_device() if train.device == "auto" else train.device
     net = build_net(config).to(memory_format=torch.channels_last_3d)  # before the runs: a bad --init fails at once
     init_channels = None
     if init is not None:
@@ -267,6 +275,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
             except ValueError as exc:
                 raise CziiInputError(init, f"cannot start a {tuple(config.channels)} network from these weights: {exc}") from None
         net.load_state_dict(state)
+    net = net.to(device)
     runs = load_runs(sources, config)
     config = HeatmapConfig.from_dict({**config.to_dict(), "voxel_size_A": float(np.median([r.voxel_size_A for r in runs]))})
     opt = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -285,8 +294,8 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = sample_batch(runs, step, config, train)
-        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d)
-        loss = focal_heatmap_loss(net(xt), torch.from_numpy(y))
+        xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last_3d)
+        loss = focal_heatmap_loss(net(xt), torch.from_numpy(y).to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -300,7 +309,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
             tmp.replace(ckpt_path)
     weights = out / HEATMAP_WEIGHTS_FILE
     tmp = weights.with_suffix(".tmp")
-    torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, tmp)
     tmp.replace(weights)
     record = {
         "command": command or " ".join(sys.argv),
@@ -314,6 +323,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         "loss_first_50": float(np.mean(losses[:50])) if losses else None,
         "loss_last_50": float(np.mean(losses[-50:])) if losses else None,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "device": device,
     }
     # a start bundle's selection options (thresholds, floor) are the trained bundle's starting point for tuning
     start_json = Path(init).parent / HEATMAP_CONFIG_FILE if init is not None else None

@@ -159,6 +159,9 @@ def test_look_augmentation_changes_the_look_not_the_targets():
     assert not any(np.array_equal(a, b) for a, b in zip(x0, x1))
     with pytest.raises(ValueError, match="look_augment"):
         HeatmapTrainConfig(look_augment=1.5)
+    assert HeatmapTrainConfig(device="cuda:1").device == "cuda:1" and HeatmapTrainConfig(device="cuda").device == "cuda"
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda:N, not 'gpu'"):
+        HeatmapTrainConfig(device="gpu")
 
 
 def test_network_shapes_and_loss_falls_on_one_batch():
@@ -483,7 +486,7 @@ def test_training_writes_weights_and_resumes(tmp_path):
     log = (out / "train.log").read_text()
     assert "resumed at step 2" in log and "step 3 loss" in log and log.count("step 1 loss") == 1
     bundle = load_heatmap_bundle(out)
-    assert bundle.record["steps"] == 3 and bundle.record["runs"]
+    assert bundle.record["steps"] == 3 and bundle.record["runs"] and bundle.record["device"] == "cpu"  # no GPU here
     assert not torch.equal(first["head.weight"], torch.load(out / "heatmap.pt", weights_only=True)["head.weight"])
     # a wider network started from these weights: widened, trained, and its record says from what
     wide = train_heatmap([(ds.root, None)], tmp_path / "wide", replace(cfg, channels=(6, 8, 12)), replace(tr, steps=1),
