@@ -16,15 +16,18 @@ that no single rendering style, real or simulated, is all the model sees:
 4. :func:`tune_oof`: the per-class thresholds tuned on the pooled out-of-fold candidates with
    the library's tuning (:func:`czii_kaggle.tune.tune_thresholds`), scored beside the start
    model's own thresholds on the same runs;
-5. :func:`fit_heatmap_ensemble`: where the start bundle holds the 3D heatmap detector (the
-   shipped one does), its candidates of the real runs (it is carried over as it is, not
-   retrained, so it never trained on them), its thresholds tuned on them, and the ensemble
-   of the out-of-fold YOLO candidates with them fitted (:func:`czii_kaggle.tune.fit_ensemble`);
-   the detectors the bundle runs by default are those of the best of YOLO alone, the heatmap
-   alone and the ensemble on the real runs;
-6. the final fit on every real run (:func:`train_fold` of ``plan.final``), with the tuned
-   thresholds saved into its bundle (:func:`finish_bundle`, with the heatmap, ``ensemble.json``
-   and the default detectors of step 5): a folder the inference notebook takes as ``weights``.
+5. :func:`train_heatmap_fold` for every fold: where the start bundle holds the 3D heatmap
+   detector (the shipped one does) and ``heatmap_steps`` > 0, its network fine-tuned on the
+   fold's real runs and the simulated ones, its batch-norm statistics re-estimated on the fold's
+   real runs; :func:`fit_heatmap_ensemble`: the heatmap's out-of-fold candidates of the real runs
+   (with ``heatmap_steps`` 0 or where that failed: the start's heatmap, carried over as it is),
+   its thresholds tuned on them, and the ensemble of the out-of-fold YOLO candidates with them
+   fitted (:func:`czii_kaggle.tune.fit_ensemble`); the detectors the bundle runs by default are
+   those of the best of YOLO alone, the heatmap alone and the ensemble on the real runs;
+6. the final fit on every real run (:func:`train_fold` and :func:`train_heatmap_fold` of
+   ``plan.final``), with the tuned thresholds saved into its bundle (:func:`finish_bundle`, with
+   the heatmap, ``ensemble.json`` and the default detectors of step 5): a folder the inference
+   notebook takes as ``weights``.
 
 Every fold's training validates (Ultralytics' best epoch) on its held-out real runs; the
 final fit, which holds no real run out, on ``sim_val_runs`` simulated runs never trained on.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -87,6 +91,16 @@ T4_PREDICT_S_PER_RUN = 13.3
 HEATMAP_S_PER_RUN = 7.65
 #: Fixed seconds per training (model and data set-up, Ultralytics' final validation).
 TRAIN_OVERHEAD_S = 60.0
+#: Seconds per step of the heatmap network's fine-tuning (batch 4 patches of 48 x 96 x 96, look
+#: augmentation 0.7) on one T4: derived, bound by drawing the batch on one CPU core (0.29 s
+#: measured on the build machine; the network's 69 GFLOPs per step, forward and backward, take
+#: about 0.035 s at 2 TFLOP/s; benchmarks/results/adapt.md).
+HEATMAP_T4_STEP_S = 0.29
+#: Seconds to re-estimate the heatmap's batch-norm statistics on one full-size run (one pass of
+#: its windows, as the test-time adaptation: 1.48 s on the build machine's CPU).
+HEATMAP_RECAL_S_PER_RUN = 1.5
+#: The heatmap fine-tuning's batch, look augmentation and learning rate (benchmarks/bench_adapt.py).
+HEATMAP_BATCH, HEATMAP_LOOK_AUGMENT = 4, 0.7
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,13 @@ class FineTuneConfig:
     batch, imgsz, workers, device, seed : training options (``device="auto"``: the first GPU).
     max_hours : float
         :func:`plan_fine_tune` refuses a plan whose estimate exceeds it.
+    heatmap_steps : int
+        Steps of each fold's and the final fit's fine-tuning of the start bundle's heatmap network
+        (:func:`train_heatmap_fold`); 0: the start's heatmap is carried over as it is (its thresholds
+        still tuned on the real runs).
+    heatmap_lr : float
+    heatmap_patch_vox : (z, y, x)
+        The heatmap's training patch (level-1 voxels).
     """
 
     # the defaults equal the shipped recipe's ``fine_tune`` (tests/test_recipe.py checks it)
@@ -135,6 +156,9 @@ class FineTuneConfig:
     device: str = "auto"
     seed: int = 0
     max_hours: float = 9.0
+    heatmap_steps: int = 1500
+    heatmap_lr: float = 3e-4
+    heatmap_patch_vox: tuple[int, int, int] = (48, 96, 96)
 
     def __post_init__(self):
         if self.k_folds < 2:
@@ -142,6 +166,8 @@ class FineTuneConfig:
         for name in ("fold_epochs", "final_epochs", "batch", "imgsz"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.heatmap_steps < 0:
+            raise ValueError(f"heatmap_steps must be >= 0 (0: the start's heatmap as it is), not {self.heatmap_steps}")
         if not 0 <= self.sim_val_runs <= self.n_sim_runs:
             raise ValueError(f"sim_val_runs must be in 0..n_sim_runs ({self.n_sim_runs}), not {self.sim_val_runs}")
 
@@ -159,7 +185,8 @@ class FineTuneConfig:
                     sim_difficulties=tuple(sim.get("difficulties", ("medium",))),
                     sim_count_scale=dict(sim.get("count_scale", {})),
                     sim_shape_vox=tuple(sim.get("shape_vox", (184, 630, 630))), batch=ft.get("batch", 32),
-                    workers=ft.get("workers", 4))
+                    workers=ft.get("workers", 4), heatmap_steps=ft.get("heatmap", {}).get("steps", 0),
+                    heatmap_lr=ft.get("heatmap", {}).get("lr", 3e-4))
         base.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -224,13 +251,14 @@ def _n_steps(n_images: int, batch: int) -> int:
 def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAGES_PER_RUN,
                step_s: float = T4_STEP_S, predict_s_per_run: float = T4_PREDICT_S_PER_RUN,
                sim_s_per_run: float = SIM_S_PER_RUN, dataset_s_per_run: float = DATASET_S_PER_RUN,
-               heatmap_s_per_run: float = HEATMAP_S_PER_RUN) -> dict:
+               heatmap_s_per_run: float = HEATMAP_S_PER_RUN, heatmap_step_s: float = HEATMAP_T4_STEP_S) -> dict:
     """Seconds per phase of the fine-tuning on one T4 (see the time model constants above).
 
     Each training epoch runs ``ceil(train images / batch)`` steps and validates its held-out
     images at a third of a step per batch; out-of-fold prediction predicts each real run once,
-    the baseline (the start model on every real run) once more, and the start bundle's heatmap
-    each real run once (:func:`fit_heatmap_ensemble`).
+    the baseline (the start model on every real run) once more, and the heatmap each real run
+    once (:func:`fit_heatmap_ensemble`); with ``heatmap_steps``, each training also fine-tunes the
+    heatmap network (its steps, then its statistics on its real runs: :func:`train_heatmap_fold`).
     """
     voxels = float(np.prod(config.sim_shape_vox)) / (184 * 630 * 630)
     n_sim_train = config.n_sim_runs - config.sim_val_runs
@@ -242,10 +270,15 @@ def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAG
         steps = (_n_steps((n_train + n_sim_train) * images_per_run * voxels, config.batch)
                  + _n_steps(n_val * images_per_run * voxels, config.batch) / 3)
         train_s += epochs * steps * step_s + TRAIN_OVERHEAD_S
+    heatmap_s = 0.0
+    if config.heatmap_steps:  # each fold's and the final fit's heatmap: its steps, then statistics on its real runs
+        heatmap_s = sum(config.heatmap_steps * heatmap_step_s + n_train * HEATMAP_RECAL_S_PER_RUN * voxels
+                        for n_train, _, _ in trainings)
     out = {
         "simulate_s": config.n_sim_runs * sim_s_per_run * voxels,
         "dataset_s": (n_real + config.n_sim_runs) * dataset_s_per_run * voxels,
         "train_s": train_s,
+        "heatmap_train_s": heatmap_s,
         "predict_s": n_real * (2 * predict_s_per_run + heatmap_s_per_run) * voxels,
     }
     out["total_s"] = sum(out.values())
@@ -401,6 +434,67 @@ def oof_candidates(real_root: str | Path, folds: tuple[Fold, ...], bundle_dirs: 
     return pd.concat(parts, ignore_index=True)
 
 
+def _torch_device(device: str) -> str:
+    """The fine-tuning's ``device`` (Ultralytics' words: ``auto``, ``cpu``, ``0``) as torch names it."""
+    return f"cuda:{device}" if str(device).isdigit() else str(device)
+
+
+def train_heatmap_fold(plan: FineTunePlan, real_root: str | Path, sim_root: str | Path, fold: Fold,
+                       out_dir: str | Path) -> Path | None:
+    """Fine-tune the start bundle's heatmap network for one fold (kept when already done); its bundle
+    folder, or ``None`` when ``heatmap_steps`` is 0 or the start bundle holds no heatmap.
+
+    ``heatmap_steps`` steps from the start's weights, with its config and thresholds
+    (:func:`czii_kaggle.train_heatmap.training_start`), on the fold's real runs and the simulated
+    training runs (each run drawn alike; look augmentation on), on the fold's device; then its
+    batch-norm statistics are re-estimated on the fold's real runs (the look it will predict), with
+    the start's test-time adaptation (:func:`czii_kaggle.train_heatmap.recalibrate_heatmap`).
+    """
+    from .train_heatmap import HeatmapTrainConfig, recalibrate_heatmap, train_heatmap, training_start
+
+    cfg, start = plan.config, plan.init_weights.parent
+    if cfg.heatmap_steps == 0 or "heatmap" not in held_detectors(start):
+        return None
+    out_dir = Path(out_dir)
+    training, bundle_dir = out_dir / "heatmap_training", out_dir / "heatmap"
+    sim_train = [r for r in plan.sim_runs if r not in plan.sim_val]
+    sources = [(Path(real_root), list(fold.train_real)), *([(Path(sim_root), sim_train)] if sim_train else [])]
+    if (bundle_dir / HEATMAP_WEIGHTS_FILE).is_file():  # kept from an interrupted run of the same plan, or refused
+        done = json.loads((bundle_dir / HEATMAP_CONFIG_FILE).read_text()).get("training", {})
+        if done.get("runs") != [f"{root}/{run}" for root, runs in sources for run in runs] or \
+                done.get("steps") != cfg.heatmap_steps:
+            raise CziiInputError(bundle_dir, f"was trained for another plan (runs or steps differ from {fold.name}'s): "
+                                             "remove the work folder or choose another one")
+        return bundle_dir
+    config, init = training_start(start)
+    train = HeatmapTrainConfig(patch_vox=tuple(cfg.heatmap_patch_vox), batch=HEATMAP_BATCH, steps=cfg.heatmap_steps,
+                               lr=cfg.heatmap_lr, seed=cfg.seed, threads=max(1, cfg.workers),
+                               look_augment=HEATMAP_LOOK_AUGMENT, device=_torch_device(cfg.device))
+    try:
+        train_heatmap(sources, training, config, train, init=init, command=f"czii_kaggle.finetune ({fold.name})")
+        return recalibrate_heatmap(training, sources[:1], bundle_dir, command=f"czii_kaggle.finetune ({fold.name})",
+                                   replace=bundle_dir.exists())
+    except (CziiInputError, ValueError, RuntimeError, OSError) as exc:  # YOLO's fine-tuning is not lost for it
+        print(f"[czii_kaggle] the heatmap's fine-tuning of {fold.name} failed ({str(exc).strip().splitlines()[-1]}): "
+              "the start bundle's heatmap is used", file=sys.stderr)
+        return None
+
+
+def heatmap_oof_candidates(real_root: str | Path, folds: tuple[Fold, ...], heatmap_dirs: list[Path | None]
+                           ) -> tuple[pd.DataFrame | None, str]:
+    """Out-of-fold heatmap candidates: each fold's fine-tuned heatmap (:func:`train_heatmap_fold`) on the
+    real runs it held out, pooled; or ``None`` and why not (no fine-tuned heatmap, or a run failed)."""
+    if not heatmap_dirs or any(d is None for d in heatmap_dirs):
+        return None, "no fine-tuned heatmap"
+    parts = []
+    for fold, d in zip(folds, heatmap_dirs):
+        cands, note = heatmap_candidates(real_root, list(fold.val_real), d)
+        if cands is None:
+            return None, note
+        parts.append(cands)
+    return pd.concat(parts, ignore_index=True), ""
+
+
 def tune_oof(real_root: str | Path, candidates: pd.DataFrame, start_bundle) -> tuple[object, pd.DataFrame]:
     """Per-class thresholds tuned on the pooled out-of-fold candidates (the library's tuning, from the
     start bundle's thresholds); returns the tuned :class:`AggregateConfig` and the per-class table."""
@@ -450,6 +544,7 @@ class HeatmapFit:
     default: tuple[str, ...] = ("yolo",)
     table: pd.DataFrame | None = None  # the ensemble's tuning table
     tuned_on: list = field(default_factory=list)  # [{"root", "runs"}] of the real runs
+    fine_tuned: bool = False  # the heatmap's candidates came from the folds' fine-tuned heatmaps
 
 
 def heatmap_candidates(real_root: str | Path, runs: list[str], start_bundle: str | Path
@@ -469,12 +564,15 @@ def heatmap_candidates(real_root: str | Path, runs: list[str], start_bundle: str
     return found["heatmap"], ""
 
 
-def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame, tuned) -> HeatmapFit:
-    """The start bundle's heatmap and the ensemble, fitted on the real runs (see the module docstring).
+def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame, tuned,
+                         heatmap_dirs: list[Path | None] | None = None) -> HeatmapFit:
+    """The heatmap and the ensemble, fitted on the real runs (see the module docstring).
 
     ``oof``: the folds' out-of-fold YOLO candidates (:func:`oof_candidates`); ``tuned``: YOLO's
-    thresholds tuned on them (:func:`tune_oof`). The heatmap's thresholds and the ensemble are
-    tuned on the same runs as ``tuned`` (the calibration, weights and thresholds of
+    thresholds tuned on them (:func:`tune_oof`). ``heatmap_dirs``: the folds' fine-tuned heatmaps
+    (:func:`train_heatmap_fold`): their out-of-fold candidates are the heatmap's; else (or where
+    they failed, said in the note) the start bundle's heatmap's. The heatmap's thresholds and the
+    ensemble are tuned on the same runs as ``tuned`` (the calibration, weights and thresholds of
     :func:`czii_kaggle.tune.fit_ensemble`, from the start bundle's ensemble floor); the default
     detectors are those of the highest of the three scores (ties: the fewer detectors).
     """
@@ -485,9 +583,12 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
 
     runs = list(plan.real_runs)
     start_dir = plan.init_weights.parent
-    cands, note = heatmap_candidates(real_root, runs, start_dir)
-    if cands is None:
-        return HeatmapFit(note)
+    cands, why_not = heatmap_oof_candidates(real_root, plan.folds, heatmap_dirs) if heatmap_dirs else (None, "")
+    fine_tuned = cands is not None
+    if not fine_tuned:
+        cands, note = heatmap_candidates(real_root, runs, start_dir)
+        if cands is None:
+            return HeatmapFit(note)
     truth = read_all_picks(real_root, runs)
     hm, _ = tune_thresholds(cands, truth, load_heatmap_bundle(start_dir).aggregate, support_grid=None)
     before = load_ensemble(start_dir)
@@ -498,11 +599,14 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
               "yolo,heatmap": score_candidates(real_root, combine({"yolo": oof, "heatmap": cands}, ensemble),
                                                ensemble.aggregate, runs)}
     best = max(scores, key=lambda k: (scores[k], -k.count(",")))
-    named = {"heatmap": "heatmap of the start bundle (not retrained), thresholds tuned on these runs",
-             "yolo,heatmap": "ensemble: fine-tuned YOLO out of fold + heatmap, fitted on these runs"}
-    return HeatmapFit(f"default detectors: {best} (the best on the real runs)", hm, ensemble,
-                      {named[k]: v for k, v in scores.items() if k in named}, tuple(best.split(",")), table,
-                      sources_record([(real_root, runs)]))
+    which = "fine-tuned heatmap out of fold" if fine_tuned else "heatmap of the start bundle (not retrained)"
+    named = {"heatmap": f"{which}, thresholds tuned on these runs",
+             "yolo,heatmap": f"ensemble: fine-tuned YOLO out of fold + {which.split(' (')[0]}, fitted on these runs"}
+    note = f"default detectors: {best} (the best on the real runs)"
+    if heatmap_dirs and not fine_tuned:
+        note += f"; the heatmap is the start bundle's: {why_not}"
+    return HeatmapFit(note, hm, ensemble, {named[k]: v for k, v in scores.items() if k in named},
+                      tuple(best.split(",")), table, sources_record([(real_root, runs)]), fine_tuned)
 
 
 def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
@@ -524,19 +628,26 @@ def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
 
 def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePlan, scores: dict | None = None,
                   table: pd.DataFrame | None = None, elapsed: dict | None = None,
-                  heatmap: HeatmapFit | None = None) -> Path:
+                  heatmap: HeatmapFit | None = None, heatmap_dir: Path | None = None) -> Path:
     """Copy the final fit's bundle to ``out_dir``: the weights, ``czii_config.json`` with the tuned
     thresholds, ``FINETUNE.json`` (the plan, the scores, the tuning table, measured and estimated
     seconds) and ``model.onnx`` where the onnx package is installed; with a ``heatmap`` fit
     (:func:`fit_heatmap_ensemble`), the start bundle's heatmap files with the thresholds tuned on
-    the real runs and ``ensemble.json`` naming the default detectors. A folder that is there
-    already is replaced only when it holds a previous ``FINETUNE.json``."""
+    the real runs and ``ensemble.json`` naming the default detectors: the final fit's fine-tuned heatmap
+    ``heatmap_dir`` (:func:`train_heatmap_fold` of ``plan.final``) where the fit used the folds'
+    fine-tuned ones, else the start bundle's. A folder that is there already is replaced only when it
+    holds a previous ``FINETUNE.json``."""
     import importlib.util
 
     fitted = heatmap is not None and heatmap.aggregate is not None
+    if fitted and heatmap.fine_tuned and heatmap_dir is None:  # its thresholds are not the start heatmap's
+        raise CziiInputError(out_dir, "the heatmap was tuned on the folds' fine-tuned networks but the final fit's "
+                                      "heatmap failed (its message above): run the final fit again")
+    heatmap_src = Path(heatmap_dir) if fitted and heatmap.fine_tuned else plan.init_weights.parent
     record = {**plan_record(plan), "scores": {**(scores or {}), **(heatmap.scores if fitted else {})},
               "tuned_table": [] if table is None else table.to_dict(orient="records"), "elapsed_s": elapsed or {},
               "default_detectors": list(heatmap.default) if fitted else ["yolo"],
+              "heatmap_fine_tuned": bool(fitted and heatmap.fine_tuned),
               "heatmap_note": "" if heatmap is None else heatmap.note}
 
     out_dir = Path(out_dir)
@@ -554,8 +665,8 @@ def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePla
             export_bundle_onnx(tmp)
         if fitted:
             for name in (HEATMAP_WEIGHTS_FILE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE):
-                if (plan.init_weights.parent / name).is_file():
-                    shutil.copy2(plan.init_weights.parent / name, tmp / name)
+                if (heatmap_src / name).is_file():
+                    shutil.copy2(heatmap_src / name, tmp / name)
             save_heatmap_json(tmp, aggregate=heatmap.aggregate.to_dict(), tuned_on=heatmap.tuned_on)
             save_ensemble(tmp, heatmap.ensemble, default_detectors=list(heatmap.default))
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))

@@ -3,6 +3,7 @@ The whole flow runs in tests/test_notebooks.py (train notebook in Kaggle's layou
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -54,6 +55,10 @@ def test_estimate_counts_steps_of_every_training():
     assert est["train_s"] == pytest.approx(7 * fold + final)
     assert est["simulate_s"] == 20 and est["dataset_s"] == 22 and est["predict_s"] == 7 * (2 * 10 + 3)
     assert est["total_s"] == pytest.approx(sum(v for k, v in est.items() if k != "total_s"))
+    # the heatmap's fine-tuning: its steps in each of the 8 trainings, then its statistics on their real runs
+    hm = estimate_s(replace(cfg, heatmap_steps=100), 7, heatmap_step_s=0.5)["heatmap_train_s"]
+    assert hm == pytest.approx(8 * 100 * 0.5 + (7 * 6 + 7) * finetune.HEATMAP_RECAL_S_PER_RUN)
+    assert estimate_s(replace(cfg, heatmap_steps=0), 7)["heatmap_train_s"] == 0
     more = estimate_s(FineTuneConfig(k_folds=7, fold_epochs=4, final_epochs=3, n_sim_runs=4), 7)
     assert more["train_s"] > estimate_s(FineTuneConfig(k_folds=7, fold_epochs=2, final_epochs=3, n_sim_runs=4), 7)[
         "train_s"]
@@ -182,6 +187,38 @@ def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tm
 
     default, named = (pd.read_csv(tmp_path / f) for f in ("default.csv", "named.csv"))
     assert len(default) > 0 and default.drop(columns="id").equals(named.drop(columns="id"))
+
+    # the heatmap fine-tuned per fold (out-of-fold candidates, thresholds) and in the final fit (shipped)
+    from czii_kaggle.bundle import file_sha256
+
+    ft = finetune.plan_fine_tune(ds.root, FineTuneConfig(k_folds=2, init=str(start), n_sim_runs=0, sim_val_runs=0,
+                                                         heatmap_steps=2, heatmap_patch_vox=(16, 32, 32)))
+    dirs = [finetune.train_heatmap_fold(ft, ds.root, None, f, tmp_path / "ft" / f.name) for f in ft.folds]
+    record = load_heatmap_bundle(dirs[0]).record
+    assert record["runs"] == [f"{ds.root}/{r}" for r in ft.folds[0].train_real] and record["steps"] == 2
+    assert record["init"] == str(start / "heatmap.pt") and record["recalibration"]["runs"] == len(ft.folds[0].train_real)
+    assert load_heatmap_bundle(dirs[0]).config.bn_adapt == load_heatmap_bundle(start).config.bn_adapt
+    kept = (dirs[0] / "heatmap.pt").stat().st_mtime_ns  # a fold done before is kept, another plan's refused
+    assert finetune.train_heatmap_fold(ft, ds.root, None, ft.folds[0], tmp_path / "ft" / "fold0") == dirs[0]
+    assert (dirs[0] / "heatmap.pt").stat().st_mtime_ns == kept
+    with pytest.raises(CziiInputError, match="was trained for another plan"):
+        finetune.train_heatmap_fold(replace(ft, config=replace(ft.config, heatmap_steps=3)), ds.root, None,
+                                    ft.folds[0], tmp_path / "ft" / "fold0")
+    fit = finetune.fit_heatmap_ensemble(ds.root, ft, oof, tuned, heatmap_dirs=dirs)
+    assert fit.fine_tuned and any(k.startswith("fine-tuned heatmap out of fold") for k in fit.scores)
+    with pytest.raises(CziiInputError, match="final fit's heatmap failed"):
+        finetune.finish_bundle(start, tmp_path / "out3", tuned, ft, heatmap=fit)
+    final = finetune.train_heatmap_fold(ft, ds.root, None, ft.final, tmp_path / "ft" / "final")
+    out = finetune.finish_bundle(start, tmp_path / "out3", tuned, ft, heatmap=fit, heatmap_dir=final)
+    assert file_sha256(out / "heatmap.pt") == file_sha256(final / "heatmap.pt") != file_sha256(start / "heatmap.pt")
+    assert json.loads((out / "FINETUNE.json").read_text())["heatmap_fine_tuned"] is True
+    # a fold whose runs are smaller than a patch: said, and the start's heatmap is used; YOLO's work is kept
+    big = replace(ft, config=replace(ft.config, heatmap_patch_vox=(64, 128, 128)))
+    capsys.readouterr()
+    assert finetune.train_heatmap_fold(big, ds.root, None, big.folds[0], tmp_path / "big" / "fold0") is None
+    assert "the heatmap's fine-tuning of fold0 failed" in capsys.readouterr().err
+    fit = finetune.fit_heatmap_ensemble(ds.root, big, oof, tuned, heatmap_dirs=[None, None])
+    assert not fit.fine_tuned and "the heatmap is the start bundle's: no fine-tuned heatmap" in fit.note
 
     yolo_only = tmp_path / "yolo_only"
     yolo_only.mkdir()
