@@ -92,9 +92,10 @@ HEATMAP_S_PER_RUN = 7.65
 #: Fixed seconds per training (model and data set-up, Ultralytics' final validation).
 TRAIN_OVERHEAD_S = 60.0
 #: Seconds per step of the heatmap network's fine-tuning (batch 4 patches of 48 x 96 x 96, look
-#: augmentation 0.7) on one T4: derived, bound by drawing the batch on one CPU core (0.29 s
-#: measured on the build machine; the network's 69 GFLOPs per step, forward and backward, take
-#: about 0.035 s at 2 TFLOP/s; benchmarks/results/adapt.md).
+#: augmentation 0.7) on one T4: derived, bound by drawing the batch on one CPU core: 0.10 s on the
+#: idle build machine (benchmarks/results/adapt.md, 07:35 record), 0.29 s with both its cores busy
+#: (a one-off measurement of the same code, not recorded); the slower is kept, as for YOLO. The
+#: network's 69 GFLOPs per step, forward and backward, take about 0.035 s at 2 TFLOP/s.
 HEATMAP_T4_STEP_S = 0.29
 #: Seconds to re-estimate the heatmap's batch-norm statistics on one full-size run (one pass of
 #: its windows, as the test-time adaptation: 1.48 s on the build machine's CPU).
@@ -156,7 +157,7 @@ class FineTuneConfig:
     device: str = "auto"
     seed: int = 0
     max_hours: float = 9.0
-    heatmap_steps: int = 1500
+    heatmap_steps: int = 400
     heatmap_lr: float = 3e-4
     heatmap_patch_vox: tuple[int, int, int] = (48, 96, 96)
 
