@@ -100,7 +100,7 @@ HEATMAP_T4_STEP_S = 0.29
 #: Seconds to re-estimate the heatmap's batch-norm statistics on one full-size run (one pass of
 #: its windows, as the test-time adaptation: 1.48 s on the build machine's CPU).
 HEATMAP_RECAL_S_PER_RUN = 1.5
-#: The heatmap fine-tuning's batch, look augmentation and learning rate (benchmarks/bench_adapt.py).
+#: The heatmap fine-tuning's batch and share of look-augmented patches, as measured in benchmarks/bench_adapt.py.
 HEATMAP_BATCH, HEATMAP_LOOK_AUGMENT = 4, 0.7
 
 
