@@ -47,12 +47,11 @@ sys.path.insert(0, str(REPO))
 
 from bench_detection import DOMAINS  # noqa: E402
 from bench_ensemble import add_test_set_args, fmt, test_sets  # noqa: E402
-from bench_selection import weights_tag  # noqa: E402
+from bench_selection import candidates  # noqa: E402
 from czii_kaggle import layout, metric, picks, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.cli import _sources  # noqa: E402
-from czii_kaggle.detectors import run_candidates  # noqa: E402
 from czii_kaggle.detectors.heatmap import HeatmapDetector  # noqa: E402
 from czii_kaggle.particles import SCORED  # noqa: E402
 from czii_kaggle.predict import scored_only  # noqa: E402
@@ -75,13 +74,9 @@ def simulate_labelled(out: Path, n: int, seed: int, look) -> Path:
 
 def heatmap_candidates(bundle_dir: Path, root: Path, split: str, runs: list[str], cache: Path, name: str
                        ) -> pd.DataFrame:
-    """The heatmap detector's unthresholded candidates, kept per weights (as ``bench_selection.py``) and set."""
-    found, report = run_candidates([HeatmapDetector(load_heatmap_bundle(bundle_dir))], root, split, runs,
-                                   progress=False, cache={"heatmap": cache / weights_tag(bundle_dir, "heatmap") / name})
-    bad = report[report["status"] != "ok"]
-    if len(bad):
-        raise SystemExit(f"{name}: {'; '.join(bad['error'].astype(str))}")
-    return found["heatmap"]
+    """The heatmap detector's unthresholded candidates, kept as ``bench_selection.py`` keeps them."""
+    det = HeatmapDetector(load_heatmap_bundle(bundle_dir))
+    return candidates([det], name, root, split, cache, bundle_dir, runs)["heatmap"]
 
 
 def step_cost(sources, config, train: HeatmapTrainConfig, n: int = 10) -> tuple[float, float]:

@@ -59,8 +59,11 @@ def weights_tag(bundle_dir: Path, name: str) -> str:
     return tag
 
 
-def candidates(dets, name: str, root: Path, split: str, cache: Path, bundle_dir: Path) -> dict[str, pd.DataFrame]:
-    runs = layout.list_runs(root, split)
+def candidates(dets, name: str, root: Path, split: str, cache: Path, bundle_dir: Path,
+               runs: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Each detector's unthresholded candidates of ``runs`` (default: all of ``split``), kept under
+    ``cache`` per weights (:func:`weights_tag`) and set ``name``; a failed run stops it."""
+    runs = layout.list_runs(root, split) if runs is None else runs
     found, report = run_candidates(dets, root, split, runs, progress=False,
                                    cache={d.name: cache / weights_tag(bundle_dir, d.name) / name for d in dets})
     bad = report[report["status"] != "ok"]

@@ -584,7 +584,7 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
 
     runs = list(plan.real_runs)
     start_dir = plan.init_weights.parent
-    cands, why_not = heatmap_oof_candidates(real_root, plan.folds, heatmap_dirs) if heatmap_dirs else (None, "")
+    cands, why_not = heatmap_oof_candidates(real_root, plan.folds, heatmap_dirs or [])
     fine_tuned = cands is not None
     if not fine_tuned:
         cands, note = heatmap_candidates(real_root, runs, start_dir)
