@@ -53,7 +53,7 @@ from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.cli import _sources  # noqa: E402
 from czii_kaggle.detectors.heatmap import HeatmapDetector  # noqa: E402
-from czii_kaggle.particles import SCORED  # noqa: E402
+from czii_kaggle.particles import NAMES, SCORED  # noqa: E402
 from czii_kaggle.predict import scored_only  # noqa: E402
 from czii_kaggle.train_heatmap import HeatmapTrainConfig, recalibrate_heatmap, train_heatmap  # noqa: E402
 from czii_kaggle.tune import tune_thresholds  # noqa: E402
@@ -155,7 +155,8 @@ def main(argv=None) -> int:
         add(domain, "shipped, thresholds tuned on the look", a.weights, looked, domain)
 
         sources = [(root, fit_runs), *mix]
-        train_dir, bundle_dir = a.work / domain / f"train_s{a.steps}", a.work / domain / f"bundle_s{a.steps}"
+        plan = f"n{a.adapt_runs}t{a.tune_runs}_s{a.steps}"  # a training per plan: runs trained on and steps
+        train_dir, bundle_dir = a.work / domain / f"train_{plan}", a.work / domain / f"bundle_{plan}"
         train = HeatmapTrainConfig(patch_vox=(48, 96, 96), batch=a.batch, steps=a.steps, lr=a.lr, seed=seed,
                                    threads=a.threads, look_augment=a.look_augment)
         if not step:
@@ -167,7 +168,9 @@ def main(argv=None) -> int:
             recalibrate_heatmap(train_dir, sources, bundle_dir, bn_adapt=shipped.config.bn_adapt,
                                 command="benchmarks/bench_adapt.py", replace=bundle_dir.exists())
         cands = heatmap_candidates(bundle_dir, root, "train", tune_runs, a.cache, f"{domain}-tune")
-        tuned, _ = tune_thresholds(cands, tune_truth, load_heatmap_bundle(bundle_dir).aggregate, support_grid=None)
+        start = load_heatmap_bundle(bundle_dir).aggregate.with_ref_rank(  # scores as the shipped bundle's
+            {n: shipped.aggregate[n].ref_rank for n in NAMES})
+        tuned, _ = tune_thresholds(cands, tune_truth, start, support_grid=None)
         add(domain, "fine-tuned on the look", bundle_dir, tuned, domain)
         if classic:
             add(domain, "fine-tuned on the look", bundle_dir, tuned, classic)

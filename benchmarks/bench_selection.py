@@ -11,7 +11,11 @@ the choice holds up):
 - each detector alone, with and without the count floor (``min_keep``, the recipe's
   ``tuning.count_floor``; thresholds tuned without it either way, see :mod:`czii_kaggle.tune`);
 - the ensemble with each pooling rule (:data:`czii_kaggle.ensemble.FUSIONS`), with and
-  without the floor.
+  without the floor;
+- with the floor, thresholds on **relative scores** (``ref_rank``, the recipe's
+  ``tuning.relative_scores``: each detector's scores against its run's own k-th best of the
+  type, :func:`czii_kaggle.aggregate.relative_scores`), and for the ensemble also relative
+  scores taken after merging instead.
 
     .venv/bin/python benchmarks/bench_selection.py --weights czii_kaggle/models \\
         --val runs/hml/val/czii-cryo-et-object-identification runs/hml/val_classic/czii-cryo-et-object-identification \\
@@ -79,6 +83,8 @@ def main(argv=None) -> int:
     add_test_set_args(ap)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_selection",
                     help="candidates kept per detector weights (sha256) and set, reused when there")
+    ap.add_argument("--relative", type=float, default=None, metavar="FACTOR",
+                    help="the relative variants' ref_rank: FACTOR x the real runs' mean picks (default: the recipe's)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
 
@@ -95,18 +101,25 @@ def main(argv=None) -> int:
     sets = [(name, candidates(dets, name, root, "test", a.cache, a.weights), truth) for name, root, truth in test_sets(a)]
     held = [name for name, _, _ in sets if name != a.label or a.data is None]
 
-    floor = load_recipe().tuning.min_keep()
-    no_floor = {n: 0 for n in NAMES}
+    tuning = load_recipe().tuning
+    floor, ranks = tuning.min_keep(), tuning.ref_rank(a.relative)
+    no_floor = absolute = {n: 0 for n in NAMES}
     selectors = {}
     for det in dets:
-        for tag, mk in (("no floor", no_floor), ("floor", floor)):
-            cfg, _ = tune_thresholds(val_c[det.name], val_t, det.aggregate.with_floor(mk),
+        for tag, mk, rr in (("no floor", no_floor, absolute), ("floor", floor, absolute),
+                            ("floor, relative", floor, ranks)):
+            cfg, _ = tune_thresholds(val_c[det.name], val_t, det.aggregate.with_floor(mk).with_ref_rank(rr),
                                      **({"support_grid": None} if det.name == "heatmap" else {}))
             selectors[f"{det.name}, {tag}"] = (lambda c, cfg=cfg, n=det.name: select(c[n], cfg))
     for fusion in FUSIONS:
-        for tag, mk in (("no floor", no_floor), ("floor", floor)):
-            ens, _ = fit_ensemble(val_c, val_t, start=EnsembleConfig().aggregate.with_floor(mk), fusion=fusion)
+        for tag, mk, rr in (("no floor", no_floor, absolute), ("floor", floor, absolute),
+                            ("floor, relative", floor, ranks)):
+            ens, _ = fit_ensemble(val_c, val_t, start=EnsembleConfig().aggregate.with_floor(mk), fusion=fusion,
+                                  ref_rank=rr)
             selectors[f"ensemble {fusion}, {tag}"] = (lambda c, ens=ens: select_ensemble(c, ens))
+    # relative scores of the merged candidates instead of each detector's (one more place they could go)
+    ens, _ = fit_ensemble(val_c, val_t, start=EnsembleConfig().aggregate.with_floor(floor).with_ref_rank(ranks))
+    selectors["ensemble logit, floor, relative after merging"] = (lambda c, ens=ens: select_ensemble(c, ens))
 
     rows = []
     for variant, pick in selectors.items():
@@ -135,7 +148,7 @@ def main(argv=None) -> int:
         f"- bundle `{a.weights}`; validation runs (thresholds, calibration, weights): "
         f"{', '.join(map(str, a.val))} ({val_t['experiment'].nunique()} runs); test sets: "
         f"{', '.join(f'{n} ({t.experiment.nunique()} runs)' for n, _, t in sets)}; "
-        f"floor (min_keep per run): {floor}; all simulated, no real voxels",
+        f"floor (min_keep per run): {floor}; relative scores (ref_rank): {ranks}; all simulated, no real voxels",
         "**Score** (competition metric; validation: the runs everything was fitted on, the only fair "
         "ground for a choice between variants; held-out mean: the sets other than the given one):\n\n"
         + fmt(pd.DataFrame(rows)),

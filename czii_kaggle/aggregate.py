@@ -108,6 +108,15 @@ class ClassParams:
         model never saw), where a fixed threshold loses recall. 0: off. The shipped
         bundles set it to the mean picks per run of the real training runs
         (recipe ``tuning.count_floor``, ``czii-kaggle set-floor``).
+    ref_rank : int
+        Relative scores (:func:`relative_scores`): before any threshold, each
+        candidate's ``score`` becomes ``s / (s + ref)``, with ``ref`` the score of
+        the run's ``ref_rank``-th best candidate of the type (its worst when it
+        has fewer), so ``conf_threshold`` is a score relative to the run's own
+        best, 0.5 at the ``ref_rank``-th. A tomogram of a look the model never
+        saw shifts all its scores; this asks the same of every run. 0: off
+        (absolute scores). The shipped bundles set it to the count floor's
+        per-run counts (recipe ``tuning.relative_scores``).
     """
 
     xy_fraction: float = 0.7
@@ -117,6 +126,7 @@ class ClassParams:
     nms_fraction: float = 1.0
     min_share: float = 0.0
     min_keep: int = 0
+    ref_rank: int = 0
 
     def __post_init__(self) -> None:
         for name in ("xy_fraction", "z_fraction", "nms_fraction"):
@@ -128,6 +138,8 @@ class ClassParams:
             raise ValueError(f"min_share must be in 0..1, not {self.min_share!r}")
         if int(self.min_keep) != self.min_keep or self.min_keep < 0:
             raise ValueError(f"min_keep must be an integer >= 0, not {self.min_keep!r}")
+        if int(self.ref_rank) != self.ref_rank or self.ref_rank < 0:
+            raise ValueError(f"ref_rank must be an integer >= 0, not {self.ref_rank!r}")
 
 
 def default_class_params(particle: Particle) -> ClassParams:
@@ -173,13 +185,17 @@ class AggregateConfig:
 
     def with_floor(self, min_keep: Mapping[str, int]) -> AggregateConfig:
         """A copy with each type's ``min_keep`` from ``min_keep`` (types absent keep theirs; 0: off)."""
-        unknown = [n for n in min_keep if n not in NAMES]
+        return self._with_each("min_keep", min_keep, "count floor")
+
+    def with_ref_rank(self, ref_rank: Mapping[str, int]) -> AggregateConfig:
+        """A copy with each type's ``ref_rank`` from ``ref_rank`` (types absent keep theirs; 0: off)."""
+        return self._with_each("ref_rank", ref_rank, "relative scores")
+
+    def _with_each(self, name: str, values: Mapping[str, int], what: str) -> AggregateConfig:
+        unknown = [n for n in values if n not in NAMES]
         if unknown:
-            raise ValueError(f"unknown particle type(s) {unknown} in count floor")
-        new = dict(self.params)
-        for name, k in min_keep.items():
-            new[name] = replace(self.params[name], min_keep=int(k))
-        return AggregateConfig(new)
+            raise ValueError(f"unknown particle type(s) {unknown} in {what}")
+        return AggregateConfig({**self.params, **{n: replace(self.params[n], **{name: int(k)}) for n, k in values.items()}})
 
     def to_dict(self) -> dict:
         """JSON-ready ``{"params": {name: {field: value}}}``."""
@@ -485,15 +501,42 @@ def _per_row(config: AggregateConfig, name: str, types: np.ndarray) -> np.ndarra
     return pd.Series({n: getattr(config[n], name) for n in NAMES}).reindex(types).to_numpy()
 
 
+def relative_scores(candidates: pd.DataFrame, config: AggregateConfig) -> pd.DataFrame:
+    """``candidates`` with the ``score`` of each type whose ``ref_rank`` is set made relative to its run's:
+    ``s / (s + ref)``, ``ref`` the score of the run's ``ref_rank``-th best candidate of the type (its
+    lowest when it has fewer; at least 1e-6). Monotone within a run, so ranks, NMS and the floor are
+    unchanged; other types and an all-off config return ``candidates`` itself."""
+    ks = np.array([config[n].ref_rank for n in NAMES])
+    if candidates.empty or not ks.any():
+        return candidates
+    cls = pd.Categorical(candidates["particle_type"], categories=list(NAMES)).codes
+    k = np.where(cls >= 0, ks[cls], 0)
+    score = candidates["score"].to_numpy(dtype=float)
+    group = pd.factorize(candidates["experiment"].astype(str))[0].astype(np.int64) * len(NAMES) + cls
+    order = np.lexsort((-score, group))  # best first within each (run, type)
+    g, s = group[order], score[order]
+    start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    size = np.diff(np.r_[start, len(g)])
+    n_groups = np.repeat(np.arange(len(start)), size)
+    ref_pos = start + np.minimum(k[order][start], size) - 1
+    ref = np.maximum(s[ref_pos], 1e-6)[n_groups]
+    new = score.copy()
+    on = k[order] > 0
+    new[order[on]] = s[on] / (s[on] + ref[on])
+    return candidates.assign(score=new)
+
+
 def select(candidates: pd.DataFrame, config: AggregateConfig | None = None) -> pd.DataFrame:
     """Apply per-class ``min_support`` and ``conf_threshold``, then :func:`nms_3d`.
 
-    ``candidates`` is :func:`aggregate`'s output with ``apply_thresholds=False``.
+    ``candidates`` is :func:`aggregate`'s output with ``apply_thresholds=False``. Types with a
+    ``ref_rank`` are thresholded (and returned) on their :func:`relative_scores`.
     """
     config = AggregateConfig() if config is None else config
     if candidates.empty:
         return candidates.reset_index(drop=True)
     frames.validate(candidates, frames.CANDIDATES, need=("n_slices",))
+    candidates = relative_scores(candidates, config)
     types = candidates["particle_type"].to_numpy()
     ok = (candidates["n_slices"].to_numpy() >= _per_row(config, "min_support", types))
     ok &= candidate_share(candidates) >= _per_row(config, "min_share", types)

@@ -283,9 +283,16 @@ def _cmd_tune_ensemble(a) -> None:
 
     tables = tune_ensemble([(r, runs or []) for r, runs in _sources(a.data)], a.weights,
                            default=a.default.split(",") if a.default else None, backend=a.backend,
-                           cache={"yolo": a.cache_yolo} if a.cache_yolo else None)
+                           cache={"yolo": a.cache_yolo} if a.cache_yolo else None, ref_rank=_ref_rank(a))
     for name, table in tables.items():
         print(f"{name}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
+
+
+def _ref_rank(a) -> dict[str, int] | None:
+    """``--relative FACTOR`` as each type's ``ref_rank`` (the recipe's counts); None: keep the bundle's."""
+    from .recipe import load_recipe
+
+    return None if a.relative is None else load_recipe().tuning.ref_rank(a.relative)
 
 
 def _cmd_set_floor(a) -> None:
@@ -301,7 +308,7 @@ def _cmd_set_floor(a) -> None:
 def _cmd_tune(a) -> None:
     from .tune import tune_bundle
 
-    table = tune_bundle(a.data, a.runs, a.weights, tta_views=a.tta_views, backend=a.backend)
+    table = tune_bundle(a.data, a.runs, a.weights, tta_views=a.tta_views, backend=a.backend, ref_rank=_ref_rank(a))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
@@ -349,7 +356,8 @@ def _cmd_recalibrate_heatmap(a) -> None:
 def _cmd_tune_heatmap(a) -> None:
     from .tune import tune_heatmap
 
-    table = tune_heatmap([(r, runs or []) for r, runs in _sources(a.data)], a.weights, backend=a.backend)
+    table = tune_heatmap([(r, runs or []) for r, runs in _sources(a.data)], a.weights, backend=a.backend,
+                         ref_rank=_ref_rank(a))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
@@ -364,6 +372,12 @@ def _cmd_demo(a) -> None:
 
     _sim_config("demo", a.difficulty)  # a bad --difficulty stops here, not after the model loads
     run_demo(a.out, n_test=a.n_test, difficulty=_difficulty(a.difficulty), seed=a.seed, weights=a.weights)
+
+
+def _relative_arg(s) -> None:
+    s.add_argument("--relative", type=_non_negative, metavar="FACTOR",
+                   help="tune on scores relative to each run's own k-th best of a type, k = FACTOR x the real runs' "
+                        "mean picks (the recipe's: 1); 0: absolute scores; default: as the bundle was tuned")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -472,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
                    help="tune for this many flipped views per slice (saved in the bundle; default: its own)")
     s.add_argument("--backend", choices=BACKENDS, default="auto", help="as for predict")
+    _relative_arg(s)
     s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("export-onnx", help="add an ONNX Runtime copy of a bundle's model.pt (faster CPU inference)")
@@ -512,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
     s.add_argument("--weights", required=True, type=Path, help="heatmap bundle folder")
     s.add_argument("--backend", choices=BACKENDS, default="auto")
+    _relative_arg(s)
     s.set_defaults(func=_cmd_tune_heatmap)
 
     s = sub.add_parser("tune-ensemble", help="tune YOLO's, the heatmap's and the ensemble's thresholds on the same runs with picks "
@@ -521,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--default", help="detectors predict runs by default with this bundle, e.g. yolo,heatmap")
     s.add_argument("--cache-yolo", type=Path, help="keep / reuse the YOLO candidates of each run in this folder")
     s.add_argument("--backend", choices=BACKENDS, default="auto")
+    _relative_arg(s)
     s.set_defaults(func=_cmd_tune_ensemble)
 
     s = sub.add_parser("set-floor", help="set the count floor (min_keep: each run keeps at least its best candidates "

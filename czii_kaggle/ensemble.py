@@ -1,5 +1,9 @@
 """The ensemble: candidates of several detectors merged per class into one scored set.
 
+0. **Relative scores** (optional, ``ref_rank``): each detector's score of a candidate becomes
+   ``s / (s + ref)``, ``ref`` its run's ``ref_rank``-th best score of the type
+   (:func:`czii_kaggle.aggregate.relative_scores`), so that a look which lowers one
+   detector's scores on a whole tomogram does not lower them against the calibration.
 1. **Calibrate** each detector's scores per class: a logistic fit of "this candidate
    lies within the metric's match radius of a pick of its class" on the logit of its
    score, on validation runs (:func:`fit_calibration`). Scores of different detectors
@@ -39,10 +43,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
+from scipy.special import expit
 
 from . import frames
 from .aggregate import (EXPERIMENT_GAP_A, AggregateConfig, ClassParams, _greedy_seeds, _neighbour_lists,
-                        _scaled_points, class_share, empty_candidates, select)
+                        _scaled_points, class_share, empty_candidates, relative_scores, select)
 from .particles import MATCH_RADIUS_FRACTION, NAMES, PARTICLES
 
 
@@ -60,17 +65,26 @@ class EnsembleConfig:
     """Detectors, their per-class calibrations ``{detector: {class: (a, b)}}`` (calibrated
     ``p = sigmoid(a * logit(score) + b)``), per-class detector weights ``{class: (w, ...)}``
     (one per detector, summing to 1; equal where absent), the selection options of
-    merged candidates and the pooling rule ``fusion`` (:data:`FUSIONS`, see the module docstring)."""
+    merged candidates, the pooling rule ``fusion`` (:data:`FUSIONS`, see the module docstring) and
+    ``ref_rank`` ``{class: k}``: each detector's scores of those classes are made relative to the
+    run's own k-th best of the type before calibration (:func:`czii_kaggle.aggregate.relative_scores`;
+    absent or 0: absolute scores)."""
 
     detectors: tuple[str, ...] = ("yolo", "heatmap")
     calibration: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
     aggregate: AggregateConfig = field(default_factory=_default_aggregate)
     weights: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     fusion: str = "logit"
+    ref_rank: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
+        self.relative()  # checks the types and ranks
+
+    def relative(self) -> AggregateConfig:
+        """The selection options whose ``ref_rank`` are this ensemble's (for :func:`relative_scores`)."""
+        return AggregateConfig().with_ref_rank(self.ref_rank)
 
     def class_weights(self, name: str) -> np.ndarray:
         w = self.weights.get(name)
@@ -80,7 +94,8 @@ class EnsembleConfig:
         return {"detectors": list(self.detectors),
                 "calibration": {d: {c: list(ab) for c, ab in cal.items()} for d, cal in self.calibration.items()},
                 "weights": {c: list(w) for c, w in self.weights.items()},
-                "aggregate": self.aggregate.to_dict(), "fusion": self.fusion}
+                "aggregate": self.aggregate.to_dict(), "fusion": self.fusion,
+                "ref_rank": {c: int(k) for c, k in self.ref_rank.items() if k}}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> EnsembleConfig:
@@ -91,7 +106,8 @@ class EnsembleConfig:
         bad = [c for c, w in weights.items() if len(w) != len(detectors) or c not in NAMES]
         if bad:
             raise ValueError(f"weights of {bad} do not name a particle type with one weight per detector")
-        return cls(detectors, cal, agg, weights, str(d.get("fusion", "mean")))  # files before the key: the mean
+        ref_rank = {c: int(k) for c, k in dict(d.get("ref_rank", {})).items()}
+        return cls(detectors, cal, agg, weights, str(d.get("fusion", "mean")), ref_rank)  # files before the key: the mean
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -111,7 +127,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50
     X = np.column_stack([x, np.ones_like(x)])
     reg = np.diag([l2 * len(y), 1e-9])
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        p = expit(X @ w)
         grad = X.T @ (p - y) + reg @ w
         hess = (X * (p * (1 - p))[:, None]).T @ X + reg
         step = np.linalg.solve(hess, grad)
@@ -164,7 +180,7 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
     missing = [d for d in config.detectors if d not in candidates]
     if missing:
         raise ValueError(f"no candidates of detectors {missing}")
-    parts = []
+    parts, relative = [], config.relative()
     for k, det in enumerate(config.detectors):
         c = frames.validate(candidates[det], frames.CANDIDATES, what=f"candidates of detector {det}")
         if len(c):
@@ -172,7 +188,8 @@ def combine(candidates: Mapping[str, pd.DataFrame], config: EnsembleConfig) -> p
                                        "particle_type": c["particle_type"].to_numpy(),
                                        "x": c["x"].to_numpy(float), "y": c["y"].to_numpy(float),
                                        "z": c["z"].to_numpy(float),
-                                       "p": calibrate(c, config.calibration.get(det, {})), "det": k}))
+                                       "p": calibrate(relative_scores(c, relative), config.calibration.get(det, {})),
+                                       "det": k}))
     if not parts:
         return empty_candidates()
     df = pd.concat(parts, ignore_index=True)

@@ -594,7 +594,8 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
     hm, _ = tune_thresholds(cands, truth, load_heatmap_bundle(start_dir).aggregate, support_grid=None)
     before = load_ensemble(start_dir)
     ensemble, table = fit_ensemble({"yolo": oof, "heatmap": cands}, truth,
-                                   start=None if before is None else before.aggregate)
+                                   start=None if before is None else before.aggregate,
+                                   ref_rank=None if before is None else before.ref_rank)
     scores = {"yolo": score_candidates(real_root, oof, tuned, runs),
               "heatmap": score_candidates(real_root, cands, hm, runs),
               "yolo,heatmap": score_candidates(real_root, combine({"yolo": oof, "heatmap": cands}, ensemble),

@@ -114,6 +114,8 @@ class TuneSettings:
     #: the count floor: ``factor`` times the mean picks ``per_run`` of the real training runs
     floor_factor: float = 0.0
     floor_per_run: dict = field(default_factory=dict)
+    #: relative scores: ``ref_rank`` = ``relative_factor`` times the same counts (0: absolute scores)
+    relative_factor: float = 0.0
 
     def min_keep(self, factor: float | None = None) -> dict[str, int]:
         """Each type's floor (``min_keep``): ``round(factor * per_run)``, the recipe's factor by default."""
@@ -121,6 +123,15 @@ class TuneSettings:
         if f < 0:
             raise ValueError(f"count floor factor must be >= 0, not {f!r}")
         return {name: int(round(f * float(n))) for name, n in self.floor_per_run.items()}
+
+    def ref_rank(self, factor: float | None = None) -> dict[str, int]:
+        """Each type's ``ref_rank`` (relative scores, :func:`czii_kaggle.aggregate.relative_scores`):
+        ``max(1, round(factor * per_run))`` of the count floor's counts, the recipe's factor by
+        default; 0 for every type when the factor is 0 (absolute scores)."""
+        f = self.relative_factor if factor is None else factor
+        if f < 0:
+            raise ValueError(f"relative scores factor must be >= 0, not {f!r}")
+        return {name: max(1, int(round(f * float(n)))) if f else 0 for name, n in self.floor_per_run.items()}
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,8 @@ def load_recipe(path: str | Path = SHIPPED_RECIPE) -> Recipe:
             threshold_grid=tuple(np.round(np.linspace(grid["start"], grid["stop"], grid["num"]), 3)),
             support_grid=tuple(doc["tuning"]["support_grid"]), share_grid=tuple(doc["tuning"]["share_grid"]),
             floor_factor=float(doc["tuning"].get("count_floor", {}).get("factor", 0.0)),
-            floor_per_run={k: float(v) for k, v in doc["tuning"].get("count_floor", {}).get("per_run", {}).items()})
+            floor_per_run={k: float(v) for k, v in doc["tuning"].get("count_floor", {}).get("per_run", {}).items()},
+            relative_factor=float(doc["tuning"].get("relative_scores", {}).get("factor", 0.0)))
         stages = []
         for s in doc["stages"]:
             sim = _simulation(s["simulation"], held_out)

@@ -23,6 +23,12 @@ validation runs their recall, and on the held-out looks those thresholds lost it
 added after tuning). ``benchmarks/bench_selection.py`` measures each detector and
 the ensemble with and without it (``benchmarks/results/selection.md``).
 
+A type's ``ref_rank`` (:class:`czii_kaggle.aggregate.ClassParams`) is carried over too, and
+counted: with it the thresholds are tuned on :func:`czii_kaggle.aggregate.relative_scores`,
+the scores :func:`czii_kaggle.aggregate.select` thresholds. Validation runs of several
+looks score on different scales; relative to each run's own, one threshold fits them all
+(``benchmarks/bench_selection.py``).
+
 The same search fits the ensemble (:func:`fit_ensemble`: calibrations, per-class
 detector weights, thresholds of the merged candidates). A bundle's detectors are tuned
 on runs with picks and the results saved in the bundle (:mod:`czii_kaggle.bundle`):
@@ -39,7 +45,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from . import frames, layout, outputs, picks as picks_io
-from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d
+from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d, relative_scores
 from .bundle import (CONFIG_FILE, ENSEMBLE_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_ensemble, load_heatmap_bundle,
                      save_aggregate_config, save_ensemble, save_heatmap_json, sources_record, with_tta)
 from .detectors import run_candidates
@@ -164,7 +170,7 @@ def tune_thresholds(
     frames.validate(candidates, frames.CANDIDATES, need=("n_slices",))
     frames.validate(solution, frames.SOLUTION)
     experiments = set(solution["experiment"].astype(str))
-    candidates = candidates[candidates["experiment"].astype(str).isin(experiments)]
+    candidates = relative_scores(candidates[candidates["experiment"].astype(str).isin(experiments)], config)
     rows = []
     for name in NAMES:
         refs = solution[solution["particle_type"] == name]
@@ -209,7 +215,8 @@ WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
                  detectors: tuple[str, ...] = ("yolo", "heatmap"),
                  weight_grid: tuple[float, ...] = WEIGHT_GRID, start: AggregateConfig | None = None,
-                 fusion: str = "logit") -> tuple[EnsembleConfig, pd.DataFrame]:
+                 fusion: str = "logit", ref_rank: Mapping[str, int] | None = None
+                 ) -> tuple[EnsembleConfig, pd.DataFrame]:
     """Calibrations, per-class detector weights and merged-candidate thresholds fitted on validation runs.
 
     ``candidates``: each detector's unthresholded candidates of the runs of ``truth``.
@@ -217,17 +224,21 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     closest to 0.5), then the thresholds are tuned again with all classes at their chosen
     weights; with more detectors, equal weights. ``start``: the merged candidates' starting selection
     options (its floor, ``min_keep``, is kept; default: the ensemble's defaults); ``fusion``: the
-    pooling rule (:data:`czii_kaggle.ensemble.FUSIONS`). Returns the config and
+    pooling rule (:data:`czii_kaggle.ensemble.FUSIONS`); ``ref_rank``: calibrate and merge each detector's
+    scores relative to its run's ``ref_rank``-th best of the type (:class:`EnsembleConfig`; default
+    absolute scores). Returns the config and
     :func:`czii_kaggle.tune.tune_thresholds`' table of the chosen weights (column ``weight``:
     the first detector's).
     """
     start = EnsembleConfig().aggregate if start is None else start
-    cal = {d: fit_calibration(candidates[d], truth) for d in detectors}
+    ref_rank = {n: int(k) for n, k in (ref_rank or {}).items() if k}
+    relative = EnsembleConfig(ref_rank=ref_rank).relative()
+    cal = {d: fit_calibration(relative_scores(candidates[d], relative), truth) for d in detectors}
     grid = sorted(weight_grid, key=lambda w: abs(w - 0.5)) if len(detectors) == 2 else [None]
     best: dict[str, tuple] = {}
     for w in grid:
         weights = {} if w is None else {n: (w, 1.0 - w) for n in NAMES}
-        config = EnsembleConfig(tuple(detectors), cal, start, weights, fusion)
+        config = EnsembleConfig(tuple(detectors), cal, start, weights, fusion, ref_rank)
         agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                      support_grid=tuple(range(1, len(detectors) + 1)))
         for _, row in table.iterrows():
@@ -237,11 +248,11 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     weights = {name: w for name, (_, _, w) in best.items() if w is not None}
     # A candidate's share depends on the other classes' scores, hence on their weights: tune the
     # thresholds once more with every class at its chosen weight.
-    config = EnsembleConfig(tuple(detectors), cal, start, weights, fusion)
+    config = EnsembleConfig(tuple(detectors), cal, start, weights, fusion, ref_rank)
     agg, table = tune_thresholds(combine(candidates, config), truth, config.aggregate,
                                  support_grid=tuple(range(1, len(detectors) + 1)))
     table["weight"] = [weights.get(n, (None,))[0] for n in table["particle_type"]]
-    return EnsembleConfig(tuple(detectors), cal, agg, weights, fusion), table
+    return EnsembleConfig(tuple(detectors), cal, agg, weights, fusion, ref_rank), table
 
 
 # --------------------------------------------------------------------------- a bundle's detectors
@@ -263,6 +274,7 @@ def tune_bundle(
     root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
     progress: bool = True, tta_views: int | None = None,
     more: list[tuple[str | Path, list[str]]] | None = None, backend: str = "auto",
+    ref_rank: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Tune a bundle's YOLO per-class thresholds on training runs with picks; save them in the bundle.
 
@@ -272,7 +284,9 @@ def tune_bundle(
     (:func:`czii_kaggle.bundle.save_aggregate_config`). ``tta_views`` (default: the
     bundle's) is saved with them, so inference runs as tuned. ``more``: further
     ``(root, runs)`` pooled with the first (runs of the same name in two roots stay
-    apart). ``backend``: as :func:`czii_kaggle.predict.predict_runs`. Returns the per-class table.
+    apart). ``backend``: as :func:`czii_kaggle.predict.predict_runs`. ``ref_rank``: tune (and
+    save) relative scores with these ranks (:func:`czii_kaggle.aggregate.relative_scores`; 0: absolute);
+    default: the bundle's. Returns the per-class table.
     """
     bundle = load_bundle(bundle_dir)
     outputs.check_writable(bundle.weights.parent / CONFIG_FILE)  # before the runs are predicted
@@ -285,17 +299,19 @@ def tune_bundle(
         prefix = f"{i}/" if more else ""
         all_candidates.append(candidates.assign(experiment=prefix + candidates["experiment"].astype(str)))
         all_truth.append(truth.assign(experiment=prefix + truth["experiment"].astype(str)))
+    start = bundle.aggregate if ref_rank is None else bundle.aggregate.with_ref_rank(ref_rank)
     config, table = tune_thresholds(pd.concat(all_candidates, ignore_index=True),
-                                    pd.concat(all_truth, ignore_index=True), bundle.aggregate)
+                                    pd.concat(all_truth, ignore_index=True), start)
     save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect,
                           tuned_on=sources_record([(root, runs), *(more or [])]))
     return table
 
 
-def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path, backend: str = "auto"
-                 ) -> pd.DataFrame:
+def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path, backend: str = "auto",
+                 ref_rank: Mapping[str, int] | None = None) -> pd.DataFrame:
     """Tune the heatmap detector's per-class thresholds (and min shares) on runs with picks; save
-    them in the bundle's ``heatmap.json``. Returns :func:`tune_thresholds`' table."""
+    them in the bundle's ``heatmap.json``. ``ref_rank``: as :func:`tune_bundle`. Returns
+    :func:`tune_thresholds`' table."""
     det = HeatmapDetector(load_heatmap_bundle(bundle_dir), backend=backend)
     outputs.check_writable(det.bundle.weights.parent / HEATMAP_CONFIG_FILE)  # before the runs are predicted
     cands, truth = [], []
@@ -304,8 +320,9 @@ def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | 
             c, _ = det.candidates(layout.tomogram_path(root, "train", run), f"{i}/{run}")
             cands.append(c)
         truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
+    start = det.aggregate if ref_rank is None else det.aggregate.with_ref_rank(ref_rank)
     config, table = tune_thresholds(pd.concat(cands, ignore_index=True), pd.concat(truth, ignore_index=True),
-                                    det.aggregate, support_grid=None)
+                                    start, support_grid=None)
     save_heatmap_json(det.bundle.weights.parent, aggregate=config.to_dict(),
                       tuned_on=sources_record(sources))
     return table
@@ -313,7 +330,8 @@ def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | 
 
 def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path,
                   default: list[str] | None = None, backend: str = "auto",
-                  cache: dict[str, Path] | None = None) -> dict[str, pd.DataFrame]:
+                  cache: dict[str, Path] | None = None, ref_rank: Mapping[str, int] | None = None
+                  ) -> dict[str, pd.DataFrame]:
     """Fit a bundle's detectors and their YOLO + heatmap ensemble on the same runs with picks.
 
     Runs both detectors once over ``sources`` (``(root, runs)``, train split) and tunes, on
@@ -323,7 +341,9 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
     calibrates both detectors and tunes the merged candidates' thresholds
     (:func:`fit_ensemble`, saved as ``ensemble.json``, with ``default_detectors`` =
     ``default`` when given). ``cache``: as :func:`czii_kaggle.detectors.run_candidates`
-    (one sub-folder per source). Returns the tuning tables ``{"yolo": ..., "heatmap": ...,
+    (one sub-folder per source). ``ref_rank``: relative scores with these ranks for each detector
+    alone and for each detector's scores in the ensemble (0: absolute); default: as the bundle's files
+    have them. Returns the tuning tables ``{"yolo": ..., "heatmap": ...,
     "ensemble": ...}``.
     """
     dets = load_detectors(bundle_dir, ["yolo", "heatmap"], backend)
@@ -343,12 +363,14 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
     pooled = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
     solution = pd.concat(truth, ignore_index=True)
     yolo, heatmap = dets
-    yolo_config, yolo_table = tune_thresholds(pooled["yolo"], solution, yolo.aggregate)
-    hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, heatmap.aggregate, support_grid=None)
+    rel = (lambda agg: agg) if ref_rank is None else (lambda agg: agg.with_ref_rank(ref_rank))
+    yolo_config, yolo_table = tune_thresholds(pooled["yolo"], solution, rel(yolo.aggregate))
+    hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, rel(heatmap.aggregate), support_grid=None)
     tuned_on = sources_record(sources)
     save_aggregate_config(yolo.bundle.weights.parent, yolo_config, detect=yolo.bundle.detect, tuned_on=tuned_on)
     save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
-    before = load_ensemble(bundle_dir)  # its floor (min_keep) carries over
-    config, table = fit_ensemble(pooled, solution, start=None if before is None else before.aggregate)
+    before = load_ensemble(bundle_dir)  # its floor (min_keep) and relative scores carry over
+    config, table = fit_ensemble(pooled, solution, start=None if before is None else before.aggregate,
+                                 ref_rank=ref_rank if ref_rank is not None else before.ref_rank if before else None)
     save_ensemble(bundle_dir, config, default_detectors=default, tuned_on=tuned_on)
     return {"yolo": yolo_table, "heatmap": hm_table, "ensemble": table}

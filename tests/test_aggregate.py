@@ -15,6 +15,7 @@ from czii_kaggle.aggregate import (
     infer_slice_step_A,
     load_config,
     nms_3d,
+    relative_scores,
     save_config,
     select,
 )
@@ -249,6 +250,40 @@ def test_with_floor_sets_min_keep():
         cfg.with_floor({"ribosomes": 3})
     with pytest.raises(ValueError, match="min_keep"):
         cfg.with_floor({"ribosome": -2})
+
+
+def test_relative_scores_are_against_each_runs_own_kth_best():
+    r = particles.get("ribosome").radius_A
+    scores = [0.8, 0.6, 0.4, 0.2]
+    rows = [("TS_1", "ribosome", 1000.0 + 3 * r * i, 1000.0, 500.0, s, 5) for i, s in enumerate(scores)]
+    rows += [("TS_2", "ribosome", 1000.0 + 3 * r * i, 1000.0, 500.0, s / 4, 5) for i, s in enumerate(scores)]
+    rows += [("TS_2", "thyroglobulin", 1000.0, 1000.0, 500.0, 0.01, 5),
+             ("TS_3", "ribosome", 1000.0, 1000.0, 500.0, 0.05, 5)]  # one candidate: its own reference
+    cands = _cands(rows).sample(frac=1.0, random_state=0)  # order must not matter
+    cfg = AggregateConfig().with_ref_rank({"ribosome": 2})
+    out = relative_scores(cands, cfg)
+    rel = out.set_index(["experiment", "particle_type", "x"])["score"]
+    for run, scale in (("TS_1", 1.0), ("TS_2", 0.25)):
+        got = [rel[(run, "ribosome", 1000.0 + 3 * r * i)] for i in range(4)]
+        assert got == pytest.approx([s / (s + 0.6) for s in scores])  # the 2nd best is 0.6 * scale
+    assert rel[("TS_3", "ribosome", 1000.0)] == pytest.approx(0.5)
+    assert rel[("TS_2", "thyroglobulin", 1000.0)] == 0.01  # ref_rank 0: absolute
+    assert (out.index == cands.index).all()
+    assert relative_scores(cands, AggregateConfig()) is cands
+    # a run whose scores are all 4 times lower keeps the same particles by a relative threshold
+    absolute = select(cands, AggregateConfig().with_params("ribosome", conf_threshold=0.3, min_support=2))
+    assert absolute[absolute["particle_type"] == "ribosome"].groupby("experiment").size().to_dict() == {"TS_1": 3}
+    relative = select(cands, cfg.with_params("ribosome", conf_threshold=0.35, min_support=2))
+    assert relative[relative["particle_type"] == "ribosome"].groupby("experiment").size().to_dict() == {
+        "TS_1": 3, "TS_2": 3, "TS_3": 1}
+    assert relative["score"].max() < 0.6  # the scores it thresholded on
+    back = AggregateConfig.from_dict(cfg.to_dict())
+    assert back == cfg and back["ribosome"].ref_rank == 2
+    assert AggregateConfig.from_dict({"params": {"ribosome": {"min_keep": 3}}})["ribosome"].ref_rank == 0
+    with pytest.raises(ValueError, match="ref_rank"):
+        ClassParams(ref_rank=-1)
+    with pytest.raises(ValueError, match="unknown particle type"):
+        cfg.with_ref_rank({"ribosomes": 3})
 
 
 def test_select_of_all_candidates_equals_aggregate():

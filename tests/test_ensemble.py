@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 
 import numpy as np
@@ -451,3 +452,40 @@ def test_tune_ensemble_tunes_each_detector_and_the_ensemble_on_the_same_runs(tmp
     ens = load_ensemble(bundle)
     assert ens is not None and ens.detectors == ("yolo", "heatmap")
     assert default_detectors(bundle) == ["yolo", "heatmap"]
+
+    # --relative: every selection (each detector alone, each detector's scores in the ensemble) is
+    # tuned on scores relative to the run's own; YOLO's thresholds are tune_thresholds' from there
+    from czii_kaggle.bundle import load_heatmap_bundle
+    from czii_kaggle.recipe import load_recipe
+
+    ranks = load_recipe().tuning.ref_rank(0.5)
+    assert main(["tune-ensemble", "--data", f"{ds.root}:{','.join(runs)}", "--weights", str(bundle),
+                 "--cache-yolo", str(tmp_path / "cache"), "--backend", "torch", "--relative", "0.5"]) in (None, 0)
+    for agg in (load_bundle(bundle).aggregate, load_heatmap_bundle(bundle).aggregate):
+        assert {n: agg[n].ref_rank for n in NAMES} == ranks
+    assert load_ensemble(bundle).ref_rank == ranks
+    relative, _ = tune_thresholds(cands, truth, want.with_ref_rank(ranks))  # from the first tuning's
+    assert load_bundle(bundle).aggregate == relative
+
+
+def test_relative_ensemble_scores_do_not_see_a_runs_scale():
+    """With ``ref_rank`` each detector's scores are taken relative to the run's own before calibration:
+    a run whose scores are all 0.3 times lower merges to the same scores; the fit keeps the ranks and
+    they round-trip through ensemble.json."""
+    rng = np.random.default_rng(6)
+    truth = _scene(rng, 40)
+    cands = {"yolo": _noisy_detector(rng, truth, 0.7, 30), "heatmap": _noisy_detector(rng, truth, 0.7, 30)}
+    ranks = {n: 5 for n in NAMES}
+    config, _ = fit_ensemble(cands, truth, ref_rank=ranks)
+    assert config.ref_rank == ranks
+    low = {k: v.assign(experiment="low", score=v["score"] * 0.3) for k, v in cands.items()}
+    both = {k: pd.concat([cands[k], low[k]], ignore_index=True) for k in cands}
+    out = combine(both, config)
+    same = out[out["experiment"] == "run"].drop(columns="experiment").reset_index(drop=True)
+    scaled = out[out["experiment"] == "low"].drop(columns="experiment").reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, scaled)
+    absolute = combine(both, replace(config, ref_rank={}))
+    assert absolute.loc[absolute["experiment"] == "low", "score"].max() < absolute.loc[absolute["experiment"] == "run", "score"].max()
+    assert EnsembleConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="ref_rank"):
+        EnsembleConfig(ref_rank={"ribosome": -1})

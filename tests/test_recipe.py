@@ -231,3 +231,18 @@ def test_count_floor_is_the_real_runs_mean_picks(recipe, real_root):
     assert recipe.tuning.min_keep(0.0) == {n: 0 for n in floor}
     for name in floor:
         assert load_bundle().aggregate[name].min_keep == floor[name]
+
+
+def test_relative_scores_rank_on_the_floors_counts_and_the_shipped_bundle_is_tuned_with_them(recipe):
+    from czii_kaggle.bundle import DEFAULT_BUNDLE, load_ensemble, load_heatmap_bundle
+
+    assert recipe.tuning.relative_factor == 1.0
+    ranks = recipe.tuning.ref_rank()
+    assert ranks == {n: max(1, k) for n, k in recipe.tuning.min_keep(1.0).items()}
+    assert recipe.tuning.ref_rank(0.0) == {n: 0 for n in ranks}
+    assert recipe.tuning.ref_rank(0.01)["beta-galactosidase"] == 1  # never below the best
+    with pytest.raises(ValueError, match="relative"):
+        recipe.tuning.ref_rank(-1.0)
+    for agg in (load_bundle().aggregate, load_heatmap_bundle(DEFAULT_BUNDLE).aggregate):
+        assert {n: agg[n].ref_rank for n in ranks} == ranks
+    assert dict(load_ensemble(DEFAULT_BUNDLE).ref_rank) == ranks

@@ -153,3 +153,22 @@ def test_the_floor_is_carried_but_not_counted_while_tuning():
     with_floor = metric.score_table(sol, select(cand, high)).loc[list(particles.SCORED), "tp"]
     without = metric.score_table(sol, select(cand, high.with_floor({n: 0 for n in particles.NAMES})))
     assert (with_floor > 40).all() and (without.loc[list(particles.SCORED), "tp"] < 30).all()
+
+
+def test_relative_scores_carry_thresholds_to_a_run_whose_scores_all_drop():
+    """Tuned on two runs, applied to a third whose every score is 0.3 times lower (a look the model
+    never saw): absolute thresholds lose its particles, thresholds on relative scores keep them; the
+    tuning table is what the metric gives for ``select`` with the tuned (relative) config."""
+    sol, cand = make_case(seed=5)
+    fit = cand["experiment"] != "TS_c"
+    low = cand[~fit].assign(score=cand.loc[~fit, "score"] * 0.3)
+    sol_fit, sol_c = sol[sol["experiment"] != "TS_c"], sol[sol["experiment"] == "TS_c"]
+    start = AggregateConfig({n: replace(AggregateConfig()[n], min_support=1) for n in particles.NAMES})
+    absolute, _ = tune_thresholds(cand[fit], sol_fit, start)
+    relative, table = tune_thresholds(cand[fit], sol_fit, start.with_ref_rank({n: 25 for n in particles.NAMES}))
+    assert all(relative[n].ref_rank == 25 for n in particles.NAMES)
+    scored = metric.score_table(sol_fit, select(cand[fit], relative)).loc[list(particles.SCORED), "f_beta"]
+    np.testing.assert_allclose(table.set_index("particle_type").loc[list(particles.SCORED), "f_beta"], scored)
+    on_c = {name: metric.score(sol_c, select(low, cfg)) for name, cfg in (("absolute", absolute), ("relative", relative))}
+    assert on_c["relative"] > 0.8 > on_c["absolute"]
+    assert metric.score(sol_c, select(cand[~fit], relative)) == pytest.approx(on_c["relative"])  # scale-free
