@@ -4,7 +4,7 @@ Kaggle's real tomograms are a look the shipped model never saw, and Kaggle gives
 runs of it. This bench plays that case on each held-out look of ``bench_ensemble.py``
 (``--domains``; the same 4-run test sets, seeds and folders): ``--adapt-runs`` labelled runs
 of the look are simulated apart (other seeds: ``--adapt-seed`` + 1000 per domain index, train
-split), the last ``--tune-runs`` of them kept for thresholds only, and three versions of the
+split), the last ``--tune-runs`` of them kept for thresholds only, and these versions of the
 heatmap detector are scored on the look's test runs:
 
 - **shipped**: the bundle as it is (its own thresholds);
@@ -13,7 +13,9 @@ heatmap detector are scored on the look's test runs:
 - **fine-tuned**: ``train_heatmap`` from the shipped weights on the look's other runs (plus the
   ``--mix`` runs of the training looks, sampled alike, so the known looks are not forgotten),
   its batch-norm statistics re-estimated on the same runs (``recalibrate_heatmap``, the shipped
-  ``bn_adapt``), thresholds tuned on the tune runs.
+  ``bn_adapt``), thresholds tuned on the tune runs; and the same network with the shipped
+  thresholds (with relative scores, :class:`czii_kaggle.aggregate.ClassParams` ``ref_rank``, they
+  need not follow the look's scale).
 
 With ``--data``/``--solution`` (the classic test) the fine-tuned networks are scored there too:
 what each costs on the look the model knew. Candidates are kept under ``--cache`` (per weights'
@@ -172,6 +174,7 @@ def main(argv=None) -> int:
             {n: shipped.aggregate[n].ref_rank for n in NAMES})
         tuned, _ = tune_thresholds(cands, tune_truth, start, support_grid=None)
         add(domain, "fine-tuned on the look", bundle_dir, tuned, domain)
+        add(domain, "fine-tuned on the look, the shipped thresholds", bundle_dir, shipped.aggregate, domain)
         if classic:
             add(domain, "fine-tuned on the look", bundle_dir, tuned, classic)
     if classic:

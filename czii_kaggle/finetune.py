@@ -22,8 +22,13 @@ that no single rendering style, real or simulated, is all the model sees:
    real runs; :func:`fit_heatmap_ensemble`: the heatmap's out-of-fold candidates of the real runs
    (with ``heatmap_steps`` 0 or where that failed: the start's heatmap, carried over as it is),
    its thresholds tuned on them, and the ensemble of the out-of-fold YOLO candidates with them
-   fitted (:func:`czii_kaggle.tune.fit_ensemble`); the detectors the bundle runs by default are
-   those of the best of YOLO alone, the heatmap alone and the ensemble on the real runs;
+   fitted (:func:`czii_kaggle.tune.fit_ensemble`). Each is scored **leaving one run out**
+   (:func:`leave_one_run_out`: every real run selected by thresholds fitted on the others), beside
+   the start bundle's own heatmap thresholds and ensemble, which need no fitting: a few runs can
+   tune thresholds worse than the start's (with relative scores those need not follow the new
+   look's scale), so the heatmap and the ensemble keep the start's where these score higher. The
+   detectors the bundle runs by default are those of the best of YOLO alone, the heatmap alone and
+   the ensemble by these honest scores;
 6. the final fit on every real run (:func:`train_fold` and :func:`train_heatmap_fold` of
    ``plan.final``), with the tuned thresholds saved into its bundle (:func:`finish_bundle`, with
    the heatmap, ``ensemble.json`` and the default detectors of step 5): a folder the inference
@@ -39,6 +44,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -532,6 +538,25 @@ def compare_scores(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame,
     }
 
 
+def leave_one_run_out(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame, fit) -> pd.DataFrame:
+    """Every run's picks selected by what ``fit(candidates of the other runs, their picks)`` returns (a
+    function of one run's candidates, ``{detector: frame}``, to its picks): the picks of a tuning
+    that never saw the run it selects in, for an honest score of tuning on runs like these."""
+    picked = []
+    for run in sorted(set(truth["experiment"].astype(str))):
+        mine = {k: v[v["experiment"].astype(str) == run] for k, v in candidates.items()}
+        rest = {k: v[v["experiment"].astype(str) != run] for k, v in candidates.items()}
+        picked.append(fit(rest, truth[truth["experiment"].astype(str) != run])(mine))
+    return pd.concat(picked, ignore_index=True)
+
+
+def _score_picks(truth: pd.DataFrame, picked: pd.DataFrame) -> float:
+    from . import metric
+    from .particles import SCORED
+
+    return float(metric.score(truth, picked[picked["particle_type"].isin(SCORED)].reset_index(drop=True)))
+
+
 @dataclass(frozen=True)
 class HeatmapFit:
     """What :func:`fit_heatmap_ensemble` fitted on the real runs: the heatmap's thresholds, the
@@ -546,6 +571,7 @@ class HeatmapFit:
     table: pd.DataFrame | None = None  # the ensemble's tuning table
     tuned_on: list = field(default_factory=list)  # [{"root", "runs"}] of the real runs
     fine_tuned: bool = False  # the heatmap's candidates came from the folds' fine-tuned heatmaps
+    held_out: dict = field(default_factory=dict)  # {"yolo" | "heatmap" | "yolo,heatmap": its honest score}
 
 
 def heatmap_candidates(real_root: str | Path, runs: list[str], start_bundle: str | Path
@@ -565,20 +591,22 @@ def heatmap_candidates(real_root: str | Path, runs: list[str], start_bundle: str
     return found["heatmap"], ""
 
 
-def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame, tuned,
+def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame,
                          heatmap_dirs: list[Path | None] | None = None) -> HeatmapFit:
     """The heatmap and the ensemble, fitted on the real runs (see the module docstring).
 
-    ``oof``: the folds' out-of-fold YOLO candidates (:func:`oof_candidates`); ``tuned``: YOLO's
-    thresholds tuned on them (:func:`tune_oof`). ``heatmap_dirs``: the folds' fine-tuned heatmaps
+    ``oof``: the folds' out-of-fold YOLO candidates (:func:`oof_candidates`). ``heatmap_dirs``: the folds' fine-tuned heatmaps
     (:func:`train_heatmap_fold`): their out-of-fold candidates are the heatmap's; else (or where
     they failed, said in the note) the start bundle's heatmap's. The heatmap's thresholds and the
-    ensemble are tuned on the same runs as ``tuned`` (the calibration, weights and thresholds of
-    :func:`czii_kaggle.tune.fit_ensemble`, from the start bundle's ensemble floor); the default
-    detectors are those of the highest of the three scores (ties: the fewer detectors).
+    ensemble are tuned on the same runs as YOLO's (:func:`tune_oof`; the calibration, weights and thresholds of
+    :func:`czii_kaggle.tune.fit_ensemble`, from the start bundle's ensemble floor and relative
+    scores) unless the start bundle's own score higher; every score is honest
+    (:func:`leave_one_run_out` for what is fitted here, YOLO's thresholds too). The default detectors are those of the
+    highest of the three (``held_out``; ties: the fewer detectors).
     """
+    from .aggregate import select
     from .bundle import load_ensemble, load_heatmap_bundle
-    from .ensemble import combine
+    from .ensemble import select_ensemble
     from .picks import read_all_picks
     from .tune import fit_ensemble, tune_thresholds
 
@@ -591,24 +619,54 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
         if cands is None:
             return HeatmapFit(note)
     truth = read_all_picks(real_root, runs)
-    hm, _ = tune_thresholds(cands, truth, load_heatmap_bundle(start_dir).aggregate, support_grid=None)
+    both = {"yolo": oof, "heatmap": cands}
+    yolo_start = load_bundle(plan.init_weights).aggregate
+    hm_start = load_heatmap_bundle(start_dir).aggregate
     before = load_ensemble(start_dir)
-    ensemble, table = fit_ensemble({"yolo": oof, "heatmap": cands}, truth,
-                                   start=None if before is None else before.aggregate,
-                                   ref_rank=None if before is None else before.ref_rank)
-    scores = {"yolo": score_candidates(real_root, oof, tuned, runs),
-              "heatmap": score_candidates(real_root, cands, hm, runs),
-              "yolo,heatmap": score_candidates(real_root, combine({"yolo": oof, "heatmap": cands}, ensemble),
-                                               ensemble.aggregate, runs)}
-    best = max(scores, key=lambda k: (scores[k], -k.count(",")))
+
+    def fit_yolo(c, t):
+        cfg, _ = tune_thresholds(c["yolo"], t, yolo_start)
+        return lambda m: select(m["yolo"], cfg)
+
+    def fit_heatmap(c, t):
+        cfg, _ = tune_thresholds(c["heatmap"], t, hm_start, support_grid=None)
+        return lambda m: select(m["heatmap"], cfg)
+
+    def fit_both(c, t):
+        cfg, _ = fit_ensemble(c, t, start=None if before is None else before.aggregate,
+                              ref_rank=None if before is None else before.ref_rank)
+        return lambda m: select_ensemble(m, cfg)
+
     which = "fine-tuned heatmap out of fold" if fine_tuned else "heatmap of the start bundle (not retrained)"
-    named = {"heatmap": f"{which}, thresholds tuned on these runs",
-             "yolo,heatmap": f"ensemble: fine-tuned YOLO out of fold + {which.split(' (')[0]}, fitted on these runs"}
-    note = f"default detectors: {best} (the best on the real runs)"
+    short = which.split(" (")[0]
+    scores = {  # every real run selected by thresholds that never saw it
+        "yolo": _score_picks(truth, leave_one_run_out(both, truth, fit_yolo)),
+        f"{which}, thresholds tuned leaving each run out": _score_picks(truth, leave_one_run_out(both, truth, fit_heatmap)),
+        f"{which}, the start's thresholds": _score_picks(truth, select(cands, hm_start)),
+        f"ensemble: fine-tuned YOLO out of fold + {short}, fitted leaving each run out":
+            _score_picks(truth, leave_one_run_out(both, truth, fit_both)),
+    }
+    if before is not None:
+        scores[f"ensemble: fine-tuned YOLO out of fold + {short}, the start's ensemble"] = _score_picks(
+            truth, select_ensemble(both, before))
+    values = list(scores.values())
+    keep_hm = values[2] > values[1]  # ties: tuned on the real runs
+    keep_ens = before is not None and values[4] > values[3]
+    hm = hm_start if keep_hm else tune_thresholds(cands, truth, hm_start, support_grid=None)[0]
+    if keep_ens:
+        ensemble, table = before, None
+    else:
+        ensemble, table = fit_ensemble(both, truth, start=None if before is None else before.aggregate,
+                                       ref_rank=None if before is None else before.ref_rank)
+    held_out = {"yolo": values[0], "heatmap": max(values[1:3]), "yolo,heatmap": max(values[3:])}
+    best = max(held_out, key=lambda k: (held_out[k], -k.count(",")))
+    note = (f"default detectors: {best} (the best on the real runs, each run scored by thresholds fitted "
+            f"on the others); the heatmap's thresholds: {'the start' if keep_hm else 'tuned on the real runs'}'s; "
+            f"the ensemble: {'the start' if keep_ens else 'fitted on the real runs'}'s")
     if heatmap_dirs and not fine_tuned:
         note += f"; the heatmap is the start bundle's: {why_not}"
-    return HeatmapFit(note, hm, ensemble, {named[k]: v for k, v in scores.items() if k in named},
-                      tuple(best.split(",")), table, sources_record([(real_root, runs)]), fine_tuned)
+    return HeatmapFit(note, hm, ensemble, {k: v for k, v in scores.items() if k != "yolo"},
+                      tuple(best.split(",")), table, sources_record([(real_root, runs)]), fine_tuned, held_out)
 
 
 def default_dirs(kaggle: bool, work_dir: str | Path | None = None,

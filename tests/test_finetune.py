@@ -133,18 +133,21 @@ def test_a_kept_fold_of_another_plan_is_refused(tmp_path):
 @pytest.mark.slow
 def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tmp_path, capsys):
     """A start bundle with YOLO and a heatmap detector: the heatmap's thresholds and the ensemble are
-    fitted on the real runs, the default detectors are the best of YOLO, heatmap and ensemble there,
+    fitted on the real runs (or the start's kept where they score higher), the default detectors are
+    the best of YOLO, heatmap and ensemble there, each run scored by thresholds fitted on the others,
     and the fine-tuned bundle ships all of it and predicts with them by default. A start bundle
     without a heatmap gives a YOLO-only bundle, and says so."""
     import shutil
 
     from dataclasses import replace
 
-    from czii_kaggle import layout
-    from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, load_ensemble, load_heatmap_bundle,
+    from czii_kaggle import layout, picks
+    from czii_kaggle.aggregate import select
+    from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, load_bundle, load_ensemble, load_heatmap_bundle,
                                     save_heatmap_json)
     from czii_kaggle.cli import main
     from czii_kaggle.simulate import SimConfig, simulate_dataset
+    from czii_kaggle.tune import tune_thresholds
 
     ds = simulate_dataset(tmp_path / "kaggle", n_train=2, n_test=1, seed=4,
                           config=SimConfig(shape_vox=(64, 192, 192), difficulty="easy"))
@@ -161,12 +164,20 @@ def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tm
     oof, _ = finetune.run_candidates(ds.root, runs, start)  # stands in for the folds' out-of-fold candidates
     tuned, _ = finetune.tune_oof(ds.root, oof, plan.init_weights)
 
-    fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof, tuned)
+    fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof)
     assert fit.aggregate is not None and fit.ensemble.detectors == ("yolo", "heatmap")
-    three = {"yolo": finetune.score_candidates(ds.root, oof, tuned), **dict(zip(("heatmap", "yolo,heatmap"),
-                                                                                 fit.scores.values()))}
+    three = fit.held_out  # honest: each run selected by thresholds fitted on the other run
+    assert set(three) == {"yolo", "heatmap", "yolo,heatmap"}
     assert fit.default == tuple(max(three, key=lambda k: (three[k], -k.count(","))).split(","))
     assert all(v <= 1.0 for v in three.values()) and three["yolo,heatmap"] > 0
+    truth = picks.read_all_picks(ds.root, runs)
+    left_out = finetune.leave_one_run_out({"yolo": oof}, truth, lambda c, t: (
+        lambda m, cfg=tune_thresholds(c["yolo"], t, load_bundle(start).aggregate)[0]: select(m["yolo"], cfg)))
+    assert three["yolo"] == pytest.approx(finetune._score_picks(truth, left_out))
+    tuned_hm, start_hm = (fit.scores[k] for k in fit.scores if "heatmap" in k.split(":")[0])
+    assert three["heatmap"] == max(tuned_hm, start_hm)
+    if start_hm > tuned_hm:  # the start's thresholds kept where they score higher left out
+        assert fit.aggregate == load_heatmap_bundle(start).aggregate and "the heatmap's thresholds: the start's" in fit.note
     assert [fit.ensemble.aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")] == [
         load_ensemble(start).aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")]  # the floor carried
 
@@ -204,7 +215,7 @@ def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tm
     with pytest.raises(CziiInputError, match="was trained for another plan"):
         finetune.train_heatmap_fold(replace(ft, config=replace(ft.config, heatmap_steps=3)), ds.root, None,
                                     ft.folds[0], tmp_path / "ft" / "fold0")
-    fit = finetune.fit_heatmap_ensemble(ds.root, ft, oof, tuned, heatmap_dirs=dirs)
+    fit = finetune.fit_heatmap_ensemble(ds.root, ft, oof, heatmap_dirs=dirs)
     assert fit.fine_tuned and any(k.startswith("fine-tuned heatmap out of fold") for k in fit.scores)
     with pytest.raises(CziiInputError, match="final fit's heatmap failed"):
         finetune.finish_bundle(start, tmp_path / "out3", tuned, ft, heatmap=fit)
@@ -217,7 +228,7 @@ def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tm
     capsys.readouterr()
     assert finetune.train_heatmap_fold(big, ds.root, None, big.folds[0], tmp_path / "big" / "fold0") is None
     assert "the heatmap's fine-tuning of fold0 failed" in capsys.readouterr().err
-    fit = finetune.fit_heatmap_ensemble(ds.root, big, oof, tuned, heatmap_dirs=[None, None])
+    fit = finetune.fit_heatmap_ensemble(ds.root, big, oof, heatmap_dirs=[None, None])
     assert not fit.fine_tuned and "the heatmap is the start bundle's: no fine-tuned heatmap" in fit.note
 
     yolo_only = tmp_path / "yolo_only"
@@ -225,7 +236,25 @@ def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tm
     shutil.copy(DEFAULT_BUNDLE / "model.pt", yolo_only / "model.pt")
     shutil.copy(DEFAULT_BUNDLE / "czii_config.json", yolo_only / "czii_config.json")
     plan = finetune.plan_fine_tune(ds.root, FineTuneConfig(k_folds=2, init=str(yolo_only)))
-    fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof, tuned)
+    fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof)
     assert fit.aggregate is None and "holds no heatmap detector" in fit.note
     out = finetune.finish_bundle(yolo_only, tmp_path / "out2", tuned, plan, heatmap=fit)
     assert not (out / "ensemble.json").exists() and default_detectors(out) == ["yolo"]
+
+
+def test_leave_one_run_out_selects_each_run_with_a_fit_that_never_saw_it():
+    import pandas as pd
+
+    cands = pd.DataFrame({"experiment": ["a", "a", "b", "c", "c"], "particle_type": "ribosome",
+                          "x": 1.0, "y": 2.0, "z": 3.0, "score": [0.9, 0.1, 0.5, 0.4, 0.3]})
+    truth = cands[["experiment", "particle_type", "x", "y", "z"]].drop_duplicates("experiment")
+    seen = []
+
+    def fit(c, t):
+        assert set(c["d"]["experiment"]) == set(t["experiment"])
+        seen.append(sorted(set(t["experiment"])))
+        return lambda m: m["d"].assign(fitted_on=",".join(seen[-1]))
+
+    out = finetune.leave_one_run_out({"d": cands}, truth, fit)
+    assert seen == [["b", "c"], ["a", "c"], ["a", "b"]]
+    assert len(out) == len(cands) and not any(r in f.split(",") for r, f in zip(out["experiment"], out["fitted_on"]))
