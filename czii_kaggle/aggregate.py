@@ -512,7 +512,7 @@ def relative_scores(candidates: pd.DataFrame, config: AggregateConfig) -> pd.Dat
     cls = pd.Categorical(candidates["particle_type"], categories=list(NAMES)).codes
     k = np.where(cls >= 0, ks[cls], 0)
     score = candidates["score"].to_numpy(dtype=float)
-    group = pd.factorize(candidates["experiment"].astype(str))[0].astype(np.int64) * len(NAMES) + cls
+    group = pd.factorize(candidates["experiment"].astype(str))[0].astype(np.int64) * (len(NAMES) + 1) + cls + 1
     order = np.lexsort((-score, group))  # best first within each (run, type)
     g, s = group[order], score[order]
     start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
