@@ -569,7 +569,7 @@ class HeatmapFit:
     scores: dict = field(default_factory=dict)
     default: tuple[str, ...] = ("yolo",)
     table: pd.DataFrame | None = None  # the ensemble's tuning table
-    tuned_on: list = field(default_factory=list)  # [{"root", "runs"}] of the real runs
+    tuned_on: list | None = field(default_factory=list)  # [{"root", "runs"}] of the real runs; None: the start's thresholds
     fine_tuned: bool = False  # the heatmap's candidates came from the folds' fine-tuned heatmaps
     held_out: dict = field(default_factory=dict)  # {"yolo" | "heatmap" | "yolo,heatmap": its honest score}
 
@@ -666,7 +666,8 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
     if heatmap_dirs and not fine_tuned:
         note += f"; the heatmap is the start bundle's: {why_not}"
     return HeatmapFit(note, hm, ensemble, {k: v for k, v in scores.items() if k != "yolo"},
-                      tuple(best.split(",")), table, sources_record([(real_root, runs)]), fine_tuned, held_out)
+                      tuple(best.split(",")), table, None if keep_hm else sources_record([(real_root, runs)]),
+                      fine_tuned, held_out)
 
 
 def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
@@ -727,7 +728,8 @@ def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePla
             for name in (HEATMAP_WEIGHTS_FILE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE):
                 if (heatmap_src / name).is_file():
                     shutil.copy2(heatmap_src / name, tmp / name)
-            save_heatmap_json(tmp, aggregate=heatmap.aggregate.to_dict(), tuned_on=heatmap.tuned_on)
+            save_heatmap_json(tmp, aggregate=heatmap.aggregate.to_dict(),  # the start's thresholds: its record
+                              **({} if heatmap.tuned_on is None else {"tuned_on": heatmap.tuned_on}))
             save_ensemble(tmp, heatmap.ensemble, default_detectors=list(heatmap.default))
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
     return out_dir
