@@ -106,6 +106,11 @@ HEATMAP_T4_STEP_S = 0.29
 #: Seconds to re-estimate the heatmap's batch-norm statistics on one full-size run (one pass of
 #: its windows, as the test-time adaptation: 1.48 s on the build machine's CPU).
 HEATMAP_RECAL_S_PER_RUN = 1.5
+#: Seconds per real run to fit YOLO's and the heatmap's thresholds and the ensemble on the real runs'
+#: candidates (2.3 + 2.9 + 26.4 s for 6 full-size runs on the build machine's CPU, a one-off timing of
+#: the shipped bundle's validation candidates); :func:`fit_heatmap_ensemble` fits once per run left
+#: out (on the others) and once on all: ``n_real ** 2`` run-fits.
+FIT_S_PER_RUN = 5.3
 #: The heatmap fine-tuning's batch and share of look-augmented patches, as measured in benchmarks/bench_adapt.py.
 HEATMAP_BATCH, HEATMAP_LOOK_AUGMENT = 4, 0.7
 
@@ -265,7 +270,8 @@ def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAG
     images at a third of a step per batch; out-of-fold prediction predicts each real run once,
     the baseline (the start model on every real run) once more, and the heatmap each real run
     once (:func:`fit_heatmap_ensemble`); with ``heatmap_steps``, each training also fine-tunes the
-    heatmap network (its steps, then its statistics on its real runs: :func:`train_heatmap_fold`).
+    heatmap network (its steps, then its statistics on its real runs: :func:`train_heatmap_fold`);
+    the thresholds and the ensemble are fitted leaving each real run out and once on all of them.
     """
     voxels = float(np.prod(config.sim_shape_vox)) / (184 * 630 * 630)
     n_sim_train = config.n_sim_runs - config.sim_val_runs
@@ -287,6 +293,7 @@ def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAG
         "train_s": train_s,
         "heatmap_train_s": heatmap_s,
         "predict_s": n_real * (2 * predict_s_per_run + heatmap_s_per_run) * voxels,
+        "fit_s": n_real ** 2 * FIT_S_PER_RUN * voxels,
     }
     out["total_s"] = sum(out.values())
     return out

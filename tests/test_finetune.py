@@ -54,6 +54,7 @@ def test_estimate_counts_steps_of_every_training():
     final = 3 * (20 + 2 / 3) + finetune.TRAIN_OVERHEAD_S  # 7 + 3 runs = 20 steps; 1 simulated val run
     assert est["train_s"] == pytest.approx(7 * fold + final)
     assert est["simulate_s"] == 20 and est["dataset_s"] == 22 and est["predict_s"] == 7 * (2 * 10 + 3)
+    assert est["fit_s"] == pytest.approx(7 * 7 * finetune.FIT_S_PER_RUN)  # 7 fits on 6 runs, 1 on all 7
     assert est["total_s"] == pytest.approx(sum(v for k, v in est.items() if k != "total_s"))
     # the heatmap's fine-tuning: its steps in each of the 8 trainings, then its statistics on their real runs
     hm = estimate_s(replace(cfg, heatmap_steps=100), 7, heatmap_step_s=0.5)["heatmap_train_s"]
