@@ -523,14 +523,11 @@ def tune_oof(real_root: str | Path, candidates: pd.DataFrame, start_bundle) -> t
 def score_candidates(real_root: str | Path, candidates: pd.DataFrame, config, runs: list[str] | None = None) -> float:
     """The competition score of ``candidates`` selected with ``config`` against the picks of ``runs``
     (default: the runs the candidates come from)."""
-    from . import metric
     from .aggregate import select
-    from .particles import SCORED
     from .picks import read_all_picks
 
     truth = read_all_picks(real_root, runs or sorted(set(candidates["experiment"].astype(str))))
-    picked = select(candidates, config)
-    return float(metric.score(truth, picked[picked["particle_type"].isin(SCORED)].reset_index(drop=True)))
+    return _score_picks(truth, select(candidates, config))
 
 
 def compare_scores(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame, tuned) -> dict[str, float]:
@@ -558,10 +555,11 @@ def leave_one_run_out(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFram
 
 
 def _score_picks(truth: pd.DataFrame, picked: pd.DataFrame) -> float:
+    """The competition score of ``picked`` (its scored types) against ``truth``."""
     from . import metric
-    from .particles import SCORED
+    from .predict import scored_only
 
-    return float(metric.score(truth, picked[picked["particle_type"].isin(SCORED)].reset_index(drop=True)))
+    return float(metric.score(truth, scored_only(picked)))
 
 
 @dataclass(frozen=True)
@@ -631,50 +629,48 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
     hm_start = load_heatmap_bundle(start_dir).aggregate
     before = load_ensemble(start_dir)
 
-    def fit_yolo(c, t):
-        cfg, _ = tune_thresholds(c["yolo"], t, yolo_start)
-        return lambda m: select(m["yolo"], cfg)
+    def tune_yolo(c, t):
+        return tune_thresholds(c["yolo"], t, yolo_start)[0]
 
-    def fit_heatmap(c, t):
-        cfg, _ = tune_thresholds(c["heatmap"], t, hm_start, support_grid=None)
-        return lambda m: select(m["heatmap"], cfg)
+    def tune_heatmap(c, t):
+        return tune_thresholds(c["heatmap"], t, hm_start, support_grid=None)[0]
 
     def fit_both(c, t):
-        cfg, _ = fit_ensemble(c, t, start=None if before is None else before.aggregate,
-                              ref_rank=None if before is None else before.ref_rank)
-        return lambda m: select_ensemble(m, cfg)
+        return fit_ensemble(c, t, start=None if before is None else before.aggregate,
+                            ref_rank=None if before is None else before.ref_rank)
 
+    def left_out(fit, selector) -> float:  # every real run selected by thresholds that never saw it
+        def fitted(c, t):
+            cfg = fit(c, t)
+            return lambda m: selector(m, cfg)
+        return _score_picks(truth, leave_one_run_out(both, truth, fitted))
+
+    yolo_tuned = left_out(tune_yolo, lambda m, cfg: select(m["yolo"], cfg))
+    hm_tuned = left_out(tune_heatmap, lambda m, cfg: select(m["heatmap"], cfg))
+    hm_kept = _score_picks(truth, select(cands, hm_start))
+    ens_fitted = left_out(lambda c, t: fit_both(c, t)[0], select_ensemble)
+    ens_kept = None if before is None else _score_picks(truth, select_ensemble(both, before))
     which = "fine-tuned heatmap out of fold" if fine_tuned else "heatmap of the start bundle (not retrained)"
-    short = which.split(" (")[0]
-    scores = {  # every real run selected by thresholds that never saw it
-        "yolo": _score_picks(truth, leave_one_run_out(both, truth, fit_yolo)),
-        f"{which}, thresholds tuned leaving each run out": _score_picks(truth, leave_one_run_out(both, truth, fit_heatmap)),
-        f"{which}, the start's thresholds": _score_picks(truth, select(cands, hm_start)),
-        f"ensemble: fine-tuned YOLO out of fold + {short}, fitted leaving each run out":
-            _score_picks(truth, leave_one_run_out(both, truth, fit_both)),
-    }
-    if before is not None:
-        scores[f"ensemble: fine-tuned YOLO out of fold + {short}, the start's ensemble"] = _score_picks(
-            truth, select_ensemble(both, before))
-    values = list(scores.values())
-    keep_hm = values[2] > values[1]  # ties: tuned on the real runs
-    keep_ens = before is not None and values[4] > values[3]
-    hm = hm_start if keep_hm else tune_thresholds(cands, truth, hm_start, support_grid=None)[0]
-    if keep_ens:
-        ensemble, table = before, None
-    else:
-        ensemble, table = fit_ensemble(both, truth, start=None if before is None else before.aggregate,
-                                       ref_rank=None if before is None else before.ref_rank)
-    held_out = {"yolo": values[0], "heatmap": max(values[1:3]), "yolo,heatmap": max(values[3:])}
+    ens_name = f"ensemble: fine-tuned YOLO out of fold + {which.split(' (')[0]}"
+    scores = {f"{which}, thresholds tuned leaving each run out": hm_tuned,
+              f"{which}, the start's thresholds": hm_kept,
+              f"{ens_name}, fitted leaving each run out": ens_fitted}
+    if ens_kept is not None:
+        scores[f"{ens_name}, the start's ensemble"] = ens_kept
+    keep_hm = hm_kept > hm_tuned  # ties: tuned on the real runs
+    keep_ens = ens_kept is not None and ens_kept > ens_fitted
+    hm = hm_start if keep_hm else tune_heatmap(both, truth)
+    ensemble, table = (before, None) if keep_ens else fit_both(both, truth)
+    held_out = {"yolo": yolo_tuned, "heatmap": max(hm_tuned, hm_kept),
+                "yolo,heatmap": ens_fitted if ens_kept is None else max(ens_fitted, ens_kept)}
     best = max(held_out, key=lambda k: (held_out[k], -k.count(",")))
     note = (f"default detectors: {best} (the best on the real runs, each run scored by thresholds fitted "
             f"on the others); the heatmap's thresholds: {'the start' if keep_hm else 'tuned on the real runs'}'s; "
             f"the ensemble: {'the start' if keep_ens else 'fitted on the real runs'}'s")
     if heatmap_dirs and not fine_tuned:
         note += f"; the heatmap is the start bundle's: {why_not}"
-    return HeatmapFit(note, hm, ensemble, {k: v for k, v in scores.items() if k != "yolo"},
-                      tuple(best.split(",")), table, None if keep_hm else sources_record([(real_root, runs)]),
-                      fine_tuned, held_out)
+    return HeatmapFit(note, hm, ensemble, scores, tuple(best.split(",")), table,
+                      None if keep_hm else sources_record([(real_root, runs)]), fine_tuned, held_out)
 
 
 def default_dirs(kaggle: bool, work_dir: str | Path | None = None,

@@ -232,7 +232,7 @@ def fit_ensemble(candidates: Mapping[str, pd.DataFrame], truth: pd.DataFrame,
     """
     start = EnsembleConfig().aggregate if start is None else start
     ref_rank = {n: int(k) for n, k in (ref_rank or {}).items() if k}
-    relative = EnsembleConfig(ref_rank=ref_rank).relative()
+    relative = AggregateConfig().with_ref_rank(ref_rank)
     cal = {d: fit_calibration(relative_scores(candidates[d], relative), truth) for d in detectors}
     grid = sorted(weight_grid, key=lambda w: abs(w - 0.5)) if len(detectors) == 2 else [None]
     best: dict[str, tuple] = {}
@@ -270,6 +270,11 @@ def yolo_candidates(root: str | Path, runs: list[str], bundle, devices: list[str
     return candidates, pred.report
 
 
+def _ranked(config: AggregateConfig, ref_rank: Mapping[str, int] | None) -> AggregateConfig:
+    """``config`` with these relative-score ranks (``None``: as it is)."""
+    return config if ref_rank is None else config.with_ref_rank(ref_rank)
+
+
 def tune_bundle(
     root: str | Path, runs: list[str], bundle_dir: str | Path, devices: list[str] | None = None,
     progress: bool = True, tta_views: int | None = None,
@@ -299,9 +304,8 @@ def tune_bundle(
         prefix = f"{i}/" if more else ""
         all_candidates.append(candidates.assign(experiment=prefix + candidates["experiment"].astype(str)))
         all_truth.append(truth.assign(experiment=prefix + truth["experiment"].astype(str)))
-    start = bundle.aggregate if ref_rank is None else bundle.aggregate.with_ref_rank(ref_rank)
     config, table = tune_thresholds(pd.concat(all_candidates, ignore_index=True),
-                                    pd.concat(all_truth, ignore_index=True), start)
+                                    pd.concat(all_truth, ignore_index=True), _ranked(bundle.aggregate, ref_rank))
     save_aggregate_config(bundle.weights.parent, config, detect=bundle.detect,
                           tuned_on=sources_record([(root, runs), *(more or [])]))
     return table
@@ -320,9 +324,8 @@ def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | 
             c, _ = det.candidates(layout.tomogram_path(root, "train", run), f"{i}/{run}")
             cands.append(c)
         truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
-    start = det.aggregate if ref_rank is None else det.aggregate.with_ref_rank(ref_rank)
     config, table = tune_thresholds(pd.concat(cands, ignore_index=True), pd.concat(truth, ignore_index=True),
-                                    start, support_grid=None)
+                                    _ranked(det.aggregate, ref_rank), support_grid=None)
     save_heatmap_json(det.bundle.weights.parent, aggregate=config.to_dict(),
                       tuned_on=sources_record(sources))
     return table
@@ -363,9 +366,9 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
     pooled = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
     solution = pd.concat(truth, ignore_index=True)
     yolo, heatmap = dets
-    rel = (lambda agg: agg) if ref_rank is None else (lambda agg: agg.with_ref_rank(ref_rank))
-    yolo_config, yolo_table = tune_thresholds(pooled["yolo"], solution, rel(yolo.aggregate))
-    hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, rel(heatmap.aggregate), support_grid=None)
+    yolo_config, yolo_table = tune_thresholds(pooled["yolo"], solution, _ranked(yolo.aggregate, ref_rank))
+    hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, _ranked(heatmap.aggregate, ref_rank),
+                                          support_grid=None)
     tuned_on = sources_record(sources)
     save_aggregate_config(yolo.bundle.weights.parent, yolo_config, detect=yolo.bundle.detect, tuned_on=tuned_on)
     save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
