@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
+# The install takes about 7 GiB (torch with its CUDA libraries); say so before pip fails half-way.
+NEED_MB=${CZII_SETUP_NEED_MB:-7500}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import torch, ultralytics' 2>/dev/null; then
+  FREE_MB=$(df -Pm . | awk 'NR==2 {print $4}')
+  if [ -n "$FREE_MB" ] && [ "$FREE_MB" -lt "$NEED_MB" ]; then
+    echo "[setup] error: $(pwd): ${FREE_MB} MB free on this disk, the install needs about ${NEED_MB} MB (set CZII_SETUP_NEED_MB to override)" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version)"
   "$PY" -m venv .venv

@@ -340,7 +340,8 @@ def _cmd_train_heatmap(a) -> None:
     from .train_heatmap import HeatmapTrainConfig, train_heatmap, training_start
 
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
-                               threads=a.threads, look_augment=a.look_augment, device=a.device)
+                               threads=a.threads, look_augment=a.look_augment,
+                               particle_augment=a.particle_augment, device=a.device)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     config, init = training_start(a.init, a.channels)
     print(train_heatmap(_sources(a.data), a.out, config, train, init=init, command=cmd))
@@ -512,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (the first usable GPU, else the CPU), cpu or cuda:N")
     s.add_argument("--look-augment", type=float, default=0.0,
                    help="share of patches given a random look (CTF-like band gain, low-pass, noise); default 0")
+    s.add_argument("--particle-augment", type=float, default=0.0,
+                   help="share of patches whose particles are drawn anew (each one's contrast, a lumpy inner "
+                        "texture at the scale of protein domains); default 0")
     s.set_defaults(func=_cmd_train_heatmap)
 
     s = sub.add_parser("recalibrate-heatmap", help="copy a bundle with the heatmap network's batch-norm statistics "

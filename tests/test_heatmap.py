@@ -17,8 +17,8 @@ from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_
                                            default_aggregate_config, find_peaks, heatmap_device, grid_to_A, heatmap_candidates, load_model, load_net,
                                            predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
-from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, recalibrate_heatmap,
-                                       render_targets, sample_batch, train_heatmap, training_start)
+from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, augment_particles,
+                                       recalibrate_heatmap, render_targets, sample_batch, train_heatmap, training_start)
 from czii_kaggle.particles import NAMES, get
 
 VS1 = 20.024889075237774  # level-1 voxel size of the Kaggle tomograms
@@ -162,6 +162,43 @@ def test_look_augmentation_changes_the_look_not_the_targets():
     assert HeatmapTrainConfig(device="cuda:1").device == "cuda:1" and HeatmapTrainConfig(device="cuda").device == "cuda"
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda:N, not 'gpu'"):
         HeatmapTrainConfig(device="gpu")
+
+
+def test_particle_augmentation_redraws_the_particles_not_the_background():
+    """Inside each particle's sphere the density gets an uneven interior and a contrast of its own;
+    far from every particle the patch is untouched (up to the final rescaling); seeded; with
+    particle_augment 1 every patch of a batch is changed, with 0 a batch is as before the option."""
+    z, y, x = np.mgrid[:16, :32, :32]
+    centres = np.array([[8.0, 10.0, 9.0], [8.0, 22.0, 23.0]])
+    noise = np.random.default_rng(9).normal(0.0, 0.02, z.shape)
+    inside = [((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) <= 16 for c in centres]
+    patch = (np.where(inside[0] | inside[1], 0.3, -0.1) + noise).astype(np.float32)
+    far = ~(np.sqrt((z - 8.0) ** 2 + (y - 10.0) ** 2 + (x - 9.0) ** 2) <= 6) & \
+        ~(np.sqrt((z - 8.0) ** 2 + (y - 22.0) ** 2 + (x - 23.0) ** 2) <= 6)
+    contrasts = []
+    for i in range(6):
+        a = augment_particles(patch, centres, np.array([4.0, 4.0]), np.random.default_rng(i))
+        assert a.shape == patch.shape and a.dtype == np.float32 and a.min() >= -0.5 and a.max() <= 0.5
+        # far from both: a linear rescaling of the input (but where the final clip cuts it)
+        kept = far & (np.abs(a) < 0.5)
+        k, b = np.polyfit(patch[kept], a[kept], 1)
+        np.testing.assert_allclose(a[kept], k * patch[kept] + b, atol=1e-3)
+        for m in inside:  # inside: no longer uniform (texture), still above the background
+            assert a[m].std() > 2 * k * patch[m].std() and a[m].mean() > a[far].mean()
+        contrasts.append((a[inside[0]].mean() - a[far].mean()) / (a[inside[1]].mean() - a[far].mean()))
+    assert np.ptp(np.log(contrasts)) > 0.2  # the two particles' contrasts drawn apart
+    np.testing.assert_array_equal(augment_particles(patch, centres, np.array([4.0, 4.0]), np.random.default_rng(2)),
+                                  augment_particles(patch, centres, np.array([4.0, 4.0]), np.random.default_rng(2)))
+    runs = [_train_run(np.random.default_rng(0))]
+    cfg = HeatmapConfig()
+    plain, redrawn = (HeatmapTrainConfig(patch_vox=(16, 32, 32), batch=4, seed=5, particle_augment=p)
+                      for p in (0.0, 1.0))
+    (x0, y0), (x1, y1) = sample_batch(runs, 3, cfg, plain), sample_batch(runs, 3, cfg, redrawn)
+    np.testing.assert_array_equal(x0, sample_batch(runs, 3, cfg, HeatmapTrainConfig(
+        patch_vox=(16, 32, 32), batch=4, seed=5))[0])
+    assert not any(np.array_equal(a, b) for a, b in zip(x0, x1))
+    with pytest.raises(ValueError, match="particle_augment"):
+        HeatmapTrainConfig(particle_augment=-0.1)
 
 
 def test_network_shapes_and_loss_falls_on_one_batch():
