@@ -15,7 +15,12 @@ the choice holds up):
 - with the floor, thresholds on **relative scores** (``ref_rank``, the recipe's
   ``tuning.relative_scores``: each detector's scores against its run's own k-th best of the
   type, :func:`czii_kaggle.aggregate.relative_scores`), and for the ensemble also relative
-  scores taken after merging instead.
+  scores taken after merging instead;
+- with ``--second BUNDLE`` (another heatmap network, e.g. a stage of
+  ``benchmarks/results/heatmap_looks`` put in a copy of the bundle), with the floor and relative
+  scores: that network alone, the two networks' probability maps averaged (``--second-views``
+  flipped views each, so that 2 costs what the shipped 4 views cost) and then peaks as usual, and
+  the ensemble of it with YOLO and with the bundle's own heatmap network.
 
     .venv/bin/python benchmarks/bench_selection.py --weights czii_kaggle/models \\
         --val runs/hml/val/czii-cryo-et-object-identification runs/hml/val_classic/czii-cryo-et-object-identification \\
@@ -44,6 +49,8 @@ from czii_kaggle import layout, metric, picks, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, MODEL_FILE, file_sha256, load_detectors, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
+from czii_kaggle.detectors.heatmap import (TorchHeatmapModel, adapt_batchnorm, heatmap_candidates,  # noqa: E402
+                                           predict_heatmaps, read_input)
 from czii_kaggle.ensemble import FUSIONS, EnsembleConfig, select_ensemble  # noqa: E402
 from czii_kaggle.particles import NAMES, SCORED  # noqa: E402
 from czii_kaggle.predict import scored_only  # noqa: E402
@@ -63,13 +70,34 @@ def weights_tag(bundle_dir: Path, name: str) -> str:
     return tag
 
 
+class MapAverage:
+    """Several heatmap detectors as one: their probability maps (each with its own test-time
+    batch-norm adaptation and ``views`` flipped views) averaged, then peaks as usual."""
+
+    name = "heatmap"
+
+    def __init__(self, bundle_dirs: list[Path], views: int):
+        self.dets = [load_detectors(b, ["heatmap"], backend="torch", tta_views=views)[0] for b in bundle_dirs]
+        self.tag = "avg-" + "-".join(weights_tag(b, "heatmap") for b in bundle_dirs) + f"-v{views}"
+
+    def candidates(self, zarr_path, experiment: str):
+        probs = []
+        for det in self.dets:
+            volume, voxel_size_A = read_input(zarr_path, det.bundle.config)
+            net = adapt_batchnorm(det.model.net, volume, det.bundle.config, det.bundle.config.bn_adapt, zarr_path)
+            probs.append(predict_heatmaps(TorchHeatmapModel(net, det.device), volume, det.bundle.config, zarr_path))
+        return heatmap_candidates(np.mean(probs, axis=0), voxel_size_A, experiment, self.dets[0].bundle.config), {}
+
+
 def candidates(dets, name: str, root: Path, split: str, cache: Path, bundle_dir: Path,
-               runs: list[str] | None = None) -> dict[str, pd.DataFrame]:
+               runs: list[str] | None = None, tags: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
     """Each detector's unthresholded candidates of ``runs`` (default: all of ``split``), kept under
-    ``cache`` per weights (:func:`weights_tag`) and set ``name``; a failed run stops it."""
+    ``cache`` per weights (:func:`weights_tag`, or ``tags[detector]``) and set ``name``; a failed run stops it."""
     runs = layout.list_runs(root, split) if runs is None else runs
+    tags = tags or {}
     found, report = run_candidates(dets, root, split, runs, progress=False,
-                                   cache={d.name: cache / weights_tag(bundle_dir, d.name) / name for d in dets})
+                                   cache={d.name: cache / tags.get(d.name, weights_tag(bundle_dir, d.name)) / name
+                                          for d in dets})
     bad = report[report["status"] != "ok"]
     if len(bad):
         raise SystemExit(f"{name}: {'; '.join(bad['error'].astype(str))}")
@@ -85,20 +113,36 @@ def main(argv=None) -> int:
                     help="candidates kept per detector weights (sha256) and set, reused when there")
     ap.add_argument("--relative", type=float, default=None, metavar="FACTOR",
                     help="the relative variants' ref_rank: FACTOR x the real runs' mean picks (default: the recipe's)")
+    ap.add_argument("--second", type=Path, help="a bundle folder with another heatmap network: adds its variants")
+    ap.add_argument("--second-views", type=int, default=2, choices=(1, 2, 3, 4),
+                    help="flipped views of each network in the map average (default 2)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
 
     dets = load_detectors(a.weights, ["yolo", "heatmap"])
-    val_c, val_t = {d.name: [] for d in dets}, []
+    # (key in the candidate tables, detectors, bundle, cache tags)
+    sources = [(None, dets, a.weights, {})]
+    if a.second is not None:
+        average = MapAverage([a.weights, a.second], a.second_views)
+        sources += [("heatmap2", load_detectors(a.second, ["heatmap"]), a.second, {}),
+                    ("heatmap avg", [average], a.weights, {"heatmap": average.tag})]
+
+    def all_candidates(name: str, root: Path, split: str) -> dict[str, pd.DataFrame]:
+        out = {}
+        for key, ds, bundle_dir, tags in sources:
+            found = candidates(ds, name, root, split, a.cache, bundle_dir, tags=tags)
+            out.update(found if key is None else {key: found["heatmap"]})
+        return out
+
+    val_c, val_t = {}, []
     for i, root in enumerate(a.val):
-        found = candidates(dets, f"val{i}", root, "train", a.cache, a.weights)
-        for k, v in found.items():
-            val_c[k].append(v.assign(experiment=f"{i}/" + v["experiment"].astype(str)))
+        for k, v in all_candidates(f"val{i}", root, "train").items():
+            val_c.setdefault(k, []).append(v.assign(experiment=f"{i}/" + v["experiment"].astype(str)))
         t = picks.read_all_picks(root, layout.list_pick_runs(root))
         val_t.append(t.assign(experiment=f"{i}/" + t["experiment"].astype(str)))
     val_c = {k: pd.concat(v, ignore_index=True) for k, v in val_c.items()}
     val_t = pd.concat(val_t, ignore_index=True)
-    sets = [(name, candidates(dets, name, root, "test", a.cache, a.weights), truth) for name, root, truth in test_sets(a)]
+    sets = [(name, all_candidates(name, root, "test"), truth) for name, root, truth in test_sets(a)]
     held = [name for name, _, _ in sets if name != a.label or a.data is None]
 
     tuning = load_recipe().tuning
@@ -120,6 +164,16 @@ def main(argv=None) -> int:
     # relative scores of the merged candidates instead of each detector's (one more place they could go)
     ens, _ = fit_ensemble(val_c, val_t, start=EnsembleConfig().aggregate.with_floor(floor).with_ref_rank(ranks))
     selectors["ensemble logit, floor, relative after merging"] = (lambda c, ens=ens: select_ensemble(c, ens))
+    if a.second is not None:
+        heatmap = dets[1].aggregate.with_floor(floor).with_ref_rank(ranks)
+        for key, label in (("heatmap2", "second heatmap"),
+                           ("heatmap avg", f"heatmap maps averaged with the second's ({a.second_views} views each)")):
+            cfg, _ = tune_thresholds(val_c[key], val_t, heatmap, support_grid=None)
+            selectors[f"{label}, floor, relative"] = (lambda c, cfg=cfg, key=key: select(c[key], cfg))
+        for pair in (("yolo", "heatmap2"), ("heatmap", "heatmap2")):
+            ens, _ = fit_ensemble(val_c, val_t, detectors=pair, start=EnsembleConfig().aggregate.with_floor(floor),
+                                  ref_rank=ranks)
+            selectors[f"ensemble logit {' + '.join(pair)}, floor, relative"] = (lambda c, ens=ens: select_ensemble(c, ens))
 
     rows = []
     for variant, pick in selectors.items():
@@ -145,7 +199,8 @@ def main(argv=None) -> int:
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_selection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
         f"- machine: {describe_machine()}\n"
-        f"- bundle `{a.weights}`; validation runs (thresholds, calibration, weights): "
+        f"- bundle `{a.weights}`" + (f"; second heatmap network `{a.second}` (heatmap2)" if a.second else "")
+        + "; validation runs (thresholds, calibration, weights): "
         f"{', '.join(map(str, a.val))} ({val_t['experiment'].nunique()} runs); test sets: "
         f"{', '.join(f'{n} ({t.experiment.nunique()} runs)' for n, _, t in sets)}; "
         f"floor (min_keep per run): {floor}; relative scores (ref_rank): {ranks}; all simulated, no real voxels",
