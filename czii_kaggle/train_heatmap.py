@@ -24,8 +24,8 @@ import numpy as np
 
 from . import layout, picks as picks_io
 from .errors import CziiInputError
-from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, load_heatmap_bundle,
-                     save_heatmap_json, sources_record)
+from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, file_sha256,
+                     load_heatmap_bundle, save_heatmap_json, sources_record)
 from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, heatmap_device, read_input
 from .particles import NAMES, PARTICLES
 
@@ -377,6 +377,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         "runs": [r.name for r in runs],
         "train_config": asdict(train),
         "init": str(init) if init else None,
+        "init_sha256": file_sha256(init) if init else None,  # which weights "--init shipped" meant then
         "init_channels": init_channels,
         "steps": step,
         "seconds": round(time.perf_counter() - t_start, 1),

@@ -540,6 +540,7 @@ def test_training_writes_weights_and_resumes(tmp_path):
     tuned = load_heatmap_bundle(tmp_path / "ft")
     assert tuned.config.tta_views == 2 and tuned.config.channels == (4, 8, 8)
     assert tuned.aggregate.params["ribosome"].min_keep == 7 and tuned.record["init"] == str(out / "heatmap.pt")
+    assert tuned.record["init_sha256"] == file_sha256(out / "heatmap.pt")
     with pytest.raises(CziiInputError, match="heatmap.pt: cannot start a \\(2, 8, 8\\) network"):
         train_heatmap([(ds.root, None)], tmp_path / "narrow", replace(cfg, channels=(2, 8, 8)), tr,
                       init=out / "heatmap.pt", command="test")
