@@ -208,7 +208,8 @@ def augment_particles(patch: np.ndarray, centres_zyx: np.ndarray, radii_vox: np.
 
 
 def _patch_particles(run: TrainRun, origin: np.ndarray, config: HeatmapConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (patch voxels) and radii (voxels) of every pick of ``run`` near a patch at ``origin``."""
+    """Centres (in the voxels of a patch at ``origin``) and radii (voxels) of every pick of ``run``
+    (:func:`augment_particles` passes over those beyond the patch)."""
     centres, radii = [], []
     for name in config.classes:
         pts = run.grid_zyx[name]
