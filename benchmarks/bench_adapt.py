@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_detection import DOMAINS  # noqa: E402
+from bench_detection import DOMAINS, TRAINING_DOMAINS  # noqa: E402
 from bench_ensemble import add_test_set_args, fmt, test_sets  # noqa: E402
 from bench_selection import candidates  # noqa: E402
 from czii_kaggle import layout, metric, picks, submission  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not 0 < a.tune_runs < a.adapt_runs:
         raise SystemExit("need 0 < --tune-runs < --adapt-runs")
-    unknown = [d for d in a.domains if d not in DOMAINS or d in ("classic", "random")]
+    unknown = [d for d in a.domains if d not in DOMAINS or d in ("random", *TRAINING_DOMAINS)]
     if unknown or not a.domains:
         raise SystemExit(f"--domains: one or more held-out looks, not {unknown or 'none'}")
 

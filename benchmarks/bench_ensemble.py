@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_detection import DOMAINS, blob_tuned, simulate  # noqa: E402
+from bench_detection import DOMAINS, TRAINING_DOMAINS, blob_tuned, simulate  # noqa: E402
 from czii_kaggle import blob, layout, metric, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import load_detectors, load_ensemble  # noqa: E402
@@ -94,6 +94,11 @@ def test_sets(a) -> list[tuple[str, Path, pd.DataFrame]]:
     if not sets:
         raise SystemExit("give --data/--solution or --domains")
     return sets
+
+
+def held_out_sets(a, names: list[str]) -> list[str]:
+    """The sets a held-out mean takes: every set but ``--data`` and the domains of the training looks."""
+    return [n for n in names if (n != a.label or a.data is None) and n not in TRAINING_DOMAINS]
 
 
 def score_rows(set_name: str, picks: dict[str, pd.DataFrame], truth: pd.DataFrame) -> tuple[list, list]:
@@ -159,8 +164,8 @@ def main(argv=None) -> int:
         rows += r
         type_rows += t
         print(fmt(pd.DataFrame(r)), flush=True)
-    if len(sets) > 1:  # the mean over the sets other than --data (the held-out looks when --domains names them)
-        held = [s for s, _, _ in sets if s != a.label or a.data is None]
+    held = held_out_sets(a, [s for s, _, _ in sets])
+    if held and len(sets) > 1:  # the mean over the held-out looks among the sets
         df = pd.DataFrame(rows)
         df = df[df["set"].isin(held)]
         mean = df.drop(columns="set").groupby("detector", sort=False).mean().reset_index()

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_ensemble import add_test_set_args, fmt, test_sets  # noqa: E402
+from bench_ensemble import add_test_set_args, fmt, held_out_sets, test_sets  # noqa: E402
 from czii_kaggle import layout, metric, picks, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, MODEL_FILE, file_sha256, load_detectors, load_heatmap_bundle  # noqa: E402
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     val_c = {k: pd.concat(v, ignore_index=True) for k, v in val_c.items()}
     val_t = pd.concat(val_t, ignore_index=True)
     sets = [(name, all_candidates(name, root, "test"), truth) for name, root, truth in test_sets(a)]
-    held = [name for name, _, _ in sets if name != a.label or a.data is None]
+    held = held_out_sets(a, [name for name, _, _ in sets])
 
     tuning = load_recipe().tuning
     floor, ranks = tuning.min_keep(), tuning.ref_rank(a.relative)
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         f"{', '.join(f'{n} ({t.experiment.nunique()} runs)' for n, _, t in sets)}; "
         f"floor (min_keep per run): {floor}; relative scores (ref_rank): {ranks}; all simulated, no real voxels",
         "**Score** (competition metric; validation: the runs everything was fitted on, the only fair "
-        "ground for a choice between variants; held-out mean: the sets other than the given one):\n\n"
+        "ground for a choice between variants; held-out mean: the sets other than the given one and the training looks):\n\n"
         + fmt(pd.DataFrame(rows)),
     ])
     print(text)
