@@ -52,11 +52,11 @@ from czii_kaggle.simulate import hold_out  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "detection.md"
 
+#: The families the shipped networks never trained on (the held-out looks of the README's headline).
+TRAINING_HOLD_OUT = {"particle_model": "subunits", "filter": "anisotropic", "ctf_mode": "unflipped"}
 #: Benchmark domains: a name -> a look (``classic``, ``random`` or a spec fixing one family;
 #: the other fields of a spec'd look stay random). Seeds: domain ``k`` (in this order) adds
 #: ``1000 * k`` to ``--seed``, so ``classic`` keeps the seeds of the in-domain table.
-#: The families the shipped networks never trained on (the held-out looks of the README's headline).
-TRAINING_HOLD_OUT = {"particle_model": "subunits", "filter": "anisotropic", "ctf_mode": "unflipped"}
 DOMAINS: dict[str, str | dict] = {
     "classic": "classic",
     "random": "random",

@@ -49,8 +49,7 @@ from czii_kaggle import layout, metric, picks, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, MODEL_FILE, file_sha256, load_detectors, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
-from czii_kaggle.detectors.heatmap import (TorchHeatmapModel, adapt_batchnorm, heatmap_candidates,  # noqa: E402
-                                           predict_heatmaps, read_input)
+from czii_kaggle.detectors.heatmap import heatmap_candidates, read_input  # noqa: E402
 from czii_kaggle.ensemble import FUSIONS, EnsembleConfig, select_ensemble  # noqa: E402
 from czii_kaggle.particles import NAMES, SCORED  # noqa: E402
 from czii_kaggle.predict import scored_only  # noqa: E402
@@ -78,15 +77,16 @@ class MapAverage:
 
     def __init__(self, bundle_dirs: list[Path], views: int):
         self.dets = [load_detectors(b, ["heatmap"], backend="torch", tta_views=views)[0] for b in bundle_dirs]
+        inputs = {(d.bundle.config.level, tuple(d.bundle.config.clip_percentiles)) for d in self.dets}
+        if len(inputs) > 1:
+            raise SystemExit(f"--second: the networks read different inputs (level, clip): {sorted(inputs)}")
         self.tag = "avg-" + "-".join(weights_tag(b, "heatmap") for b in bundle_dirs) + f"-v{views}"
 
     def candidates(self, zarr_path, experiment: str):
-        probs = []
-        for det in self.dets:
-            volume, voxel_size_A = read_input(zarr_path, det.bundle.config)
-            net = adapt_batchnorm(det.model.net, volume, det.bundle.config, det.bundle.config.bn_adapt, zarr_path)
-            probs.append(predict_heatmaps(TorchHeatmapModel(net, det.device), volume, det.bundle.config, zarr_path))
-        return heatmap_candidates(np.mean(probs, axis=0), voxel_size_A, experiment, self.dets[0].bundle.config), {}
+        config = self.dets[0].bundle.config
+        volume, voxel_size_A = read_input(zarr_path, config)  # the networks share the input (level, clip)
+        prob = np.mean([det.probabilities(volume, zarr_path)[0] for det in self.dets], axis=0)
+        return heatmap_candidates(prob, voxel_size_A, experiment, config), {}
 
 
 def candidates(dets, name: str, root: Path, split: str, cache: Path, bundle_dir: Path,

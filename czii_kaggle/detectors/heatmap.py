@@ -454,6 +454,18 @@ class HeatmapDetector:
         t0 = time.perf_counter()
         volume, voxel_size_A = read_input(zarr_path, self.bundle.config)
         times = {"read_s": time.perf_counter() - t0}
+        prob, more = self.probabilities(volume, zarr_path)
+        del volume
+        times.update(more)
+        t = time.perf_counter()
+        cands = heatmap_candidates(prob, voxel_size_A, experiment, self.bundle.config)
+        times["peaks_s"] = time.perf_counter() - t
+        return cands, times
+
+    def probabilities(self, volume: np.ndarray, zarr_path: str | Path | None = None) -> tuple[np.ndarray, dict]:
+        """The per-class probability maps of a volume read by :func:`read_input` (after the test-time
+        batch-norm adaptation when the bundle has one) and the seconds of each stage."""
+        times = {}
         model = self.model
         if self.bundle.config.bn_adapt > 0:
             t = time.perf_counter()
@@ -462,12 +474,8 @@ class HeatmapDetector:
             times["adapt_s"] = time.perf_counter() - t
         t = time.perf_counter()
         prob = predict_heatmaps(model, volume, self.bundle.config, zarr_path)
-        del volume
         times["inference_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        cands = heatmap_candidates(prob, voxel_size_A, experiment, self.bundle.config)
-        times["peaks_s"] = time.perf_counter() - t
-        return cands, times
+        return prob, times
 
     def select(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Thresholds + NMS of the bundle."""
