@@ -77,16 +77,21 @@ class MapAverage:
 
     def __init__(self, bundle_dirs: list[Path], views: int):
         self.dets = [load_detectors(b, ["heatmap"], backend="torch", tta_views=views)[0] for b in bundle_dirs]
-        inputs = {(d.bundle.config.level, tuple(d.bundle.config.clip_percentiles)) for d in self.dets}
-        if len(inputs) > 1:
-            raise SystemExit(f"--second: the networks read different inputs (level, clip): {sorted(inputs)}")
+        levels = {d.bundle.config.level for d in self.dets}
+        if len(levels) > 1:
+            raise SystemExit(f"--second: the networks read different zarr levels {sorted(levels)}: their maps do not align")
         self.tag = "avg-" + "-".join(weights_tag(b, "heatmap") for b in bundle_dirs) + f"-v{views}"
 
     def candidates(self, zarr_path, experiment: str):
-        config = self.dets[0].bundle.config
-        volume, voxel_size_A = read_input(zarr_path, config)  # the networks share the input (level, clip)
-        prob = np.mean([det.probabilities(volume, zarr_path)[0] for det in self.dets], axis=0)
-        return heatmap_candidates(prob, voxel_size_A, experiment, config), {}
+        inputs, probs = {}, []  # each distinct input (clip, spectral step) read once
+        for det in self.dets:
+            config = det.bundle.config
+            key = (tuple(config.clip_percentiles), config.spectral)
+            if key not in inputs:
+                inputs[key] = read_input(zarr_path, config)
+            volume, voxel_size_A = inputs[key]
+            probs.append(det.probabilities(volume, zarr_path)[0])
+        return heatmap_candidates(np.mean(probs, axis=0), voxel_size_A, experiment, self.dets[0].bundle.config), {}
 
 
 def candidates(dets, name: str, root: Path, split: str, cache: Path, bundle_dir: Path,

@@ -8,6 +8,7 @@ submission written). Ctrl-C stops with one line saying what was finished (exit c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from . import outputs
 from .detect import BACKENDS
+from .preprocess import SPECTRAL
 from .errors import CziiInputError
 
 #: Exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -344,6 +346,8 @@ def _cmd_train_heatmap(a) -> None:
                                particle_augment=a.particle_augment, device=a.device)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     config, init = training_start(a.init, a.channels)
+    if a.spectral is not None:
+        config = dataclasses.replace(config, spectral=a.spectral)
     print(train_heatmap(_sources(a.data), a.out, config, train, init=init, command=cmd))
 
 
@@ -516,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--particle-augment", type=float, default=0.0,
                    help="share of patches whose particles are drawn anew (each one's contrast, a lumpy inner "
                         "texture at the scale of protein domains); default 0")
+    s.add_argument("--spectral", choices=SPECTRAL,
+                   help="per-tomogram spectral step before the percentile clip, in training and prediction "
+                        "(whiten_zxy: flat power over depth and in-plane frequency); default: --init's, else none")
     s.set_defaults(func=_cmd_train_heatmap)
 
     s = sub.add_parser("recalibrate-heatmap", help="copy a bundle with the heatmap network's batch-norm statistics "

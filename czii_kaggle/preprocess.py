@@ -15,7 +15,7 @@ from .errors import CziiInputError
 
 
 #: Per-tomogram spectral steps (see :func:`spectral_filter`).
-SPECTRAL = ("none", "whiten", "bandpass")
+SPECTRAL = ("none", "whiten", "whiten_zxy", "bandpass")
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class PreprocessConfig:
         (``czii_kaggle/recipes/shipped.json``); a bundle's own ``czii_config.json`` says its own.
     spectral : str
         Per-tomogram spectral step before the denoise and the percentile clip (:func:`spectral_filter`):
-        ``"none"``, ``"whiten"`` (flat radial power spectrum) or ``"bandpass"`` (only the
-        particles' scales, 20-400 A).
+        ``"none"``, ``"whiten"`` (flat radial power spectrum), ``"whiten_zxy"`` (flat over
+        depth and in-plane frequency apart) or ``"bandpass"`` (only the particles' scales, 20-400 A).
     """
 
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -128,7 +128,13 @@ def spectral_filter(volume: np.ndarray, method: str = "none", n_bins: int = 256)
 
     ``"whiten"``: divide the spectrum by the square root of its own radially averaged
     power (``n_bins`` shells), so every scale carries the same power whatever the CTF,
-    the noise colour or the reconstruction filter did. ``"bandpass"``: keep the scales of
+    the noise colour or the reconstruction filter did. ``"whiten_zxy"``: the same over a
+    grid of depth frequency ``|fz|`` (``n_bins / 4`` bins) by in-plane frequency
+    ``sqrt(fy^2 + fx^2)`` (``n_bins / 2``), so a resolution that differs between z and x-y
+    (an anisotropic filter, the elongation of the missing wedge) is evened out too, then a fixed
+    Gaussian low-pass of 1 voxel, so every tomogram leaves with the same power spectrum. A linear
+    filter scales signal and noise of a frequency alike, so whitening leaves each frequency's
+    signal-to-noise ratio as it was and takes away only what the filter did to its power. ``"bandpass"``: keep the scales of
     the particles, a Gaussian band from 2 voxels (~20 A at level 0) to 40 voxels (~400 A),
     removing slow gradients and pixel noise. ``"none"``: the volume unchanged.
     Frequencies are in cycles per voxel, so the band is in voxels whatever the voxel size.
@@ -147,15 +153,26 @@ def spectral_filter(volume: np.ndarray, method: str = "none", n_bins: int = 256)
     fy = np.fft.fftfreq(shape[1]).astype(np.float32)[None, :, None]
     fx = np.fft.rfftfreq(shape[2]).astype(np.float32)[None, None, :]
     f = np.sqrt(fz * fz + fy * fy + fx * fx)
-    if method == "whiten":
-        idx = np.minimum((f * (2 * n_bins)).astype(np.int32), 2 * n_bins - 1)  # shells up to sqrt(3)/2 ~ 0.87
+    if method in ("whiten", "whiten_zxy"):
+        if method == "whiten":
+            n_idx = 2 * n_bins
+            idx = np.minimum((f * n_idx).astype(np.int32), n_idx - 1)  # shells up to sqrt(3)/2 ~ 0.87
+        else:
+            nz, nxy = max(n_bins // 4, 1), max(n_bins // 2, 1)
+            n_idx = nz * nxy
+            iz = np.minimum((np.abs(fz) * 2 * nz).astype(np.int32), nz - 1)  # |fz| up to 0.5
+            ixy = np.minimum((np.sqrt(fy * fy + fx * fx) * np.float32(np.sqrt(2) * nxy)).astype(np.int32), nxy - 1)
+            idx = iz * nxy + ixy  # |f_xy| up to sqrt(2)/2
+        idx = np.broadcast_to(idx, spec.shape)
         power = np.abs(spec) ** 2
-        mean_power = np.bincount(idx.ravel(), power.ravel(), 2 * n_bins) / np.maximum(
-            np.bincount(idx.ravel(), minlength=2 * n_bins), 1)
+        mean_power = np.bincount(idx.ravel(), power.ravel(), n_idx) / np.maximum(
+            np.bincount(idx.ravel(), minlength=n_idx), 1)
         del power
         gain = (1.0 / np.sqrt(np.maximum(mean_power, 1e-30))).astype(np.float32)
         gain[0] = 0.0
         spec *= gain[idx]
+        if method == "whiten_zxy":
+            spec *= np.exp(np.float32(-2 * np.pi**2) * f * f)  # the common target: a Gaussian of 1 voxel
     else:
         lo_sigma, hi_sigma = 2.0, 40.0  # voxels
         band = np.exp(-2 * np.pi**2 * lo_sigma**2 * f * f) - np.exp(-2 * np.pi**2 * hi_sigma**2 * f * f)

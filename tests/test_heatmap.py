@@ -15,7 +15,7 @@ from czii_kaggle.bundle import (DEFAULT_BUNDLE, export_heatmap_onnx, file_sha256
                                 save_heatmap_json)
 from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, adapt_batchnorm,
                                            default_aggregate_config, find_peaks, heatmap_device, grid_to_A, heatmap_candidates, load_model, load_net,
-                                           predict_heatmaps, read_input, window_starts)
+                                           normalise, predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
 from czii_kaggle.train_heatmap import (HeatmapTrainConfig, TrainRun, augment_look, augment_particles,
                                        recalibrate_heatmap, render_targets, sample_batch, train_heatmap, training_start)
@@ -360,6 +360,24 @@ def test_wrong_resolution_is_refused(tmp_path):
     assert vol.min() >= -0.5 and vol.max() <= 0.5
 
 
+def test_the_spectral_step_is_part_of_the_input_and_saved_with_the_config(tmp_path):
+    from czii_kaggle.preprocess import spectral_filter
+
+    zarr = _zarr(tmp_path, 10.012444537618887)
+    plain, _ = read_input(zarr, HeatmapConfig())
+    cfg = HeatmapConfig(spectral="whiten_zxy")
+    white, _ = read_input(zarr, cfg)
+    level1, _ = omezarr.read_tomogram(zarr, level=1)
+    np.testing.assert_allclose(white, normalise(spectral_filter(level1, "whiten_zxy")), atol=1e-6)
+    assert white.shape == plain.shape and np.abs(white - plain).mean() > 0.01
+    assert HeatmapConfig.from_dict(cfg.to_dict()).spectral == "whiten_zxy"
+    old = cfg.to_dict()
+    del old["spectral"]  # a heatmap.json written before the option: no spectral step
+    assert HeatmapConfig.from_dict(old).spectral == "none"
+    with pytest.raises(ValueError, match="spectral must be one of"):
+        HeatmapConfig(spectral="sharpen")
+
+
 def test_detector_runs_a_tomogram_and_onnx_matches_torch(tmp_path):
     bundle_dir = _bundle(tmp_path)
     zarr = _zarr(tmp_path, 10.012444537618887)
@@ -541,6 +559,10 @@ def test_training_writes_weights_and_resumes(tmp_path):
     assert tuned.config.tta_views == 2 and tuned.config.channels == (4, 8, 8)
     assert tuned.aggregate.params["ribosome"].min_keep == 7 and tuned.record["init"] == str(out / "heatmap.pt")
     assert tuned.record["init_sha256"] == file_sha256(out / "heatmap.pt")
+    assert tuned.config.spectral == "none"  # the start's input, unless --spectral says otherwise
+    assert main(["train-heatmap", "--data", str(ds.root), "--out", str(tmp_path / "ftw"), "--init", str(out),
+                 "--steps", "1", "--patch", "16", "32", "32", "--threads", "1", "--spectral", "whiten_zxy"]) == 0
+    assert load_heatmap_bundle(tmp_path / "ftw").config.spectral == "whiten_zxy"
     with pytest.raises(CziiInputError, match="heatmap.pt: cannot start a \\(2, 8, 8\\) network"):
         train_heatmap([(ds.root, None)], tmp_path / "narrow", replace(cfg, channels=(2, 8, 8)), tr,
                       init=out / "heatmap.pt", command="test")

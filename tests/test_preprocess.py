@@ -111,3 +111,27 @@ def test_spectral_filter_whitens_and_bandpasses():
     assert spectral_filter(white, "none") is white
     with pytest.raises(ValueError):
         PreprocessConfig(spectral="sharpen")
+
+
+def test_whitening_over_depth_and_plane_undoes_an_anisotropic_filter():
+    """``whiten_zxy`` evens out a blur stronger in z than in x-y, which radial whitening cannot, and
+    gives every tomogram the same target spectrum whatever filter it went through."""
+    from scipy import ndimage
+
+    from czii_kaggle.preprocess import spectral_filter
+
+    white = np.random.default_rng(1).standard_normal((48, 64, 64)).astype(np.float32)
+    fz, fy, fx = np.meshgrid(*[np.abs(np.fft.fftfreq(n)) for n in white.shape], indexing="ij")
+    fxy = np.sqrt(fy**2 + fx**2)
+
+    def z_over_xy(v):  # power at a depth frequency against the same frequency in-plane
+        p = np.abs(np.fft.fftn(v)) ** 2
+        return p[(fz > 0.15) & (fz < 0.25) & (fxy < 0.03)].mean() / p[(fxy > 0.15) & (fxy < 0.25) & (fz < 0.03)].mean()
+
+    blurred = ndimage.gaussian_filter(white, (2.0, 0.7, 0.7))
+    assert z_over_xy(blurred) < 0.05
+    assert z_over_xy(spectral_filter(blurred, "whiten")) < 0.2  # radial shells mix z and x-y
+    assert 0.6 < z_over_xy(spectral_filter(blurred, "whiten_zxy")) < 1.6
+    a, b = spectral_filter(blurred, "whiten_zxy"), spectral_filter(ndimage.gaussian_filter(white, 0.5), "whiten_zxy")
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.85  # the same noise through two filters: alike again
+    assert np.corrcoef(blurred.ravel(), ndimage.gaussian_filter(white, 0.5).ravel())[0, 1] < 0.7

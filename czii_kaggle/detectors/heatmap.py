@@ -37,7 +37,7 @@ from .. import omezarr
 from ..aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
 from ..errors import CziiInputError
 from ..particles import NAMES, PARTICLES
-from ..preprocess import percentile_range
+from ..preprocess import SPECTRAL, percentile_range, spectral_filter
 
 if TYPE_CHECKING:  # the bundle module opens detectors; a detector only reads a loaded bundle
     from ..bundle import HeatmapBundle
@@ -82,6 +82,10 @@ class HeatmapConfig:
         (:func:`adapt_batchnorm`): a look the network never saw shifts its features' scales, and
         this puts them back where the later layers expect them. Runs with torch (ONNX Runtime's
         graph has the statistics folded in); about one more view's seconds.
+    spectral : str
+        Per-tomogram spectral step on the level read, before the percentile clip
+        (:func:`czii_kaggle.preprocess.spectral_filter`): ``"none"``, ``"whiten"``, ``"whiten_zxy"``
+        or ``"bandpass"``. Part of the input, so training and prediction apply the same one.
     """
 
     level: int = 1
@@ -96,8 +100,11 @@ class HeatmapConfig:
     peak_fraction: float = 0.5
     min_peak: float = 0.02
     bn_adapt: float = 0.0
+    spectral: str = "none"
 
     def __post_init__(self) -> None:
+        if self.spectral not in SPECTRAL:
+            raise ValueError(f"spectral must be one of {SPECTRAL}, not {self.spectral!r}")
         if any(w <= 0 or w % 8 for w in self.window_vox):
             raise ValueError(f"window_vox must be positive multiples of 8, not {self.window_vox}")
         if not 0 <= self.overlap_vox < min(self.window_vox):
@@ -155,13 +162,14 @@ def normalise(volume: np.ndarray, clip_percentiles=(0.5, 99.5)) -> np.ndarray:
 
 
 def read_input(zarr_path: str | Path, config: HeatmapConfig) -> tuple[np.ndarray, float]:
-    """The normalised level-``config.level`` volume and its voxel size (Angstrom); a level whose
-    voxel size differs from the weights' by more than 10 % raises :class:`CziiInputError`."""
+    """The normalised level-``config.level`` volume (after ``config.spectral``) and its voxel size
+    (Angstrom); a level whose voxel size differs from the weights' by more than 10 % raises
+    :class:`CziiInputError`."""
     volume, voxel_size_A = omezarr.read_tomogram(zarr_path, level=config.level)
     if abs(voxel_size_A / config.voxel_size_A - 1.0) > 0.1:
         raise CziiInputError(zarr_path, f"level {config.level} has {voxel_size_A:.3f} A voxels but the heatmap weights "
                                         f"were trained at {config.voxel_size_A:.3f} A (wrong resolution)")
-    return normalise(volume, config.clip_percentiles), voxel_size_A
+    return normalise(spectral_filter(volume, config.spectral), config.clip_percentiles), voxel_size_A
 
 
 # --------------------------------------------------------------------------- models
