@@ -61,11 +61,13 @@ RESULTS = REPO / "benchmarks" / "results" / "selection.md"
 
 def weights_tag(bundle_dir: Path, name: str) -> str:
     """``{detector}-{sha256 of its weights, 12 digits}``: the cache folder of that detector's candidates;
-    for the heatmap with its options other than the defaults that change candidates (``-bn0.5``)."""
+    for the heatmap with its options other than the defaults that change candidates (``-bn0.5``,
+    ``-whiten_zxy``)."""
     tag = f"{name}-{file_sha256(bundle_dir / (MODEL_FILE if name == 'yolo' else HEATMAP_WEIGHTS_FILE))[:12]}"
     if name == "heatmap":
         config = load_heatmap_bundle(bundle_dir).config
         tag += f"-bn{config.bn_adapt:g}" if config.bn_adapt else ""
+        tag += f"-{config.spectral}" if config.spectral != "none" else ""
     return tag
 
 
