@@ -134,9 +134,9 @@ def spectral_filter(volume: np.ndarray, method: str = "none", n_bins: int = 256)
     (an anisotropic filter, the elongation of the missing wedge) is evened out too, then a fixed
     Gaussian low-pass of 1 voxel, so every tomogram leaves with the same power spectrum. A linear
     filter scales signal and noise of a frequency alike, so whitening leaves each frequency's
-    signal-to-noise ratio as it was and takes away only what the filter did to its power. ``"bandpass"``: keep the scales of
-    the particles, a Gaussian band from 2 voxels (~20 A at level 0) to 40 voxels (~400 A),
-    removing slow gradients and pixel noise. ``"none"``: the volume unchanged.
+    signal-to-noise ratio as it was and takes away only what the filter did to its power.
+    ``"bandpass"``: keep the scales of the particles, a Gaussian band from 2 voxels (~20 A at
+    level 0) to 40 voxels (~400 A), removing slow gradients and pixel noise. ``"none"``: the volume unchanged.
     Frequencies are in cycles per voxel, so the band is in voxels whatever the voxel size.
     Returns float32 (z, y, x).
     """
