@@ -163,8 +163,7 @@ def spectral_filter(volume: np.ndarray, method: str = "none", n_bins: int = 256)
             iz = np.minimum((np.abs(fz) * 2 * nz).astype(np.int32), nz - 1)  # |fz| up to 0.5
             ixy = np.minimum((np.sqrt(fy * fy + fx * fx) * np.float32(np.sqrt(2) * nxy)).astype(np.int32), nxy - 1)
             idx = iz * nxy + ixy  # |f_xy| up to sqrt(2)/2
-        idx = np.broadcast_to(idx, spec.shape)
-        power = np.abs(spec) ** 2
+        power = np.abs(spec) ** 2  # idx: one bin per frequency, the spectrum's shape in both branches
         mean_power = np.bincount(idx.ravel(), power.ravel(), n_idx) / np.maximum(
             np.bincount(idx.ravel(), minlength=n_idx), 1)
         del power
