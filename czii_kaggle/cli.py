@@ -343,7 +343,8 @@ def _cmd_train_heatmap(a) -> None:
 
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
                                threads=a.threads, look_augment=a.look_augment,
-                               particle_augment=a.particle_augment, device=a.device)
+                               particle_augment=a.particle_augment, look_respectral=a.look_respectral,
+                               device=a.device)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     config, init = training_start(a.init, a.channels)
     if a.spectral is not None:
@@ -520,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--particle-augment", type=float, default=0.0,
                    help="share of patches whose particles are drawn anew (each one's contrast, a lumpy inner "
                         "texture at the scale of protein domains); default 0")
+    s.add_argument("--look-respectral", action="store_true",
+                   help="put each look-augmented patch through the input's spectral step again, as a tomogram "
+                        "of that look would be read")
     s.add_argument("--spectral", choices=SPECTRAL,
                    help="per-tomogram spectral step before the percentile clip, in training and prediction "
                         "(whiten_zxy: flat power over depth and in-plane frequency); default: --init's, else none")

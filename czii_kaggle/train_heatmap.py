@@ -26,8 +26,10 @@ from . import layout, picks as picks_io
 from .errors import CziiInputError
 from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, file_sha256,
                      load_heatmap_bundle, save_heatmap_json, sources_record)
-from .detectors.heatmap import HeatmapConfig, A_to_grid, build_net, default_aggregate_config, heatmap_device, read_input
+from .detectors.heatmap import (HeatmapConfig, A_to_grid, build_net, default_aggregate_config, heatmap_device, normalise,
+                                read_input)
 from .particles import NAMES, PARTICLES
+from .preprocess import spectral_filter
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train.log"
@@ -66,6 +68,12 @@ class HeatmapTrainConfig:
         Share of patches whose particles are drawn anew first (:func:`augment_particles`: each
         particle's contrast and a lumpy inner texture at the scale of protein domains); 0: off
         (the records before it).
+    look_respectral : bool
+        Put each look-augmented patch through the input's own spectral step again
+        (``HeatmapConfig.spectral``, then the percentile clip), as :func:`read_input` would have
+        treated a tomogram of that look: so with a whitened input the network trains only on
+        inputs that can occur, the look's phase (contrast reversals) kept, its amplitude evened
+        out. False: the records before it; no effect when the spectral step is ``none``.
     """
 
     patch_vox: tuple[int, int, int] = (48, 96, 96)
@@ -80,6 +88,7 @@ class HeatmapTrainConfig:
     device: str = "auto"
     look_augment: float = 0.0
     particle_augment: float = 0.0
+    look_respectral: bool = False
 
     def __post_init__(self) -> None:
         if any(p <= 0 or p % 8 for p in self.patch_vox) or self.patch_vox[1] != self.patch_vox[2]:
@@ -245,6 +254,8 @@ def sample_batch(runs: list[TrainRun], step: int, config: HeatmapConfig, train: 
             x = augment_particles(x, *_patch_particles(run, origin, config), rng)
         if train.look_augment and rng.random() < train.look_augment:
             x = augment_look(x, rng)
+            if train.look_respectral and config.spectral != "none":
+                x = normalise(spectral_filter(x, config.spectral), config.clip_percentiles)
         y = render_targets(run.grid_zyx, origin / STRIDE, tuple(patch // STRIDE), run.voxel_size_A, config)
         x = x[None]
         for axis in (1, 2, 3):

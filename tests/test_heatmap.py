@@ -164,6 +164,28 @@ def test_look_augmentation_changes_the_look_not_the_targets():
         HeatmapTrainConfig(device="gpu")
 
 
+def test_look_respectral_reads_an_augmented_patch_as_the_input_step_would():
+    """With a whitened input, each look-augmented patch goes through the input's spectral step and
+    clip again (as a tomogram of that look would be read); the targets stay; with the spectral step
+    none, or without the option, a batch is as before it."""
+    from czii_kaggle.preprocess import spectral_filter
+
+    runs = [_train_run(np.random.default_rng(0))]
+    white = HeatmapConfig(spectral="whiten_zxy")
+    aug, again = (HeatmapTrainConfig(patch_vox=(16, 32, 32), batch=4, seed=5, look_augment=1.0, look_respectral=r)
+                  for r in (False, True))
+    (x0, y0), (x1, y1) = sample_batch(runs, 3, white, aug), sample_batch(runs, 3, white, again)
+    np.testing.assert_array_equal(y0, y1)
+    for a, b in zip(x0, x1):
+        # the step bins |fz| x |fxy|, so flips commute with it exactly and x-y quarter turns nearly
+        # (the half spectrum of the real FFT lies along x): as if applied before them
+        ref = normalise(spectral_filter(a[0], "whiten_zxy"))
+        assert np.corrcoef(b[0].ravel(), ref.ravel())[0, 1] > 0.99
+        assert np.corrcoef(a[0].ravel(), b[0].ravel())[0, 1] < 0.9
+    plain = HeatmapConfig()
+    np.testing.assert_array_equal(sample_batch(runs, 3, plain, aug)[0], sample_batch(runs, 3, plain, again)[0])
+
+
 def test_particle_augmentation_redraws_the_particles_not_the_background():
     """Inside each particle's sphere the density gets an uneven interior and a contrast of its own;
     far from every particle the patch is untouched (up to the final rescaling); seeded; with
@@ -561,8 +583,11 @@ def test_training_writes_weights_and_resumes(tmp_path):
     assert tuned.record["init_sha256"] == file_sha256(out / "heatmap.pt")
     assert tuned.config.spectral == "none"  # the start's input, unless --spectral says otherwise
     assert main(["train-heatmap", "--data", str(ds.root), "--out", str(tmp_path / "ftw"), "--init", str(out),
-                 "--steps", "1", "--patch", "16", "32", "32", "--threads", "1", "--spectral", "whiten_zxy"]) == 0
+                 "--steps", "1", "--patch", "16", "32", "32", "--threads", "1", "--spectral", "whiten_zxy",
+                 "--look-augment", "0.5", "--look-respectral"]) == 0
     assert load_heatmap_bundle(tmp_path / "ftw").config.spectral == "whiten_zxy"
+    assert load_heatmap_bundle(tmp_path / "ftw").record["train_config"]["look_respectral"] is True
+    assert tuned.record["train_config"]["look_respectral"] is False
     with pytest.raises(CziiInputError, match="heatmap.pt: cannot start a \\(2, 8, 8\\) network"):
         train_heatmap([(ds.root, None)], tmp_path / "narrow", replace(cfg, channels=(2, 8, 8)), tr,
                       init=out / "heatmap.pt", command="test")
