@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     add_test_set_args(ap)
     ap.add_argument("--blob", action="store_true", help="also score the training-free blob floor on every set")
     ap.add_argument("--blob-val-runs", type=int, default=2)
-    ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4), help="the heatmap's flipped views (default: its own)")
+    ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4, 8, 16), help="the heatmap's flipped views (default: its own)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_ensemble")

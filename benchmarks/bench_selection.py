@@ -61,13 +61,14 @@ RESULTS = REPO / "benchmarks" / "results" / "selection.md"
 
 def weights_tag(bundle_dir: Path, name: str) -> str:
     """``{detector}-{sha256 of its weights, 12 digits}``: the cache folder of that detector's candidates;
-    for the heatmap with its options other than the defaults that change candidates (``-bn0.5``,
-    ``-whiten_zxy``)."""
+    for the heatmap with its options that change candidates where they differ from the stages'
+    (``-bn0.5``, ``-whiten_zxy``, ``-v8``: views other than the 4 every stage since j ran)."""
     tag = f"{name}-{file_sha256(bundle_dir / (MODEL_FILE if name == 'yolo' else HEATMAP_WEIGHTS_FILE))[:12]}"
     if name == "heatmap":
         config = load_heatmap_bundle(bundle_dir).config
         tag += f"-bn{config.bn_adapt:g}" if config.bn_adapt else ""
         tag += f"-{config.spectral}" if config.spectral != "none" else ""
+        tag += f"-v{config.tta_views}" if config.tta_views != 4 else ""
     return tag
 
 
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--relative", type=float, default=None, metavar="FACTOR",
                     help="the relative variants' ref_rank: FACTOR x the real runs' mean picks (default: the recipe's)")
     ap.add_argument("--second", type=Path, help="a bundle folder with another heatmap network: adds its variants")
-    ap.add_argument("--second-views", type=int, default=2, choices=(1, 2, 3, 4),
+    ap.add_argument("--second-views", type=int, default=2, choices=(1, 2, 3, 4, 8, 16),
                     help="flipped views of each network in the map average (default 2)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)

@@ -430,17 +430,28 @@ def weights_detectors(weights, detectors: str | None) -> tuple[Path | None, list
     return None, ["yolo"]
 
 
+def check_views(bundle_dir: str | Path | None, names: list[str], tta_views: int | None) -> None:
+    """8 or 16 test-time views (x-y swaps, z flips of a 3D window) are the heatmap's alone: asked of
+    YOLO (1-4 views per slice) they are a clear error."""
+    if tta_views is not None and tta_views > 4 and "yolo" in names:
+        raise CziiInputError(bundle_dir, f"{tta_views} test-time views are the heatmap's alone (x-y swaps, z flips); "
+                                         "YOLO takes 1-4 per slice: use --detectors heatmap")
+
+
 def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto",
                    tta_views: int | None = None, bn_adapt: float | None = None) -> list:
     """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each
     behind :class:`czii_kaggle.detectors.Detector`'s interface.
 
     ``tta_views`` (default: each detector's own setting): flipped test-time views, per slice
-    for YOLO, per 3D window for the heatmap (1-4; thresholds were tuned for the bundle's own).
+    for YOLO (1-4), per 3D window for the heatmap (1-4, 8 and 16 with x-y swaps and z flips;
+    thresholds were tuned for the bundle's own).
     ``bn_adapt`` (default: the heatmap's own): its test-time batch-norm adaptation, 0..1 (0: off).
     """
     out = []
-    for n in parse_detectors(",".join(names), bundle_dir):
+    names = parse_detectors(",".join(names), bundle_dir)
+    check_views(bundle_dir, names, tta_views)
+    for n in names:
         if n == "yolo":
             b = load_bundle(bundle_dir)
             out.append(DETECTORS[n](b if tta_views is None else with_tta(b, tta_views), backend=backend))

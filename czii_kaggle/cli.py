@@ -214,10 +214,11 @@ def _exit_code(problems, pred, out) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .bundle import bundle_files, load_bundle, weights_detectors, with_slice_step, with_tta
+    from .bundle import bundle_files, check_views, load_bundle, weights_detectors, with_slice_step, with_tta
     from .predict import check_outputs, predict_runs, stage_line, write_prediction
 
     bundle_dir, names = weights_detectors(a.weights, a.detectors)
+    check_views(bundle_dir if bundle_dir is not None else a.weights, names, a.tta_views)
     if a.bn_adapt is not None and "heatmap" not in names:
         raise CziiInputError(bundle_dir, f"--bn-adapt adapts the heatmap detector, and {'+'.join(names)} does not "
                                          "run it: pass --detectors heatmap or yolo,heatmap")
@@ -458,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", type=Path, help="bundle folder, .pt or .onnx (default: the shipped model)")
     s.add_argument("--detections-out", type=Path, help="also save the raw per-slice detections (CSV)")
     s.add_argument("--slice-step", type=_positive, help="run on every n-th slice (faster, lower recall)")
-    s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4),
-                   help="flipped test-time views per slice (YOLO) or per 3D window (heatmap); default: the "
-                        "bundle's, as its thresholds were tuned")
+    s.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4, 8, 16),
+                   help="flipped test-time views per slice (YOLO: 1-4) or per 3D window (heatmap: also 8 with x-y "
+                        "swaps, 16 also flipped in z); default: the bundle's, as its thresholds were tuned")
     s.add_argument("--bn-adapt", type=_fraction,
                    help="heatmap: weight of each tomogram's own batch-norm statistics, 0..1 (0: off, ONNX Runtime "
                         "allowed); default: the bundle's, as its thresholds were tuned")

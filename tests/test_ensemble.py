@@ -249,6 +249,16 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
                  "--detectors", "heatmap", "--tta-views", "4"]) == 0
     one, four = pd.read_csv(out), validate_submission(out4)
     assert set(four["experiment"]) == {"TS_a", "TS_b"} and not one.equals(four)
+    # 8 views (x-y swapped too) are the heatmap's; asked of YOLO (the shipped default ensemble) they are refused
+    out8 = tmp_path / "sub8.csv"
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out8),
+                 "--detectors", "heatmap", "--tta-views", "8"]) == 0
+    assert not four.equals(validate_submission(out8))
+    capsys.readouterr()
+    out_y8 = tmp_path / "sub_y8.csv"
+    assert main(["predict", "--data", str(root), "--out", str(out_y8), "--tta-views", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "8 test-time views are the heatmap's alone" in err[0] and not out_y8.exists()
     # test-time batch-norm adaptation: the tomogram's own statistics, so other scores again
     assert load_detectors(bundle, ["heatmap"], bn_adapt=0.5)[0].bundle.config.bn_adapt == 0.5
     out_bn = tmp_path / "sub_bn.csv"

@@ -55,16 +55,52 @@ def _pool_model(n_classes: int):
     return model
 
 
-@pytest.mark.parametrize("tta", [1, 2, 3, 4])
+@pytest.mark.parametrize("tta", [1, 2, 3, 4, 8, 16])
 def test_windows_blend_back_to_the_whole_volume(tta):
     rng = np.random.default_rng(0)
     vol = rng.random((40, 83, 70)).astype(np.float32)
-    cfg = HeatmapConfig(window_vox=(24, 32, 40), overlap_vox=8, tta_views=tta, classes=NAMES[:2])
+    window = (24, 32, 40) if tta <= 4 else (24, 32, 32)
+    cfg = HeatmapConfig(window_vox=window, overlap_vox=8, tta_views=tta, classes=NAMES[:2])
     prob = predict_heatmaps(_pool_model(2), vol, cfg)
     assert prob.shape == (2, 20, 42, 35)
     padded = np.pad(vol, [(0, 0), (0, 5), (0, 2)], mode="edge")
     whole = _pool_model(2)(padded[None, None])[0][:, :20, :42, :35]
     np.testing.assert_allclose(prob, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [8, 16])
+def test_views_average_the_symmetries_of_the_window(tta):
+    """8 views: the mean over the x-y square's 8 symmetries (4 turns, each mirrored) of the model's
+    output turned back; 16: also each flipped along z. Written here with np.rot90, apart from VIEWS."""
+    rng = np.random.default_rng(3)
+    vol = rng.random((24, 32, 32)).astype(np.float32)
+
+    def lopsided(batch):  # not symmetric: also sees the voxels 2 further along x
+        return _pool_model(2)(batch) + _pool_model(2)(np.roll(batch, 2, axis=4))
+
+    cfg = HeatmapConfig(window_vox=(24, 32, 32), overlap_vox=8, tta_views=tta, classes=NAMES[:2])
+    got = predict_heatmaps(lopsided, vol, cfg)
+    want, n = 0.0, 0
+    for zflip in ([False, True] if tta == 16 else [False]):
+        for mirror in (False, True):
+            for k in range(4):
+                v = vol[::-1] if zflip else vol
+                v = v[:, :, ::-1] if mirror else v
+                out = lopsided(np.ascontiguousarray(np.rot90(v, k, axes=(1, 2)))[None, None])[0]
+                out = np.rot90(out, -k, axes=(2, 3))
+                out = out[:, :, :, ::-1] if mirror else out
+                want, n = want + (out[:, ::-1] if zflip else out), n + 1
+    assert n == tta
+    np.testing.assert_allclose(got, want / n, rtol=1e-5, atol=1e-6)
+    four = predict_heatmaps(lopsided, vol, replace(cfg, tta_views=4))
+    assert not np.allclose(four, got, atol=1e-3)  # the swapped views did change the average
+
+
+def test_views_beyond_four_need_a_square_window():
+    with pytest.raises(ValueError, match="square"):
+        HeatmapConfig(window_vox=(24, 32, 40), tta_views=8)
+    with pytest.raises(ValueError, match="tta_views"):
+        HeatmapConfig(tta_views=5)
 
 
 def test_tomogram_smaller_than_a_window_is_a_clear_error():

@@ -42,6 +42,13 @@ from ..preprocess import SPECTRAL, percentile_range, spectral_filter
 if TYPE_CHECKING:  # the bundle module opens detectors; a detector only reads a loaded bundle
     from ..bundle import HeatmapBundle
 
+_FLIPS = [(), (4,), (3,), (3, 4)]
+# test-time views of a (1, 1, Z, Y, X) window: (axes flipped, x and y swapped after the flip)
+VIEWS = {n: [(f, False) for f in _FLIPS[:n]] for n in (1, 2, 3, 4)}
+VIEWS[8] = VIEWS[4] + [(f, True) for f in _FLIPS]
+VIEWS[16] = VIEWS[8] + [((2, *f), t) for f, t in VIEWS[8]]
+
+
 @dataclass(frozen=True)
 class HeatmapConfig:
     """Options of the heatmap detector (saved with its weights).
@@ -69,8 +76,11 @@ class HeatmapConfig:
         Minimum overlap of neighbouring windows (voxels of ``level``).
     tta_views : int
         Test-time views: 1: the window as is; 2: also flipped along x; 3: also along y;
-        4: also along x and y. Probabilities of the views are averaged (about ``tta_views``
-        times the inference seconds).
+        4: also along x and y; 8: those 4 and each with x and y swapped (a transpose: with the
+        flips, all 8 symmetries of the square x-y window); 16: those 8 and each flipped along z.
+        The training patches take every one of them (flips along each axis, 90-degree turns in
+        x-y). Probabilities of the views are averaged (about ``tta_views`` times the inference
+        seconds); 8 and 16 need a window square in x-y.
     peak_fraction : float
         Half-width of the max-filter window as a fraction of the radius.
     min_peak : float
@@ -109,8 +119,11 @@ class HeatmapConfig:
             raise ValueError(f"window_vox must be positive multiples of 8, not {self.window_vox}")
         if not 0 <= self.overlap_vox < min(self.window_vox):
             raise ValueError(f"overlap_vox must be in 0..{min(self.window_vox) - 1}, not {self.overlap_vox}")
-        if self.tta_views not in (1, 2, 3, 4):
-            raise ValueError(f"tta_views must be 1, 2, 3 or 4, not {self.tta_views}")
+        if self.tta_views not in VIEWS:
+            raise ValueError(f"tta_views must be one of {tuple(VIEWS)}, not {self.tta_views}")
+        if self.tta_views > 4 and self.window_vox[1] != self.window_vox[2]:
+            raise ValueError(f"tta_views {self.tta_views} swaps x and y: window_vox must be square in y-x, "
+                             f"not {self.window_vox}")
         if not 0.0 <= self.bn_adapt <= 1.0:
             raise ValueError(f"bn_adapt must be in 0..1, not {self.bn_adapt}")
         unknown = [c for c in self.classes if c not in NAMES]
@@ -291,7 +304,6 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     return np.minimum(1.0, np.minimum(i + 1, n - i) / (width + 1)).astype(np.float32)
 
 
-_FLIPS = {1: [()], 2: [(), (4,)], 3: [(), (4,), (3,)], 4: [(), (4,), (3,), (3, 4)]}
 
 
 def pad_to_windows(volume: np.ndarray, config: HeatmapConfig, path) -> np.ndarray:
@@ -363,7 +375,7 @@ def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str
     ``volume``: normalised ``(Z, Y, X)`` (:func:`normalise`), edge-padded to a multiple of 8
     (at most 7 voxels per axis); windows of ``config.window_vox`` with at least
     ``config.overlap_vox`` overlap, blended with linear ramps; with ``config.tta_views`` > 1
-    flipped copies are predicted, flipped back and averaged. A volume smaller than one
+    flipped (and x-y swapped) copies are predicted, turned back and averaged (:data:`VIEWS`). A volume smaller than one
     window (after that padding) raises :class:`CziiInputError` naming ``path``.
     """
     shape = volume.shape
@@ -377,12 +389,14 @@ def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str
     ramp_vox = config.overlap_vox // stride
     weight = (_ramp(win_out[0], ramp_vox)[:, None, None] * _ramp(win_out[1], ramp_vox)[None, :, None]
               * _ramp(win_out[2], ramp_vox)[None, None, :])
-    views = _FLIPS[config.tta_views]
+    views = VIEWS[config.tta_views]
     for (z0, y0, x0), win in _windows(volume, config):
         prob = np.zeros((len(config.classes), *win_out), dtype=np.float32)
-        for axes in views:
+        for axes, swap in views:
             batch = np.flip(win[None, None], axis=axes) if axes else win[None, None]
+            batch = batch.swapaxes(3, 4) if swap else batch
             p = model(np.ascontiguousarray(batch, dtype=np.float32))[0]
+            p = p.swapaxes(2, 3) if swap else p
             prob += np.flip(p, axis=tuple(a - 1 for a in axes)) if axes else p
         if len(views) > 1:
             prob /= len(views)
