@@ -304,8 +304,6 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     return np.minimum(1.0, np.minimum(i + 1, n - i) / (width + 1)).astype(np.float32)
 
 
-
-
 def pad_to_windows(volume: np.ndarray, config: HeatmapConfig, path) -> np.ndarray:
     """``volume`` edge-padded to a multiple of 8 per axis; smaller than one window: :class:`CziiInputError`."""
     shape = volume.shape
@@ -375,8 +373,9 @@ def predict_heatmaps(model, volume: np.ndarray, config: HeatmapConfig, path: str
     ``volume``: normalised ``(Z, Y, X)`` (:func:`normalise`), edge-padded to a multiple of 8
     (at most 7 voxels per axis); windows of ``config.window_vox`` with at least
     ``config.overlap_vox`` overlap, blended with linear ramps; with ``config.tta_views`` > 1
-    flipped (and x-y swapped) copies are predicted, turned back and averaged (:data:`VIEWS`). A volume smaller than one
-    window (after that padding) raises :class:`CziiInputError` naming ``path``.
+    flipped (and x-y swapped) copies are predicted, turned back and averaged (:data:`VIEWS`).
+    A volume smaller than one window (after that padding) raises :class:`CziiInputError`
+    naming ``path``.
     """
     shape = volume.shape
     volume = pad_to_windows(volume, config, path)
