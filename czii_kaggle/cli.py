@@ -345,12 +345,18 @@ def _cmd_train_heatmap(a) -> None:
     train = HeatmapTrainConfig(patch_vox=tuple(a.patch), batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
                                threads=a.threads, look_augment=a.look_augment,
                                particle_augment=a.particle_augment, look_respectral=a.look_respectral,
-                               device=a.device)
+                               hard_negative=a.hard_negative, device=a.device)
     cmd = "czii-kaggle " + " ".join(sys.argv[1:])
     config, init = training_start(a.init, a.channels)
     if a.spectral is not None:
         config = dataclasses.replace(config, spectral=a.spectral)
-    print(train_heatmap(_sources(a.data), a.out, config, train, init=init, command=cmd))
+    predicted = None
+    if a.hard_negatives:
+        import pandas as pd
+
+        from .submission import read_solution
+        predicted = pd.concat([read_solution(f) for f in a.hard_negatives], ignore_index=True)
+    print(train_heatmap(_sources(a.data), a.out, config, train, init=init, command=cmd, predicted=predicted))
 
 
 def _cmd_recalibrate_heatmap(a) -> None:
@@ -525,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--look-respectral", action="store_true",
                    help="put each look-augmented patch through the input's spectral step again, as a tomogram "
                         "of that look would be read")
+    s.add_argument("--hard-negatives", nargs="+", type=Path, metavar="CSV",
+                   help="a detector's picks on the training runs (predict --split train): those on no pick are "
+                        "hard negatives")
+    s.add_argument("--hard-negative", type=float, default=0.0,
+                   help="share of patches centred near a hard negative of their run (needs --hard-negatives); "
+                        "default 0")
     s.add_argument("--spectral", choices=SPECTRAL,
                    help="per-tomogram spectral step before the percentile clip, in training and prediction "
                         "(whiten_zxy: flat power over depth and in-plane frequency); default: --init's, else none")

@@ -4,7 +4,8 @@ Every run of the given Kaggle-layout roots (``train`` split, picks under
 ``train/overlay``) is read once at the heatmap's level and normalised. Each step
 draws a batch of patches: most are centred near a pick of a class chosen
 uniformly among those the run holds (so rare types are seen as often as common
-ones), the rest anywhere; each is flipped along every axis with probability 1/2
+ones), optionally a share near a hard negative (a place the network picked where no
+particle is: :func:`hard_negatives`), the rest anywhere; each is flipped along every axis with probability 1/2
 and rotated by a multiple of 90 degrees in x-y. Targets are one Gaussian per pick
 (sigma ``sigma_fraction * radius``) on the network's output grid, exactly 1 at the
 pick's nearest voxel. The draws of step ``i`` come from ``numpy.random.default_rng
@@ -17,10 +18,11 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import layout, picks as picks_io
 from .errors import CziiInputError
@@ -68,6 +70,10 @@ class HeatmapTrainConfig:
         Share of patches whose particles are drawn anew first (:func:`augment_particles`: each
         particle's contrast and a lumpy inner texture at the scale of protein domains); 0: off
         (the records before it).
+    hard_negative : float
+        Share of patches centred near a hard negative of their run (:attr:`TrainRun.negatives_zyx`,
+        from :func:`hard_negatives`: where a detector picked and no pick is), drawn before the
+        near-pick share; runs without any are drawn as before. 0: off (the records before it).
     look_respectral : bool
         Put each look-augmented patch through the input's own spectral step again
         (``HeatmapConfig.spectral``, then the percentile clip), as :func:`read_input` would have
@@ -89,11 +95,12 @@ class HeatmapTrainConfig:
     look_augment: float = 0.0
     particle_augment: float = 0.0
     look_respectral: bool = False
+    hard_negative: float = 0.0
 
     def __post_init__(self) -> None:
         if any(p <= 0 or p % 8 for p in self.patch_vox) or self.patch_vox[1] != self.patch_vox[2]:
             raise ValueError(f"patch_vox must be positive multiples of 8 with y == x, not {self.patch_vox}")
-        for name in ("look_augment", "particle_augment"):
+        for name in ("look_augment", "particle_augment", "hard_negative"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in 0..1, not {getattr(self, name)!r}")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
@@ -108,10 +115,37 @@ class TrainRun:
     volume: np.ndarray
     voxel_size_A: float
     grid_zyx: dict[str, np.ndarray]  # class -> (n, 3) float positions on the output grid (stride 2)
+    negatives_zyx: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # hard negatives, same grid
 
 
-def load_runs(sources: list[tuple[str | Path, list[str] | None]], config: HeatmapConfig) -> list[TrainRun]:
-    """Read every ``(root, runs)`` (``None``: all runs with picks) of the ``train`` split."""
+def hard_negatives(predicted: pd.DataFrame, picks: pd.DataFrame, margin: float = 1.0) -> pd.DataFrame:
+    """The predicted points of one run that sit on no picked particle: ``experiment, particle_type, x, y, z``
+    (Angstrom) farther than ``margin`` times the radius of every pick's type from that pick.
+
+    ``predicted``: a detector's picks on a training run (a ``submission.csv`` of ``predict --split
+    train``); ``picks``: the run's picks (:func:`czii_kaggle.picks.read_run_picks`). What is left is
+    where the detector fires without a particle (clutter proteins, membranes, ice): the places
+    :attr:`HeatmapTrainConfig.hard_negative` centres patches on. The targets of such a patch are
+    still its picks' Gaussians, so a negative near an unpicked particle only wastes a draw.
+    """
+    xyz = predicted[["x", "y", "z"]].to_numpy(float)
+    keep = np.ones(len(xyz), bool)
+    for name, group in picks.groupby("particle_type"):
+        if name not in NAMES or not len(xyz):
+            continue
+        reach = margin * PARTICLES[NAMES.index(name)].radius_A
+        d2 = ((xyz[:, None, :] - group[["x", "y", "z"]].to_numpy(float)[None]) ** 2).sum(-1)
+        keep &= d2.min(1) > reach ** 2
+    return predicted.loc[keep, ["experiment", "particle_type", "x", "y", "z"]].reset_index(drop=True)
+
+
+def load_runs(sources: list[tuple[str | Path, list[str] | None]], config: HeatmapConfig,
+              predicted: pd.DataFrame | None = None) -> list[TrainRun]:
+    """Read every ``(root, runs)`` (``None``: all runs with picks) of the ``train`` split.
+
+    ``predicted``: a detector's picks on these runs (``experiment`` = run name; a run named in two
+    roots takes them in both), whose :func:`hard_negatives` become each run's ``negatives_zyx``.
+    """
     out = []
     for root, runs in sources:
         for run in runs if runs is not None else layout.list_pick_runs(root):
@@ -121,7 +155,11 @@ def load_runs(sources: list[tuple[str | Path, list[str] | None]], config: Heatma
             for name in config.classes:
                 xyz = picks.loc[picks["particle_type"] == name, ["x", "y", "z"]].to_numpy(float)
                 grid[name] = A_to_grid(xyz[:, ::-1], vs, config.level, STRIDE)
-            out.append(TrainRun(f"{root}/{run}", volume, vs, grid))
+            negatives = np.zeros((0, 3))
+            if predicted is not None:
+                neg = hard_negatives(predicted[predicted["experiment"] == run], picks)
+                negatives = A_to_grid(neg[["x", "y", "z"]].to_numpy(float)[:, ::-1], vs, config.level, STRIDE)
+            out.append(TrainRun(f"{root}/{run}", volume, vs, grid, negatives))
     if not out:
         raise CziiInputError(sources[0][0] if sources else None, "no training runs with picks found")
     return out
@@ -242,7 +280,11 @@ def sample_batch(runs: list[TrainRun], step: int, config: HeatmapConfig, train: 
         if (shape < patch).any():
             raise CziiInputError(None, f"run {run.name} ({tuple(shape)} voxels) is smaller than a patch {tuple(patch)}")
         classes = [n for n in config.classes if len(run.grid_zyx[n])]
-        if classes and rng.random() < train.near_pick:
+        negatives = run.negatives_zyx
+        if train.hard_negative and len(negatives) and rng.random() < train.hard_negative:
+            centre = negatives[rng.integers(len(negatives))] * STRIDE + rng.uniform(-0.3, 0.3, 3) * patch
+            origin = np.round(centre - patch / 2).astype(int)
+        elif classes and rng.random() < train.near_pick:
             pts = run.grid_zyx[classes[rng.integers(len(classes))]]
             centre = pts[rng.integers(len(pts))] * STRIDE + rng.uniform(-0.3, 0.3, 3) * patch
             origin = np.round(centre - patch / 2).astype(int)
@@ -312,7 +354,8 @@ def training_start(init: str | Path | None = None, channels: tuple[int, int, int
 
 def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str | Path,
                   config: HeatmapConfig | None = None, train: HeatmapTrainConfig | None = None,
-                  init: str | Path | None = None, command: str | None = None) -> Path:
+                  init: str | Path | None = None, command: str | None = None,
+                  predicted: pd.DataFrame | None = None) -> Path:
     """Train the heatmap network on ``sources`` (``(root, runs)``); resume from ``out/checkpoint.pt``.
 
     Writes ``out/heatmap.pt`` (the weights), ``out/heatmap.json`` (config, the default
@@ -322,7 +365,8 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
     than its network, the start is widened without changing its output
     (:func:`czii_kaggle.detectors.heatmap_net.widen_state_dict`); its bundle's selection options
     (thresholds, floor), where its ``heatmap.json`` is beside it, are the new bundle's until tuned.
-    Returns ``out``.
+    ``predicted``: a detector's picks on the training runs, for ``train.hard_negative``
+    (:func:`load_runs`). Returns ``out``.
     """
     import torch
 
@@ -348,7 +392,9 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
                 raise CziiInputError(init, f"cannot start a {tuple(config.channels)} network from these weights: {exc}") from None
         net.load_state_dict(state)
     net = net.to(device)
-    runs = load_runs(sources, config)
+    if train.hard_negative and predicted is None:
+        raise CziiInputError(out, "hard_negative needs a detector's picks on the training runs (--hard-negatives CSV)")
+    runs = load_runs(sources, config, predicted)
     config = HeatmapConfig.from_dict({**config.to_dict(), "voxel_size_A": float(np.median([r.voxel_size_A for r in runs]))})
     opt = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     ckpt_path = out / CHECKPOINT_FILE
@@ -397,6 +443,7 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         "loss_last_50": float(np.mean(losses[-50:])) if losses else None,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "device": device,
+        "hard_negatives": int(sum(len(r.negatives_zyx) for r in runs)),
     }
     # a start bundle's selection options (thresholds, floor) are the trained bundle's starting point for tuning
     start_json = Path(init).parent / HEATMAP_CONFIG_FILE if init is not None else None

@@ -222,6 +222,44 @@ def test_look_respectral_reads_an_augmented_patch_as_the_input_step_would():
     np.testing.assert_array_equal(sample_batch(runs, 3, plain, aug)[0], sample_batch(runs, 3, plain, again)[0])
 
 
+def test_hard_negatives_are_the_predictions_on_no_pick():
+    """A predicted point within a pick's radius (any type) is on a particle; one beyond every pick's
+    radius is a hard negative; the rest of the row is kept as it was."""
+    from czii_kaggle.train_heatmap import hard_negatives
+
+    r_apo = get("apo-ferritin").radius_A
+    picks = pd.DataFrame({"experiment": "TS", "particle_type": ["apo-ferritin", "ribosome"],
+                          "x": [1000.0, 3000.0], "y": [1000.0, 3000.0], "z": [500.0, 500.0]})
+    pred = pd.DataFrame({"experiment": "TS", "particle_type": ["beta-galactosidase"] * 4,
+                         "x": [1000.0 + 0.9 * r_apo, 1000.0 + 1.1 * r_apo, 3000.0 + 100.0, 5000.0],
+                         "y": [1000.0, 1000.0, 3000.0, 5000.0], "z": [500.0] * 4, "score": 1.0})
+    neg = hard_negatives(pred, picks)
+    assert neg["x"].tolist() == [1000.0 + 1.1 * r_apo, 5000.0]  # the ribosome's 150 A reach covers the third
+    assert list(neg.columns) == ["experiment", "particle_type", "x", "y", "z"]
+    assert len(hard_negatives(pred, picks.iloc[:0])) == 4 and len(hard_negatives(pred.iloc[:0], picks)) == 0
+
+
+def test_hard_negative_patches_are_centred_on_them():
+    """With hard_negative 1 every patch of a run that has negatives holds one near its centre (the
+    targets are still the picks'); a run without any is drawn as before; 0 draws what it did before."""
+    rng = np.random.default_rng(4)
+    run = _train_run(rng)
+    neg_run = replace(run, negatives_zyx=np.array([[12.0, 24.0, 24.0]]))  # output grid: voxel (24, 48, 48)
+    cfg = HeatmapConfig()
+    tr = HeatmapTrainConfig(patch_vox=(16, 32, 32), batch=6, seed=2, hard_negative=1.0)
+    x, y = sample_batch([neg_run], 0, cfg, tr)
+    base = replace(tr, hard_negative=0.0)
+    np.testing.assert_array_equal(sample_batch([run], 0, cfg, tr)[0], sample_batch([run], 0, cfg, base)[0])
+    np.testing.assert_array_equal(sample_batch([neg_run], 0, cfg, base)[0], sample_batch([run], 0, cfg, base)[0])
+    # the negative's voxel (24, 48, 48) lies inside every patch: find it by its value
+    marked = replace(neg_run, volume=neg_run.volume.copy())
+    marked.volume[24, 48, 48] = 7.0
+    xm, _ = sample_batch([marked], 0, cfg, tr)
+    assert all((p == 7.0).sum() == 1 for p in xm)
+    with pytest.raises(ValueError, match="hard_negative"):
+        HeatmapTrainConfig(hard_negative=1.5)
+
+
 def test_particle_augmentation_redraws_the_particles_not_the_background():
     """Inside each particle's sphere the density gets an uneven interior and a contrast of its own;
     far from every particle the patch is untouched (up to the final rescaling); seeded; with
@@ -624,6 +662,19 @@ def test_training_writes_weights_and_resumes(tmp_path):
     assert load_heatmap_bundle(tmp_path / "ftw").config.spectral == "whiten_zxy"
     assert load_heatmap_bundle(tmp_path / "ftw").record["train_config"]["look_respectral"] is True
     assert tuned.record["train_config"]["look_respectral"] is False
+    # hard negatives from a detector's picks on the training runs: counted in the record, needed for the share
+    from czii_kaggle.picks import read_run_picks
+
+    picks = read_run_picks(ds.root, layout.list_runs(ds.root, "train")[0])
+    far = picks.iloc[:1].assign(particle_type="thyroglobulin", x=5.0, y=5.0, z=5.0)
+    pd.concat([picks.iloc[:2], far]).to_csv(tmp_path / "pred.csv", index=False)
+    assert main(["train-heatmap", "--data", str(ds.root), "--out", str(tmp_path / "hn"), "--init", str(out),
+                 "--steps", "1", "--patch", "16", "32", "32", "--threads", "1", "--hard-negatives",
+                 str(tmp_path / "pred.csv"), "--hard-negative", "0.5"]) == 0
+    hn = load_heatmap_bundle(tmp_path / "hn").record
+    assert hn["hard_negatives"] == 1 and hn["train_config"]["hard_negative"] == 0.5
+    with pytest.raises(CziiInputError, match="--hard-negatives"):
+        train_heatmap([(ds.root, None)], tmp_path / "hn2", cfg, replace(tr, hard_negative=0.5), command="test")
     with pytest.raises(CziiInputError, match="heatmap.pt: cannot start a \\(2, 8, 8\\) network"):
         train_heatmap([(ds.root, None)], tmp_path / "narrow", replace(cfg, channels=(2, 8, 8)), tr,
                       init=out / "heatmap.pt", command="test")
