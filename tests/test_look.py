@@ -76,7 +76,7 @@ def test_classic_look_is_the_default_rendering(picks):
     assert not np.allclose(a, c)
 
 
-@pytest.mark.parametrize("model", lk.PARTICLE_MODELS)
+@pytest.mark.parametrize("model", lk.PARTICLE_MODELS + lk.EXTRA_CHOICES["particle_model"])
 def test_particle_models_have_the_real_size(model):
     blobs = sim.model_blobs(model, seed=1)
     axis = np.arange(-20, 21) * VS
@@ -89,6 +89,30 @@ def test_particle_models_have_the_real_size(model):
     # hollow complexes stay hollow in the envelope model
     d = _eval_blobs(sim.model_blobs("envelope")["virus-like-particle"], np.eye(3), axis, axis, axis, 4.0)
     assert d[20, 20, 20] < 0.05 and d[20, 20, 20 + 13] > 0.5
+
+
+def test_lobes_vary_by_seed_stay_in_the_real_box_and_are_drawn_only_when_named():
+    axis = np.arange(-20, 21) * VS
+    shapes = [sim.model_blobs("lobes", seed=s)["beta-galactosidase"] for s in range(6)]
+    assert len({len(b) for b in shapes}) > 1 and all(2 <= len(b) <= 5 for b in shapes)
+    semi = np.asarray(sim.DIMENSIONS_A["beta-galactosidase"].extent_A) / 2
+    for blobs in shapes:  # every lobe inside the envelope's bounding box (particle frame)
+        for b in blobs:
+            assert np.all(np.abs(b.centre_A) + np.asarray(b.axes_A) <= semi + 1e-6)
+    a, b = (_eval_blobs(x, np.eye(3), axis, axis, axis, 4.0) for x in shapes[:2])
+    assert ((a > 0.5) ^ (b > 0.5)).sum() > 0.1 * ((a > 0.5) | (b > 0.5)).sum()  # a different outline per run
+    np.testing.assert_array_equal(
+        _eval_blobs(sim.model_blobs("lobes", seed=3)["ribosome"], np.eye(3), axis, axis, axis, 4.0),
+        _eval_blobs(sim.model_blobs("lobes", seed=3)["ribosome"], np.eye(3), axis, axis, axis, 4.0))
+    vlp = _eval_blobs(sim.model_blobs("lobes", seed=2)["virus-like-particle"], np.eye(3), axis, axis, axis, 4.0)
+    assert vlp[20, 20, 20] < 0.4 and vlp[20, 20, 20 + 13] > 0.5  # a shell, its content faint
+    # never drawn unless a spec names it; named, always
+    assert "lobes" not in {lk.draw_look(np.random.default_rng(i), 1.0).particle_model for i in range(60)}
+    assert lk.hold_out("random", {"particle_model": "subunits"})["particle_model"] == ["classic", "envelope"]
+    named = [lk.draw_look(np.random.default_rng(i), 0.5, {"particle_model": "lobes"}) for i in range(5)]
+    assert {x.particle_model for x in named} == {"lobes"}
+    with pytest.raises(ValueError):
+        lk.check_look_spec({"filter": "lobes"})
 
 
 def test_ctf_modes():

@@ -40,7 +40,7 @@ from .config import (
 )
 from .disk import SimDataset, simulate_dataset
 from .layouts import count_scales, crop_layout, random_layout, real_layouts
-from .look import LOOK_CHOICES, LOOK_RANGES, Look, classic_look, draw_look, hold_out
+from .look import EXTRA_CHOICES, LOOK_CHOICES, LOOK_RANGES, Look, classic_look, draw_look, hold_out
 from .measure import detection_snr
 from .microscope import add_gradient, apply_microscope, ctf_envelope, electron_wavelength_A, wedge_mask
 from .scene import render_clutter, render_gold, render_ice, render_membranes, render_targets
@@ -59,7 +59,7 @@ __all__ = [
     "DIFFICULTY", "FULL_SHAPE_VOX", "KAGGLE_VOXEL_SIZE_A", "REAL_MEAN_COUNTS",
     "STRUCTURE_SIGMA", "DifficultyKnobs", "SimConfig", "difficulty_knobs", "difficulty_value", "SimDataset",
     "simulate_dataset", "count_scales", "crop_layout", "random_layout", "real_layouts",
-    "LOOK_CHOICES", "LOOK_RANGES", "Look", "classic_look", "draw_look", "hold_out", "detection_snr", "add_gradient",
+    "EXTRA_CHOICES", "LOOK_CHOICES", "LOOK_RANGES", "Look", "classic_look", "draw_look", "hold_out", "detection_snr", "add_gradient",
     "apply_microscope", "ctf_envelope", "electron_wavelength_A", "wedge_mask", "render_clutter", "render_gold",
     "render_ice", "render_membranes", "render_targets", "DIMENSIONS_A", "TYPE_CONTRAST", "Blob", "model_blobs",
     "particle_blobs", "random_rotations", "render_particle", "simulate_tomogram",

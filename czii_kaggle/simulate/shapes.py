@@ -7,7 +7,10 @@ Three models per complex (a run's ``look.particle_model``, :mod:`czii_kaggle.sim
 - ``envelope``: one filled ellipsoid of the complex's real dimensions
   (:data:`DIMENSIONS_A`), a shell for the hollow ones (apo-ferritin, VLP);
 - ``subunits``: a cloud of small ellipsoidal subunits filling that envelope (or lying
-  on the shell), one random arrangement per type and run (:func:`model_blobs`).
+  on the shell), one random arrangement per type and run (:func:`model_blobs`);
+- ``lobes``: 2-5 large overlapping ellipsoids spanning the real extents (hollow ones: a
+  shell of random thickness with random content), one random shape per type and run.
+  Drawn only where a look spec names it (:data:`czii_kaggle.simulate.look.EXTRA_CHOICES`).
 
 Every model is scaled per particle by the look's size jitter and turned by a uniformly
 random rotation when rendered (:mod:`czii_kaggle.simulate.scene`).
@@ -328,6 +331,31 @@ def subunit_blobs(particle_type: str, rng: np.random.Generator) -> tuple[Blob, .
                  for c, a, w in zip(centres, axes, values))
 
 
+def lobe_blobs(particle_type: str, rng: np.random.Generator) -> tuple[Blob, ...]:
+    """The ``lobes`` model: a random shape of the real extents from a few large parts.
+
+    Filled complexes: 2-5 ellipsoids, each 45-75 % of the envelope's semi-axes, centred so
+    that each stays inside the envelope's bounding box; densities 0.75-1. Hollow complexes:
+    a shell of the real outer radius (+-5 %) and 0.6-1.6 times the real thickness, holding a
+    faint content (density 0-0.35) of 30-80 % of the cavity's radius. Unlike ``subunits``,
+    few parts, each a sizeable share of the complex: the outline varies, not the texture.
+    """
+    dim = DIMENSIONS_A[particle_type]
+    semi = np.asarray(dim.extent_A) / 2.0
+    if dim.cavity_radius_A > 0:
+        outer = float(semi[0] * rng.uniform(0.95, 1.05))
+        inner = max(outer - dim.shell_A * float(rng.uniform(0.6, 1.6)), 0.2 * outer)
+        content = float(inner * rng.uniform(0.3, 0.8))
+        return (Blob(_SHELL, (0.0, 0.0, 0.0), (outer, inner, 0.0), 1.0),
+                Blob(_ELLIPSOID, (0.0, 0.0, 0.0), (content, content, content), float(rng.uniform(0.0, 0.35))))
+    n = int(rng.integers(2, 6))
+    axes = semi * rng.uniform(0.45, 0.75, (n, 3))
+    centres = rng.uniform(-1.0, 1.0, (n, 3)) * (semi - axes)
+    values = rng.uniform(0.75, 1.0, n)
+    return tuple(Blob(_ELLIPSOID, tuple(map(float, c)), tuple(map(float, a)), float(w))
+                 for c, a, w in zip(centres, axes, values))
+
+
 def model_blobs(particle_model: str, seed: int = 0) -> dict[str, tuple[Blob, ...]]:
     """The blobs of every type under one particle model; ``seed`` fixes the subunit clouds of a run."""
     if particle_model == "classic":
@@ -337,4 +365,7 @@ def model_blobs(particle_model: str, seed: int = 0) -> dict[str, tuple[Blob, ...
     if particle_model == "subunits":
         rng = np.random.default_rng([seed, 2])
         return {name: subunit_blobs(name, rng) for name in NAMES}
+    if particle_model == "lobes":
+        rng = np.random.default_rng([seed, 3])
+        return {name: lobe_blobs(name, rng) for name in NAMES}
     raise ValueError(f"unknown particle model {particle_model!r}")
