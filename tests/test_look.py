@@ -115,6 +115,15 @@ def test_lobes_vary_by_seed_stay_in_the_real_box_and_are_drawn_only_when_named()
         lk.check_look_spec({"filter": "lobes"})
 
 
+def test_a_lobes_look_renders_its_own_particles(picks):
+    cfg = sim.SimConfig(shape_vox=SMALL, difficulty="easy")
+    base = lk.draw_look(np.random.default_rng(1), 0.5, {"particle_model": "envelope"})
+    vols = {m: sim.simulate_tomogram(picks, cfg, seed=2, look=lk.Look(**{**base.to_dict(), "particle_model": m}))
+            for m in ("envelope", "lobes")}
+    assert all(np.isfinite(v).all() for v in vols.values())
+    assert not np.allclose(vols["envelope"], vols["lobes"])
+
+
 def test_ctf_modes():
     k = np.linspace(0, 0.05, 400)
     flipped = sim.ctf_envelope(k, 30000.0, 0.07, 0.0, "flipped")
