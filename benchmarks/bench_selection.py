@@ -116,6 +116,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, required=True, help="bundle folder with both detectors")
     ap.add_argument("--val", type=Path, nargs="+", required=True, help="Kaggle-layout roots of validation runs (train split, picks)")
+    ap.add_argument("--val-looks", type=Path, nargs="*", default=[],
+                    help="roots of validation runs of a look no network trained on (e.g. filter=diffusion): scored "
+                         "in their own column, out of sample unless --fit-val-looks")
+    ap.add_argument("--fit-val-looks", action="store_true",
+                    help="fit thresholds, calibration and weights on --val and --val-looks together")
     add_test_set_args(ap)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_selection",
                     help="candidates kept per detector weights (sha256) and set, reused when there")
@@ -142,14 +147,23 @@ def main(argv=None) -> int:
             out.update(found if key is None else {key: found["heatmap"]})
         return out
 
-    val_c, val_t = {}, []
-    for i, root in enumerate(a.val):
-        for k, v in all_candidates(f"val{i}", root, "train").items():
-            val_c.setdefault(k, []).append(v.assign(experiment=f"{i}/" + v["experiment"].astype(str)))
-        t = picks.read_all_picks(root, layout.list_pick_runs(root))
-        val_t.append(t.assign(experiment=f"{i}/" + t["experiment"].astype(str)))
-    val_c = {k: pd.concat(v, ignore_index=True) for k, v in val_c.items()}
-    val_t = pd.concat(val_t, ignore_index=True)
+    def validation(roots: list[Path], prefix: str, tag: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+        """Candidates and picks of validation roots (cache set ``{prefix}{i}``), experiments prefixed ``{tag}{i}/``."""
+        cands, truth = {}, []
+        for i, root in enumerate(roots):
+            for k, v in all_candidates(f"{prefix}{i}", root, "train").items():
+                cands.setdefault(k, []).append(v.assign(experiment=f"{tag}{i}/" + v["experiment"].astype(str)))
+            t = picks.read_all_picks(root, layout.list_pick_runs(root))
+            truth.append(t.assign(experiment=f"{tag}{i}/" + t["experiment"].astype(str)))
+        return {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}, pd.concat(truth, ignore_index=True)
+
+    val_c, val_t = validation(a.val, "val", "")
+    looks_c, looks_t = validation(a.val_looks, "vallooks", "L") if a.val_looks else ({}, None)
+    if a.fit_val_looks and not a.val_looks:
+        raise SystemExit("--fit-val-looks needs --val-looks")
+    # what everything is fitted on: the validation runs, with --fit-val-looks those of the unseen look too
+    fit_c = {k: pd.concat([v, looks_c[k]], ignore_index=True) for k, v in val_c.items()} if a.fit_val_looks else val_c
+    fit_t = pd.concat([val_t, looks_t], ignore_index=True) if a.fit_val_looks else val_t
     sets = [(name, all_candidates(name, root, "test"), truth) for name, root, truth in test_sets(a)]
     held = held_out_sets(a, [name for name, _, _ in sets])
 
@@ -160,26 +174,26 @@ def main(argv=None) -> int:
     for det in dets:
         for tag, mk, rr in (("no floor", no_floor, absolute), ("floor", floor, absolute),
                             ("floor, relative", floor, ranks)):
-            cfg, _ = tune_thresholds(val_c[det.name], val_t, det.aggregate.with_floor(mk).with_ref_rank(rr),
+            cfg, _ = tune_thresholds(fit_c[det.name], fit_t, det.aggregate.with_floor(mk).with_ref_rank(rr),
                                      **({"support_grid": None} if det.name == "heatmap" else {}))
             selectors[f"{det.name}, {tag}"] = (lambda c, cfg=cfg, n=det.name: select(c[n], cfg))
     for fusion in FUSIONS:
         for tag, mk, rr in (("no floor", no_floor, absolute), ("floor", floor, absolute),
                             ("floor, relative", floor, ranks)):
-            ens, _ = fit_ensemble(val_c, val_t, start=EnsembleConfig().aggregate.with_floor(mk), fusion=fusion,
+            ens, _ = fit_ensemble(fit_c, fit_t, start=EnsembleConfig().aggregate.with_floor(mk), fusion=fusion,
                                   ref_rank=rr)
             selectors[f"ensemble {fusion}, {tag}"] = (lambda c, ens=ens: select_ensemble(c, ens))
     # relative scores of the merged candidates instead of each detector's (one more place they could go)
-    ens, _ = fit_ensemble(val_c, val_t, start=EnsembleConfig().aggregate.with_floor(floor).with_ref_rank(ranks))
+    ens, _ = fit_ensemble(fit_c, fit_t, start=EnsembleConfig().aggregate.with_floor(floor).with_ref_rank(ranks))
     selectors["ensemble logit, floor, relative after merging"] = (lambda c, ens=ens: select_ensemble(c, ens))
     if a.second is not None:
         heatmap = dets[1].aggregate.with_floor(floor).with_ref_rank(ranks)
         for key, label in (("heatmap2", "second heatmap"),
                            ("heatmap avg", f"heatmap maps averaged with the second's ({a.second_views} views each)")):
-            cfg, _ = tune_thresholds(val_c[key], val_t, heatmap, support_grid=None)
+            cfg, _ = tune_thresholds(fit_c[key], fit_t, heatmap, support_grid=None)
             selectors[f"{label}, floor, relative"] = (lambda c, cfg=cfg, key=key: select(c[key], cfg))
         for pair in (("yolo", "heatmap2"), ("heatmap", "heatmap2")):
-            ens, _ = fit_ensemble(val_c, val_t, detectors=pair, start=EnsembleConfig().aggregate.with_floor(floor),
+            ens, _ = fit_ensemble(fit_c, fit_t, detectors=pair, start=EnsembleConfig().aggregate.with_floor(floor),
                                   ref_rank=ranks)
             selectors[f"ensemble logit {' + '.join(pair)}, floor, relative"] = (lambda c, ens=ens: select_ensemble(c, ens))
 
@@ -188,6 +202,12 @@ def main(argv=None) -> int:
         row, per = {"variant": variant}, {}
         # The runs everything was fitted on (in-sample): the score a choice between variants may use.
         row["validation"] = metric.score(val_t, submission.make_submission(scored_only(pick(val_c))))
+        if a.val_looks:  # a look no network trained on; in sample only with --fit-val-looks
+            sub = submission.make_submission(scored_only(pick(looks_c)))
+            table = metric.score_table(looks_t, sub)
+            row["unseen-look validation"] = metric.score(looks_t, sub)
+            for n in ("beta-galactosidase", "thyroglobulin"):
+                row[f"unseen-look val {n}"] = float(table.loc[n, "f_beta"]) if n in table.index else np.nan
         for name, cands, truth in sets:
             sub = submission.make_submission(scored_only(pick(cands)))
             table = metric.score_table(truth, sub)
@@ -209,11 +229,16 @@ def main(argv=None) -> int:
         f"- machine: {describe_machine()}\n"
         f"- bundle `{a.weights}`" + (f"; second heatmap network `{a.second}` (heatmap2)" if a.second else "")
         + "; validation runs (thresholds, calibration, weights): "
-        f"{', '.join(map(str, a.val))} ({val_t['experiment'].nunique()} runs); test sets: "
+        f"{', '.join(map(str, a.val))} ({val_t['experiment'].nunique()} runs)"
+        + (f"; validation runs of an unseen look ({'fitted on with the others' if a.fit_val_looks else 'not fitted on'}): "
+           f"{', '.join(map(str, a.val_looks))} ({looks_t['experiment'].nunique()} runs)" if a.val_looks else "")
+        + "; test sets: "
         f"{', '.join(f'{n} ({t.experiment.nunique()} runs)' for n, _, t in sets)}; "
         f"floor (min_keep per run): {floor}; relative scores (ref_rank): {ranks}; all simulated, no real voxels",
-        "**Score** (competition metric; validation: the runs everything was fitted on, the only fair "
-        "ground for a choice between variants; held-out mean: the sets other than the given one and the training looks):\n\n"
+        "**Score** (competition metric; validation: the runs of the training looks everything was fitted on, the only fair "
+        "ground for a choice between variants; unseen-look validation: runs of a look no network trained on, "
+        "the ground for a choice by generalisation (in sample only with --fit-val-looks); "
+        "held-out mean: the sets other than the given one and the training looks):\n\n"
         + fmt(pd.DataFrame(rows)),
     ])
     print(text)

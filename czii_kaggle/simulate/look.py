@@ -45,7 +45,9 @@ LOOK_CHOICES: dict[str, tuple[str, ...]] = {
 #: Choices a look takes only where its spec names them (``{"particle_model": ["classic", "lobes"]}``):
 #: added after the benchmarks' looks were fixed, so that an unrestricted or held-out spec draws
 #: what it drew before. ``lobes``: a few large random parts of the real extents (``shapes.lobe_blobs``).
-EXTRA_CHOICES: dict[str, tuple[str, ...]] = {"particle_model": ("lobes",)}
+#: ``diffusion``: edge-preserving nonlinear diffusion (``microscope.nonlinear_diffusion``), the filter no
+#: network here trained on: the look of the validation runs of an unseen look (``benchmarks/bench_selection.py --val-looks``).
+EXTRA_CHOICES: dict[str, tuple[str, ...]] = {"particle_model": ("lobes",), "filter": ("diffusion",)}
 
 #: Numeric fields: ``(mild, wild)`` ends; the difficulty scales how far towards ``wild`` a draw may go.
 LOOK_RANGES: dict[str, tuple[float, float]] = {
@@ -58,7 +60,7 @@ LOOK_RANGES: dict[str, tuple[float, float]] = {
     "tilt_range_deg": (70.0, 40.0),  # +- tilt; beyond it the missing wedge
     "noise_scale": (0.8, 1.6),  # times the difficulty's noise
     "noise_exponent": (0.0, 1.5),  # noise power ~ f^-exponent: 0 white, 1 pink, 1.5 reddish
-    "filter_size_vox": (0.8, 2.2),  # Gaussian sigma / low-pass period / median passes
+    "filter_size_vox": (0.8, 2.2),  # Gaussian sigma / low-pass period / median passes / diffusion steps / 4
     "anisotropy": (1.5, 3.0),  # z sigma / xy sigma of the anisotropic filter
     "crowding": (0.5, 3.0),  # clutter proteins, times the difficulty's count
     "membranes": (0.5, 2.5),  # times the difficulty's count
