@@ -206,6 +206,8 @@ def main(argv=None) -> int:
             sub = submission.make_submission(scored_only(pick(looks_c)))
             table = metric.score_table(looks_t, sub)
             row["unseen-look validation"] = metric.score(looks_t, sub)
+            # the ground of a choice by the README's rule: the two validations' mean (4 digits: ties are 0.005)
+            row["choice (mean of the validations)"] = f"{(row['validation'] + row['unseen-look validation']) / 2:.4f}"
             for n in ("beta-galactosidase", "thyroglobulin"):
                 row[f"unseen-look val {n}"] = float(table.loc[n, "f_beta"]) if n in table.index else np.nan
         for name, cands, truth in sets:
@@ -221,7 +223,8 @@ def main(argv=None) -> int:
             for n in SCORED:
                 row[f"{a.label} {n}"] = per[a.label].get(n, np.nan)
         rows.append(row)
-        print(variant, {k: round(v, 3) for k, v in row.items() if k != "variant"}, flush=True)
+        print(variant, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "variant"},
+              flush=True)
 
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
