@@ -69,6 +69,9 @@ DOMAINS: dict[str, str | dict] = {
     # new runs of the looks the shipped heatmap network and YOLO stage 5 trained on: random looks with
     # the three families above held out (the validation runs' SPEC); not a held-out look
     "training-looks": hold_out("random", TRAINING_HOLD_OUT),
+    # the filter no network here trained on (``look.EXTRA_CHOICES``) with the training looks' particle
+    # models and CTF: the look of bench_selection's unseen-look validation runs, new seeds
+    "filter-diffusion": {**hold_out("random", TRAINING_HOLD_OUT), "filter": "diffusion"},
 }
 #: Domains whose looks the shipped networks trained on: not counted in a held-out mean.
 TRAINING_DOMAINS = ("classic", "training-looks")
