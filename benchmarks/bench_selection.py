@@ -210,6 +210,11 @@ def main(argv=None) -> int:
             row["choice (mean of the validations)"] = f"{(row['validation'] + row['unseen-look validation']) / 2:.4f}"
             for n in ("beta-galactosidase", "thyroglobulin"):
                 row[f"unseen-look val {n}"] = float(table.loc[n, "f_beta"]) if n in table.index else np.nan
+            if len(a.val_looks) > 1:  # each look's runs on their own too (experiments prefixed L{i}/)
+                for i in range(len(a.val_looks)):
+                    mine = looks_t["experiment"].str.startswith(f"L{i}/")
+                    part = sub[sub["experiment"].str.startswith(f"L{i}/")]
+                    row[f"unseen-look validation {i}"] = metric.score(looks_t[mine], part)
         for name, cands, truth in sets:
             sub = submission.make_submission(scored_only(pick(cands)))
             table = metric.score_table(truth, sub)
