@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+# CTF handling (phase-flipped |CTF|, signed CTF, envelope only) and the reconstruction's final filter:
+# their one home is the module that applies them.
+from .microscope import CTF_MODES, EXTRA_FILTERS, FILTERS
+
 #: Particle models a random look draws from (see :mod:`czii_kaggle.simulate.shapes`): the classic
 #: hand-made blobs, filled envelopes of the real dimensions (hollow complexes: shells), clouds of subunits.
 PARTICLE_MODELS: tuple[str, ...] = ("classic", "envelope", "subunits")
-#: CTF handling of the reconstruction: phase-flipped (|CTF|), not flipped (signed CTF), none (envelope only).
-CTF_MODES: tuple[str, ...] = ("flipped", "unflipped", "none")
-#: The reconstruction's final filter.
-FILTERS: tuple[str, ...] = ("none", "gaussian", "median", "lowpass", "anisotropic")
 
 #: Categorical fields and their choices.
 LOOK_CHOICES: dict[str, tuple[str, ...]] = {
@@ -47,7 +47,7 @@ LOOK_CHOICES: dict[str, tuple[str, ...]] = {
 #: what it drew before. ``lobes``: a few large random parts of the real extents (``shapes.lobe_blobs``).
 #: ``diffusion``: edge-preserving nonlinear diffusion (``microscope.nonlinear_diffusion``), the filter no
 #: network here trained on: the look of the validation runs of an unseen look (``benchmarks/bench_selection.py --val-looks``).
-EXTRA_CHOICES: dict[str, tuple[str, ...]] = {"particle_model": ("lobes",), "filter": ("diffusion",)}
+EXTRA_CHOICES: dict[str, tuple[str, ...]] = {"particle_model": ("lobes",), "filter": EXTRA_FILTERS}
 
 #: Numeric fields: ``(mild, wild)`` ends; the difficulty scales how far towards ``wild`` a draw may go.
 LOOK_RANGES: dict[str, tuple[float, float]] = {
