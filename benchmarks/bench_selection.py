@@ -20,7 +20,8 @@ the choice holds up):
   ``benchmarks/results/heatmap_looks`` put in a copy of the bundle), with the floor and relative
   scores: that network alone, the two networks' probability maps averaged (``--second-views``
   flipped views each, so that 2 costs what the shipped 4 views cost) and then peaks as usual, and
-  the ensemble of it with YOLO and with the bundle's own heatmap network.
+  the ensemble of it with YOLO, with the bundle's own heatmap network, and with both (three
+  detectors, equal weights).
 
     .venv/bin/python benchmarks/bench_selection.py --weights czii_kaggle/models \\
         --val runs/hml/val/czii-cryo-et-object-identification runs/hml/val_classic/czii-cryo-et-object-identification \\
@@ -126,6 +127,10 @@ def main(argv=None) -> int:
                     help="candidates kept per detector weights (sha256) and set, reused when there")
     ap.add_argument("--relative", type=float, default=None, metavar="FACTOR",
                     help="the relative variants' ref_rank: FACTOR x the real runs' mean picks (default: the recipe's)")
+    ap.add_argument("--floor", type=float, default=None, metavar="FACTOR",
+                    help="the floor variants' min_keep: FACTOR x the real runs' mean picks (default: the recipe's)")
+    ap.add_argument("--only", nargs="+", metavar="TEXT",
+                    help="fit and score only the variants whose name contains one of these (e.g. 'ensemble logit, floor, relative')")
     ap.add_argument("--second", type=Path, help="a bundle folder with another heatmap network: adds its variants")
     ap.add_argument("--second-views", type=int, default=2, choices=(1, 2, 3, 4, 8, 16),
                     help="flipped views of each network in the map average (default 2)")
@@ -168,34 +173,48 @@ def main(argv=None) -> int:
     held = held_out_sets(a, [name for name, _, _ in sets])
 
     tuning = load_recipe().tuning
-    floor, ranks = tuning.min_keep(), tuning.ref_rank(a.relative)
+    floor, ranks = tuning.min_keep(a.floor), tuning.ref_rank(a.relative)
     no_floor = absolute = {n: 0 for n in NAMES}
-    selectors = {}
+    # each variant's fit, run only for the variants --only keeps: name -> () -> (candidates -> picks)
+    fits = {}
+
+    def add_detector(name, label, agg, **kw):
+        def fit():
+            cfg, _ = tune_thresholds(fit_c[name], fit_t, agg, **kw)
+            return lambda c: select(c[name], cfg)
+        fits[label] = fit
+
+    def add_ensemble(label, **kw):
+        def fit():
+            ens, _ = fit_ensemble(fit_c, fit_t, **kw)
+            return lambda c: select_ensemble(c, ens)
+        fits[label] = fit
+
+    levels = (("no floor", no_floor, absolute), ("floor", floor, absolute), ("floor, relative", floor, ranks))
     for det in dets:
-        for tag, mk, rr in (("no floor", no_floor, absolute), ("floor", floor, absolute),
-                            ("floor, relative", floor, ranks)):
-            cfg, _ = tune_thresholds(fit_c[det.name], fit_t, det.aggregate.with_floor(mk).with_ref_rank(rr),
-                                     **({"support_grid": None} if det.name == "heatmap" else {}))
-            selectors[f"{det.name}, {tag}"] = (lambda c, cfg=cfg, n=det.name: select(c[n], cfg))
+        for tag, mk, rr in levels:
+            add_detector(det.name, f"{det.name}, {tag}", det.aggregate.with_floor(mk).with_ref_rank(rr),
+                         **({"support_grid": None} if det.name == "heatmap" else {}))
     for fusion in FUSIONS:
-        for tag, mk, rr in (("no floor", no_floor, absolute), ("floor", floor, absolute),
-                            ("floor, relative", floor, ranks)):
-            ens, _ = fit_ensemble(fit_c, fit_t, start=EnsembleConfig().aggregate.with_floor(mk), fusion=fusion,
-                                  ref_rank=rr)
-            selectors[f"ensemble {fusion}, {tag}"] = (lambda c, ens=ens: select_ensemble(c, ens))
+        for tag, mk, rr in levels:
+            add_ensemble(f"ensemble {fusion}, {tag}", start=EnsembleConfig().aggregate.with_floor(mk), fusion=fusion,
+                         ref_rank=rr)
     # relative scores of the merged candidates instead of each detector's (one more place they could go)
-    ens, _ = fit_ensemble(fit_c, fit_t, start=EnsembleConfig().aggregate.with_floor(floor).with_ref_rank(ranks))
-    selectors["ensemble logit, floor, relative after merging"] = (lambda c, ens=ens: select_ensemble(c, ens))
+    add_ensemble("ensemble logit, floor, relative after merging",
+                 start=EnsembleConfig().aggregate.with_floor(floor).with_ref_rank(ranks))
     if a.second is not None:
         heatmap = dets[1].aggregate.with_floor(floor).with_ref_rank(ranks)
         for key, label in (("heatmap2", "second heatmap"),
                            ("heatmap avg", f"heatmap maps averaged with the second's ({a.second_views} views each)")):
-            cfg, _ = tune_thresholds(fit_c[key], fit_t, heatmap, support_grid=None)
-            selectors[f"{label}, floor, relative"] = (lambda c, cfg=cfg, key=key: select(c[key], cfg))
-        for pair in (("yolo", "heatmap2"), ("heatmap", "heatmap2")):
-            ens, _ = fit_ensemble(fit_c, fit_t, detectors=pair, start=EnsembleConfig().aggregate.with_floor(floor),
-                                  ref_rank=ranks)
-            selectors[f"ensemble logit {' + '.join(pair)}, floor, relative"] = (lambda c, ens=ens: select_ensemble(c, ens))
+            add_detector(key, f"{label}, floor, relative", heatmap, support_grid=None)
+        for pair in (("yolo", "heatmap2"), ("heatmap", "heatmap2"), ("yolo", "heatmap", "heatmap2")):
+            # three detectors: equal weights (fit_ensemble's weight grid is for pairs)
+            add_ensemble(f"ensemble logit {' + '.join(pair)}, floor, relative", detectors=pair,
+                         start=EnsembleConfig().aggregate.with_floor(floor), ref_rank=ranks)
+    chosen = [v for v in fits if not a.only or any(o in v for o in a.only)]
+    if not chosen:
+        raise SystemExit(f"--only {a.only}: no variant matches; the variants are: {'; '.join(fits)}")
+    selectors = {v: fits[v]() for v in chosen}
 
     rows = []
     for variant, pick in selectors.items():
