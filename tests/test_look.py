@@ -165,6 +165,39 @@ def test_the_diffusion_filter_is_drawn_only_when_named_and_renders(picks):
                              filter="bilateral")
 
 
+def test_adaptive_wiener_smooths_flat_noise_keeps_structure_and_scales():
+    from czii_kaggle.simulate.microscope import adaptive_wiener
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(0)
+    clean = np.zeros((32, 48, 48), np.float32)
+    clean[:, :, 24:] = 5.0  # a step of 5 noise std
+    noisy = clean + rng.standard_normal(clean.shape).astype(np.float32)
+    before = noisy.copy()
+    out = adaptive_wiener(noisy, 5)
+    np.testing.assert_array_equal(noisy, before)  # a new volume: the input is kept
+    flat = lambda v: v[:, :, :18].std()  # noqa: E731  far from the step: noise only
+    jump = lambda v: (v[:, :, 25] - v[:, :, 22]).mean()  # noqa: E731
+    mean5 = uniform_filter(noisy, 5)
+    # the flat noise goes (most of the way to a 5-voxel mean), the step stays (unlike that mean)
+    assert flat(out) < 0.5 * flat(noisy) and flat(out) < 1.6 * flat(mean5)
+    assert jump(out) > 0.85 * 5.0 and jump(out) > 1.3 * jump(mean5)
+    assert out.dtype == np.float32 and out.shape == noisy.shape
+    np.testing.assert_allclose(adaptive_wiener(noisy * np.float32(3.0), 5) / 3.0, out, atol=1e-4)  # linear in scale
+
+
+def test_the_wiener_filter_is_drawn_only_when_named_and_renders(picks):
+    assert "wiener" not in {lk.draw_look(np.random.default_rng(i), 1.0).filter for i in range(60)}
+    assert {lk.draw_look(np.random.default_rng(i), 0.5, {"filter": "wiener"}).filter for i in range(3)} == {"wiener"}
+    cfg = sim.SimConfig(shape_vox=SMALL, difficulty="easy")
+    base = lk.draw_look(np.random.default_rng(1), 0.5, {"filter": "none"})
+    vols = {f: sim.simulate_tomogram(picks, cfg, seed=2, look=lk.Look(**{**base.to_dict(), "filter": f}))
+            for f in ("none", "wiener")}
+    assert all(np.isfinite(v).all() for v in vols.values())
+    corr = {f: np.corrcoef(v[:, :, :-1].ravel(), v[:, :, 1:].ravel())[0, 1] for f, v in vols.items()}
+    assert corr["wiener"] > corr["none"] + 0.1
+
+
 def test_ctf_modes():
     k = np.linspace(0, 0.05, 400)
     flipped = sim.ctf_envelope(k, 30000.0, 0.07, 0.0, "flipped")

@@ -46,7 +46,8 @@ LOOK_CHOICES: dict[str, tuple[str, ...]] = {
 #: added after the benchmarks' looks were fixed, so that an unrestricted or held-out spec draws
 #: what it drew before. ``lobes``: a few large random parts of the real extents (``shapes.lobe_blobs``).
 #: ``diffusion``: edge-preserving nonlinear diffusion (``microscope.nonlinear_diffusion``), the filter no
-#: network here trained on: the look of the validation runs of an unseen look (``benchmarks/bench_selection.py --val-looks``).
+#: network here trained on: the look of the validation runs of an unseen look (``benchmarks/bench_selection.py --val-looks``);
+#: ``wiener``: the locally adaptive Wiener filter (``microscope.adaptive_wiener``), a second such filter.
 EXTRA_CHOICES: dict[str, tuple[str, ...]] = {"particle_model": ("lobes",), "filter": EXTRA_FILTERS}
 
 #: Numeric fields: ``(mild, wild)`` ends; the difficulty scales how far towards ``wild`` a draw may go.

@@ -18,8 +18,9 @@ CTF_MODES = ("flipped", "unflipped", "none")
 #: Reconstruction filters (see :func:`apply_microscope`).
 FILTERS = ("none", "gaussian", "median", "lowpass", "anisotropic")
 #: Filters a look takes only where its spec names them (``look.EXTRA_CHOICES``): ``diffusion``,
-#: edge-preserving nonlinear diffusion (:func:`nonlinear_diffusion`).
-EXTRA_FILTERS = ("diffusion",)
+#: edge-preserving nonlinear diffusion (:func:`nonlinear_diffusion`), and ``wiener``, the locally
+#: adaptive Wiener filter (:func:`adaptive_wiener`).
+EXTRA_FILTERS = ("diffusion", "wiener")
 
 
 def electron_wavelength_A(voltage_V: float = _ELECTRON_VOLTAGE_V) -> float:
@@ -131,7 +132,8 @@ def apply_microscope(
         Size of the filter in voxels: Gaussian sigma (``gaussian``, ``anisotropic`` in x-y),
         half the cut-off period of the low-pass (``lowpass``: cut-off ``0.5 / (2 size)``
         cycles/voxel, 8th-order Butterworth), number of 3-tap median passes (``median``, rounded),
-        a quarter of the diffusion steps (``diffusion``: ``round(4 size)`` steps).
+        a quarter of the diffusion steps (``diffusion``: ``round(4 size)`` steps), the half-width of
+        the adaptive Wiener filter's window (``wiener``: ``2 round(size) + 1`` voxels a side).
     ctf_mode : str
         ``flipped``, ``unflipped`` or ``none`` (:func:`ctf_envelope`).
     noise_exponent : float
@@ -139,7 +141,8 @@ def apply_microscope(
     filter : str
         ``none``, ``gaussian``, ``median`` (separable 3-tap median in real space),
         ``lowpass``, ``anisotropic`` (Gaussian with z sigma ``anisotropy`` times x-y's) or
-        ``diffusion`` (:func:`nonlinear_diffusion`, in real space after the rest).
+        ``diffusion`` (:func:`nonlinear_diffusion`) or ``wiener`` (:func:`adaptive_wiener`), these two
+        in real space after the rest.
     anisotropy : float
         z / x-y sigma ratio of the ``anisotropic`` filter.
 
@@ -168,7 +171,7 @@ def apply_microscope(
         radial = np.exp(-2 * np.pi**2 * size**2 * f_lut**2)
     elif filter == "lowpass":
         radial = 1.0 / np.sqrt(1.0 + (f_lut / (0.25 / max(size, 0.5))) ** 16)
-    else:  # none, median and diffusion (real space), anisotropic (separable, per plane)
+    else:  # none, median, diffusion and wiener (real space), anisotropic (separable, per plane)
         radial = np.ones_like(f_lut)
     ctf = ctf_envelope(f_lut / voxel_size_A, defocus_A, amplitude_contrast, bfactor_A2, ctf_mode).astype(np.float64)
     colour = np.ones_like(f_lut)
@@ -213,7 +216,35 @@ def apply_microscope(
             median3_separable(vol)
     elif filter == "diffusion":
         nonlinear_diffusion(vol, steps=max(1, int(round(4 * size))))
+    elif filter == "wiener":
+        vol = adaptive_wiener(vol, 2 * max(1, int(round(size))) + 1)
     return vol
+
+
+def adaptive_wiener(volume: np.ndarray, window_vox: int) -> np.ndarray:
+    """The locally adaptive Wiener filter (Lee's filter): ``m + max(v - n, 0) / max(v, n) * (x - m)``.
+
+    ``m`` and ``v`` are the mean and variance over a cube of ``window_vox`` voxels a side around each
+    voxel, ``n`` the mean of ``v`` over the volume (the noise power, as :func:`scipy.signal.wiener`
+    takes it): where the local variance is no more than the noise's the voxel becomes its local mean,
+    where it is far above (particles, edges) the voxel is kept. A filter whose strength follows the
+    content, linear in the volume's scale (``f(a x) = a f(x)``) and unlike any filter of the spectrum.
+    (Lee 1980, IEEE TPAMI 2:165.) Returns a new float32 volume.
+    """
+    from scipy.ndimage import uniform_filter
+
+    x = np.asarray(volume, np.float32)
+    mean = uniform_filter(x, window_vox, mode="reflect")
+    var = uniform_filter(x * x, window_vox, mode="reflect")
+    var -= mean * mean
+    np.maximum(var, 0.0, out=var)
+    noise = np.float32(var.mean())
+    gain = np.maximum(var - noise, 0.0)
+    gain /= np.maximum(var, noise) + np.float32(1e-30)
+    out = x - mean
+    out *= gain
+    out += mean
+    return out.astype(np.float32, copy=False)
 
 
 def nonlinear_diffusion(volume: np.ndarray, steps: int, k_factor: float = 1.5, dt: float = 1.0 / 7.0) -> None:
