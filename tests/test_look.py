@@ -124,18 +124,23 @@ def test_a_lobes_look_renders_its_own_particles(picks):
     assert not np.allclose(vols["envelope"], vols["lobes"])
 
 
+def _noisy_step():
+    """A step of 5 noise std along x in unit white noise, and the measures of what a filter did to it:
+    the noise left far from the step and the jump kept across it."""
+    clean = np.zeros((32, 48, 48), np.float32)
+    clean[:, :, 24:] = 5.0
+    noisy = clean + np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
+    return noisy, (lambda v: v[:, :, :18].std()), (lambda v: (v[:, :, 25] - v[:, :, 22]).mean())
+
+
 def test_nonlinear_diffusion_smooths_noise_and_keeps_edges():
     from czii_kaggle.simulate.microscope import nonlinear_diffusion
     from scipy.ndimage import gaussian_filter
 
-    rng = np.random.default_rng(0)
-    clean = np.zeros((32, 48, 48), np.float32)
-    clean[:, :, 24:] = 5.0  # a step of 5 noise std
-    noisy = clean + rng.standard_normal(clean.shape).astype(np.float32)
+    noisy, flat, jump = _noisy_step()
     out = noisy.copy()
     nonlinear_diffusion(out, 6)
     gauss = gaussian_filter(noisy, 1.0)
-    flat, jump = (lambda v: v[:, :, :20].std()), (lambda v: (v[:, :, 25] - v[:, :, 22]).mean())
     # less noise left than a 1-voxel Gaussian leaves, and a sharper edge than it keeps
     assert flat(out) < 0.95 * flat(gauss) and flat(out) < 0.2
     assert jump(out) > 1.05 * jump(gauss) and jump(out) > 0.9 * 5.0
@@ -145,39 +150,14 @@ def test_nonlinear_diffusion_smooths_noise_and_keeps_edges():
     np.testing.assert_allclose(scaled / 7.5, out, atol=1e-4)
 
 
-def test_the_diffusion_filter_is_drawn_only_when_named_and_renders(picks):
-    assert "diffusion" not in {lk.draw_look(np.random.default_rng(i), 1.0).filter for i in range(60)}
-    named = [lk.draw_look(np.random.default_rng(i), 0.5, {"filter": "diffusion"}) for i in range(3)]
-    assert {x.filter for x in named} == {"diffusion"}
-    # the validation look of bench_selection --val-looks: the training families, the filter no network saw
-    spec = lk.hold_out("random", {"particle_model": "subunits", "ctf_mode": "unflipped"})
-    assert lk.check_look_spec({**spec, "filter": "diffusion"})["filter"] == "diffusion"
-    cfg = sim.SimConfig(shape_vox=SMALL, difficulty="easy")
-    base = lk.draw_look(np.random.default_rng(1), 0.5, {"filter": "none"})
-    vols = {f: sim.simulate_tomogram(picks, cfg, seed=2, look=lk.Look(**{**base.to_dict(), "filter": f}))
-            for f in ("none", "diffusion")}
-    assert all(np.isfinite(v).all() for v in vols.values())
-    # the same scene, smoother: neighbouring voxels agree more after diffusion
-    corr = {f: np.corrcoef(v[:, :, :-1].ravel(), v[:, :, 1:].ravel())[0, 1] for f, v in vols.items()}
-    assert corr["diffusion"] > corr["none"] + 0.1
-    with pytest.raises(ValueError, match="filter must be one of"):
-        sim.apply_microscope(np.zeros((8, 8, 8), np.float32), 10.0, np.random.default_rng(0), 2e4, 0.1, 0.0,
-                             filter="bilateral")
-
-
 def test_adaptive_wiener_smooths_flat_noise_keeps_structure_and_scales():
     from czii_kaggle.simulate.microscope import adaptive_wiener
     from scipy.ndimage import uniform_filter
 
-    rng = np.random.default_rng(0)
-    clean = np.zeros((32, 48, 48), np.float32)
-    clean[:, :, 24:] = 5.0  # a step of 5 noise std
-    noisy = clean + rng.standard_normal(clean.shape).astype(np.float32)
+    noisy, flat, jump = _noisy_step()
     before = noisy.copy()
     out = adaptive_wiener(noisy, 5)
     np.testing.assert_array_equal(noisy, before)  # a new volume: the input is kept
-    flat = lambda v: v[:, :, :18].std()  # noqa: E731  far from the step: noise only
-    jump = lambda v: (v[:, :, 25] - v[:, :, 22]).mean()  # noqa: E731
     mean5 = uniform_filter(noisy, 5)
     # the flat noise goes (most of the way to a 5-voxel mean), the step stays (unlike that mean)
     assert flat(out) < 0.5 * flat(noisy) and flat(out) < 1.6 * flat(mean5)
@@ -186,16 +166,25 @@ def test_adaptive_wiener_smooths_flat_noise_keeps_structure_and_scales():
     np.testing.assert_allclose(adaptive_wiener(noisy * np.float32(3.0), 5) / 3.0, out, atol=1e-4)  # linear in scale
 
 
-def test_the_wiener_filter_is_drawn_only_when_named_and_renders(picks):
-    assert "wiener" not in {lk.draw_look(np.random.default_rng(i), 1.0).filter for i in range(60)}
-    assert {lk.draw_look(np.random.default_rng(i), 0.5, {"filter": "wiener"}).filter for i in range(3)} == {"wiener"}
+@pytest.mark.parametrize("name", ["diffusion", "wiener"])
+def test_an_unseen_filter_is_drawn_only_when_named_and_renders(picks, name):
+    assert name not in {lk.draw_look(np.random.default_rng(i), 1.0).filter for i in range(60)}
+    named = [lk.draw_look(np.random.default_rng(i), 0.5, {"filter": name}) for i in range(3)]
+    assert {x.filter for x in named} == {name}
+    # the validation looks of bench_selection --val-looks: the training families, a filter no network saw
+    spec = lk.hold_out("random", {"particle_model": "subunits", "ctf_mode": "unflipped"})
+    assert lk.check_look_spec({**spec, "filter": name})["filter"] == name
     cfg = sim.SimConfig(shape_vox=SMALL, difficulty="easy")
     base = lk.draw_look(np.random.default_rng(1), 0.5, {"filter": "none"})
     vols = {f: sim.simulate_tomogram(picks, cfg, seed=2, look=lk.Look(**{**base.to_dict(), "filter": f}))
-            for f in ("none", "wiener")}
+            for f in ("none", name)}
     assert all(np.isfinite(v).all() for v in vols.values())
+    # the same scene, smoother: neighbouring voxels agree more after the filter
     corr = {f: np.corrcoef(v[:, :, :-1].ravel(), v[:, :, 1:].ravel())[0, 1] for f, v in vols.items()}
-    assert corr["wiener"] > corr["none"] + 0.1
+    assert corr[name] > corr["none"] + 0.1
+    with pytest.raises(ValueError, match="filter must be one of"):
+        sim.apply_microscope(np.zeros((8, 8, 8), np.float32), 10.0, np.random.default_rng(0), 2e4, 0.1, 0.0,
+                             filter="bilateral")
 
 
 def test_ctf_modes():
