@@ -140,10 +140,12 @@ def main(argv=None) -> int:
     dets = load_detectors(a.weights, ["yolo", "heatmap"])
     # (key in the candidate tables, detectors, bundle, cache tags)
     sources = [(None, dets, a.weights, {})]
+    avg_label = f"heatmap maps averaged with the second's ({a.second_views} views each), floor, relative"
     if a.second is not None:
-        average = MapAverage([a.weights, a.second], a.second_views)
-        sources += [("heatmap2", load_detectors(a.second, ["heatmap"]), a.second, {}),
-                    ("heatmap avg", [average], a.weights, {"heatmap": average.tag})]
+        sources.append(("heatmap2", load_detectors(a.second, ["heatmap"]), a.second, {}))
+        if not a.only or any(o in avg_label for o in a.only):  # the map average's candidates only where asked
+            average = MapAverage([a.weights, a.second], a.second_views)
+            sources.append(("heatmap avg", [average], a.weights, {"heatmap": average.tag}))
 
     def all_candidates(name: str, root: Path, split: str) -> dict[str, pd.DataFrame]:
         out = {}
@@ -204,9 +206,8 @@ def main(argv=None) -> int:
                  start=EnsembleConfig().aggregate.with_floor(floor).with_ref_rank(ranks))
     if a.second is not None:
         heatmap = dets[1].aggregate.with_floor(floor).with_ref_rank(ranks)
-        for key, label in (("heatmap2", "second heatmap"),
-                           ("heatmap avg", f"heatmap maps averaged with the second's ({a.second_views} views each)")):
-            add_detector(key, f"{label}, floor, relative", heatmap, support_grid=None)
+        for key, label in (("heatmap2", "second heatmap, floor, relative"), ("heatmap avg", avg_label)):
+            add_detector(key, label, heatmap, support_grid=None)
         for pair in (("yolo", "heatmap2"), ("heatmap", "heatmap2"), ("yolo", "heatmap", "heatmap2")):
             # three detectors: equal weights (fit_ensemble's weight grid is for pairs)
             add_ensemble(f"ensemble logit {' + '.join(pair)}, floor, relative", detectors=pair,
