@@ -241,10 +241,10 @@ def adaptive_wiener(volume: np.ndarray, window_vox: int) -> np.ndarray:
     noise = np.float32(var.mean())
     gain = np.maximum(var - noise, 0.0)
     gain /= np.maximum(var, noise) + np.float32(1e-30)
-    out = x - mean
+    out = x - mean  # float32 throughout: uniform_filter keeps its input's dtype
     out *= gain
     out += mean
-    return out.astype(np.float32, copy=False)
+    return out
 
 
 def nonlinear_diffusion(volume: np.ndarray, steps: int, k_factor: float = 1.5, dt: float = 1.0 / 7.0) -> None:
