@@ -125,11 +125,13 @@ def test_peaks_are_refined_below_a_voxel():
     np.testing.assert_allclose(got, centres, atol=0.25)
 
 
-def test_targets_become_candidates_at_the_picks():
-    """Targets rendered from picks, read back as heatmaps, give the picks again (Angstrom round trip)."""
-    cfg = HeatmapConfig()
+@pytest.mark.parametrize("level, shape_out", [(1, (24, 40, 40)), (0, (48, 80, 80))])
+def test_targets_become_candidates_at_the_picks(level, shape_out):
+    """Targets rendered from picks, read back as heatmaps, give the picks again (Angstrom round trip), on
+    the shipped level 1 and on level 0 (``bench_resolution.py``'s full-resolution network)."""
+    vs = VS1 / 2 ** (1 - level)
+    cfg = HeatmapConfig(level=level, voxel_size_A=vs)
     rng = np.random.default_rng(1)
-    shape_out = (24, 40, 40)
     grid = {}
     picks = []
     for name in NAMES:
@@ -142,11 +144,11 @@ def test_targets_become_candidates_at_the_picks():
                 keep.append(p)
         xyz = np.array(keep)
         picks.append(pd.DataFrame({"particle_type": name, "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}))
-        grid[name] = A_to_grid(xyz[:, ::-1], VS1, 1, 2)
-    target = render_targets(grid, np.zeros(3), shape_out, VS1, cfg)
+        grid[name] = A_to_grid(xyz[:, ::-1], vs, level, 2)
+    target = render_targets(grid, np.zeros(3), shape_out, vs, cfg)
     assert target.shape == (6, *shape_out) and target.max() == 1.0
     assert (target == 1.0).sum() == sum(len(g) for g in grid.values())
-    cands = heatmap_candidates(target, VS1, "run", cfg)
+    cands = heatmap_candidates(target, vs, "run", cfg)
     truth = pd.concat(picks, ignore_index=True)
     for name in NAMES:
         c = cands[(cands["particle_type"] == name) & (cands["score"] > 0.5)][["x", "y", "z"]].to_numpy()
