@@ -8,9 +8,11 @@ labelled runs of each scores about what it scores without them (``bench_adapt.py
 entry, each from scratch with the same seed, steps, batch, patch (voxels of its level: a level-0
 patch covers an eighth of the volume) and widths, on the same ``--train`` runs; re-estimates each
 network's batch-norm statistics on the same runs and sets the shipped test-time adaptation;
-tunes each one's per-type thresholds on the same ``--tune`` runs (relative scores as the shipped
-bundle's); and scores both on the ``--domains`` test sets of ``bench_ensemble.py`` (the same runs
+tunes each one's per-type thresholds on the same ``--tune`` runs (count floor and relative scores as
+the shipped bundle's); and scores both on the ``--domains`` test sets of ``bench_ensemble.py`` (the same runs
 as the headline), per type, with the seconds per tomogram of each level's inference (one view).
+With two or more levels the networks are also merged as detectors of one ensemble (calibrations,
+weights and thresholds fitted on the same ``--tune`` runs).
 
     .venv/bin/python benchmarks/bench_resolution.py \\
         --train runs/bench_adapt/model-subunits/seed73210_n16/czii-cryo-et-object-identification:TS_sim_73210_0,... \\
@@ -26,6 +28,7 @@ import argparse
 import datetime as _dt
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -39,27 +42,21 @@ from bench_adapt import heatmap_candidates, scores  # noqa: E402
 from bench_ensemble import add_test_set_args, fmt, test_sets  # noqa: E402
 from czii_kaggle import layout, picks  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
+from czii_kaggle.ensemble import EnsembleConfig, select_ensemble  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.cli import _sources  # noqa: E402
-from czii_kaggle.detectors.heatmap import HeatmapConfig  # noqa: E402
+from czii_kaggle.detectors.heatmap import LEVEL_WINDOWS, HeatmapConfig  # noqa: E402
 from czii_kaggle.particles import NAMES  # noqa: E402
 from czii_kaggle.train_heatmap import HeatmapTrainConfig, recalibrate_heatmap, train_heatmap  # noqa: E402
-from czii_kaggle.tune import tune_thresholds  # noqa: E402
+from czii_kaggle.tune import fit_ensemble, tune_thresholds  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "resolution.md"
-LEVEL0_VOXEL_A = HeatmapConfig().voxel_size_A / 2.0  # the shipped level 1's voxel, halved
-#: Sliding windows per level: level 1 as shipped (1 x 2 x 2 windows of a Kaggle tomogram), level 0
-#: the whole depth and 3 x 3 windows in y-x (184 x 630 x 630).
-WINDOWS = {1: (96, 168, 168), 0: (184, 224, 224)}
 
 
 def level_config(level: int, shipped: HeatmapConfig, channels: tuple[int, int, int]) -> HeatmapConfig:
-    """The shipped config at ``level`` (its spectral step, clip, targets, peaks, adaptation), one view."""
-    return HeatmapConfig(level=level, voxel_size_A=LEVEL0_VOXEL_A * 2 ** level, channels=channels,
-                         classes=shipped.classes, sigma_fraction=shipped.sigma_fraction,
-                         clip_percentiles=shipped.clip_percentiles, window_vox=WINDOWS[level],
-                         overlap_vox=shipped.overlap_vox, tta_views=1, peak_fraction=shipped.peak_fraction,
-                         min_peak=shipped.min_peak, bn_adapt=shipped.bn_adapt, spectral=shipped.spectral)
+    """The shipped config at ``level`` (:meth:`HeatmapConfig.at_level`: its spectral step, clip, targets, peaks,
+    adaptation), ``channels`` wide, one view."""
+    return replace(shipped.at_level(level), channels=channels, tta_views=1)
 
 
 def main(argv=None) -> int:
@@ -67,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train", nargs="+", required=True, help="labelled runs trained on, ROOT:RUN,RUN (train split)")
     ap.add_argument("--tune", nargs="+", required=True, help="labelled runs the thresholds are tuned on, ROOT:RUN,RUN")
     add_test_set_args(ap)
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 0], choices=sorted(WINDOWS))
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 0], choices=sorted(LEVEL_WINDOWS))
     ap.add_argument("--weights", type=Path, default=REPO / "czii_kaggle" / "models",
                     help="bundle whose heatmap config (and relative-score ranks) the networks take")
     ap.add_argument("--channels", type=int, nargs=3, default=None, help="default: the --weights network's")
@@ -87,7 +84,9 @@ def main(argv=None) -> int:
     sets = test_sets(a)
     if not sets:
         raise SystemExit("name test sets: --domains and/or --data/--solution")
-    rows, seconds = [], {}
+    rows, seconds, fit_c, test_c, fit_t = [], {}, {}, {}, None
+    floor = {n: shipped.aggregate[n].min_keep for n in NAMES}
+    ranks = {n: shipped.aggregate[n].ref_rank for n in NAMES}
     for level in a.levels:
         config = level_config(level, shipped.config, channels)
         plan = f"level{level}_c{'-'.join(map(str, channels))}_s{a.steps}_seed{a.train_seed}"
@@ -98,29 +97,40 @@ def main(argv=None) -> int:
         if not (bundle_dir / HEATMAP_WEIGHTS_FILE).is_file():
             recalibrate_heatmap(train_dir, train_sources, bundle_dir, bn_adapt=shipped.config.bn_adapt,
                                 command="benchmarks/bench_resolution.py", replace=bundle_dir.exists())
-        start = load_heatmap_bundle(bundle_dir).aggregate.with_ref_rank({n: shipped.aggregate[n].ref_rank for n in NAMES})
+        # the shipped selection: its count floor and relative scores, thresholds tuned anew
+        start = load_heatmap_bundle(bundle_dir).aggregate.with_floor(floor).with_ref_rank(ranks)
         tune_c, tune_truth = [], []
         for root, runs in tune_sources:
             runs = runs or layout.list_pick_runs(root)
             tune_c.append(heatmap_candidates(bundle_dir, root, "train", runs, a.work / "cache",
                                              f"tune-{Path(root).parent.name}"))
             tune_truth.append(picks.read_all_picks(root, runs))
-        tuned, _ = tune_thresholds(pd.concat(tune_c, ignore_index=True), pd.concat(tune_truth, ignore_index=True),
-                                   start, support_grid=None)
+        key = f"level{level}"
+        fit_c[key], fit_t = pd.concat(tune_c, ignore_index=True), pd.concat(tune_truth, ignore_index=True)
+        tuned, _ = tune_thresholds(fit_c[key], fit_t, start, support_grid=None)
         t0, n_runs = time.perf_counter(), 0
         for name, root, truth in sets:
             runs = layout.list_runs(root, "test")
-            cands = heatmap_candidates(bundle_dir, root, "test", runs, a.work / "cache", name)
+            test_c.setdefault(name, {})[key] = cands = heatmap_candidates(bundle_dir, root, "test", runs,
+                                                                          a.work / "cache", name)
             n_runs += len(runs)
-            row = {"level": level, "voxel A": round(config.voxel_size_A, 2), "scored on": name,
+            row = {"network": f"level {level} ({config.voxel_size_A:.0f} A)", "scored on": name,
                    **scores(select(cands, tuned), truth)}
             rows.append(row)
             print(row, flush=True)
         seconds[level] = (load_heatmap_bundle(train_dir).record["seconds"], (time.perf_counter() - t0) / max(n_runs, 1))
+    if len(fit_c) > 1:  # the levels as two detectors of one ensemble, fitted on the same tune runs
+        ens, _ = fit_ensemble(fit_c, fit_t, detectors=tuple(fit_c), start=EnsembleConfig().aggregate.with_floor(floor),
+                              ref_rank=ranks)
+        for name, _, truth in sets:
+            row = {"network": "ensemble of the " + " and ".join(fit_c), "scored on": name,
+                   **scores(select_ensemble(test_c[name], ens), truth)}
+            rows.append(row)
+            print(row, flush=True)
 
     table = pd.DataFrame(rows)
-    mean = table.groupby(["level", "voxel A"], sort=False).mean(numeric_only=True).reset_index()
-    mean.insert(2, "scored on", "mean")
+    mean = table.groupby("network", sort=False).mean(numeric_only=True).reset_index()
+    mean.insert(1, "scored on", "mean")
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_resolution.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
@@ -128,11 +138,13 @@ def main(argv=None) -> int:
         f"- each network from scratch: widths {channels}, {a.steps} steps of batch {a.batch}, patch 48 x 96 x 96 voxels of "
         f"its level, lr {a.lr}, look augmentation {a.look_augment}, seed {a.train_seed}; the input step, targets, peaks and "
         f"test-time adaptation of `{a.weights}`'s heatmap, one view; statistics re-estimated on the training runs; "
-        f"thresholds tuned on the --tune runs ({sum(len(r or []) for _, r in tune_sources)}); all simulated, no real voxels",
+        f"its count floor and relative scores; thresholds (and, for the ensemble of the levels, calibrations and "
+        f"weights) tuned on the --tune runs ({sum(len(r or []) for _, r in tune_sources)}); all simulated, no real voxels",
         "**Score** (competition metric) per test set and level:\n\n" + fmt(pd.concat([table, mean])),
         "**Seconds** (this CPU): " + "; ".join(
-            f"level {lv}: training {tr:.0f} s, inference {inf:.1f} s per tomogram (one view, candidates cached "
-            f"where they were already)" for lv, (tr, inf) in seconds.items()),
+            f"level {lv}: training {tr:.0f} s, inference "
+            + (f"{inf:.1f} s per tomogram (one view)" if inf > 1.0 else "from the cache (the record that made it)")
+            for lv, (tr, inf) in seconds.items()),
     ])
     print(text)
     if not a.no_write:

@@ -350,6 +350,8 @@ def _cmd_train_heatmap(a) -> None:
     config, init = training_start(a.init, a.channels)
     if a.spectral is not None:
         config = dataclasses.replace(config, spectral=a.spectral)
+    if a.level is not None and a.level != config.level:
+        config = config.at_level(a.level)
     predicted = None
     if a.hard_negatives:
         import pandas as pd
@@ -540,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spectral", choices=SPECTRAL,
                    help="per-tomogram spectral step before the percentile clip, in training and prediction "
                         "(whiten_zxy: flat power over depth and in-plane frequency); default: --init's, else none")
+    s.add_argument("--level", type=int, choices=(0, 1),
+                   help="zarr level the network reads: 1 (~20 A per voxel) or 0 (~10 A, full resolution: about 8 "
+                        "times the inference seconds; benchmarks/bench_resolution.py); default: --init's, else 1")
     s.set_defaults(func=_cmd_train_heatmap)
 
     s = sub.add_parser("recalibrate-heatmap", help="copy a bundle with the heatmap network's batch-norm statistics "

@@ -13,7 +13,7 @@ from czii_kaggle import omezarr, layout
 from czii_kaggle.errors import CziiInputError
 from czii_kaggle.bundle import (DEFAULT_BUNDLE, export_heatmap_onnx, file_sha256, load_heatmap_bundle,
                                 save_heatmap_json)
-from czii_kaggle.detectors.heatmap import (HeatmapConfig, HeatmapDetector, A_to_grid, adapt_batchnorm,
+from czii_kaggle.detectors.heatmap import (LEVEL_WINDOWS, HeatmapConfig, HeatmapDetector, A_to_grid, adapt_batchnorm,
                                            default_aggregate_config, find_peaks, heatmap_device, grid_to_A, heatmap_candidates, load_model, load_net,
                                            normalise, predict_heatmaps, read_input, window_starts)
 from czii_kaggle.detectors.heatmap_net import HeatmapUNet, focal_heatmap_loss, widen_state_dict
@@ -94,6 +94,16 @@ def test_views_average_the_symmetries_of_the_window(tta):
     np.testing.assert_allclose(got, want / n, rtol=1e-5, atol=1e-6)
     four = predict_heatmaps(lopsided, vol, replace(cfg, tta_views=4))
     assert not np.allclose(four, got, atol=1e-3)  # the swapped views did change the average
+
+
+def test_a_config_moves_to_another_level_with_its_voxel_size_and_window():
+    cfg = HeatmapConfig(spectral="whiten_zxy", bn_adapt=0.5)
+    full = cfg.at_level(0)
+    assert (full.level, full.window_vox) == (0, LEVEL_WINDOWS[0]) and full.voxel_size_A == pytest.approx(VS1 / 2)
+    assert (full.spectral, full.bn_adapt, full.sigma_fraction) == (cfg.spectral, cfg.bn_adapt, cfg.sigma_fraction)
+    assert full.at_level(1) == cfg
+    with pytest.raises(ValueError, match="level must be one of"):
+        cfg.at_level(2)
 
 
 def test_views_beyond_four_need_a_square_window():
@@ -684,3 +694,13 @@ def test_training_writes_weights_and_resumes(tmp_path):
     cands, _ = HeatmapDetector(replace(bundle, config=replace(bundle.config, window_vox=(32, 64, 64)))).candidates(
         layout.tomogram_path(ds.root, "train", run), run)
     assert set(cands["particle_type"]) <= set(NAMES)
+    # full resolution (--level 0): trained and read at level 0, half the voxel size, candidates in Angstrom
+    assert main(["train-heatmap", "--data", str(ds.root), "--out", str(tmp_path / "l0"), "--steps", "1",
+                 "--patch", "16", "32", "32", "--threads", "1", "--channels", "4", "8", "8", "--level", "0"]) == 0
+    l0 = load_heatmap_bundle(tmp_path / "l0")
+    assert l0.config.level == 0 and l0.config.window_vox == LEVEL_WINDOWS[0]
+    assert l0.config.voxel_size_A == pytest.approx(cfg.voxel_size_A / 2)
+    c0, _ = HeatmapDetector(replace(l0, config=replace(l0.config, window_vox=(32, 64, 64), min_peak=0.0))).candidates(
+        layout.tomogram_path(ds.root, "train", run), run)
+    extent_A = np.array([128, 128, 64]) * l0.config.voxel_size_A
+    assert len(c0) and (c0[["x", "y", "z"]].to_numpy() >= 0).all() and (c0[["x", "y", "z"]].to_numpy() < extent_A).all()

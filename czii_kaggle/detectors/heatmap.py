@@ -44,6 +44,9 @@ if TYPE_CHECKING:  # the bundle module opens detectors; a detector only reads a 
 
 _FLIPS = [(), (4,), (3,), (3, 4)]
 # test-time views of a (1, 1, Z, Y, X) window: (axes flipped, x and y swapped after the flip)
+#: Sliding window (z, y, x) per zarr level read: level 1 covers a Kaggle tomogram (92 x 315 x 315,
+#: padded to 96 x 320 x 320) with 1 x 2 x 2 windows, level 0 (184 x 630 x 630) with 1 x 3 x 3.
+LEVEL_WINDOWS = {1: (96, 168, 168), 0: (184, 224, 224)}
 VIEWS = {n: [(f, False) for f in _FLIPS[:n]] for n in (1, 2, 3, 4)}
 VIEWS[8] = VIEWS[4] + [(f, True) for f in _FLIPS]
 VIEWS[16] = VIEWS[8] + [((2, *f), t) for f, t in VIEWS[8]]
@@ -104,7 +107,7 @@ class HeatmapConfig:
     classes: tuple[str, ...] = NAMES
     sigma_fraction: float = 0.4
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
-    window_vox: tuple[int, int, int] = (96, 168, 168)
+    window_vox: tuple[int, int, int] = LEVEL_WINDOWS[1]
     overlap_vox: int = 16
     tta_views: int = 1
     peak_fraction: float = 0.5
@@ -132,6 +135,16 @@ class HeatmapConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def at_level(self, level: int) -> HeatmapConfig:
+        """This config reading zarr level ``level`` instead: its voxel size scaled by ``2 ** (level -
+        self.level)`` and the sliding window of :data:`LEVEL_WINDOWS` (level 0: the whole depth of a
+        Kaggle tomogram, 3 x 3 windows in y-x); everything else kept. Targets, peaks and radii are in
+        Angstrom, so they follow; a network trained at one level reads particles at its scale only."""
+        if level not in LEVEL_WINDOWS:
+            raise ValueError(f"level must be one of {tuple(LEVEL_WINDOWS)}, not {level!r}")
+        return replace(self, level=level, voxel_size_A=self.voxel_size_A * 2.0 ** (level - self.level),
+                       window_vox=LEVEL_WINDOWS[level])
 
     @classmethod
     def from_dict(cls, d: dict) -> HeatmapConfig:
