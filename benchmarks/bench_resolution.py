@@ -84,7 +84,9 @@ def main(argv=None) -> int:
     sets = test_sets(a)
     if not sets:
         raise SystemExit("name test sets: --domains and/or --data/--solution")
-    rows, seconds, fit_c, test_c, fit_t = [], {}, {}, {}, None
+    rows, seconds, fit_c, test_c = [], {}, {}, {}
+    tune_runs = [(root, runs or layout.list_pick_runs(root)) for root, runs in tune_sources]
+    fit_t = pd.concat([picks.read_all_picks(root, runs) for root, runs in tune_runs], ignore_index=True)
     floor = {n: shipped.aggregate[n].min_keep for n in NAMES}
     ranks = {n: shipped.aggregate[n].ref_rank for n in NAMES}
     for level in a.levels:
@@ -99,14 +101,10 @@ def main(argv=None) -> int:
                                 command="benchmarks/bench_resolution.py", replace=bundle_dir.exists())
         # the shipped selection: its count floor and relative scores, thresholds tuned anew
         start = load_heatmap_bundle(bundle_dir).aggregate.with_floor(floor).with_ref_rank(ranks)
-        tune_c, tune_truth = [], []
-        for root, runs in tune_sources:
-            runs = runs or layout.list_pick_runs(root)
-            tune_c.append(heatmap_candidates(bundle_dir, root, "train", runs, a.work / "cache",
-                                             f"tune-{Path(root).parent.name}"))
-            tune_truth.append(picks.read_all_picks(root, runs))
         key = f"level{level}"
-        fit_c[key], fit_t = pd.concat(tune_c, ignore_index=True), pd.concat(tune_truth, ignore_index=True)
+        fit_c[key] = pd.concat([heatmap_candidates(bundle_dir, root, "train", runs, a.work / "cache",
+                                                   f"tune-{Path(root).parent.name}") for root, runs in tune_runs],
+                               ignore_index=True)
         tuned, _ = tune_thresholds(fit_c[key], fit_t, start, support_grid=None)
         t0, n_runs = time.perf_counter(), 0
         for name, root, truth in sets:
@@ -139,7 +137,7 @@ def main(argv=None) -> int:
         f"its level, lr {a.lr}, look augmentation {a.look_augment}, seed {a.train_seed}; the input step, targets, peaks and "
         f"test-time adaptation of `{a.weights}`'s heatmap, one view; statistics re-estimated on the training runs; "
         f"its count floor and relative scores; thresholds (and, for the ensemble of the levels, calibrations and "
-        f"weights) tuned on the --tune runs ({sum(len(r or []) for _, r in tune_sources)}); all simulated, no real voxels",
+        f"weights) tuned on the --tune runs ({sum(len(r) for _, r in tune_runs)}); all simulated, no real voxels",
         "**Score** (competition metric) per test set and level:\n\n" + fmt(pd.concat([table, mean])),
         "**Seconds** (this CPU): " + "; ".join(
             f"level {lv}: training {tr:.0f} s, inference "

@@ -43,10 +43,10 @@ if TYPE_CHECKING:  # the bundle module opens detectors; a detector only reads a 
     from ..bundle import HeatmapBundle
 
 _FLIPS = [(), (4,), (3,), (3, 4)]
-# test-time views of a (1, 1, Z, Y, X) window: (axes flipped, x and y swapped after the flip)
 #: Sliding window (z, y, x) per zarr level read: level 1 covers a Kaggle tomogram (92 x 315 x 315,
 #: padded to 96 x 320 x 320) with 1 x 2 x 2 windows, level 0 (184 x 630 x 630) with 1 x 3 x 3.
 LEVEL_WINDOWS = {1: (96, 168, 168), 0: (184, 224, 224)}
+# test-time views of a (1, 1, Z, Y, X) window: (axes flipped, x and y swapped after the flip)
 VIEWS = {n: [(f, False) for f in _FLIPS[:n]] for n in (1, 2, 3, 4)}
 VIEWS[8] = VIEWS[4] + [(f, True) for f in _FLIPS]
 VIEWS[16] = VIEWS[8] + [((2, *f), t) for f, t in VIEWS[8]]
