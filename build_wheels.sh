@@ -284,6 +284,12 @@ PLATFORM_ARGS=()
 for p in "${ALL_PLATFORMS[@]}"; do PLATFORM_ARGS+=(--platform "$p"); done
 say "targets: CPython ${PY_VERSIONS[*]} on ${PLATFORMS[*]} (+ older tags: ${#ALL_PLATFORMS[@]} platform tags); output: $OUT"
 say "pip: $("${PIP[@]}" --version)"
+# Resolving reads each candidate's metadata. Where the index serves no separate metadata file
+# (PEP 658), pip downloads the whole wheel for it: torch alone is 550 MB per target Python, and
+# torch is never bundled. fast-deps reads a wheel's metadata with HTTP range requests instead
+# (pip falls back to the download where the server refuses ranges).
+LAZY=()
+if "${PIP[@]}" install --use-feature=fast-deps --help >/dev/null 2>&1; then LAZY=(--use-feature=fast-deps); fi
 [ -f "$REPO/czii_kaggle/kaggle_install.py" ] || die "the archive's installer is missing: $REPO/czii_kaggle/kaggle_install.py"
 
 # ---------------------------------------------------------------- 1. czii_kaggle's own wheel
@@ -353,11 +359,17 @@ for PY_VERSION in "${PY_VERSIONS[@]}"; do
   TARGET=(--only-binary=:all: --python-version "$PY_VERSION" --implementation cp "${PLATFORM_ARGS[@]}")
   say "CPython $PY_VERSION: resolving ${REQS[*]}"
   resolved=0
-  for attempt in 1 2 3 4 5 6; do
-    if "${PIP[@]}" install --dry-run --ignore-installed -q --report "$WORK/report.json" "${TARGET[@]}" \
+  network_retries=2
+  for attempt in 1 2 3 4 5 6 7 8; do
+    if "${PIP[@]}" install "${LAZY[@]}" --dry-run --ignore-installed -q --report "$WORK/report.json" "${TARGET[@]}" \
         --target "$WORK/target" --find-links "$OUT" "${REQS[@]}" >"$WORK/resolve.log" 2>&1; then
       resolved=1
       break
+    fi
+    if [ $network_retries -gt 0 ] && grep -q -i -e 'incomplete-download' -e 'connection' -e 'timed out' "$WORK/resolve.log"; then
+      network_retries=$((network_retries - 1))
+      say "CPython $PY_VERSION: the index's connection broke while resolving; trying again"
+      continue
     fi
     missing=$(sed -n 's/^ERROR: No matching distribution found for //p' "$WORK/resolve.log" | head -1)
     if [ -z "$missing" ]; then
@@ -369,7 +381,7 @@ for PY_VERSION in "${PY_VERSIONS[@]}"; do
       { pip_excerpt "$WORK/resolve.log"; die "czii_kaggle $CZII_VERSION does not install on CPython $PY_VERSION (requires-python?)"; }
     build_from_sdist "$missing" "$name"
   done
-  [ $resolved = 1 ] || die "gave up resolving for CPython $PY_VERSION after building wheels from source 5 times"
+  [ $resolved = 1 ] || die "gave up resolving for CPython $PY_VERSION after 8 attempts (wheels built from source archives, broken connections)"
 
   SELECTED=$(helper select "$WORK/report.json" "$(echo $ROOTS | tr ' ' ',')" "$PY_VERSION" 2>"$WORK/select.log") ||
     { cat "$WORK/select.log" >&2; die "could not read pip's resolution report"; }
