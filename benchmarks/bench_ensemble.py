@@ -1,10 +1,11 @@
-"""YOLO alone, the 3D heatmap detector alone and their ensemble, side by side on the same runs.
+"""Each detector of a bundle's ensemble alone and the ensemble, side by side on the same runs.
 
-Runs both detectors of a bundle (``model.pt``/``model.onnx`` + ``heatmap.pt`` + ``ensemble.json``)
-once over held-out simulated test runs, keeps their unthresholded candidates, and scores
-each detector with its own tuned thresholds and the ensemble with its own; prints the
-score per type, the seconds per full tomogram by stage, and the peak memory of one full
-tomogram's heatmap inference (measured in a child process that runs only that).
+Runs the detectors of a bundle's ``ensemble.json`` (YOLO, the 3D heatmap network and any
+further heatmap network, e.g. ``heatmap_l0``) once over held-out simulated test runs, keeps
+their unthresholded candidates, and scores each detector with its own tuned thresholds and
+the ensemble with its own; prints the score per type, the seconds per full tomogram by
+stage, and the peak memory of one full tomogram's inference by each heatmap network
+(measured in a child process that runs only that).
 
     .venv/bin/python benchmarks/bench_ensemble.py --weights runs/hm/bundle \\
         --data runs/hm/test_medium/czii-cryo-et-object-identification --solution runs/hm/test_medium/test_solution.csv
@@ -54,9 +55,9 @@ def fmt(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return "\n".join(lines)
 
 
-def memory_probe(weights: Path, zarr: Path, tta_views: int | None = None) -> None:
-    """Child process: one full tomogram through the heatmap detector; prints its peak RSS (GiB) as JSON."""
-    det = load_detectors(weights, ["heatmap"], tta_views=tta_views)[0]
+def memory_probe(weights: Path, zarr: Path, tta_views: int | None = None, name: str = "heatmap") -> None:
+    """Child process: one full tomogram through the heatmap detector ``name``; prints its peak RSS (GiB) as JSON."""
+    det = load_detectors(weights, [name], tta_views=tta_views)[0]
     t0 = time.perf_counter()
     cands, times = det.candidates(zarr, "probe")
     print(json.dumps({"peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -118,7 +119,7 @@ def score_rows(set_name: str, picks: dict[str, pd.DataFrame], truth: pd.DataFram
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", type=Path, required=True, help="bundle folder with both detectors and ensemble.json")
+    ap.add_argument("--weights", type=Path, required=True, help="bundle folder with its detectors and ensemble.json")
     add_test_set_args(ap)
     ap.add_argument("--blob", action="store_true", help="also score the training-free blob floor on every set")
     ap.add_argument("--blob-val-runs", type=int, default=2)
@@ -127,25 +128,31 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_ensemble")
     ap.add_argument("--cache-yolo", type=Path, help="reuse / keep YOLO candidates and seconds per run in this folder")
+    ap.add_argument("--cache", type=Path, help="reuse / keep every other detector's candidates in DIR/{detector} "
+                                              "(for re-scoring the same weights; a folder per bundle)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--memory-probe", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-detector", default="heatmap", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.memory_probe:
-        memory_probe(a.weights, a.memory_probe, a.tta_views)
+        memory_probe(a.weights, a.memory_probe, a.tta_views, a.probe_detector)
         return 0
 
     sets = test_sets(a)
-    dets = load_detectors(a.weights, ["yolo"], a.backend) + load_detectors(a.weights, ["heatmap"], a.backend,
-                                                                            tta_views=a.tta_views)
     ensemble = load_ensemble(a.weights)
+    names = list(ensemble.detectors) if ensemble is not None else ["yolo", "heatmap"]
+    dets = [load_detectors(a.weights, [n], a.backend, tta_views=None if n == "yolo" else a.tta_views)[0]
+            for n in names]
+    heatmaps = [d for d in dets if d.name != "yolo"]
     blob_config = blob_tuned(a.sim_work, a.blob_val_runs, a.shape)[0] if a.blob else None
     rows, type_rows, reports, merge_s, blob_s, all_runs = [], [], [], [], [], []
     a.work.mkdir(parents=True, exist_ok=True)
     for set_name, root, truth in sets:
         runs = layout.list_runs(root, a.split)
         all_runs += [f"{set_name}/{r}" for r in runs]
-        cache = {"yolo": a.cache_yolo / set_name} if a.cache_yolo else None
+        cache = {**({n: a.cache / n / set_name for n in names if n != "yolo"} if a.cache else {}),
+                 **({"yolo": a.cache_yolo / set_name} if a.cache_yolo else {})}
         cands, report = run_candidates(dets, root, a.split, runs, progress=False, cache=cache)
         reports.append(report.assign(set=set_name))
         for name, c in cands.items():
@@ -174,35 +181,40 @@ def main(argv=None) -> int:
     report = pd.concat(reports, ignore_index=True)
     report = report[report["status"] == "ok"]
     stage = report.drop(columns=["experiment", "status", "error", "n_candidates", "set"]).groupby("detector").mean()
-    stage = stage.reindex(["yolo", "heatmap"]).reset_index()
+    stage = stage.reindex(names).reset_index()
     per_run = report.groupby(["set", "experiment"])["seconds"].sum()
     mean_merge = sum(merge_s) / len(merge_s)
-    ens_row = {"detector": "ensemble (both + merge)", "seconds": float(per_run.mean()) + mean_merge, "merge_s": mean_merge}
+    ens_row = {"detector": f"ensemble ({' + '.join(names)} + merge)", "seconds": float(per_run.mean()) + mean_merge,
+               "merge_s": mean_merge}
     extra = [ens_row] + ([{"detector": "blob floor", "seconds": sum(blob_s) / len(blob_s)}] if blob_s else [])
     speed = pd.concat([stage, pd.DataFrame(extra)], ignore_index=True).fillna(0.0)
     parts_mem = []
     if not a.no_memory:
         root0 = sets[0][1]
-        probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--memory-probe",
-                                str(layout.tomogram_path(root0, a.split, layout.list_runs(root0, a.split)[0])),
-                                *(["--tta-views", str(a.tta_views)] if a.tta_views else [])],
-                               capture_output=True, text=True, check=True, cwd=REPO)
-        mem = json.loads(probe.stdout.strip().splitlines()[-1])
-        parts_mem.append(f"**Peak memory** of one full tomogram's heatmap inference (child process, read + inference + "
-                         f"peaks): {mem['peak_rss_GiB']:.2f} GiB ({mem['seconds']:.1f} s)")
-    hm = dets[1].bundle
+        for det in heatmaps:
+            probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--memory-probe",
+                                    str(layout.tomogram_path(root0, a.split, layout.list_runs(root0, a.split)[0])),
+                                    "--probe-detector", det.name,
+                                    *(["--tta-views", str(a.tta_views)] if a.tta_views else [])],
+                                   capture_output=True, text=True, check=True, cwd=REPO)
+            mem = json.loads(probe.stdout.strip().splitlines()[-1])
+            parts_mem.append(f"**Peak memory** of one full tomogram's {det.name} inference (child process, read + "
+                             f"inference + peaks): {mem['peak_rss_GiB']:.2f} GiB ({mem['seconds']:.1f} s)")
+    networks = "; ".join(f"{d.name} by {type(d.model).__name__} ({d.bundle.config.tta_views} view(s), level "
+                         f"{d.bundle.config.level}, windows {d.bundle.config.window_vox})" for d in heatmaps)
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_ensemble.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
         f"- machine: {describe_machine()}\n"
-        f"- bundle: `{a.weights}`; YOLO by {dets[0].backend}, heatmap by {type(dets[1].model).__name__} "
-        f"({hm.config.tta_views} view(s), windows {hm.config.window_vox}); {len(all_runs)} simulated test runs "
+        f"- bundle: `{a.weights}`; ensemble of {' + '.join(names)}"
+        + "".join(f"; YOLO by {d.backend}" for d in dets if d.name == "yolo")
+        + f"; {networks}; {len(all_runs)} simulated test runs "
         f"(no real voxels): {', '.join(all_runs)}"
         + (f"; domains: {', '.join(f'{d} = `{json.dumps(DOMAINS[d])}`' for d in a.domains)}" if a.domains else ""),
         "**Score** (competition metric; each detector with its own tuned thresholds, the ensemble with its own):\n\n"
         + fmt(pd.DataFrame(rows)),
         "**Per type**:\n\n" + fmt(pd.DataFrame(type_rows)),
-        "**Seconds per full tomogram** by stage (mean over runs; the ensemble runs both detectors one after "
+        "**Seconds per full tomogram** by stage (mean over runs; the ensemble runs its detectors one after "
         "the other):\n\n" + fmt(speed, "{:.2f}"),
         *parts_mem,
     ])

@@ -10,7 +10,10 @@
 ``heatmap.onnx``   its ONNX Runtime copy (``heatmap.json`` ``onnx``)
 ``heatmap.json``   its settings: ``config``, ``aggregate`` (tuned thresholds), ``onnx``,
                    ``training`` (record), ``tuned_on``
-``ensemble.json``  the ensemble of both (:class:`czii_kaggle.ensemble.EnsembleConfig`), and
+``heatmap_<tag>.*``  further heatmap networks (``.pt``, ``.onnx``, ``.json`` as above), each a
+                   detector named ``heatmap_<tag>`` (e.g. ``heatmap_l0``, a network at the
+                   zarr's level 0); put one in with :func:`add_heatmap`
+``ensemble.json``  the ensemble of two or more of them (:class:`czii_kaggle.ensemble.EnsembleConfig`), and
                    ``default_detectors``: what ``predict`` runs by default (else YOLO alone)
 ``TRAINING.json``  the shipped model's full training record (``scripts/train_shipped_model.py``)
 =================  =============================================================================
@@ -37,7 +40,7 @@ from pathlib import Path
 from . import outputs, particles
 from .aggregate import AggregateConfig
 from .detect import DetectConfig, export_onnx
-from .detectors import DETECTOR_NAMES, DETECTORS
+from .detectors import DETECTOR_NAMES, DETECTORS, detector_kind
 from .detectors.heatmap import HeatmapConfig, default_aggregate_config, load_net
 from .ensemble import EnsembleConfig
 from .errors import CziiInputError
@@ -265,17 +268,29 @@ def export_bundle_onnx(bundle_dir: str | Path | None = None, imgsz: int | None =
 @dataclass(frozen=True)
 class HeatmapBundle:
     """A trained heatmap detector: weights, config, selection thresholds, optional ONNX copy,
-    training record (``heatmap.json`` key ``training``)."""
+    training record (``heatmap.json`` key ``training``) and its detector name (``heatmap``, or
+    ``heatmap_<tag>`` for a bundle's further network)."""
 
     weights: Path
     config: HeatmapConfig = field(default_factory=HeatmapConfig)
     aggregate: AggregateConfig = field(default_factory=default_aggregate_config)
     onnx: Path | None = None
     record: dict = field(default_factory=dict)
+    name: str = "heatmap"
 
 
-def load_heatmap_bundle(path: str | Path | None = None) -> HeatmapBundle:
-    """Load ``heatmap.pt`` + ``heatmap.json`` from a folder (or the ``.pt`` file itself; ``None``:
+def heatmap_files(name: str = "heatmap") -> tuple[str, str, str]:
+    """``({name}.pt, {name}.json, {name}.onnx)``: the files of the bundle's heatmap detector ``name``
+    (``heatmap`` or ``heatmap_<tag>``, :func:`czii_kaggle.detectors.detector_kind`)."""
+    if detector_kind(name) != "heatmap":
+        raise ValueError(f"{name!r} is not a heatmap detector's name (heatmap, or heatmap_ and a tag of "
+                         "lower-case letters and digits)")
+    return f"{name}.pt", f"{name}.json", f"{name}.onnx"
+
+
+def load_heatmap_bundle(path: str | Path | None = None, name: str = "heatmap") -> HeatmapBundle:
+    """Load the heatmap detector ``name`` (``{name}.pt`` + ``{name}.json``) from a bundle folder (or
+    the ``.pt`` file itself, configured by ``{stem}.json`` beside it, else ``heatmap.json``; ``None``:
     the shipped bundle).
 
     :class:`CziiInputError` when the weights are absent or the JSON is malformed; the
@@ -283,29 +298,46 @@ def load_heatmap_bundle(path: str | Path | None = None) -> HeatmapBundle:
     when the network is built (:func:`czii_kaggle.detectors.heatmap.load_net`).
     """
     path = Path(path) if path is not None else DEFAULT_BUNDLE
-    weights = path / HEATMAP_WEIGHTS_FILE if path.is_dir() else path
+    pt_file, json_file, _ = heatmap_files(name)
+    weights = path / pt_file if path.is_dir() else path
     if not weights.is_file():
         raise CziiInputError(weights, "heatmap weights not found (train them with `czii-kaggle train-heatmap`)")
-    cfg_path = weights.parent / HEATMAP_CONFIG_FILE
+    if not path.is_dir():  # a weights file: its own name's files
+        name = weights.stem if detector_kind(weights.stem) == "heatmap" else "heatmap"
+        own = weights.with_suffix(".json")
+        json_file = own.name if own.is_file() else HEATMAP_CONFIG_FILE
+    cfg_path = weights.parent / json_file
     doc = read_json(cfg_path, ("config", "aggregate", "onnx", "training"))
     try:
         config = HeatmapConfig.from_dict(doc.get("config", {}))
         agg = AggregateConfig.from_dict(doc["aggregate"]) if "aggregate" in doc else default_aggregate_config()
     except (TypeError, ValueError) as exc:
         raise CziiInputError(cfg_path, f"not a valid heatmap config: {exc}") from None
-    onnx = _matching_onnx(weights, doc.get("onnx"), HEATMAP_WEIGHTS_FILE, HEATMAP_ONNX_FILE)
-    return HeatmapBundle(weights, config, agg, onnx, doc.get("training", {}))
+    onnx = _matching_onnx(weights, doc.get("onnx"), *_owned_files(json_file))
+    return HeatmapBundle(weights, config, agg, onnx, doc.get("training", {}), name)
 
 
-def save_heatmap_json(folder: str | Path, **updates) -> Path:
+def _owned_files(json_file: str) -> tuple[str, str]:
+    """The default weights and ONNX files an ``onnx`` record of ``json_file`` describes (old records name none)."""
+    stem = Path(json_file).stem
+    return f"{stem}.pt", f"{stem}.onnx"
+
+
+def heatmap_json(bundle: HeatmapBundle) -> Path:
+    """The JSON file that configures a loaded heatmap detector."""
+    own = bundle.weights.with_suffix(".json")
+    return own if own.is_file() or bundle.name != "heatmap" else bundle.weights.parent / HEATMAP_CONFIG_FILE
+
+
+def save_heatmap_json(folder: str | Path, name: str = "heatmap", **updates) -> Path:
     """Merge ``updates`` (top-level keys: ``config``, ``aggregate``, ``onnx``, ``training``, ``tuned_on``)
-    into the folder's ``heatmap.json``."""
-    return update_json(Path(folder) / HEATMAP_CONFIG_FILE, updates)
+    into the folder's ``{name}.json`` (``heatmap.json``)."""
+    return update_json(Path(folder) / heatmap_files(name)[1], updates)
 
 
-def export_heatmap_onnx(path: str | Path | None = None) -> Path:
-    """Export a folder's ``heatmap.pt`` (or the heatmap ``.pt`` given) to ``{stem}.onnx`` (dynamic
-    spatial axes, logits out), recorded in ``heatmap.json`` with the weights' sha256.
+def export_heatmap_onnx(path: str | Path | None = None, name: str = "heatmap") -> Path:
+    """Export a folder's heatmap detector ``name`` (``{name}.pt``; or the heatmap ``.pt`` given) to
+    ``{stem}.onnx`` (dynamic spatial axes, logits out), recorded in its JSON with the weights' sha256.
 
     As :func:`export_bundle_onnx`: written under a temporary name and renamed, and only the
     copy of these very weights is replaced (the record is written only when it is free or
@@ -313,11 +345,10 @@ def export_heatmap_onnx(path: str | Path | None = None) -> Path:
     """
     import torch
 
-    bundle = load_heatmap_bundle(path)
+    bundle = load_heatmap_bundle(path, name)
     weights = bundle.weights
-    cfg_path = weights.parent / HEATMAP_CONFIG_FILE
-    target, owns = _export_target(weights, read_json(cfg_path).get("onnx") or {}, HEATMAP_WEIGHTS_FILE,
-                                  HEATMAP_ONNX_FILE)
+    cfg_path = heatmap_json(bundle)
+    target, owns = _export_target(weights, read_json(cfg_path).get("onnx") or {}, *_owned_files(cfg_path.name))
     net = load_net(bundle).eval()
     dummy = torch.zeros(1, 1, *bundle.config.window_vox)
     axes = {0: "n", 2: "z", 3: "y", 4: "x"}
@@ -326,9 +357,38 @@ def export_heatmap_onnx(path: str | Path | None = None) -> Path:
         torch.onnx.export(net, dummy, str(tmp), input_names=["volume"], output_names=["logits"], opset_version=17,
                           dynamic_axes={"volume": axes, "logits": axes}, dynamo=False)
     if owns:
-        save_heatmap_json(weights.parent, onnx={"file": target.name, "source": weights.name,
-                                                "source_sha256": file_sha256(weights)})
+        update_json(cfg_path, {"onnx": {"file": target.name, "source": weights.name,
+                                        "source_sha256": file_sha256(weights)}})
     return target
+
+
+def add_heatmap(source: str | Path, bundle_dir: str | Path, name: str) -> list[Path]:
+    """Put the heatmap detector of folder ``source`` (its ``heatmap.pt``, ``heatmap.json`` and, when
+    it is the recorded copy of these weights, ``heatmap.onnx``) into ``bundle_dir`` as the further
+    detector ``name`` (``heatmap_<tag>``): ``{name}.pt``, ``{name}.json`` (its ``onnx`` record
+    renamed with it; ``tuned_on`` and thresholds kept) and ``{name}.onnx``. Each file is written
+    atomically; files of that name already in the bundle are a clear error (never replaced), and
+    the source is only read. Returns the files written.
+    """
+    if name == "heatmap" or detector_kind(name) != "heatmap":
+        raise CziiInputError(bundle_dir, f"a further heatmap detector is named heatmap_<tag> (lower-case letters "
+                                         f"and digits), not {name!r}")
+    src = load_heatmap_bundle(source)
+    d = Path(bundle_dir)
+    if not d.is_dir():
+        raise CziiInputError(d, "not a bundle folder")
+    pt_file, json_file, onnx_file = heatmap_files(name)
+    there = [d / f for f in (pt_file, json_file, onnx_file) if (d / f).exists()]
+    if there:
+        raise CziiInputError(there[0], f"is there already: the bundle holds a detector {name}; give another name")
+    doc = read_json(heatmap_json(src))
+    doc.pop("onnx", None)
+    written = [outputs.copy_file(src.weights, d / pt_file)]
+    if src.onnx is not None:
+        written.append(outputs.copy_file(src.onnx, d / onnx_file))
+        doc["onnx"] = {"file": onnx_file, "source": pt_file, "source_sha256": file_sha256(d / pt_file)}
+    written.append(outputs.write_text(d / json_file, json.dumps(doc, indent=2) + "\n"))
+    return written
 
 
 # --------------------------------------------------------------------------- the ensemble and the detectors held
@@ -363,7 +423,9 @@ def set_count_floor(bundle_dir: str | Path, min_keep: Mapping[str, int]) -> list
     if not d.is_dir():
         raise CziiInputError(d, "not a bundle folder")
     found = []
-    for name, default in ((CONFIG_FILE, AggregateConfig), (HEATMAP_CONFIG_FILE, default_aggregate_config)):
+    heatmaps = [heatmap_files(n)[1] for n in held_detectors(d) if detector_kind(n) == "heatmap"]
+    for name, default in ((CONFIG_FILE, AggregateConfig),
+                          *((f, default_aggregate_config) for f in heatmaps or [HEATMAP_CONFIG_FILE])):
         path = d / name
         if path.is_file():
             doc = read_json(path)
@@ -384,11 +446,13 @@ def set_count_floor(bundle_dir: str | Path, min_keep: Mapping[str, int]) -> list
 
 
 def held_detectors(bundle_dir: str | Path) -> list[str]:
-    """The detectors whose weights the bundle folder holds, in :data:`DETECTOR_NAMES` order."""
+    """The detectors whose weights the bundle folder holds, in :data:`DETECTOR_NAMES` order, then its
+    further heatmap networks (``heatmap_<tag>.pt``) by name."""
     d = Path(bundle_dir)
     held = {"yolo": (d / MODEL_FILE).is_file() or (d / ONNX_FILE).is_file(),
             "heatmap": (d / HEATMAP_WEIGHTS_FILE).is_file()}
-    return [n for n in DETECTOR_NAMES if held[n]]
+    more = sorted(p.stem for p in d.glob("heatmap_*.pt") if detector_kind(p.stem) == "heatmap" and p.is_file())
+    return [n for n in DETECTOR_NAMES if held[n]] + more
 
 
 def default_detectors(bundle_dir: str | Path) -> list[str]:
@@ -401,12 +465,13 @@ def default_detectors(bundle_dir: str | Path) -> list[str]:
 
 
 def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
-    """``"yolo,heatmap"`` -> names, checked against :data:`DETECTOR_NAMES` and the bundle's weights;
-    ``None``: :func:`default_detectors`. A name the bundle does not hold is a clear error."""
+    """``"yolo,heatmap"`` -> names, checked against the detector kinds (:func:`czii_kaggle.detectors.detector_kind`)
+    and the bundle's weights; ``None``: :func:`default_detectors`. A name the bundle does not hold is a clear error."""
     names = default_detectors(bundle_dir) if text is None else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in DETECTOR_NAMES]
+    unknown = [n for n in names if detector_kind(n) is None]
     if unknown or not names:
-        raise CziiInputError(bundle_dir, f"unknown detectors {unknown or names}; choose from {', '.join(DETECTOR_NAMES)}")
+        raise CziiInputError(bundle_dir, f"unknown detectors {unknown or names}; choose from "
+                                         f"{', '.join(held_detectors(bundle_dir)) or ', '.join(DETECTOR_NAMES)}")
     held = held_detectors(bundle_dir)
     absent = [n for n in names if n not in held]
     if absent:
@@ -456,6 +521,6 @@ def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "aut
             b = load_bundle(bundle_dir)
             out.append(DETECTORS[n](b if tta_views is None else with_tta(b, tta_views), backend=backend))
         else:
-            out.append(DETECTORS[n](load_heatmap_bundle(bundle_dir), backend=backend, tta_views=tta_views,
-                                    bn_adapt=bn_adapt))
+            out.append(DETECTORS[detector_kind(n)](load_heatmap_bundle(bundle_dir, n), backend=backend,
+                                                   tta_views=tta_views, bn_adapt=bn_adapt))
     return out

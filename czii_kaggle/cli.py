@@ -219,9 +219,9 @@ def _cmd_predict(a) -> int:
 
     bundle_dir, names = weights_detectors(a.weights, a.detectors)
     check_views(bundle_dir if bundle_dir is not None else a.weights, names, a.tta_views)
-    if a.bn_adapt is not None and "heatmap" not in names:
-        raise CziiInputError(bundle_dir, f"--bn-adapt adapts the heatmap detector, and {'+'.join(names)} does not "
-                                         "run it: pass --detectors heatmap or yolo,heatmap")
+    if a.bn_adapt is not None and names == ["yolo"]:
+        raise CziiInputError(bundle_dir, "--bn-adapt adapts the heatmap detectors, and yolo alone runs none: "
+                                         "pass --detectors heatmap or yolo,heatmap")
     if names != ["yolo"]:
         yolo_only = [flag for flag, given in (
             ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
@@ -284,9 +284,11 @@ def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
 def _cmd_tune_ensemble(a) -> None:
     from .tune import tune_ensemble
 
-    tables = tune_ensemble([(r, runs or []) for r, runs in _sources(a.data)], a.weights,
+    tables = tune_ensemble(_train_sources(a.data), a.weights,
                            default=a.default.split(",") if a.default else None, backend=a.backend,
-                           cache={"yolo": a.cache_yolo} if a.cache_yolo else None, ref_rank=_ref_rank(a))
+                           cache={"yolo": a.cache_yolo} if a.cache_yolo else None, ref_rank=_ref_rank(a),
+                           detectors=a.detectors.split(","),
+                           own=None if a.own is None else [] if a.own == "none" else a.own.split(","))
     for name, table in tables.items():
         print(f"{name}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
 
@@ -317,17 +319,27 @@ def _cmd_tune(a) -> None:
 
 def _cmd_export_onnx(a) -> None:
     from .bundle import export_bundle_onnx, export_heatmap_onnx, load_bundle, load_heatmap_bundle
+    from .detectors import detector_kind
 
-    if a.detector == "heatmap":
-        onnx = export_heatmap_onnx(a.weights)
+    if a.detector != "yolo":
+        if detector_kind(a.detector) != "heatmap":
+            raise CziiInputError(a.weights, f"--detector {a.detector!r}: yolo, heatmap or heatmap_<tag>")
+        onnx = export_heatmap_onnx(a.weights, a.detector)
         print(onnx)
-        if load_heatmap_bundle(a.weights).onnx != onnx:
+        if load_heatmap_bundle(a.weights, a.detector).onnx != onnx:
             print(f"the bundle's ONNX record stays with another weights file: {onnx} is not used by the bundle")
         return
     onnx = export_bundle_onnx(a.weights, imgsz=a.imgsz)
     print(onnx)
     if load_bundle(a.weights).onnx != onnx:
         print(f"the bundle's ONNX record stays with another weights file: run this copy with --weights {onnx}")
+
+
+def _train_sources(items: list[str]) -> list[tuple[Path, list[str]]]:
+    """``ROOT`` or ``ROOT:RUN,RUN`` -> ``(root, runs)``, checked against the train split (``ROOT``: its every run)."""
+    from .predict import select_runs
+
+    return [(root, select_runs(root, "train", runs)) for root, runs in _sources(items)]
 
 
 def _sources(items: list[str]) -> list[tuple[Path, list[str] | None]]:
@@ -368,11 +380,19 @@ def _cmd_recalibrate_heatmap(a) -> None:
     print(f"{out} (thresholds still those of {a.weights}: tune it, e.g. czii-kaggle tune-ensemble --weights {out})")
 
 
+def _cmd_add_heatmap(a) -> None:
+    from .bundle import add_heatmap
+
+    for path in add_heatmap(a.source, a.weights, a.name):
+        print(f"wrote {path}")
+    print(f"fit an ensemble with it: czii-kaggle tune-ensemble --weights {a.weights} --detectors ...,{a.name}")
+
+
 def _cmd_tune_heatmap(a) -> None:
     from .tune import tune_heatmap
 
-    table = tune_heatmap([(r, runs or []) for r, runs in _sources(a.data)], a.weights, backend=a.backend,
-                         ref_rank=_ref_rank(a))
+    table = tune_heatmap(_train_sources(a.data), a.weights, backend=a.backend,
+                         ref_rank=_ref_rank(a), name=a.name)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
@@ -491,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler (tcp://host:8786): one task per tomogram")
     g.add_argument("--workers", type=int, help="start a local Dask cluster of this many worker processes")
     g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for --scheduler")
-    s.add_argument("--detectors", help="yolo, heatmap or yolo,heatmap (the ensemble); default: what the bundle ships")
+    s.add_argument("--detectors", help="yolo, heatmap, heatmap_<tag> (a further heatmap network of the bundle) or "
+                                       "several joined by commas (their ensemble), e.g. yolo,heatmap; default: what "
+                                       "the bundle ships")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("tune", help="tune per-class thresholds on training runs; saved beside the weights")
@@ -507,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-onnx", help="add an ONNX Runtime copy of a bundle's model.pt (faster CPU inference)")
     s.add_argument("--weights", type=Path, help="bundle folder (default: the shipped model)")
     s.add_argument("--imgsz", type=_positive, help="largest image side (default: the bundle's detect.max_imgsz)")
-    s.add_argument("--detector", choices=("yolo", "heatmap"), default="yolo", help="which weights to export")
+    s.add_argument("--detector", default="yolo", help="which weights to export: yolo, heatmap or heatmap_<tag>")
     s.set_defaults(func=_cmd_export_onnx)
 
     s = sub.add_parser("train-heatmap", help="train the 3D heatmap detector from picks (resumes from OUT/checkpoint.pt)")
@@ -559,14 +581,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tune-heatmap", help="tune the heatmap detector's per-class thresholds on runs with picks")
     s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
     s.add_argument("--weights", required=True, type=Path, help="heatmap bundle folder")
+    s.add_argument("--name", default="heatmap", help="which heatmap detector of the bundle: heatmap or heatmap_<tag>")
     s.add_argument("--backend", choices=BACKENDS, default="auto")
     _relative_arg(s)
     s.set_defaults(func=_cmd_tune_heatmap)
 
-    s = sub.add_parser("tune-ensemble", help="tune YOLO's, the heatmap's and the ensemble's thresholds on the same runs with picks "
-                            "(czii_config.json, heatmap.json, ensemble.json)")
+    s = sub.add_parser("add-heatmap", help="put another heatmap network (a train-heatmap folder) into a bundle as "
+                                           "the detector heatmap_<tag>, beside its own")
+    s.add_argument("--source", required=True, type=Path, help="folder of heatmap.pt + heatmap.json (only read)")
+    s.add_argument("--weights", required=True, type=Path, help="the bundle folder it goes into")
+    s.add_argument("--name", required=True, help="its detector name there, heatmap_<tag> (e.g. heatmap_l0)")
+    s.set_defaults(func=_cmd_add_heatmap)
+
+    s = sub.add_parser("tune-ensemble", help="tune the detectors' own and their ensemble's thresholds on the same runs "
+                            "with picks (czii_config.json, heatmap*.json, ensemble.json)")
     s.add_argument("--data", required=True, nargs="+", help="ROOT:RUN,RUN (train split, with picks)")
-    s.add_argument("--weights", required=True, type=Path, help="bundle folder holding both detectors")
+    s.add_argument("--weights", required=True, type=Path, help="bundle folder holding the detectors")
+    s.add_argument("--detectors", default="yolo,heatmap",
+                   help="the ensemble's detectors, two or more the bundle holds (default: yolo,heatmap)")
+    s.add_argument("--own", help="detectors whose own thresholds are tuned too (default: all of --detectors; "
+                                 "'none': the ensemble alone)")
     s.add_argument("--default", help="detectors predict runs by default with this bundle, e.g. yolo,heatmap")
     s.add_argument("--cache-yolo", type=Path, help="keep / reuse the YOLO candidates of each run in this folder")
     s.add_argument("--backend", choices=BACKENDS, default="auto")

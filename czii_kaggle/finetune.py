@@ -636,7 +636,7 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
         return tune_thresholds(c["heatmap"], t, hm_start, support_grid=None)[0]
 
     def fit_both(c, t):
-        return fit_ensemble(c, t, start=None if before is None else before.aggregate,
+        return fit_ensemble(c, t, ("yolo", "heatmap"), start=None if before is None else before.aggregate,
                             ref_rank=None if before is None else before.ref_rank)
 
     def left_out(fit, selector) -> float:  # every real run selected by thresholds that never saw it
@@ -649,7 +649,10 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
     hm_tuned = left_out(tune_heatmap, lambda m, cfg: select(m["heatmap"], cfg))
     hm_kept = _score_picks(truth, select(cands, hm_start))
     ens_fitted = left_out(lambda c, t: fit_both(c, t)[0], select_ensemble)
-    ens_kept = None if before is None else _score_picks(truth, select_ensemble(both, before))
+    # the start's ensemble can be kept only where it merges these two (not a further heatmap network: the
+    # fine-tuned bundle holds YOLO and one heatmap; from a start's ensemble of more, only its floor carries over)
+    kept_ok = before is not None and sorted(before.detectors) == sorted(both)
+    ens_kept = _score_picks(truth, select_ensemble(both, before)) if kept_ok else None
     which = "fine-tuned heatmap out of fold" if fine_tuned else "heatmap of the start bundle (not retrained)"
     ens_name = f"ensemble: fine-tuned YOLO out of fold + {which.split(' (')[0]}"
     scores = {f"{which}, thresholds tuned leaving each run out": hm_tuned,

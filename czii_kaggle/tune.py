@@ -32,8 +32,8 @@ looks score on different scales; relative to each run's own, one threshold fits 
 The same search fits the ensemble (:func:`fit_ensemble`: calibrations, per-class
 detector weights, thresholds of the merged candidates). A bundle's detectors are tuned
 on runs with picks and the results saved in the bundle (:mod:`czii_kaggle.bundle`):
-:func:`tune_bundle` (YOLO, ``czii_config.json``), :func:`tune_heatmap` (``heatmap.json``)
-and :func:`tune_ensemble` (both, ``heatmap.json`` and ``ensemble.json``).
+:func:`tune_bundle` (YOLO, ``czii_config.json``), :func:`tune_heatmap` (a heatmap's ``{name}.json``)
+and :func:`tune_ensemble` (two or more detectors: each one's own file and ``ensemble.json``).
 """
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ from scipy.spatial import cKDTree
 
 from . import frames, layout, outputs, picks as picks_io
 from .aggregate import EXPERIMENT_GAP_A, AggregateConfig, candidate_share, nms_3d, relative_scores
-from .bundle import (CONFIG_FILE, ENSEMBLE_FILE, HEATMAP_CONFIG_FILE, load_bundle, load_detectors, load_ensemble, load_heatmap_bundle,
-                     save_aggregate_config, save_ensemble, save_heatmap_json, sources_record, with_tta)
+from .bundle import (CONFIG_FILE, ENSEMBLE_FILE, heatmap_json, load_bundle, load_detectors, load_ensemble,
+                     load_heatmap_bundle, parse_detectors, save_aggregate_config, save_ensemble, sources_record,
+                     update_json, with_tta)
 from .detectors import run_candidates
 from .detectors.heatmap import HeatmapDetector
 from .ensemble import EnsembleConfig, combine, fit_calibration
@@ -312,12 +313,12 @@ def tune_bundle(
 
 
 def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path, backend: str = "auto",
-                 ref_rank: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """Tune the heatmap detector's per-class thresholds (and min shares) on runs with picks; save
-    them in the bundle's ``heatmap.json``. ``ref_rank``: as :func:`tune_bundle`. Returns
+                 ref_rank: Mapping[str, int] | None = None, name: str = "heatmap") -> pd.DataFrame:
+    """Tune the heatmap detector ``name``'s per-class thresholds (and min shares) on runs with picks;
+    save them in the bundle's ``{name}.json``. ``ref_rank``: as :func:`tune_bundle`. Returns
     :func:`tune_thresholds`' table."""
-    det = HeatmapDetector(load_heatmap_bundle(bundle_dir), backend=backend)
-    outputs.check_writable(det.bundle.weights.parent / HEATMAP_CONFIG_FILE)  # before the runs are predicted
+    det = HeatmapDetector(load_heatmap_bundle(bundle_dir, name), backend=backend)
+    outputs.check_writable(heatmap_json(det.bundle))  # before the runs are predicted
     cands, truth = [], []
     for i, (root, runs) in enumerate(sources):
         for run in runs:
@@ -326,31 +327,38 @@ def tune_heatmap(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | 
         truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
     config, table = tune_thresholds(pd.concat(cands, ignore_index=True), pd.concat(truth, ignore_index=True),
                                     _ranked(det.aggregate, ref_rank), support_grid=None)
-    save_heatmap_json(det.bundle.weights.parent, aggregate=config.to_dict(),
-                      tuned_on=sources_record(sources))
+    update_json(heatmap_json(det.bundle), {"aggregate": config.to_dict(), "tuned_on": sources_record(sources)})
     return table
 
 
 def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str | Path,
                   default: list[str] | None = None, backend: str = "auto",
-                  cache: dict[str, Path] | None = None, ref_rank: Mapping[str, int] | None = None
+                  cache: dict[str, Path] | None = None, ref_rank: Mapping[str, int] | None = None,
+                  detectors: list[str] | None = None, own: list[str] | None = None
                   ) -> dict[str, pd.DataFrame]:
-    """Fit a bundle's detectors and their YOLO + heatmap ensemble on the same runs with picks.
+    """Fit a bundle's detectors and their ensemble on the same runs with picks.
 
-    Runs both detectors once over ``sources`` (``(root, runs)``, train split) and tunes, on
-    the same candidates, each detector's own per-class thresholds (YOLO's in
-    ``czii_config.json``, the heatmap's in ``heatmap.json``; each keeps its floor,
-    ``min_keep``), so that either detector alone is as well tuned as the ensemble; then
-    calibrates both detectors and tunes the merged candidates' thresholds
-    (:func:`fit_ensemble`, saved as ``ensemble.json``, with ``default_detectors`` =
+    Runs the ``detectors`` (default: YOLO and the heatmap; any two or more the bundle holds, e.g.
+    ``yolo, heatmap, heatmap_l0``) once over ``sources`` (``(root, runs)``, train split) and tunes,
+    on the same candidates, the own per-class thresholds of those in ``own`` (default: all; YOLO's in
+    ``czii_config.json``, a heatmap's in its ``{name}.json``; each keeps its floor, ``min_keep``),
+    so that each detector alone is as well tuned as the ensemble; then calibrates the detectors and
+    tunes the merged candidates' thresholds (:func:`fit_ensemble`: for two detectors a weight per
+    class, for more equal weights; saved as ``ensemble.json``, with ``default_detectors`` =
     ``default`` when given). ``cache``: as :func:`czii_kaggle.detectors.run_candidates`
     (one sub-folder per source). ``ref_rank``: relative scores with these ranks for each detector
     alone and for each detector's scores in the ensemble (0: absolute); default: as the bundle's files
-    have them. Returns the tuning tables ``{"yolo": ..., "heatmap": ...,
-    "ensemble": ...}``.
+    have them. Returns the tuning tables ``{detector: ..., "ensemble": ...}`` (of the detectors tuned).
     """
-    dets = load_detectors(bundle_dir, ["yolo", "heatmap"], backend)
-    for name in (CONFIG_FILE, HEATMAP_CONFIG_FILE, ENSEMBLE_FILE):  # before the runs are predicted
+    names = parse_detectors(",".join(detectors or ["yolo", "heatmap"]), bundle_dir)
+    own = names if own is None else own
+    stray = [n for n in own if n not in names]
+    if len(names) < 2 or stray:
+        raise CziiInputError(Path(bundle_dir), f"an ensemble needs two or more detectors, not {'+'.join(names)}"
+                             if len(names) < 2 else f"--own names {', '.join(stray)}, not among {', '.join(names)}")
+    dets = load_detectors(bundle_dir, names, backend)
+    files = [CONFIG_FILE if d.name == "yolo" else heatmap_json(d.bundle).name for d in dets if d.name in own]
+    for name in (*files, ENSEMBLE_FILE):  # before the runs are predicted
         outputs.check_writable(Path(bundle_dir) / name)
     cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}
     truth = []
@@ -365,15 +373,19 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
         truth.append(picks_io.read_all_picks(root, runs).assign(experiment=lambda d, i=i: f"{i}/" + d["experiment"].astype(str)))
     pooled = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
     solution = pd.concat(truth, ignore_index=True)
-    yolo, heatmap = dets
-    yolo_config, yolo_table = tune_thresholds(pooled["yolo"], solution, _ranked(yolo.aggregate, ref_rank))
-    hm_config, hm_table = tune_thresholds(pooled["heatmap"], solution, _ranked(heatmap.aggregate, ref_rank),
-                                          support_grid=None)
     tuned_on = sources_record(sources)
-    save_aggregate_config(yolo.bundle.weights.parent, yolo_config, detect=yolo.bundle.detect, tuned_on=tuned_on)
-    save_heatmap_json(heatmap.bundle.weights.parent, aggregate=hm_config.to_dict(), tuned_on=tuned_on)
+    tables = {}
+    for det in (d for d in dets if d.name in own):
+        if det.name == "yolo":
+            config, tables["yolo"] = tune_thresholds(pooled["yolo"], solution, _ranked(det.aggregate, ref_rank))
+            save_aggregate_config(det.bundle.weights.parent, config, detect=det.bundle.detect, tuned_on=tuned_on)
+        else:
+            config, tables[det.name] = tune_thresholds(pooled[det.name], solution, _ranked(det.aggregate, ref_rank),
+                                                       support_grid=None)
+            update_json(heatmap_json(det.bundle), {"aggregate": config.to_dict(), "tuned_on": tuned_on})
     before = load_ensemble(bundle_dir)  # its floor (min_keep) and relative scores carry over
-    config, table = fit_ensemble(pooled, solution, start=None if before is None else before.aggregate,
-                                 ref_rank=ref_rank if ref_rank is not None else before.ref_rank if before else None)
+    config, tables["ensemble"] = fit_ensemble(
+        pooled, solution, detectors=tuple(names), start=None if before is None else before.aggregate,
+        ref_rank=ref_rank if ref_rank is not None else before.ref_rank if before else None)
     save_ensemble(bundle_dir, config, default_detectors=default, tuned_on=tuned_on)
-    return {"yolo": yolo_table, "heatmap": hm_table, "ensemble": table}
+    return tables

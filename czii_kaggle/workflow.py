@@ -154,8 +154,9 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
     bundle : Bundle, bundle folder, ``.pt``/``.onnx`` path or None
         The model bundle; None: the one shipped in the package.
     detectors : str, optional
-        ``"yolo"``, ``"heatmap"`` or ``"yolo,heatmap"`` (the ensemble, fitted in the bundle's
-        ``ensemble.json``); None: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`),
+        ``"yolo"``, ``"heatmap"``, ``"heatmap_l0"`` (a further heatmap network the bundle holds) or
+        several joined by commas (their ensemble, fitted in the bundle's ``ensemble.json``, e.g.
+        ``"yolo,heatmap,heatmap_l0"``); None: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`),
         as ``czii-kaggle predict --detectors``. A name the bundle does not hold is a clear error.
 
     Returns

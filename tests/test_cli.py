@@ -291,7 +291,7 @@ def test_predict_exit_status_and_nothing_replaced_by_an_empty_result(tmp_path, c
     # the heatmap's adaptation asked of YOLO alone: one line, nothing run
     assert _predict(sim_root, "--out", out, "--detectors", "yolo", "--bn-adapt", "0.5") == 2
     err = _lines(capsys.readouterr().err)
-    assert len(err) == 1 and "--bn-adapt adapts the heatmap detector, and yolo does not run it" in err[0]
+    assert len(err) == 1 and "--bn-adapt adapts the heatmap detectors, and yolo alone runs none" in err[0]
     assert out.read_text() == "an earlier submission\n"
 
 

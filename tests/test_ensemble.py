@@ -499,3 +499,84 @@ def test_relative_ensemble_scores_do_not_see_a_runs_scale():
     assert EnsembleConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="ref_rank"):
         EnsembleConfig(ref_rank={"ribosome": -1})
+
+
+def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_path, capsys):
+    """``add-heatmap`` puts a second heatmap network into a bundle as ``heatmap_<tag>`` (its ONNX copy and
+    record renamed with it, the source and the bundle's own files untouched); ``tune-ensemble --detectors``
+    fits the ensemble of three, ``--own`` retuning only the newcomer's thresholds; ``predict`` runs the three
+    by default and each alone; wrong names are clear errors."""
+    import torch
+
+    from czii_kaggle import layout
+    from czii_kaggle.bundle import (export_heatmap_onnx, file_sha256, load_heatmap_bundle, save_heatmap_json,
+                                    set_count_floor)
+    from czii_kaggle.cli import main
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path / "sim", n_train=2, n_test=1, seed=5,
+                          config=SimConfig(shape_vox=(64, 192, 192), difficulty="easy"))
+    runs = layout.list_runs(ds.root, "train")
+    bundle, source = tmp_path / "bundle", tmp_path / "other"
+    bundle.mkdir(), source.mkdir()
+    for name in ("model.pt", "czii_config.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
+    for folder, seed, channels in ((bundle, 0, (4, 8, 8)), (source, 1, (4, 8, 12))):
+        torch.manual_seed(seed)
+        torch.save(HeatmapUNet(6, channels).state_dict(), folder / "heatmap.pt")
+        save_heatmap_json(folder, config=HeatmapConfig(channels=channels, window_vox=(32, 64, 64)).to_dict())
+    export_heatmap_onnx(source)
+    src_files = {p.name: file_sha256(p) for p in source.iterdir()}
+
+    assert main(["add-heatmap", "--source", str(source), "--weights", str(bundle), "--name", "heatmap_b"]) in (None, 0)
+    assert {p.name: file_sha256(p) for p in source.iterdir()} == src_files  # only read
+    assert held_detectors(bundle) == ["yolo", "heatmap", "heatmap_b"]
+    added = load_heatmap_bundle(bundle, "heatmap_b")
+    assert added.name == "heatmap_b" and added.config.channels == (4, 8, 12)
+    assert added.onnx == bundle / "heatmap_b.onnx"  # the copy's record names the renamed weights and matches them
+    assert load_heatmap_bundle(bundle).config.channels == (4, 8, 8) and load_heatmap_bundle(bundle).onnx is None
+    for bad, why in (("heatmap_b", "is there already"), ("heatmap", "named heatmap_<tag>"),
+                     ("Heatmap_X", "named heatmap_<tag>"), ("blob", "named heatmap_<tag>")):
+        assert main(["add-heatmap", "--source", str(source), "--weights", str(bundle), "--name", bad]) != 0
+        assert why in capsys.readouterr().err, bad
+    assert held_detectors(bundle) == ["yolo", "heatmap", "heatmap_b"]
+
+    own_before = {f: (bundle / f).read_text() for f in ("czii_config.json", "heatmap.json")}
+    code = main(["tune-ensemble", "--data", f"{ds.root}:{','.join(runs)}", "--weights", str(bundle), "--backend",
+                 "torch", "--detectors", "yolo,heatmap,heatmap_b", "--own", "heatmap_b",
+                 "--default", "yolo,heatmap,heatmap_b"])
+    out = capsys.readouterr().out
+    assert code in (None, 0) and "heatmap_b:" in out and "ensemble:" in out and "yolo:" not in out
+    assert {f: (bundle / f).read_text() for f in own_before} == own_before  # --own: the others' thresholds kept
+    assert json.loads((bundle / "heatmap_b.json").read_text())["tuned_on"] == [{"root": str(ds.root), "runs": runs}]
+    ens = load_ensemble(bundle)
+    assert ens.detectors == ("yolo", "heatmap", "heatmap_b") and set(ens.calibration) == set(ens.detectors)
+    assert all(np.allclose(ens.class_weights(n), 1 / 3) for n in NAMES)  # three detectors: equal weights
+    assert default_detectors(bundle) == ["yolo", "heatmap", "heatmap_b"]
+    assert "heatmap_b.json" in {p.name for p in set_count_floor(bundle, {"ribosome": 3})}
+    assert load_heatmap_bundle(bundle, "heatmap_b").aggregate["ribosome"].min_keep == 3
+
+    # predict: the bundle's three by default (one report row per run and detector), any one alone, clear errors
+    out_csv = tmp_path / "sub.csv"
+    assert main(["predict", "--data", str(ds.root), "--weights", str(bundle), "--out", str(out_csv),
+                 "--backend", "torch"]) in (None, 0)
+    printed = capsys.readouterr().out
+    assert "yolo+heatmap+heatmap_b" in printed and out_csv.read_text().startswith("id,experiment,particle_type")
+    for n in ("yolo", "heatmap", "heatmap_b"):
+        assert f" {n} " in printed or f" {n}\n" in printed, n
+    alone = tmp_path / "alone.csv"
+    assert main(["predict", "--data", str(ds.root), "--weights", str(bundle), "--out", str(alone),
+                 "--backend", "torch", "--detectors", "heatmap_b"]) in (None, 0)
+    assert "(heatmap_b)" in capsys.readouterr().out
+    with pytest.raises(CziiInputError, match="names detector.*heatmap_zz.*holds only yolo, heatmap, heatmap_b"):
+        parse_detectors("yolo,heatmap_zz", bundle)
+    for args, why in ((["predict", "--data", str(ds.root), "--out", str(alone), "--detectors", "yolo,heatmap"],
+                       "no ensemble of yolo, heatmap fitted"),
+                      (["tune-ensemble", "--data", f"{ds.root}:{runs[0]}", "--detectors", "heatmap"],
+                       "an ensemble needs two or more detectors"),
+                      (["tune-ensemble", "--data", f"{ds.root}:{runs[0]}", "--detectors", "heatmap,heatmap_b",
+                        "--own", "yolo"], "--own names yolo, not among heatmap, heatmap_b")):
+        assert main([*args, "--weights", str(bundle)]) != 0
+        assert why in capsys.readouterr().err, why

@@ -9,9 +9,11 @@ own selection (thresholds + 3D NMS). One module each:
   :func:`czii_kaggle.aggregate.aggregate`), weights ``model.pt`` / ``model.onnx``;
 - ``heatmap`` (:mod:`czii_kaggle.detectors.heatmap`, network in
   :mod:`czii_kaggle.detectors.heatmap_net`): the 3D heatmap network, weights
-  ``heatmap.pt`` / ``heatmap.onnx``.
+  ``heatmap.pt`` / ``heatmap.onnx``. A bundle may hold more heatmap networks beside it
+  (another resolution, another training), each a detector of its own named
+  ``heatmap_<tag>`` (:func:`detector_kind`), weights ``heatmap_<tag>.pt``.
 
-A bundle folder (:mod:`czii_kaggle.bundle`) holds either or both and opens them
+A bundle folder (:mod:`czii_kaggle.bundle`) holds any of them and opens them
 (:func:`czii_kaggle.bundle.load_detectors`); :func:`run_candidates` runs detectors over
 runs (a run that fails in one detector is reported and skipped for it only) and
 :func:`select_picks` selects each run's picks: one detector, its own selection; several,
@@ -22,6 +24,7 @@ does all three for a bundle folder.
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -43,6 +46,16 @@ from .yolo import YoloDetector
 #: :func:`czii_kaggle.bundle.load_detectors`), in the order they are run and fall back to.
 DETECTORS: dict[str, type] = {"yolo": YoloDetector, "heatmap": HeatmapDetector}
 DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
+#: A further heatmap network of a bundle: ``heatmap_`` and a tag of lower-case letters, digits.
+EXTRA_HEATMAP = re.compile(r"heatmap_[a-z0-9]+")
+
+
+def detector_kind(name: str) -> str | None:
+    """The kind (a key of :data:`DETECTORS`) of a detector name: ``yolo``, ``heatmap`` and
+    ``heatmap_<tag>`` (a bundle's further heatmap networks) are heatmaps; None for another name."""
+    if name in DETECTORS:
+        return name
+    return "heatmap" if EXTRA_HEATMAP.fullmatch(name) else None
 
 
 class Detector(Protocol):

@@ -469,12 +469,12 @@ def heatmap_candidates(prob: np.ndarray, voxel_size_A: float, experiment: str, c
 class HeatmapDetector:
     """The heatmap detector behind :class:`czii_kaggle.detectors.Detector`'s interface."""
 
-    name = "heatmap"
-
     def __init__(self, bundle: HeatmapBundle, backend: str = "auto", tta_views: int | None = None,
                  bn_adapt: float | None = None, device: str | None = None):
-        """``device``: ``"cpu"``, ``"cuda:N"`` or None: the first usable GPU, else the CPU (:func:`heatmap_device`)."""
+        """``device``: ``"cpu"``, ``"cuda:N"`` or None: the first usable GPU, else the CPU (:func:`heatmap_device`).
+        The detector's name is the bundle's (``heatmap``, or ``heatmap_<tag>`` for a further network)."""
         self.bundle = bundle
+        self.name = bundle.name
         if tta_views is not None:
             self.bundle = replace(self.bundle, config=replace(self.bundle.config, tta_views=tta_views))
         if bn_adapt is not None:
