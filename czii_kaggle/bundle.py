@@ -13,8 +13,11 @@
 ``heatmap_<tag>.*``  further heatmap networks (``.pt``, ``.onnx``, ``.json`` as above), each a
                    detector named ``heatmap_<tag>`` (e.g. ``heatmap_l0``, a network at the
                    zarr's level 0); put one in with :func:`add_heatmap`
-``ensemble.json``  the ensemble of two or more of them (:class:`czii_kaggle.ensemble.EnsembleConfig`), and
-                   ``default_detectors``: what ``predict`` runs by default (else YOLO alone)
+``ensemble.json``  the ensemble of two or more of them (:class:`czii_kaggle.ensemble.EnsembleConfig`),
+                   ``default_detectors``: what ``predict`` runs by default (else YOLO alone), and
+                   ``alternatives``: ensembles of other sets of its detectors fitted before (each
+                   with its ``tuned_on``), so that e.g. ``--detectors yolo,heatmap`` still runs
+                   where the default is ``yolo,heatmap,heatmap_l0``
 ``TRAINING.json``  the shipped model's full training record (``scripts/train_shipped_model.py``)
 =================  =============================================================================
 
@@ -394,22 +397,61 @@ def add_heatmap(source: str | Path, bundle_dir: str | Path, name: str) -> list[P
 # --------------------------------------------------------------------------- the ensemble and the detectors held
 
 
-def load_ensemble(bundle_dir: str | Path) -> EnsembleConfig | None:
-    """The bundle's ``ensemble.json`` (None when absent); :class:`CziiInputError` when malformed."""
+#: Keys of ``ensemble.json`` beside an ensemble's own (which :func:`save_ensemble` does not move with it).
+_ENSEMBLE_FILE_KEYS = ("default_detectors", "alternatives")
+
+
+def _ensemble_entries(path: Path) -> tuple[dict, list[tuple[dict, EnsembleConfig]]]:
+    """``ensemble.json``'s document and each ensemble it holds (the main one first, then the
+    ``alternatives``), as ``(entry, config)``; :class:`CziiInputError` when any is malformed."""
+    doc = read_json(path, ("calibration", "weights", "aggregate"))
+    alternatives = doc.get("alternatives", [])
+    if not isinstance(alternatives, list) or not all(isinstance(a, dict) for a in alternatives):
+        raise CziiInputError(path, f"alternatives is {alternatives!r}, not a list of ensemble configs")
+    entries = []
+    for entry in (doc, *alternatives):
+        try:
+            entries.append((entry, EnsembleConfig.from_dict(entry)))
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise CziiInputError(path, f"not a valid ensemble config: {exc}") from None
+    return doc, entries
+
+
+def load_ensemble(bundle_dir: str | Path, detectors=None) -> EnsembleConfig | None:
+    """The bundle's ensemble (``ensemble.json``; None when absent); with ``detectors``, the one of
+    exactly those (the main one or an alternative; None when none was fitted).
+    :class:`CziiInputError` when the file is malformed."""
     path = Path(bundle_dir) / ENSEMBLE_FILE
     if not path.is_file():
         return None
-    doc = read_json(path, ("calibration", "weights", "aggregate"))
-    try:
-        return EnsembleConfig.from_dict(doc)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise CziiInputError(path, f"not a valid ensemble config: {exc}") from None
+    _, entries = _ensemble_entries(path)
+    if detectors is None:
+        return entries[0][1]
+    return next((cfg for _, cfg in entries if sorted(cfg.detectors) == sorted(detectors)), None)
+
+
+def fitted_ensembles(bundle_dir: str | Path) -> list[tuple[str, ...]]:
+    """The detector sets of the ensembles ``ensemble.json`` holds, the main one first."""
+    path = Path(bundle_dir) / ENSEMBLE_FILE
+    return [cfg.detectors for _, cfg in _ensemble_entries(path)[1]] if path.is_file() else []
 
 
 def save_ensemble(bundle_dir: str | Path, config: EnsembleConfig, **extra) -> Path:
-    """Write ``ensemble.json`` (atomically; ``extra`` keys, e.g. ``default_detectors``, kept beside the config)."""
+    """Write ``ensemble.json`` (atomically): ``config`` as the main ensemble, ``extra`` keys (e.g.
+    ``default_detectors``, ``tuned_on``) beside it. The ensembles of other detector sets the file held
+    (its main one and its alternatives) are kept as ``alternatives``; one of the same set is replaced.
+    ``default_detectors`` not given (or None): the file's are kept."""
     path = Path(bundle_dir) / ENSEMBLE_FILE
-    return outputs.write_text(path, json.dumps({**config.to_dict(), **extra}, indent=2) + "\n")
+    keep = []
+    if path.is_file():
+        doc, entries = _ensemble_entries(path)
+        for entry, cfg in entries:
+            if sorted(cfg.detectors) != sorted(config.detectors):
+                keep.append({k: v for k, v in entry.items() if k not in _ENSEMBLE_FILE_KEYS})
+        if extra.get("default_detectors") is None and doc.get("default_detectors"):
+            extra = {**extra, "default_detectors": doc["default_detectors"]}
+    doc = {**config.to_dict(), **extra, **({"alternatives": keep} if keep else {})}
+    return outputs.write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def set_count_floor(bundle_dir: str | Path, min_keep: Mapping[str, int]) -> list[Path]:
@@ -433,16 +475,19 @@ def set_count_floor(bundle_dir: str | Path, min_keep: Mapping[str, int]) -> list
                 found.append((path, AggregateConfig.from_dict(doc["aggregate"]) if "aggregate" in doc else default()))
             except (TypeError, ValueError, AttributeError) as exc:
                 raise CziiInputError(path, f"invalid aggregate settings: {exc}") from None
-    ensemble = load_ensemble(d)
-    if ensemble is not None:
-        found.append((d / ENSEMBLE_FILE, ensemble.aggregate))
-    if not found:
+    ensembles = _ensemble_entries(d / ENSEMBLE_FILE)[1] if (d / ENSEMBLE_FILE).is_file() else []
+    if not found and not ensembles:
         raise CziiInputError(d, f"no {CONFIG_FILE}, {HEATMAP_CONFIG_FILE} or {ENSEMBLE_FILE} to set a floor in")
     try:
-        updated = [(path, agg.with_floor(min_keep)) for path, agg in found]
+        updated = [(path, {"aggregate": agg.with_floor(min_keep).to_dict()}) for path, agg in found]
+        if ensembles:  # the main ensemble and every alternative
+            floored = [{**entry, "aggregate": cfg.aggregate.with_floor(min_keep).to_dict()} for entry, cfg in ensembles]
+            main = floored[0]
+            updated.append((d / ENSEMBLE_FILE, {"aggregate": main["aggregate"],
+                                                **({"alternatives": floored[1:]} if len(floored) > 1 else {})}))
     except ValueError as exc:
         raise CziiInputError(d, f"invalid count floor: {exc}") from None
-    return [update_json(path, {"aggregate": agg.to_dict()}) for path, agg in updated]
+    return [update_json(path, updates) for path, updates in updated]
 
 
 def held_detectors(bundle_dir: str | Path) -> list[str]:

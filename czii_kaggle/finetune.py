@@ -627,7 +627,8 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
     both = {"yolo": oof, "heatmap": cands}
     yolo_start = load_bundle(plan.init_weights).aggregate
     hm_start = load_heatmap_bundle(start_dir).aggregate
-    before = load_ensemble(start_dir)
+    # the start's ensemble of YOLO and the heatmap (the main one, or an alternative beside an ensemble of more)
+    before = load_ensemble(start_dir, ("yolo", "heatmap")) or load_ensemble(start_dir)
 
     def tune_yolo(c, t):
         return tune_thresholds(c["yolo"], t, yolo_start)[0]

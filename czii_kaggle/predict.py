@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from . import layout, outputs, particles, runtime
 from .aggregate import aggregate, empty_candidates
-from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, load_bundle, load_detectors, load_ensemble,
-                     parse_detectors)
+from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, fitted_ensembles, load_bundle,
+                     load_detectors, load_ensemble, parse_detectors)
 from .detect import empty_detections
 from .detectors import DetectorsPrediction, run_candidates, select_picks
 from .detectors.yolo import choose_backend, detect_prepared, load_yolo, prepare_run
@@ -364,11 +364,12 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     names = parse_detectors(None if detectors is None else ",".join(detectors), bundle_dir)
     ensemble = None
     if len(names) > 1:
-        ensemble = load_ensemble(bundle_dir)
-        if ensemble is None or sorted(ensemble.detectors) != sorted(names):
+        ensemble = load_ensemble(bundle_dir, names)
+        if ensemble is None:
+            fitted = "; ".join("+".join(d) for d in fitted_ensembles(bundle_dir)) or "none"
             raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
-                                 f"no ensemble of {', '.join(names)} fitted in this bundle "
-                                 "(run `czii-kaggle tune-ensemble`)")
+                                 f"no ensemble of {', '.join(names)} fitted in this bundle (it holds: {fitted}; "
+                                 f"run `czii-kaggle tune-ensemble --detectors {','.join(names)}`)")
     dets = load_detectors(bundle_dir, names, backend, tta_views, bn_adapt)
     runs = select_runs(root, split, runs)
     others = [d for d in dets if d.name != "yolo"]

@@ -572,8 +572,27 @@ def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_p
     assert "(heatmap_b)" in capsys.readouterr().out
     with pytest.raises(CziiInputError, match="names detector.*heatmap_zz.*holds only yolo, heatmap, heatmap_b"):
         parse_detectors("yolo,heatmap_zz", bundle)
-    for args, why in ((["predict", "--data", str(ds.root), "--out", str(alone), "--detectors", "yolo,heatmap"],
-                       "no ensemble of yolo, heatmap fitted"),
+
+    # an ensemble of another set beside it: the three stay as an alternative, and the default with them
+    three = load_ensemble(bundle)
+    own_before = {f: (bundle / f).read_text() for f in own_before}
+    assert main(["tune-ensemble", "--data", f"{ds.root}:{','.join(runs)}", "--weights", str(bundle), "--backend",
+                 "torch", "--detectors", "yolo,heatmap", "--own", "none"]) in (None, 0)
+    capsys.readouterr()
+    assert {f: (bundle / f).read_text() for f in own_before} == own_before
+    assert load_ensemble(bundle).detectors == ("yolo", "heatmap")
+    assert load_ensemble(bundle, ["heatmap_b", "yolo", "heatmap"]) == three
+    assert default_detectors(bundle) == ["yolo", "heatmap", "heatmap_b"]  # kept: no --default given
+    assert "ensemble.json" in {p.name for p in set_count_floor(bundle, {"ribosome": 4})}
+    assert load_ensemble(bundle, three.detectors).aggregate["ribosome"].min_keep == 4  # the alternative's floor too
+    assert load_ensemble(bundle).aggregate["ribosome"].min_keep == 4
+    for detectors in ("yolo,heatmap", None):  # both ensembles run
+        assert main(["predict", "--data", str(ds.root), "--weights", str(bundle), "--out", str(alone),
+                     "--backend", "torch", *(["--detectors", detectors] if detectors else [])]) in (None, 0)
+    capsys.readouterr()
+    for args, why in ((["predict", "--data", str(ds.root), "--out", str(alone), "--detectors", "yolo,heatmap_b"],
+                       "no ensemble of yolo, heatmap_b fitted in this bundle (it holds: yolo+heatmap; "
+                       "yolo+heatmap+heatmap_b"),
                       (["tune-ensemble", "--data", f"{ds.root}:{runs[0]}", "--detectors", "heatmap"],
                        "an ensemble needs two or more detectors"),
                       (["tune-ensemble", "--data", f"{ds.root}:{runs[0]}", "--detectors", "heatmap,heatmap_b",
