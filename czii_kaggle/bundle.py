@@ -430,10 +430,10 @@ def load_ensemble(bundle_dir: str | Path, detectors=None) -> EnsembleConfig | No
     return next((cfg for _, cfg in entries if sorted(cfg.detectors) == sorted(detectors)), None)
 
 
-def fitted_ensembles(bundle_dir: str | Path) -> list[tuple[str, ...]]:
-    """The detector sets of the ensembles ``ensemble.json`` holds, the main one first."""
+def load_ensembles(bundle_dir: str | Path) -> list[EnsembleConfig]:
+    """Every ensemble ``ensemble.json`` holds, the main one first, then its alternatives ([] when absent)."""
     path = Path(bundle_dir) / ENSEMBLE_FILE
-    return [cfg.detectors for _, cfg in _ensemble_entries(path)[1]] if path.is_file() else []
+    return [cfg for _, cfg in _ensemble_entries(path)[1]] if path.is_file() else []
 
 
 def save_ensemble(bundle_dir: str | Path, config: EnsembleConfig, **extra) -> Path:

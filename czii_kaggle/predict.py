@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from . import layout, outputs, particles, runtime
 from .aggregate import aggregate, empty_candidates
-from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, fitted_ensembles, load_bundle,
-                     load_detectors, load_ensemble, parse_detectors)
+from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, load_bundle,
+                     load_detectors, load_ensemble, load_ensembles, parse_detectors)
 from .detect import empty_detections
 from .detectors import DetectorsPrediction, run_candidates, select_picks
 from .detectors.yolo import choose_backend, detect_prepared, load_yolo, prepare_run
@@ -356,7 +356,8 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     ``tta_views``, ``bn_adapt``: as :func:`czii_kaggle.bundle.load_detectors`.
 
     A run that fails in one detector is reported (a ``failed`` row of the report) and the
-    selection of a detector that succeeded on it is used (:func:`czii_kaggle.detectors.select_picks`).
+    ensemble of the detectors that succeeded on it, where the bundle holds one fitted, else the
+    selection of a detector that succeeded, is used (:func:`czii_kaggle.detectors.select_picks`).
     YOLO's candidates come through :func:`predict_runs` (the next run read while the model works,
     one worker per device), the other detectors' run by run (:func:`czii_kaggle.detectors.run_candidates`).
     """
@@ -366,7 +367,7 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     if len(names) > 1:
         ensemble = load_ensemble(bundle_dir, names)
         if ensemble is None:
-            fitted = "; ".join("+".join(d) for d in fitted_ensembles(bundle_dir)) or "none"
+            fitted = "; ".join("+".join(e.detectors) for e in load_ensembles(bundle_dir)) or "none"
             raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
                                  f"no ensemble of {', '.join(names)} fitted in this bundle (it holds: {fitted}; "
                                  f"run `czii-kaggle tune-ensemble --detectors {','.join(names)}`)")
@@ -383,7 +384,9 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
         report = report.sort_values(["experiment", "detector"], key=lambda c: c.map(
             {r: i for i, r in enumerate(runs)} if c.name == "experiment" else order), kind="stable")
         report = report.reset_index(drop=True)
-    return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble), cands, report)
+    # a run that fails in some detector: the ensemble of those that succeeded on it, where one is fitted
+    fallbacks = [e for e in load_ensembles(bundle_dir) if set(e.detectors) < set(names)] if ensemble else []
+    return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble, fallbacks), cands, report)
 
 
 def yolo_run_candidates(root: str | Path, split: str, runs: list[str] | None, bundle: Bundle, backend: str = "auto",

@@ -285,8 +285,8 @@ def test_predict_exit_status_and_nothing_replaced_by_an_empty_result(tmp_path, c
     assert len(err) == 2 and err[-1].startswith(f"czii-kaggle: error: {out}: not written: every run failed")
     assert _predict(sim_root, "--out", out, "--runs", "TS_broken") == 2
     err = _lines(capsys.readouterr().err)
-    assert [e.split(":")[0] for e in err[:2]] == ["TS_broken (yolo)", "TS_broken (heatmap)"]
-    assert len(err) == 3 and err[-1].startswith(f"czii-kaggle: error: {out}: not written: every run failed in every")
+    assert [e.split(":")[0] for e in err[:3]] == ["TS_broken (yolo)", "TS_broken (heatmap)", "TS_broken (heatmap_l0)"]
+    assert len(err) == 4 and err[-1].startswith(f"czii-kaggle: error: {out}: not written: every run failed in every")
     assert out.read_text() == "an earlier submission\n"
     # the heatmap's adaptation asked of YOLO alone: one line, nothing run
     assert _predict(sim_root, "--out", out, "--detectors", "yolo", "--bn-adapt", "0.5") == 2
@@ -318,12 +318,12 @@ def test_simulate_real_layouts_take_the_root_given(tmp_path, capsys, real_root):
 
 
 def test_yolo_only_options_run_yolo_alone_when_the_detectors_are_the_bundles_default(tmp_path, capsys, sim_root):
-    """The shipped bundle's default is the ensemble; --detections-out (YOLO's slice detections) then runs
+    """The shipped bundle's default is the ensemble of three; --detections-out (YOLO's slice detections) then runs
     YOLO alone and says so; named explicitly, the ensemble with it is refused in one line."""
     out, det = tmp_path / "sub.csv", tmp_path / "det.csv"
     assert _predict(sim_root, "--out", out, "--runs", "TS_sim_4_0", "--detections-out", det) == 0
     captured = capsys.readouterr()
-    assert "detectors: yolo (--detections-out: the YOLO detector alone, not the bundle's default yolo+heatmap)" \
+    assert "detectors: yolo (--detections-out: the YOLO detector alone, not the bundle's default yolo+heatmap+heatmap_l0)" \
         in captured.out
     assert len(pd.read_csv(det)) > 0 and len(submission.validate_submission(out)) > 0
     assert _predict(sim_root, "--out", tmp_path / "s2.csv", "--detectors", "yolo,heatmap", "--detections-out", det) == 2

@@ -106,12 +106,16 @@ def test_set_count_floor_writes_every_config_of_a_bundle(tmp_path):
 
     b = tmp_path / "b"
     shutil.copytree(DEFAULT_BUNDLE, b)
-    before = {f: (b / f).read_text() for f in ("czii_config.json", "heatmap.json", "ensemble.json")}
+    before = {f: (b / f).read_text() for f in ("czii_config.json", "heatmap.json", "heatmap_l0.json", "ensemble.json")}
     written = set_count_floor(b, {"ribosome": 5, "thyroglobulin": 0})
-    assert sorted(p.name for p in written) == ["czii_config.json", "ensemble.json", "heatmap.json"]
+    assert sorted(p.name for p in written) == ["czii_config.json", "ensemble.json", "heatmap.json", "heatmap_l0.json"]
+    pair = ("yolo", "heatmap")  # the shipped ensemble of two, an alternative beside the default of three
     for agg, old in ((load_bundle(b).aggregate, load_bundle(DEFAULT_BUNDLE).aggregate),
                      (load_heatmap_bundle(b).aggregate, load_heatmap_bundle(DEFAULT_BUNDLE).aggregate),
-                     (load_ensemble(b).aggregate, load_ensemble(DEFAULT_BUNDLE).aggregate)):
+                     (load_heatmap_bundle(b, "heatmap_l0").aggregate,
+                      load_heatmap_bundle(DEFAULT_BUNDLE, "heatmap_l0").aggregate),
+                     (load_ensemble(b).aggregate, load_ensemble(DEFAULT_BUNDLE).aggregate),
+                     (load_ensemble(b, pair).aggregate, load_ensemble(DEFAULT_BUNDLE, pair).aggregate)):
         assert agg["ribosome"].min_keep == 5 and agg["thyroglobulin"].min_keep == 0
         assert agg["ribosome"].conf_threshold == old["ribosome"].conf_threshold  # thresholds kept
         assert agg["apo-ferritin"] == old["apo-ferritin"]
@@ -192,6 +196,17 @@ def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path)
     assert set(picks["experiment"]) == {"A", "B", "C", "D"}
     assert select_picks({"yolo": empty_candidates(), "heatmap": empty_candidates()}, report.iloc[:0],
                        dets, runs, ens).empty
+
+    # three detectors: where the third fails, the fitted ensemble of the two that succeeded (a fallback)
+    dets3 = [*dets, _Fake("heatmap_l0", {"C", "D"}, 0.7)]
+    cands3, report3 = run_candidates(dets3, tmp_path, "test", runs, progress=False)
+    ens3 = EnsembleConfig(("yolo", "heatmap", "heatmap_l0"), {d.name: ident for d in dets3},
+                          AggregateConfig({p.name: ClassParams(min_support=3, conf_threshold=0.5) for p in PARTICLES}))
+    by_run = select_picks(cands3, report3, dets3, runs, ens3, [ens]).set_index("experiment")["score"].to_dict()
+    assert by_run["C"] == pytest.approx(6 / 7) and by_run["D"] == pytest.approx(6 / 7)  # yolo + heatmap, fitted
+    assert by_run["A"] == pytest.approx(0.8)  # heatmap + heatmap_l0 have no fitted ensemble: the first one's own
+    without = select_picks(cands3, report3, dets3, runs, ens3).set_index("experiment")["score"].to_dict()
+    assert without["C"] == pytest.approx(0.9)  # no fallback given: yolo's own selection
 
 
 def test_a_useless_detector_gets_no_weight():

@@ -135,17 +135,22 @@ def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs
 
 
 def select_picks(candidates: dict[str, pd.DataFrame], report: pd.DataFrame, detectors: list[Detector],
-                runs: list[str], ensemble: EnsembleConfig | None = None) -> pd.DataFrame:
-    """Selected picks of every run: the ensemble's where every detector succeeded on it, else the
-    own selection of the first detector (in ``detectors`` order) that succeeded; none if all failed."""
+                runs: list[str], ensemble: EnsembleConfig | None = None,
+                fallbacks: list[EnsembleConfig] | tuple = ()) -> pd.DataFrame:
+    """Selected picks of every run: the ensemble's where every detector succeeded on it; else the
+    ensemble among ``fallbacks`` of exactly the detectors that succeeded (e.g. YOLO + the heatmap
+    where a further heatmap network failed on the run), else the own selection of the first
+    detector (in ``detectors`` order) that succeeded; none if all failed."""
     names = {d.name for d in detectors}
     ok = report[report["status"] == "ok"].groupby("experiment")["detector"].apply(set).to_dict() if len(report) else {}
     picks = []
     for run in runs:
         got = ok.get(run, set())
         of_run = {n: c[c["experiment"] == run] for n, c in candidates.items()}
-        if ensemble is not None and got == names:
-            picks.append(select_ensemble(of_run, ensemble))
+        fitted = ensemble if ensemble is not None and got == names else next(
+            (e for e in fallbacks if len(got) > 1 and set(e.detectors) == got), None)
+        if fitted is not None:
+            picks.append(select_ensemble(of_run, fitted))
             continue
         for det in detectors:
             if det.name in got:
