@@ -377,6 +377,7 @@ def add_heatmap(source: str | Path, bundle_dir: str | Path, name: str) -> list[P
         raise CziiInputError(bundle_dir, f"a further heatmap detector is named heatmap_<tag> (lower-case letters "
                                          f"and digits), not {name!r}")
     src = load_heatmap_bundle(source)
+    load_net(src)  # its weights fit its config (class count, widths): a clear error now, not at predict time
     d = Path(bundle_dir)
     if not d.is_dir():
         raise CziiInputError(d, "not a bundle folder")
@@ -538,6 +539,44 @@ def weights_detectors(weights, detectors: str | None) -> tuple[Path | None, list
         raise CziiInputError(folder, f"detectors {detectors!r} need a bundle folder as weights (a weights file "
                                      "is YOLO's alone)")
     return None, ["yolo"]
+
+
+def describe_bundle(bundle_dir: str | Path | None = None) -> tuple[list[dict], list[dict]]:
+    """What a bundle folder holds (``None``: the shipped one), as ``(detectors, ensembles)``: one row per
+    detector (name, weights, whether its ONNX copy is up to date, level and voxel size, window, views,
+    test-time adaptation, runs its thresholds were tuned on) and one per fitted ensemble (its detectors,
+    whether ``predict`` runs it by default, runs it was fitted on). Every file is read, so a malformed one is
+    a clear error here rather than at predict time."""
+    d = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
+    if not d.is_dir():
+        raise CziiInputError(d, "not a bundle folder")
+
+    def n_runs(tuned_on) -> str:
+        return "-" if not tuned_on else str(sum(len(t.get("runs") or []) for t in tuned_on))
+
+    rows = []
+    for name in held_detectors(d):
+        if name == "yolo":
+            b = load_bundle(d)
+            rows.append({"detector": name, "weights": b.weights.name, "onnx": b.onnx.name if b.onnx else "-",
+                         "level": 0, "voxel_size_A": "-", "window": f"slices, {b.detect.max_imgsz} px",
+                         "views": b.detect.tta_views, "bn_adapt": "-",
+                         "tuned_on_runs": n_runs(read_json(d / CONFIG_FILE).get("tuned_on"))})
+        else:
+            h = load_heatmap_bundle(d, name)
+            rows.append({"detector": name, "weights": h.weights.name, "onnx": h.onnx.name if h.onnx else "-",
+                         "level": h.config.level, "voxel_size_A": round(h.config.voxel_size_A, 2),
+                         "window": "x".join(map(str, h.config.window_vox)), "views": h.config.tta_views,
+                         "bn_adapt": h.config.bn_adapt, "tuned_on_runs": n_runs(read_json(heatmap_json(h)).get("tuned_on"))})
+    ensembles = []
+    path = d / ENSEMBLE_FILE
+    if path.is_file():
+        doc, entries = _ensemble_entries(path)
+        default = sorted(default_detectors(d))
+        for entry, cfg in entries:
+            ensembles.append({"ensemble": "+".join(cfg.detectors), "default": sorted(cfg.detectors) == default,
+                              "fusion": cfg.fusion, "fitted_on_runs": n_runs(entry.get("tuned_on"))})
+    return rows, ensembles
 
 
 def check_views(bundle_dir: str | Path | None, names: list[str], tta_views: int | None) -> None:

@@ -388,6 +388,17 @@ def _cmd_add_heatmap(a) -> None:
     print(f"fit an ensemble with it: czii-kaggle tune-ensemble --weights {a.weights} --detectors ...,{a.name}")
 
 
+def _cmd_bundle(a) -> None:
+    import pandas as pd
+
+    from .bundle import DEFAULT_BUNDLE, describe_bundle
+
+    detectors, ensembles = describe_bundle(a.weights)
+    print(f"bundle {a.weights or DEFAULT_BUNDLE}")
+    print(pd.DataFrame(detectors).to_string(index=False))
+    print(pd.DataFrame(ensembles).to_string(index=False) if ensembles else "no ensemble fitted (ensemble.json absent)")
+
+
 def _cmd_tune_heatmap(a) -> None:
     from .tune import tune_heatmap
 
@@ -585,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=BACKENDS, default="auto")
     _relative_arg(s)
     s.set_defaults(func=_cmd_tune_heatmap)
+
+    s = sub.add_parser("bundle", help="list what a bundle holds: its detectors (weights, ONNX copy, level, window, "
+                                      "views) and its fitted ensembles (which one predict runs by default)")
+    s.add_argument("--weights", type=Path, help="bundle folder (default: the shipped one)")
+    s.set_defaults(func=_cmd_bundle)
 
     s = sub.add_parser("add-heatmap", help="put another heatmap network (a train-heatmap folder) into a bundle as "
                                            "the detector heatmap_<tag>, beside its own")

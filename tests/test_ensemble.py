@@ -524,8 +524,8 @@ def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_p
     import torch
 
     from czii_kaggle import layout
-    from czii_kaggle.bundle import (export_heatmap_onnx, file_sha256, load_heatmap_bundle, save_heatmap_json,
-                                    set_count_floor)
+    from czii_kaggle.bundle import (describe_bundle, export_heatmap_onnx, file_sha256, load_heatmap_bundle,
+                                    save_heatmap_json, set_count_floor)
     from czii_kaggle.cli import main
     from czii_kaggle.detectors.heatmap import HeatmapConfig
     from czii_kaggle.detectors.heatmap_net import HeatmapUNet
@@ -557,6 +557,12 @@ def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_p
         assert main(["add-heatmap", "--source", str(source), "--weights", str(bundle), "--name", bad]) != 0
         assert why in capsys.readouterr().err, bad
     assert held_detectors(bundle) == ["yolo", "heatmap", "heatmap_b"]
+    # weights that do not fit their config (another width): refused before anything is copied
+    wrong = tmp_path / "wrong"
+    shutil.copytree(source, wrong)
+    save_heatmap_json(wrong, config=HeatmapConfig(channels=(4, 8, 16), window_vox=(32, 64, 64)).to_dict())
+    assert main(["add-heatmap", "--source", str(wrong), "--weights", str(bundle), "--name", "heatmap_w"]) != 0
+    assert "heatmap" in capsys.readouterr().err and not list(bundle.glob("heatmap_w*"))
 
     own_before = {f: (bundle / f).read_text() for f in ("czii_config.json", "heatmap.json")}
     code = main(["tune-ensemble", "--data", f"{ds.root}:{','.join(runs)}", "--weights", str(bundle), "--backend",
@@ -570,6 +576,14 @@ def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_p
     assert ens.detectors == ("yolo", "heatmap", "heatmap_b") and set(ens.calibration) == set(ens.detectors)
     assert all(np.allclose(ens.class_weights(n), 1 / 3) for n in NAMES)  # three detectors: equal weights
     assert default_detectors(bundle) == ["yolo", "heatmap", "heatmap_b"]
+    detectors, ensembles = describe_bundle(bundle)
+    assert [r["detector"] for r in detectors] == ["yolo", "heatmap", "heatmap_b"]
+    assert [(r["onnx"], r["tuned_on_runs"]) for r in detectors[1:]] == [("-", "-"), ("heatmap_b.onnx", str(len(runs)))]
+    assert ensembles == [{"ensemble": "yolo+heatmap+heatmap_b", "default": True, "fusion": "logit",
+                          "fitted_on_runs": str(len(runs))}]
+    assert main(["bundle", "--weights", str(bundle)]) in (None, 0)
+    listed = capsys.readouterr().out
+    assert "heatmap_b.onnx" in listed and "yolo+heatmap+heatmap_b" in listed
     assert "heatmap_b.json" in {p.name for p in set_count_floor(bundle, {"ribosome": 3})}
     assert load_heatmap_bundle(bundle, "heatmap_b").aggregate["ribosome"].min_keep == 3
 
@@ -601,6 +615,8 @@ def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_p
     assert "ensemble.json" in {p.name for p in set_count_floor(bundle, {"ribosome": 4})}
     assert load_ensemble(bundle, three.detectors).aggregate["ribosome"].min_keep == 4  # the alternative's floor too
     assert load_ensemble(bundle).aggregate["ribosome"].min_keep == 4
+    assert [(e["ensemble"], e["default"]) for e in describe_bundle(bundle)[1]] == [
+        ("yolo+heatmap", False), ("yolo+heatmap+heatmap_b", True)]
     for detectors in ("yolo,heatmap", None):  # both ensembles run
         assert main(["predict", "--data", str(ds.root), "--weights", str(bundle), "--out", str(alone),
                      "--backend", "torch", *(["--detectors", detectors] if detectors else [])]) in (None, 0)
