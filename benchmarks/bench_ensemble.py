@@ -204,9 +204,9 @@ def main(argv=None) -> int:
     parts_mem = []
     if not a.no_memory:
         root0 = sets[0][1]
+        zarr0 = layout.tomogram_path(root0, a.split, layout.list_runs(root0, a.split)[0])
         for det in heatmaps:
-            probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--memory-probe",
-                                    str(layout.tomogram_path(root0, a.split, layout.list_runs(root0, a.split)[0])),
+            probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--memory-probe", str(zarr0),
                                     "--probe-detector", det.name,
                                     *(["--tta-views", str(a.tta_views)] if a.tta_views else [])],
                                    capture_output=True, text=True, check=True, cwd=REPO)

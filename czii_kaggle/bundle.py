@@ -301,22 +301,19 @@ def load_heatmap_bundle(path: str | Path | None = None, name: str = "heatmap") -
     when the network is built (:func:`czii_kaggle.detectors.heatmap.load_net`).
     """
     path = Path(path) if path is not None else DEFAULT_BUNDLE
-    pt_file, json_file, _ = heatmap_files(name)
-    weights = path / pt_file if path.is_dir() else path
+    weights = path / heatmap_files(name)[0] if path.is_dir() else path
     if not weights.is_file():
         raise CziiInputError(weights, "heatmap weights not found (train them with `czii-kaggle train-heatmap`)")
     if not path.is_dir():  # a weights file: its own name's files
         name = weights.stem if detector_kind(weights.stem) == "heatmap" else "heatmap"
-        own = weights.with_suffix(".json")
-        json_file = own.name if own.is_file() else HEATMAP_CONFIG_FILE
-    cfg_path = weights.parent / json_file
+    cfg_path = _heatmap_json_of(weights, name)
     doc = read_json(cfg_path, ("config", "aggregate", "onnx", "training"))
     try:
         config = HeatmapConfig.from_dict(doc.get("config", {}))
         agg = AggregateConfig.from_dict(doc["aggregate"]) if "aggregate" in doc else default_aggregate_config()
     except (TypeError, ValueError) as exc:
         raise CziiInputError(cfg_path, f"not a valid heatmap config: {exc}") from None
-    onnx = _matching_onnx(weights, doc.get("onnx"), *_owned_files(json_file))
+    onnx = _matching_onnx(weights, doc.get("onnx"), *_owned_files(cfg_path.name))
     return HeatmapBundle(weights, config, agg, onnx, doc.get("training", {}), name)
 
 
@@ -326,10 +323,16 @@ def _owned_files(json_file: str) -> tuple[str, str]:
     return f"{stem}.pt", f"{stem}.onnx"
 
 
+def _heatmap_json_of(weights: Path, name: str) -> Path:
+    """The JSON file that configures heatmap weights: ``{stem}.json`` beside them; for the detector
+    ``heatmap`` whose weights have another name and no JSON of their own, ``heatmap.json``."""
+    own = weights.with_suffix(".json")
+    return own if own.is_file() or name != "heatmap" else weights.parent / HEATMAP_CONFIG_FILE
+
+
 def heatmap_json(bundle: HeatmapBundle) -> Path:
     """The JSON file that configures a loaded heatmap detector."""
-    own = bundle.weights.with_suffix(".json")
-    return own if own.is_file() or bundle.name != "heatmap" else bundle.weights.parent / HEATMAP_CONFIG_FILE
+    return _heatmap_json_of(bundle.weights, bundle.name)
 
 
 def save_heatmap_json(folder: str | Path, name: str = "heatmap", **updates) -> Path:
@@ -422,19 +425,19 @@ def load_ensemble(bundle_dir: str | Path, detectors=None) -> EnsembleConfig | No
     """The bundle's ensemble (``ensemble.json``; None when absent); with ``detectors``, the one of
     exactly those (the main one or an alternative; None when none was fitted).
     :class:`CziiInputError` when the file is malformed."""
-    path = Path(bundle_dir) / ENSEMBLE_FILE
-    if not path.is_file():
-        return None
-    _, entries = _ensemble_entries(path)
-    if detectors is None:
-        return entries[0][1]
-    return next((cfg for _, cfg in entries if sorted(cfg.detectors) == sorted(detectors)), None)
+    ensembles = load_ensembles(bundle_dir)
+    return (ensembles[0] if ensembles else None) if detectors is None else ensemble_of(ensembles, detectors)
 
 
 def load_ensembles(bundle_dir: str | Path) -> list[EnsembleConfig]:
     """Every ensemble ``ensemble.json`` holds, the main one first, then its alternatives ([] when absent)."""
     path = Path(bundle_dir) / ENSEMBLE_FILE
     return [cfg for _, cfg in _ensemble_entries(path)[1]] if path.is_file() else []
+
+
+def ensemble_of(ensembles: list[EnsembleConfig], detectors) -> EnsembleConfig | None:
+    """The ensemble among ``ensembles`` of exactly ``detectors`` (in any order), else None."""
+    return next((e for e in ensembles if sorted(e.detectors) == sorted(detectors)), None)
 
 
 def save_ensemble(bundle_dir: str | Path, config: EnsembleConfig, **extra) -> Path:
@@ -466,9 +469,9 @@ def set_count_floor(bundle_dir: str | Path, min_keep: Mapping[str, int]) -> list
     if not d.is_dir():
         raise CziiInputError(d, "not a bundle folder")
     found = []
-    heatmaps = [heatmap_files(n)[1] for n in held_detectors(d) if detector_kind(n) == "heatmap"]
+    further = [heatmap_files(n)[1] for n in held_detectors(d) if detector_kind(n) == "heatmap" and n != "heatmap"]
     for name, default in ((CONFIG_FILE, AggregateConfig),
-                          *((f, default_aggregate_config) for f in heatmaps or [HEATMAP_CONFIG_FILE])):
+                          *((f, default_aggregate_config) for f in (HEATMAP_CONFIG_FILE, *further))):
         path = d / name
         if path.is_file():
             doc = read_json(path)
@@ -483,8 +486,7 @@ def set_count_floor(bundle_dir: str | Path, min_keep: Mapping[str, int]) -> list
         updated = [(path, {"aggregate": agg.with_floor(min_keep).to_dict()}) for path, agg in found]
         if ensembles:  # the main ensemble and every alternative
             floored = [{**entry, "aggregate": cfg.aggregate.with_floor(min_keep).to_dict()} for entry, cfg in ensembles]
-            main = floored[0]
-            updated.append((d / ENSEMBLE_FILE, {"aggregate": main["aggregate"],
+            updated.append((d / ENSEMBLE_FILE, {"aggregate": floored[0]["aggregate"],
                                                 **({"alternatives": floored[1:]} if len(floored) > 1 else {})}))
     except ValueError as exc:
         raise CziiInputError(d, f"invalid count floor: {exc}") from None
@@ -514,11 +516,11 @@ def parse_detectors(text: str | None, bundle_dir: str | Path) -> list[str]:
     """``"yolo,heatmap"`` -> names, checked against the detector kinds (:func:`czii_kaggle.detectors.detector_kind`)
     and the bundle's weights; ``None``: :func:`default_detectors`. A name the bundle does not hold is a clear error."""
     names = default_detectors(bundle_dir) if text is None else [n.strip() for n in text.split(",") if n.strip()]
+    held = held_detectors(bundle_dir)
     unknown = [n for n in names if detector_kind(n) is None]
     if unknown or not names:
         raise CziiInputError(bundle_dir, f"unknown detectors {unknown or names}; choose from "
-                                         f"{', '.join(held_detectors(bundle_dir)) or ', '.join(DETECTOR_NAMES)}")
-    held = held_detectors(bundle_dir)
+                                         f"{', '.join(held) or ', '.join(DETECTOR_NAMES)}")
     absent = [n for n in names if n not in held]
     if absent:
         raise CziiInputError(bundle_dir, f"names detector(s) {', '.join(absent)} but the bundle holds only "
@@ -571,7 +573,7 @@ def describe_bundle(bundle_dir: str | Path | None = None) -> tuple[list[dict], l
     ensembles = []
     path = d / ENSEMBLE_FILE
     if path.is_file():
-        doc, entries = _ensemble_entries(path)
+        _, entries = _ensemble_entries(path)
         default = sorted(default_detectors(d))
         for entry, cfg in entries:
             ensembles.append({"ensemble": "+".join(cfg.detectors), "default": sorted(cfg.detectors) == default,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import layout, outputs, particles, runtime
 from .aggregate import aggregate, empty_candidates
 from .bundle import (DEFAULT_BUNDLE, ENSEMBLE_FILE, Bundle, bundle_files, load_bundle,
-                     load_detectors, load_ensemble, load_ensembles, parse_detectors)
+                     ensemble_of, load_detectors, load_ensembles, parse_detectors)
 from .detect import empty_detections
 from .detectors import DetectorsPrediction, run_candidates, select_picks
 from .detectors.yolo import choose_backend, detect_prepared, load_yolo, prepare_run
@@ -363,11 +363,12 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     """
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE
     names = parse_detectors(None if detectors is None else ",".join(detectors), bundle_dir)
-    ensemble = None
+    ensemble, ensembles = None, []
     if len(names) > 1:
-        ensemble = load_ensemble(bundle_dir, names)
+        ensembles = load_ensembles(bundle_dir)
+        ensemble = ensemble_of(ensembles, names)
         if ensemble is None:
-            fitted = "; ".join("+".join(e.detectors) for e in load_ensembles(bundle_dir)) or "none"
+            fitted = "; ".join("+".join(e.detectors) for e in ensembles) or "none"
             raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
                                  f"no ensemble of {', '.join(names)} fitted in this bundle (it holds: {fitted}; "
                                  f"run `czii-kaggle tune-ensemble --detectors {','.join(names)}`)")
@@ -385,7 +386,7 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
             {r: i for i, r in enumerate(runs)} if c.name == "experiment" else order), kind="stable")
         report = report.reset_index(drop=True)
     # a run that fails in some detector: the ensemble of those that succeeded on it, where one is fitted
-    fallbacks = [e for e in load_ensembles(bundle_dir) if set(e.detectors) < set(names)] if ensemble else []
+    fallbacks = [e for e in ensembles if set(e.detectors) < set(names)] if ensemble else []
     return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble, fallbacks), cands, report)
 
 

@@ -357,9 +357,10 @@ def tune_ensemble(sources: list[tuple[str | Path, list[str]]], bundle_dir: str |
         raise CziiInputError(Path(bundle_dir), f"an ensemble needs two or more detectors, not {'+'.join(names)}"
                              if len(names) < 2 else f"--own names {', '.join(stray)}, not among {', '.join(names)}")
     dets = load_detectors(bundle_dir, names, backend)
-    files = [CONFIG_FILE if d.name == "yolo" else heatmap_json(d.bundle).name for d in dets if d.name in own]
-    for name in (*files, ENSEMBLE_FILE):  # before the runs are predicted
-        outputs.check_writable(Path(bundle_dir) / name)
+    files = [Path(bundle_dir) / CONFIG_FILE if d.name == "yolo" else heatmap_json(d.bundle)
+             for d in dets if d.name in own]
+    for path in (*files, Path(bundle_dir) / ENSEMBLE_FILE):  # before the runs are predicted
+        outputs.check_writable(path)
     cands: dict[str, list[pd.DataFrame]] = {d.name: [] for d in dets}
     truth = []
     for i, (root, runs) in enumerate(sources):
