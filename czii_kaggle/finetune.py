@@ -16,22 +16,23 @@ that no single rendering style, real or simulated, is all the model sees:
 4. :func:`tune_oof`: the per-class thresholds tuned on the pooled out-of-fold candidates with
    the library's tuning (:func:`czii_kaggle.tune.tune_thresholds`), scored beside the start
    model's own thresholds on the same runs;
-5. :func:`train_heatmap_fold` for every fold: where the start bundle holds the 3D heatmap
-   detector (the shipped one does) and ``heatmap_steps`` > 0, its network fine-tuned on the
-   fold's real runs and the simulated ones, its batch-norm statistics re-estimated on the fold's
-   real runs; :func:`fit_heatmap_ensemble`: the heatmap's out-of-fold candidates of the real runs
-   (with ``heatmap_steps`` 0 or where that failed: the start's heatmap, carried over as it is),
-   its thresholds tuned on them, and the ensemble of the out-of-fold YOLO candidates with them
-   fitted (:func:`czii_kaggle.tune.fit_ensemble`). Each is scored **leaving one run out**
+5. :func:`train_heatmap_fold` for every fold: where ``heatmap_steps`` > 0, every 3D heatmap
+   network of the start bundle (the shipped one holds ``heatmap`` and ``heatmap_l0``) fine-tuned on
+   the fold's real runs and the simulated ones, its batch-norm statistics re-estimated on the fold's
+   real runs; :func:`fit_heatmap_ensemble`: each network's out-of-fold candidates of the real runs
+   (with ``heatmap_steps`` 0 or where its training failed: the start's network, carried over as it
+   is), its thresholds tuned on them, and each ensemble (:func:`ensemble_sets`: the start's, and
+   YOLO + heatmap) of the out-of-fold YOLO candidates with them fitted
+   (:func:`czii_kaggle.tune.fit_ensemble`). Each is scored **leaving one run out**
    (:func:`leave_one_run_out`: every real run selected by thresholds fitted on the others), beside
-   the start bundle's own heatmap thresholds and ensemble, which need no fitting: a few runs can
-   tune thresholds worse than the start's (with relative scores those need not follow the new
-   look's scale), so the heatmap and the ensemble keep the start's where these score higher. The
-   detectors the bundle runs by default are those of the best of YOLO alone, the heatmap alone and
-   the ensemble by these honest scores;
+   the start bundle's own thresholds and ensembles, which need no fitting: a few runs can tune
+   thresholds worse than the start's (with relative scores those need not follow the new look's
+   scale), so each keeps the start's where these score higher. The detectors the bundle runs by
+   default are those of the best of YOLO alone, each network alone and each ensemble by these
+   honest scores;
 6. the final fit on every real run (:func:`train_fold` and :func:`train_heatmap_fold` of
    ``plan.final``), with the tuned thresholds saved into its bundle (:func:`finish_bundle`, with
-   the heatmap, ``ensemble.json`` and the default detectors of step 5): a folder the inference
+   the networks, ``ensemble.json`` and the default detectors of step 5): a folder the inference
    notebook takes as ``weights``.
 
 Every fold's training validates (Ultralytics' best epoch) on its held-out real runs; the
@@ -56,8 +57,8 @@ from .errors import CziiInputError
 
 # The pipeline calls this module makes, in one place (bundle loading, prediction, threshold saving).
 from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, MODEL_FILE,
-                     export_bundle_onnx, held_detectors, load_bundle, load_detectors, save_aggregate_config,
-                     save_ensemble, save_heatmap_json, sources_record)
+                     export_bundle_onnx, held_detectors, load_bundle, load_detectors, load_heatmap_bundle,
+                     save_aggregate_config, save_ensemble, save_heatmap_json, sources_record)
 from .train import train
 from .tune import yolo_candidates as _predict_candidates
 
@@ -93,24 +94,31 @@ T4_PREDICT_S_PER_RUN = 13.3
 #: Seconds for the start bundle's heatmap detector to predict one full-size run: 7.65 s (reading,
 #: its test-time batch-norm adaptation, inference with its 4 views, peaks; torch) on the 2-core build
 #: machine (README, the shipped stage r, 24/48/64 channels), kept for a Kaggle kernel (conservative:
-#: a T4 runs the network faster).
+#: a T4 runs the network faster). A further network at level 0 (10 A, the shipped ``heatmap_l0``):
+#: 13.05 s (benchmarks/results/ensemble.md, 2026-12-03 16:57 record, the same machine).
 HEATMAP_S_PER_RUN = 7.65
+HEATMAP_S_PER_RUN_BY_LEVEL = {0: 13.05, 1: HEATMAP_S_PER_RUN}
 #: Fixed seconds per training (model and data set-up, Ultralytics' final validation).
 TRAIN_OVERHEAD_S = 60.0
 #: Seconds per step of the heatmap network's fine-tuning (batch 4 patches of 48 x 96 x 96, look
 #: augmentation 0.7) on one T4: derived, bound by drawing the batch on one CPU core: 0.10 s on the
 #: idle build machine (benchmarks/results/adapt.md, 07:35 record), 0.29 s with both its cores busy
 #: (a one-off measurement of the same code, not recorded); the slower is kept, as for YOLO. The
-#: network's 69 GFLOPs per step, forward and backward, take about 0.035 s at 2 TFLOP/s.
+#: network's 69 GFLOPs per step, forward and backward, take about 0.035 s at 2 TFLOP/s. The same
+#: figure is kept for a network at level 0 (its patches hold as many voxels).
 HEATMAP_T4_STEP_S = 0.29
 #: Seconds to re-estimate the heatmap's batch-norm statistics on one full-size run (one pass of
-#: its windows, as the test-time adaptation: 1.48 s on the build machine's CPU).
+#: its windows, as the test-time adaptation: 1.48 s on the build machine's CPU); at level 0,
+#: 10.6 s (stage l0's recalibration on 18 runs took 190.8 s there: heatmap_l0.json's record).
 HEATMAP_RECAL_S_PER_RUN = 1.5
+HEATMAP_RECAL_S_PER_RUN_BY_LEVEL = {0: 10.6, 1: HEATMAP_RECAL_S_PER_RUN}
 #: Seconds per real run to fit YOLO's and the heatmap's thresholds and the ensemble on the real runs'
 #: candidates (2.3 + 2.9 + 26.4 s for 6 full-size runs on the build machine's CPU, a one-off timing of
 #: the shipped bundle's validation candidates); :func:`fit_heatmap_ensemble` fits once per run left
-#: out (on the others) and once on all: ``n_real ** 2`` run-fits.
+#: out (on the others) and once on all: ``n_real ** 2`` run-fits. Each further heatmap network adds
+#: its thresholds' share, each further ensemble the ensemble's.
 FIT_S_PER_RUN = 5.3
+FIT_HEATMAP_S_PER_RUN, FIT_ENSEMBLE_S_PER_RUN = 2.9 / 6, 26.4 / 6
 #: The heatmap fine-tuning's batch and share of look-augmented patches, as measured in benchmarks/bench_adapt.py.
 HEATMAP_BATCH, HEATMAP_LOOK_AUGMENT = 4, 0.7
 
@@ -263,16 +271,23 @@ def _n_steps(n_images: int, batch: int) -> int:
 def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAGES_PER_RUN,
                step_s: float = T4_STEP_S, predict_s_per_run: float = T4_PREDICT_S_PER_RUN,
                sim_s_per_run: float = SIM_S_PER_RUN, dataset_s_per_run: float = DATASET_S_PER_RUN,
-               heatmap_s_per_run: float = HEATMAP_S_PER_RUN, heatmap_step_s: float = HEATMAP_T4_STEP_S) -> dict:
+               heatmap_s_per_run: float | Mapping[int, float] = HEATMAP_S_PER_RUN_BY_LEVEL,
+               heatmap_step_s: float = HEATMAP_T4_STEP_S, heatmap_levels: tuple[int, ...] = (1,),
+               n_ensembles: int = 1) -> dict:
     """Seconds per phase of the fine-tuning on one T4 (see the time model constants above).
 
     Each training epoch runs ``ceil(train images / batch)`` steps and validates its held-out
     images at a third of a step per batch; out-of-fold prediction predicts each real run once,
-    the baseline (the start model on every real run) once more, and the heatmap each real run
-    once (:func:`fit_heatmap_ensemble`); with ``heatmap_steps``, each training also fine-tunes the
-    heatmap network (its steps, then its statistics on its real runs: :func:`train_heatmap_fold`);
-    the thresholds and the ensemble are fitted leaving each real run out and once on all of them.
+    the baseline (the start model on every real run) once more, and each heatmap network (one per
+    entry of ``heatmap_levels``, its zarr level) each real run once (:func:`fit_heatmap_ensemble`);
+    with ``heatmap_steps``, each training also fine-tunes every heatmap network (its steps, then its
+    statistics on its real runs: :func:`train_heatmap_fold`); the thresholds and the ``n_ensembles``
+    ensembles are fitted leaving each real run out and once on all of them.
+    ``heatmap_s_per_run``: seconds per run, one figure or one per level.
     """
+    def per_level(figure, level):
+        return figure[level] if isinstance(figure, Mapping) else figure
+
     voxels = float(np.prod(config.sim_shape_vox)) / (184 * 630 * 630)
     n_sim_train = config.n_sim_runs - config.sim_val_runs
     held = n_real / config.k_folds
@@ -284,16 +299,20 @@ def estimate_s(config: FineTuneConfig, n_real: int, images_per_run: float = IMAG
                  + _n_steps(n_val * images_per_run * voxels, config.batch) / 3)
         train_s += epochs * steps * step_s + TRAIN_OVERHEAD_S
     heatmap_s = 0.0
-    if config.heatmap_steps:  # each fold's and the final fit's heatmap: its steps, then statistics on its real runs
-        heatmap_s = sum(config.heatmap_steps * heatmap_step_s + n_train * HEATMAP_RECAL_S_PER_RUN * voxels
-                        for n_train, _, _ in trainings)
+    if config.heatmap_steps:  # each fold's and the final fit's networks: their steps, then statistics on the real runs
+        heatmap_s = sum(config.heatmap_steps * heatmap_step_s
+                        + n_train * HEATMAP_RECAL_S_PER_RUN_BY_LEVEL.get(level, HEATMAP_RECAL_S_PER_RUN) * voxels
+                        for level in heatmap_levels for n_train, _, _ in trainings)
+    n_more = max(0, len(heatmap_levels) - 1), max(0, n_ensembles - 1)
     out = {
         "simulate_s": config.n_sim_runs * sim_s_per_run * voxels,
         "dataset_s": (n_real + config.n_sim_runs) * dataset_s_per_run * voxels,
         "train_s": train_s,
         "heatmap_train_s": heatmap_s,
-        "predict_s": n_real * (2 * predict_s_per_run + heatmap_s_per_run) * voxels,
-        "fit_s": n_real ** 2 * FIT_S_PER_RUN * voxels,
+        "predict_s": n_real * (2 * predict_s_per_run + sum(per_level(heatmap_s_per_run, lv) for lv in heatmap_levels)
+                               ) * voxels,
+        "fit_s": n_real ** 2 * (FIT_S_PER_RUN + n_more[0] * FIT_HEATMAP_S_PER_RUN
+                                + n_more[1] * FIT_ENSEMBLE_S_PER_RUN) * voxels,
     }
     out["total_s"] = sum(out.values())
     return out
@@ -321,6 +340,9 @@ def plan_fine_tune(real_root: str | Path, config: FineTuneConfig = FineTuneConfi
     dataset = replace(load_recipe().dataset, preprocess=load_bundle(init).preprocess, seed=config.seed)
     sims = sim_run_names(config)
     sim_val = tuple(sims[len(sims) - config.sim_val_runs:])
+    networks = heatmap_networks(init.parent)
+    estimate_kw = {"heatmap_levels": tuple(load_heatmap_bundle(init.parent, n).config.level for n in networks),
+                   "n_ensembles": len(ensemble_sets(init.parent, ["yolo", *networks])), **estimate_kw}
     estimate = estimate_s(config, len(real_runs), **estimate_kw)
     if estimate["total_s"] > config.max_hours * 3600:
         raise CziiInputError(None, f"the plan is estimated at {estimate['total_s'] / 3600:.1f} h on one T4, over "
@@ -453,10 +475,38 @@ def _torch_device(device: str) -> str:
     return f"cuda:{device}" if str(device).isdigit() else str(device)
 
 
+def heatmap_networks(bundle_dir: str | Path) -> list[str]:
+    """The heatmap networks a bundle folder holds (``heatmap`` first, then ``heatmap_<tag>`` by name)."""
+    from .detectors import detector_kind
+
+    d = Path(bundle_dir)
+    return [n for n in held_detectors(d) if detector_kind(n) == "heatmap"] if d.is_dir() else []
+
+
+def ensemble_sets(bundle_dir: str | Path, available) -> list[tuple[str, ...]]:
+    """The detector sets whose ensembles a fine-tuning fits: those of the bundle's ensembles (the main
+    one first) whose detectors are all ``available``, and YOLO + ``heatmap`` (where both are)."""
+    from .bundle import load_ensembles
+
+    sets = [tuple(e.detectors) for e in (load_ensembles(bundle_dir) if Path(bundle_dir).is_dir() else [])]
+    sets.append(("yolo", "heatmap"))
+    out: list[tuple[str, ...]] = []
+    for s in sets:
+        if set(s) <= set(available) and len(s) > 1 and sorted(s) not in [sorted(o) for o in out]:
+            out.append(s)
+    return out
+
+
+def _fold_dirs(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """A fold's training folder and fine-tuned bundle folder of the heatmap network ``name``."""
+    return out_dir / f"{name}_training", out_dir / name
+
+
 def train_heatmap_fold(plan: FineTunePlan, real_root: str | Path, sim_root: str | Path, fold: Fold,
-                       out_dir: str | Path) -> Path | None:
-    """Fine-tune the start bundle's heatmap network for one fold (kept when already done); its bundle
-    folder, or ``None`` when ``heatmap_steps`` is 0 or the start bundle holds no heatmap.
+                       out_dir: str | Path) -> dict[str, Path | None]:
+    """Fine-tune every heatmap network of the start bundle for one fold (kept when already done):
+    ``{name: its bundle folder}`` (its files named ``heatmap.*``), ``None`` for a network whose
+    fine-tuning failed (said on stderr); ``{}`` when ``heatmap_steps`` is 0 or the start holds no heatmap.
 
     ``heatmap_steps`` steps from the start's weights, with its config and thresholds
     (:func:`czii_kaggle.train_heatmap.training_start`), on the fold's real runs and the simulated
@@ -464,45 +514,53 @@ def train_heatmap_fold(plan: FineTunePlan, real_root: str | Path, sim_root: str 
     batch-norm statistics are re-estimated on the fold's real runs (the look it will predict), with
     the start's test-time adaptation (:func:`czii_kaggle.train_heatmap.recalibrate_heatmap`).
     """
+    from .bundle import heatmap_files
     from .train_heatmap import HeatmapTrainConfig, recalibrate_heatmap, train_heatmap, training_start
 
     cfg, start = plan.config, plan.init_weights.parent
-    if cfg.heatmap_steps == 0 or "heatmap" not in held_detectors(start):
-        return None
+    if cfg.heatmap_steps == 0:
+        return {}
     out_dir = Path(out_dir)
-    training, bundle_dir = out_dir / "heatmap_training", out_dir / "heatmap"
     sim_train = [r for r in plan.sim_runs if r not in plan.sim_val]
     sources = [(Path(real_root), list(fold.train_real)), *([(Path(sim_root), sim_train)] if sim_train else [])]
-    if (bundle_dir / HEATMAP_WEIGHTS_FILE).is_file():  # kept from an interrupted run of the same plan, or refused
-        done = json.loads((bundle_dir / HEATMAP_CONFIG_FILE).read_text()).get("training", {})
-        if done.get("runs") != [f"{root}/{run}" for root, runs in sources for run in runs] or \
-                done.get("steps") != cfg.heatmap_steps:
-            raise CziiInputError(bundle_dir, f"was trained for another plan (runs or steps differ from {fold.name}'s): "
-                                             "remove the work folder or choose another one")
-        return bundle_dir
-    config, init = training_start(start)
-    train = HeatmapTrainConfig(patch_vox=tuple(cfg.heatmap_patch_vox), batch=HEATMAP_BATCH, steps=cfg.heatmap_steps,
-                               lr=cfg.heatmap_lr, seed=cfg.seed, threads=max(1, cfg.workers),
-                               look_augment=HEATMAP_LOOK_AUGMENT, device=_torch_device(cfg.device))
-    try:
-        train_heatmap(sources, training, config, train, init=init, command=f"czii_kaggle.finetune ({fold.name})")
-        return recalibrate_heatmap(training, sources[:1], bundle_dir, command=f"czii_kaggle.finetune ({fold.name})",
-                                   replace=bundle_dir.exists())
-    except (CziiInputError, ValueError, RuntimeError, OSError) as exc:  # YOLO's fine-tuning is not lost for it
-        print(f"[czii_kaggle] the heatmap's fine-tuning of {fold.name} failed ({str(exc).strip().splitlines()[-1]}): "
-              "the start bundle's heatmap is used", file=sys.stderr)
-        return None
+    done: dict[str, Path | None] = {}
+    for name in heatmap_networks(start):
+        training, bundle_dir = _fold_dirs(out_dir, name)
+        if (bundle_dir / HEATMAP_WEIGHTS_FILE).is_file():  # kept from an interrupted run of the same plan, or refused
+            record = json.loads((bundle_dir / HEATMAP_CONFIG_FILE).read_text()).get("training", {})
+            if record.get("runs") != [f"{root}/{run}" for root, runs in sources for run in runs] or \
+                    record.get("steps") != cfg.heatmap_steps:
+                raise CziiInputError(bundle_dir, f"was trained for another plan (runs or steps differ from "
+                                                 f"{fold.name}'s): remove the work folder or choose another one")
+            done[name] = bundle_dir
+            continue
+        config, init = training_start(start / heatmap_files(name)[0])
+        train = HeatmapTrainConfig(patch_vox=tuple(cfg.heatmap_patch_vox), batch=HEATMAP_BATCH,
+                                   steps=cfg.heatmap_steps, lr=cfg.heatmap_lr, seed=cfg.seed,
+                                   threads=max(1, cfg.workers), look_augment=HEATMAP_LOOK_AUGMENT,
+                                   device=_torch_device(cfg.device))
+        command = f"czii_kaggle.finetune ({fold.name}, {name})"
+        try:
+            train_heatmap(sources, training, config, train, init=init, command=command)
+            done[name] = recalibrate_heatmap(training, sources[:1], bundle_dir, command=command,
+                                             replace=bundle_dir.exists())
+        except (CziiInputError, ValueError, RuntimeError, OSError) as exc:  # YOLO's fine-tuning is not lost for it
+            print(f"[czii_kaggle] the fine-tuning of {name} in {fold.name} failed "
+                  f"({str(exc).strip().splitlines()[-1]}): the start bundle's {name} is used", file=sys.stderr)
+            done[name] = None
+    return done
 
 
-def heatmap_oof_candidates(real_root: str | Path, folds: tuple[Fold, ...], heatmap_dirs: list[Path | None]
-                           ) -> tuple[pd.DataFrame | None, str]:
-    """Out-of-fold heatmap candidates: each fold's fine-tuned heatmap (:func:`train_heatmap_fold`) on the
-    real runs it held out, pooled; or ``None`` and why not (no fine-tuned heatmap, or a run failed)."""
-    if not heatmap_dirs or any(d is None for d in heatmap_dirs):
-        return None, "no fine-tuned heatmap"
+def heatmap_oof_candidates(real_root: str | Path, folds: tuple[Fold, ...], heatmap_dirs: list[Mapping],
+                           name: str = "heatmap") -> tuple[pd.DataFrame | None, str]:
+    """Out-of-fold candidates of the heatmap network ``name``: each fold's fine-tuned copy
+    (:func:`train_heatmap_fold`) on the real runs it held out, pooled; or ``None`` and why not (a
+    fold holds no fine-tuned copy, or a run failed)."""
+    if not heatmap_dirs or any((d or {}).get(name) is None for d in heatmap_dirs):
+        return None, f"no fine-tuned {name}"
     parts = []
-    for fold, d in zip(folds, heatmap_dirs):
-        cands, note = heatmap_candidates(real_root, list(fold.val_real), d)
+    for fold, dirs in zip(folds, heatmap_dirs):
+        cands, note = heatmap_candidates(real_root, list(fold.val_real), dirs[name])
         if cands is None:
             return None, note
         parts.append(cands)
@@ -564,117 +622,137 @@ def _score_picks(truth: pd.DataFrame, picked: pd.DataFrame) -> float:
 
 @dataclass(frozen=True)
 class HeatmapFit:
-    """What :func:`fit_heatmap_ensemble` fitted on the real runs: the heatmap's thresholds, the
-    ensemble, their scores, the default detectors; or, with ``aggregate`` None, ``note`` says why
+    """What :func:`fit_heatmap_ensemble` fitted on the real runs: each heatmap network's thresholds,
+    each ensemble, their scores, the default detectors; with ``aggregates`` empty, ``note`` says why
     the fine-tuned bundle holds YOLO alone."""
 
     note: str
-    aggregate: object = None  # AggregateConfig: the heatmap's thresholds tuned on the real runs
-    ensemble: object = None  # EnsembleConfig fitted on the out-of-fold YOLO and the heatmap candidates
+    aggregates: dict = field(default_factory=dict)  # {network: AggregateConfig}: its thresholds
+    ensembles: dict = field(default_factory=dict)  # {"yolo,heatmap,...": EnsembleConfig}, fitted or the start's
     scores: dict = field(default_factory=dict)
     default: tuple[str, ...] = ("yolo",)
-    table: pd.DataFrame | None = None  # the ensemble's tuning table
-    tuned_on: list | None = field(default_factory=list)  # [{"root", "runs"}] of the real runs; None: the start's thresholds
-    fine_tuned: bool = False  # the heatmap's candidates came from the folds' fine-tuned heatmaps
-    held_out: dict = field(default_factory=dict)  # {"yolo" | "heatmap" | "yolo,heatmap": its honest score}
+    tables: dict = field(default_factory=dict)  # {"yolo,heatmap,...": the ensemble's tuning table} where fitted
+    tuned_on: dict = field(default_factory=dict)  # {network: [{"root", "runs"}] of the real runs, or None: the start's}
+    fine_tuned: dict = field(default_factory=dict)  # {network: its candidates came from the folds' fine-tuned copies}
+    held_out: dict = field(default_factory=dict)  # {"yolo" | network | "yolo,heatmap,...": its honest score}
+
+    @property
+    def aggregate(self):
+        """The ``heatmap`` network's thresholds (None: not held)."""
+        return self.aggregates.get("heatmap")
 
 
-def heatmap_candidates(real_root: str | Path, runs: list[str], start_bundle: str | Path
+def heatmap_candidates(real_root: str | Path, runs: list[str], bundle_dir: str | Path, name: str = "heatmap"
                        ) -> tuple[pd.DataFrame | None, str]:
-    """The start bundle's heatmap candidates (no threshold) of ``runs``, or ``None`` and why not
-    (the start bundle holds no heatmap, or it failed on a run: the error)."""
+    """The heatmap network ``name``'s candidates (no threshold) of ``runs`` from a bundle folder, or
+    ``None`` and why not (the folder holds no such network, or it failed on a run: the error)."""
     from .detectors import run_candidates as run_detectors
 
-    start = Path(start_bundle)
-    if not start.is_dir() or "heatmap" not in held_detectors(start):
-        return None, f"{start} holds no heatmap detector: the fine-tuned bundle runs YOLO alone"
-    found, report = run_detectors(load_detectors(start, ["heatmap"]), real_root, "train", list(runs), progress=False)
+    d = Path(bundle_dir)
+    if name not in heatmap_networks(d):
+        return None, f"{d} holds no {name} detector"
+    found, report = run_detectors(load_detectors(d, [name]), real_root, "train", list(runs), progress=False)
     failed = report[report["status"] != "ok"]
     if len(failed):
-        return None, (f"the heatmap failed on {', '.join(failed['experiment'])} ({failed['error'].iloc[0]}): "
-                      "the fine-tuned bundle runs YOLO alone")
-    return found["heatmap"], ""
+        return None, f"{name} failed on {', '.join(failed['experiment'])} ({failed['error'].iloc[0]})"
+    return found[name], ""
 
 
 def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.DataFrame,
-                         heatmap_dirs: list[Path | None] | None = None) -> HeatmapFit:
-    """The heatmap and the ensemble, fitted on the real runs (see the module docstring).
+                         heatmap_dirs: list[Mapping] | None = None) -> HeatmapFit:
+    """Every heatmap network of the start bundle and the ensembles, fitted on the real runs (see the
+    module docstring).
 
-    ``oof``: the folds' out-of-fold YOLO candidates (:func:`oof_candidates`). ``heatmap_dirs``: the folds' fine-tuned heatmaps
-    (:func:`train_heatmap_fold`): their out-of-fold candidates are the heatmap's; else (or where
-    they failed, said in the note) the start bundle's heatmap's. The heatmap's thresholds and the
-    ensemble are tuned on the same runs as YOLO's (:func:`tune_oof`; the calibration, weights and thresholds of
-    :func:`czii_kaggle.tune.fit_ensemble`, from the start bundle's ensemble floor and relative
-    scores) unless the start bundle's own score higher; every score is honest
-    (:func:`leave_one_run_out` for what is fitted here, YOLO's thresholds too). The default detectors are those of the
-    highest of the three (``held_out``; ties: the fewer detectors).
+    ``oof``: the folds' out-of-fold YOLO candidates (:func:`oof_candidates`). ``heatmap_dirs``: each
+    fold's fine-tuned networks (:func:`train_heatmap_fold`): a network's out-of-fold candidates are
+    its fine-tuned copies'; else (or where they failed, said in the note) the start bundle's. A
+    network that fails on a real run is left out of the fine-tuned bundle. Each network's thresholds
+    and each ensemble (:func:`ensemble_sets`: the start's, and YOLO + heatmap) are tuned on the same runs as
+    YOLO's (:func:`tune_oof`; the calibration, weights and thresholds of
+    :func:`czii_kaggle.tune.fit_ensemble`, from the start bundle's ensemble floor and relative scores)
+    unless the start bundle's own score higher; every score is honest (:func:`leave_one_run_out`
+    for what is fitted here, YOLO's thresholds too). The default detectors are those of the highest
+    (``held_out``; ties: the fewer detectors).
     """
     from .aggregate import select
-    from .bundle import load_ensemble, load_heatmap_bundle
+    from .bundle import ensemble_of, load_ensembles
     from .ensemble import select_ensemble
     from .picks import read_all_picks
     from .tune import fit_ensemble, tune_thresholds
 
     runs = list(plan.real_runs)
     start_dir = plan.init_weights.parent
-    cands, why_not = heatmap_oof_candidates(real_root, plan.folds, heatmap_dirs or [])
-    fine_tuned = cands is not None
-    if not fine_tuned:
-        cands, note = heatmap_candidates(real_root, runs, start_dir)
-        if cands is None:
-            return HeatmapFit(note)
+    networks = heatmap_networks(start_dir)
+    if not networks:
+        return HeatmapFit(f"{start_dir} holds no heatmap detector: the fine-tuned bundle runs YOLO alone")
+    cands, fine_tuned, notes = {"yolo": oof}, {}, []
+    for name in networks:
+        found, why_not = heatmap_oof_candidates(real_root, plan.folds, heatmap_dirs or [], name)
+        fine_tuned[name] = found is not None
+        if found is None:
+            if heatmap_dirs:
+                notes.append(f"{name} is the start bundle's: {why_not}")
+            found, failed = heatmap_candidates(real_root, runs, start_dir, name)
+            if found is None:
+                notes.append(f"{failed}: the fine-tuned bundle runs without it")
+                continue
+        cands[name] = found
+    networks = [n for n in networks if n in cands]
+    if not networks:
+        return HeatmapFit("; ".join(notes) + "; the fine-tuned bundle runs YOLO alone")
     truth = read_all_picks(real_root, runs)
-    both = {"yolo": oof, "heatmap": cands}
     yolo_start = load_bundle(plan.init_weights).aggregate
-    hm_start = load_heatmap_bundle(start_dir).aggregate
-    # the start's ensemble of YOLO and the heatmap (the main one, or an alternative beside an ensemble of more)
-    before = load_ensemble(start_dir, ("yolo", "heatmap")) or load_ensemble(start_dir)
-
-    def tune_yolo(c, t):
-        return tune_thresholds(c["yolo"], t, yolo_start)[0]
-
-    def tune_heatmap(c, t):
-        return tune_thresholds(c["heatmap"], t, hm_start, support_grid=None)[0]
-
-    def fit_both(c, t):
-        return fit_ensemble(c, t, ("yolo", "heatmap"), start=None if before is None else before.aggregate,
-                            ref_rank=None if before is None else before.ref_rank)
+    hm_start = {n: load_heatmap_bundle(start_dir, n).aggregate for n in networks}
+    start_ensembles = load_ensembles(start_dir)
+    main = start_ensembles[0] if start_ensembles else None
 
     def left_out(fit, selector) -> float:  # every real run selected by thresholds that never saw it
         def fitted(c, t):
             cfg = fit(c, t)
             return lambda m: selector(m, cfg)
-        return _score_picks(truth, leave_one_run_out(both, truth, fitted))
+        return _score_picks(truth, leave_one_run_out(cands, truth, fitted))
 
-    yolo_tuned = left_out(tune_yolo, lambda m, cfg: select(m["yolo"], cfg))
-    hm_tuned = left_out(tune_heatmap, lambda m, cfg: select(m["heatmap"], cfg))
-    hm_kept = _score_picks(truth, select(cands, hm_start))
-    ens_fitted = left_out(lambda c, t: fit_both(c, t)[0], select_ensemble)
-    # the start's ensemble can be kept only where it merges these two (not a further heatmap network: the
-    # fine-tuned bundle holds YOLO and one heatmap; from a start's ensemble of more, only its floor carries over)
-    kept_ok = before is not None and sorted(before.detectors) == sorted(both)
-    ens_kept = _score_picks(truth, select_ensemble(both, before)) if kept_ok else None
-    which = "fine-tuned heatmap out of fold" if fine_tuned else "heatmap of the start bundle (not retrained)"
-    ens_name = f"ensemble: fine-tuned YOLO out of fold + {which.split(' (')[0]}"
-    scores = {f"{which}, thresholds tuned leaving each run out": hm_tuned,
-              f"{which}, the start's thresholds": hm_kept,
-              f"{ens_name}, fitted leaving each run out": ens_fitted}
-    if ens_kept is not None:
-        scores[f"{ens_name}, the start's ensemble"] = ens_kept
-    keep_hm = hm_kept > hm_tuned  # ties: tuned on the real runs
-    keep_ens = ens_kept is not None and ens_kept > ens_fitted
-    hm = hm_start if keep_hm else tune_heatmap(both, truth)
-    ensemble, table = (before, None) if keep_ens else fit_both(both, truth)
-    held_out = {"yolo": yolo_tuned, "heatmap": max(hm_tuned, hm_kept),
-                "yolo,heatmap": ens_fitted if ens_kept is None else max(ens_fitted, ens_kept)}
+    def tune_network(name):
+        return lambda c, t: tune_thresholds(c[name], t, hm_start[name], support_grid=None)[0]
+
+    def fit_set(detectors, base):
+        return lambda c, t: fit_ensemble(c, t, detectors, start=None if base is None else base.aggregate,
+                                         ref_rank=None if base is None else base.ref_rank)
+
+    held_out = {"yolo": left_out(lambda c, t: tune_thresholds(c["yolo"], t, yolo_start)[0],
+                                 lambda m, cfg: select(m["yolo"], cfg))}
+    scores, aggregates, tuned_on, ensembles, tables, kept = {}, {}, {}, {}, {}, []
+    for name in networks:
+        which = f"fine-tuned {name} out of fold" if fine_tuned[name] else f"{name} of the start bundle (not retrained)"
+        tuned = left_out(tune_network(name), lambda m, cfg, n=name: select(m[n], cfg))
+        start_score = _score_picks(truth, select(cands[name], hm_start[name]))
+        scores[f"{which}, thresholds tuned leaving each run out"] = tuned
+        scores[f"{which}, the start's thresholds"] = start_score
+        keep = start_score > tuned  # ties: tuned on the real runs
+        aggregates[name] = hm_start[name] if keep else tune_network(name)(cands, truth)
+        tuned_on[name] = None if keep else sources_record([(real_root, runs)])
+        held_out[name] = max(tuned, start_score)
+        kept.append(f"{name}'s thresholds: {'the start' if keep else 'tuned on the real runs'}'s")
+    for detectors in ensemble_sets(start_dir, ["yolo", *networks]):
+        key, own = ",".join(detectors), ensemble_of(start_ensembles, detectors)
+        fit = fit_set(detectors, own or main)  # a set the start has no ensemble of: its main one's floor
+        label = f"ensemble {' + '.join(detectors)}"
+        fitted = left_out(lambda c, t, f=fit: f(c, t)[0], select_ensemble)
+        scores[f"{label}, fitted leaving each run out"] = fitted
+        start_score = None if own is None else _score_picks(truth, select_ensemble(cands, own))
+        if start_score is not None:
+            scores[f"{label}, the start's ensemble"] = start_score
+        if start_score is not None and start_score > fitted:
+            ensembles[key] = own
+        else:
+            ensembles[key], tables[key] = fit(cands, truth)
+        held_out[key] = fitted if start_score is None else max(fitted, start_score)
+        kept.append(f"{label}: {'the start' if ensembles[key] is own else 'fitted on the real runs'}'s")
     best = max(held_out, key=lambda k: (held_out[k], -k.count(",")))
-    note = (f"default detectors: {best} (the best on the real runs, each run scored by thresholds fitted "
-            f"on the others); the heatmap's thresholds: {'the start' if keep_hm else 'tuned on the real runs'}'s; "
-            f"the ensemble: {'the start' if keep_ens else 'fitted on the real runs'}'s")
-    if heatmap_dirs and not fine_tuned:
-        note += f"; the heatmap is the start bundle's: {why_not}"
-    return HeatmapFit(note, hm, ensemble, scores, tuple(best.split(",")), table,
-                      None if keep_hm else sources_record([(real_root, runs)]), fine_tuned, held_out)
+    note = "; ".join([f"default detectors: {best} (the best on the real runs, each run scored by thresholds "
+                      "fitted on the others)", *kept, *notes])
+    return HeatmapFit(note, aggregates, ensembles, scores, tuple(best.split(",")), tables, tuned_on, fine_tuned,
+                      held_out)
 
 
 def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
@@ -696,26 +774,35 @@ def default_dirs(kaggle: bool, work_dir: str | Path | None = None,
 
 def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePlan, scores: dict | None = None,
                   table: pd.DataFrame | None = None, elapsed: dict | None = None,
-                  heatmap: HeatmapFit | None = None, heatmap_dir: Path | None = None) -> Path:
+                  heatmap: HeatmapFit | None = None, heatmap_dir: Mapping | None = None) -> Path:
     """Copy the final fit's bundle to ``out_dir``: the weights, ``czii_config.json`` with the tuned
     thresholds, ``FINETUNE.json`` (the plan, the scores, the tuning table, measured and estimated
     seconds) and ``model.onnx`` where the onnx package is installed; with a ``heatmap`` fit
-    (:func:`fit_heatmap_ensemble`), the start bundle's heatmap files with the thresholds tuned on
-    the real runs and ``ensemble.json`` naming the default detectors: the final fit's fine-tuned heatmap
-    ``heatmap_dir`` (:func:`train_heatmap_fold` of ``plan.final``) where the fit used the folds'
+    (:func:`fit_heatmap_ensemble`), each heatmap network it fitted with its thresholds, and
+    ``ensemble.json`` with its ensembles (the default detectors' main, where they are an ensemble)
+    and the default detectors: a network's files are the final fit's fine-tuned copy
+    (``heatmap_dir[name]``, :func:`train_heatmap_fold` of ``plan.final``) where the fit used the folds'
     fine-tuned ones, else the start bundle's. A folder that is there already is replaced only when it
     holds a previous ``FINETUNE.json``."""
     import importlib.util
 
-    fitted = heatmap is not None and heatmap.aggregate is not None
-    if fitted and heatmap.fine_tuned and heatmap_dir is None:  # its thresholds are not the start heatmap's
-        raise CziiInputError(out_dir, "the heatmap was tuned on the folds' fine-tuned networks but the final fit's "
-                                      "heatmap failed (its message above): run the final fit again")
-    heatmap_src = Path(heatmap_dir) if fitted and heatmap.fine_tuned else plan.init_weights.parent
+    from .bundle import add_heatmap, heatmap_files
+
+    fitted = heatmap is not None and bool(heatmap.aggregates)
+    start_dir = plan.init_weights.parent
+    sources = {}
+    for name in (heatmap.aggregates if fitted else {}):
+        if heatmap.fine_tuned.get(name):
+            if (heatmap_dir or {}).get(name) is None:  # its thresholds are not the start network's
+                raise CziiInputError(out_dir, f"{name} was tuned on the folds' fine-tuned networks but the final "
+                                              "fit's failed (its message above): run the final fit again")
+            sources[name] = Path(heatmap_dir[name])
+        else:
+            sources[name] = start_dir
     record = {**plan_record(plan), "scores": {**(scores or {}), **(heatmap.scores if fitted else {})},
               "tuned_table": [] if table is None else table.to_dict(orient="records"), "elapsed_s": elapsed or {},
               "default_detectors": list(heatmap.default) if fitted else ["yolo"],
-              "heatmap_fine_tuned": bool(fitted and heatmap.fine_tuned),
+              "heatmap_fine_tuned": dict(heatmap.fine_tuned) if fitted else {},
               "heatmap_note": "" if heatmap is None else heatmap.note}
 
     out_dir = Path(out_dir)
@@ -731,13 +818,20 @@ def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePla
         save_aggregate_config(tmp, tuned, detect=start.detect)
         if importlib.util.find_spec("onnx") is not None:
             export_bundle_onnx(tmp)
-        if fitted:
-            for name in (HEATMAP_WEIGHTS_FILE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE):
-                if (heatmap_src / name).is_file():
-                    shutil.copy2(heatmap_src / name, tmp / name)
-            save_heatmap_json(tmp, aggregate=heatmap.aggregate.to_dict(),  # the start's thresholds: its record
-                              **({} if heatmap.tuned_on is None else {"tuned_on": heatmap.tuned_on}))
-            save_ensemble(tmp, heatmap.ensemble, default_detectors=list(heatmap.default))
+        for name, src in sources.items():
+            if src == start_dir or name == "heatmap":  # the files of this name, as they are
+                for f in heatmap_files(name) if src == start_dir else (HEATMAP_WEIGHTS_FILE, HEATMAP_CONFIG_FILE,
+                                                                        HEATMAP_ONNX_FILE):
+                    if (src / f).is_file():
+                        shutil.copy2(src / f, tmp / f)
+            else:  # a fine-tuned further network (its files named heatmap.*): renamed with its record
+                add_heatmap(src, tmp, name)
+            tuned_on = heatmap.tuned_on.get(name)
+            save_heatmap_json(tmp, name, aggregate=heatmap.aggregates[name].to_dict(),  # the start's thresholds: its record
+                              **({} if tuned_on is None else {"tuned_on": tuned_on}))
+        default = list(heatmap.default) if fitted else []
+        for key in sorted(heatmap.ensembles if fitted else {}, key=lambda k: sorted(k.split(",")) == sorted(default)):
+            save_ensemble(tmp, heatmap.ensembles[key], default_detectors=default)  # the default's last: the main one
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, default=str))
     return out_dir
 

@@ -60,6 +60,15 @@ def test_estimate_counts_steps_of_every_training():
     hm = estimate_s(replace(cfg, heatmap_steps=100), 7, heatmap_step_s=0.5)["heatmap_train_s"]
     assert hm == pytest.approx(8 * 100 * 0.5 + (7 * 6 + 7) * finetune.HEATMAP_RECAL_S_PER_RUN)
     assert estimate_s(replace(cfg, heatmap_steps=0), 7)["heatmap_train_s"] == 0
+    # a second network at level 0 (and the ensemble of three beside that of two): its steps, statistics,
+    # prediction and fits counted at its level's figures
+    two = estimate_s(replace(cfg, heatmap_steps=100), 7, heatmap_step_s=0.5, heatmap_levels=(1, 0), n_ensembles=2,
+                     heatmap_s_per_run={0: 5.0, 1: 3.0}, predict_s_per_run=10.0)
+    assert two["heatmap_train_s"] == pytest.approx(hm + 8 * 100 * 0.5 + (7 * 6 + 7) * finetune.HEATMAP_RECAL_S_PER_RUN_BY_LEVEL[0])
+    assert two["predict_s"] == 7 * (2 * 10 + 3 + 5)
+    assert two["fit_s"] == pytest.approx(49 * (finetune.FIT_S_PER_RUN + finetune.FIT_HEATMAP_S_PER_RUN
+                                               + finetune.FIT_ENSEMBLE_S_PER_RUN))
+    assert estimate_s(cfg, 7, heatmap_levels=())["predict_s"] == 7 * 2 * finetune.T4_PREDICT_S_PER_RUN
     more = estimate_s(FineTuneConfig(k_folds=7, fold_epochs=4, final_epochs=3, n_sim_runs=4), 7)
     assert more["train_s"] > estimate_s(FineTuneConfig(k_folds=7, fold_epochs=2, final_epochs=3, n_sim_runs=4), 7)[
         "train_s"]
@@ -132,20 +141,21 @@ def test_a_kept_fold_of_another_plan_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tmp_path, capsys):
-    """A start bundle with YOLO and a heatmap detector: the heatmap's thresholds and the ensemble are
-    fitted on the real runs (or the start's kept where they score higher), the default detectors are
-    the best of YOLO, heatmap and ensemble there, each run scored by thresholds fitted on the others,
-    and the fine-tuned bundle ships all of it and predicts with them by default. A start bundle
-    without a heatmap gives a YOLO-only bundle, and says so."""
+def test_every_heatmap_network_and_ensemble_is_fitted_on_the_real_runs_and_shipped(tmp_path, capsys):
+    """A start bundle with YOLO and two heatmap networks (``heatmap`` and ``heatmap_l0``, as shipped) and
+    the shipped ensemble file (YOLO + both as main, YOLO + heatmap as an alternative): each network's
+    thresholds and each ensemble are fitted on the real runs (or the start's kept where they score
+    higher), the default detectors are the best of YOLO, each network and each ensemble there, each run
+    scored by thresholds fitted on the others, and the fine-tuned bundle ships all of it and predicts
+    with them by default. A start bundle without a heatmap gives a YOLO-only bundle, and says so."""
     import shutil
 
-    from dataclasses import replace
+    import pandas as pd
 
     from czii_kaggle import layout, picks
     from czii_kaggle.aggregate import select
-    from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, load_bundle, load_ensemble, load_heatmap_bundle,
-                                    save_heatmap_json)
+    from czii_kaggle.bundle import (DEFAULT_BUNDLE, default_detectors, file_sha256, load_bundle, load_ensemble,
+                                    load_ensembles, load_heatmap_bundle, save_heatmap_json)
     from czii_kaggle.cli import main
     from czii_kaggle.simulate import SimConfig, simulate_dataset
     from czii_kaggle.tune import tune_thresholds
@@ -157,82 +167,105 @@ def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tm
     start.mkdir()
     for name in ("model.pt", "czii_config.json", "ensemble.json"):
         shutil.copy(DEFAULT_BUNDLE / name, start / name)
-    for name in ("heatmap.pt", "heatmap.onnx", "heatmap.json"):  # the shipped heatmap, in windows these runs hold
-        shutil.copy(DEFAULT_BUNDLE / name, start / name)
-    shipped = load_heatmap_bundle(DEFAULT_BUNDLE).config
-    save_heatmap_json(start, config=replace(shipped, window_vox=(32, 96, 96), overlap_vox=16).to_dict())
+    for net in ("heatmap", "heatmap_l0"):  # the shipped networks, in windows these runs hold
+        for ext in ("pt", "onnx", "json"):
+            shutil.copy(DEFAULT_BUNDLE / f"{net}.{ext}", start / f"{net}.{ext}")
+        shipped = load_heatmap_bundle(DEFAULT_BUNDLE, net).config
+        save_heatmap_json(start, net, config=replace(shipped, window_vox=(32, 96, 96), overlap_vox=16).to_dict())
     plan = finetune.plan_fine_tune(ds.root, FineTuneConfig(k_folds=2, init=str(start)))
+    # the estimate counts both networks (their levels) and both ensembles
+    assert plan.estimate == estimate_s(plan.config, 2, heatmap_levels=(1, 0), n_ensembles=2)
+    assert plan.estimate["predict_s"] > estimate_s(plan.config, 2)["predict_s"]
     oof, _ = finetune.run_candidates(ds.root, runs, start)  # stands in for the folds' out-of-fold candidates
     tuned, _ = finetune.tune_oof(ds.root, oof, plan.init_weights)
 
     fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof)
-    assert fit.aggregate is not None and fit.ensemble.detectors == ("yolo", "heatmap")
-    three = fit.held_out  # honest: each run selected by thresholds fitted on the other run
-    assert set(three) == {"yolo", "heatmap", "yolo,heatmap"}
-    assert fit.default == tuple(max(three, key=lambda k: (three[k], -k.count(","))).split(","))
-    assert all(v <= 1.0 for v in three.values()) and three["yolo,heatmap"] > 0
+    three, both = "yolo,heatmap,heatmap_l0", "yolo,heatmap"
+    assert set(fit.aggregates) == {"heatmap", "heatmap_l0"} and set(fit.ensembles) == {three, both}
+    assert fit.ensembles[three].detectors == ("yolo", "heatmap", "heatmap_l0")
+    honest = fit.held_out  # each run selected by thresholds fitted on the other run
+    assert set(honest) == {"yolo", "heatmap", "heatmap_l0", three, both}
+    assert fit.default == tuple(max(honest, key=lambda k: (honest[k], -k.count(","))).split(","))
+    assert all(0 <= v <= 1.0 for v in honest.values()) and honest[both] > 0
     truth = picks.read_all_picks(ds.root, runs)
     left_out = finetune.leave_one_run_out({"yolo": oof}, truth, lambda c, t: (
         lambda m, cfg=tune_thresholds(c["yolo"], t, load_bundle(start).aggregate)[0]: select(m["yolo"], cfg)))
-    assert three["yolo"] == pytest.approx(finetune._score_picks(truth, left_out))
-    tuned_hm, start_hm = (fit.scores[k] for k in fit.scores if "heatmap" in k.split(":")[0])
-    assert three["heatmap"] == max(tuned_hm, start_hm)
-    if start_hm > tuned_hm:  # the start's thresholds kept where they score higher left out
-        assert fit.aggregate == load_heatmap_bundle(start).aggregate and "the heatmap's thresholds: the start's" in fit.note
-    assert [fit.ensemble.aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")] == [
-        load_ensemble(start).aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")]  # the floor carried
+    assert honest["yolo"] == pytest.approx(finetune._score_picks(truth, left_out))
+    for net in ("heatmap", "heatmap_l0"):
+        tuned_hm, start_hm = (v for k, v in fit.scores.items() if k.startswith(f"{net} of the start bundle"))
+        assert honest[net] == max(tuned_hm, start_hm)
+        if start_hm > tuned_hm:  # the start's thresholds kept where they score higher left out
+            assert fit.aggregates[net] == load_heatmap_bundle(start, net).aggregate and fit.tuned_on[net] is None
+            assert f"{net}'s thresholds: the start's" in fit.note
+    for key in (three, both):  # each ensemble's floor carried from the start's of its set
+        assert [fit.ensembles[key].aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")] == [
+            load_ensemble(start, key.split(",")).aggregate[n].min_keep for n in ("ribosome", "apo-ferritin")]
 
     out = finetune.finish_bundle(start, tmp_path / "out", tuned, plan, heatmap=fit)
-    assert {"model.pt", "czii_config.json", "heatmap.pt", "heatmap.onnx", "heatmap.json", "ensemble.json",
-            "FINETUNE.json"} <= {
-        p.name for p in out.iterdir()}
+    assert {"model.pt", "czii_config.json", "heatmap.pt", "heatmap.onnx", "heatmap.json", "heatmap_l0.pt",
+            "heatmap_l0.onnx", "heatmap_l0.json", "ensemble.json", "FINETUNE.json"} <= {p.name for p in out.iterdir()}
     assert default_detectors(out) == list(fit.default)
-    assert load_heatmap_bundle(out).aggregate.to_dict() == fit.aggregate.to_dict()
-    assert load_ensemble(out).to_dict() == fit.ensemble.to_dict()
+    for net in ("heatmap", "heatmap_l0"):
+        assert load_heatmap_bundle(out, net).aggregate.to_dict() == fit.aggregates[net].to_dict()
+        assert load_heatmap_bundle(out, net).onnx is not None  # the ONNX copy still matches its weights
+        start_tuned_on = json.loads((start / f"{net}.json").read_text()).get("tuned_on")  # kept with the start's
+        assert json.loads((out / f"{net}.json").read_text()).get("tuned_on") == (
+            start_tuned_on if fit.tuned_on[net] is None else [{"root": str(ds.root), "runs": runs}])
+    shipped = {",".join(e.detectors): e.to_dict() for e in load_ensembles(out)}
+    assert shipped == {k: e.to_dict() for k, e in fit.ensembles.items()}
+    if len(fit.default) > 1:  # the default detectors' ensemble is the main one
+        assert sorted(load_ensembles(out)[0].detectors) == sorted(fit.default)
     record = json.loads((out / "FINETUNE.json").read_text())
     assert record["default_detectors"] == list(fit.default) and set(fit.scores) <= set(record["scores"])
-    start_tuned_on = json.loads((start / "heatmap.json").read_text()).get("tuned_on")  # kept with the start's thresholds
-    assert json.loads((out / "heatmap.json").read_text()).get("tuned_on") == (
-        start_tuned_on if fit.tuned_on is None else [{"root": str(ds.root), "runs": runs}])
-    for csv, named in (("default.csv", []), ("named.csv", ["--detectors", ",".join(fit.default)])):
+    for csv, named in (("default.csv", []), ("named.csv", ["--detectors", ",".join(fit.default)]),
+                       ("three.csv", ["--detectors", three])):
         assert main(["predict", "--data", str(ds.root), "--weights", str(out), "--out", str(tmp_path / csv),
                      "--backend", "torch", *named]) == 0
-    import pandas as pd
-
     default, named = (pd.read_csv(tmp_path / f) for f in ("default.csv", "named.csv"))
     assert len(default) > 0 and default.drop(columns="id").equals(named.drop(columns="id"))
 
-    # the heatmap fine-tuned per fold (out-of-fold candidates, thresholds) and in the final fit (shipped)
-    from czii_kaggle.bundle import file_sha256
-
+    # every network fine-tuned per fold (out-of-fold candidates, thresholds) and in the final fit (shipped)
     ft = finetune.plan_fine_tune(ds.root, FineTuneConfig(k_folds=2, init=str(start), n_sim_runs=0, sim_val_runs=0,
                                                          heatmap_steps=2, heatmap_patch_vox=(16, 32, 32)))
+    assert ft.estimate["heatmap_train_s"] > 0
     dirs = [finetune.train_heatmap_fold(ft, ds.root, None, f, tmp_path / "ft" / f.name) for f in ft.folds]
-    record = load_heatmap_bundle(dirs[0]).record
-    assert record["runs"] == [f"{ds.root}/{r}" for r in ft.folds[0].train_real] and record["steps"] == 2
-    assert record["init"] == str(start / "heatmap.pt") and record["recalibration"]["runs"] == len(ft.folds[0].train_real)
-    assert load_heatmap_bundle(dirs[0]).config.bn_adapt == load_heatmap_bundle(start).config.bn_adapt
-    kept = (dirs[0] / "heatmap.pt").stat().st_mtime_ns  # a fold done before is kept, another plan's refused
+    assert all(set(d) == {"heatmap", "heatmap_l0"} for d in dirs)
+    for net in ("heatmap", "heatmap_l0"):
+        fine = load_heatmap_bundle(dirs[0][net])
+        assert fine.record["runs"] == [f"{ds.root}/{r}" for r in ft.folds[0].train_real] and fine.record["steps"] == 2
+        assert fine.record["init"] == str(start / f"{net}.pt")
+        assert fine.record["recalibration"]["runs"] == len(ft.folds[0].train_real)
+        assert fine.config.level == load_heatmap_bundle(start, net).config.level
+        assert fine.config.bn_adapt == load_heatmap_bundle(start, net).config.bn_adapt
+    kept = (dirs[0]["heatmap_l0"] / "heatmap.pt").stat().st_mtime_ns  # a fold done before is kept, another plan's refused
     assert finetune.train_heatmap_fold(ft, ds.root, None, ft.folds[0], tmp_path / "ft" / "fold0") == dirs[0]
-    assert (dirs[0] / "heatmap.pt").stat().st_mtime_ns == kept
+    assert (dirs[0]["heatmap_l0"] / "heatmap.pt").stat().st_mtime_ns == kept
     with pytest.raises(CziiInputError, match="was trained for another plan"):
         finetune.train_heatmap_fold(replace(ft, config=replace(ft.config, heatmap_steps=3)), ds.root, None,
                                     ft.folds[0], tmp_path / "ft" / "fold0")
     fit = finetune.fit_heatmap_ensemble(ds.root, ft, oof, heatmap_dirs=dirs)
-    assert fit.fine_tuned and any(k.startswith("fine-tuned heatmap out of fold") for k in fit.scores)
-    with pytest.raises(CziiInputError, match="final fit's heatmap failed"):
+    assert fit.fine_tuned == {"heatmap": True, "heatmap_l0": True}
+    assert any(k.startswith("fine-tuned heatmap_l0 out of fold") for k in fit.scores)
+    with pytest.raises(CziiInputError, match="final fit's failed"):
         finetune.finish_bundle(start, tmp_path / "out3", tuned, ft, heatmap=fit)
     final = finetune.train_heatmap_fold(ft, ds.root, None, ft.final, tmp_path / "ft" / "final")
     out = finetune.finish_bundle(start, tmp_path / "out3", tuned, ft, heatmap=fit, heatmap_dir=final)
-    assert file_sha256(out / "heatmap.pt") == file_sha256(final / "heatmap.pt") != file_sha256(start / "heatmap.pt")
-    assert json.loads((out / "FINETUNE.json").read_text())["heatmap_fine_tuned"] is True
-    # a fold whose runs are smaller than a patch: said, and the start's heatmap is used; YOLO's work is kept
-    big = replace(ft, config=replace(ft.config, heatmap_patch_vox=(64, 128, 128)))
+    for net in ("heatmap", "heatmap_l0"):
+        assert file_sha256(out / f"{net}.pt") == file_sha256(final[net] / "heatmap.pt") != file_sha256(
+            start / f"{net}.pt")
+        assert load_heatmap_bundle(out, net).onnx is not None
+    assert json.loads((out / "FINETUNE.json").read_text())["heatmap_fine_tuned"] == fit.fine_tuned
+    assert main(["predict", "--data", str(ds.root), "--weights", str(out), "--out", str(tmp_path / "ft.csv"),
+                 "--backend", "torch", "--detectors", three]) == 0
+    # a fold whose runs are smaller than a patch: said, and the start's networks are used; YOLO's work is kept
+    big = replace(ft, config=replace(ft.config, heatmap_patch_vox=(96, 256, 256)))  # more than either level holds
     capsys.readouterr()
-    assert finetune.train_heatmap_fold(big, ds.root, None, big.folds[0], tmp_path / "big" / "fold0") is None
-    assert "the heatmap's fine-tuning of fold0 failed" in capsys.readouterr().err
-    fit = finetune.fit_heatmap_ensemble(ds.root, big, oof, heatmap_dirs=[None, None])
-    assert not fit.fine_tuned and "the heatmap is the start bundle's: no fine-tuned heatmap" in fit.note
+    assert finetune.train_heatmap_fold(big, ds.root, None, big.folds[0], tmp_path / "big" / "fold0") == {
+        "heatmap": None, "heatmap_l0": None}
+    assert "the fine-tuning of heatmap_l0 in fold0 failed" in capsys.readouterr().err
+    fit = finetune.fit_heatmap_ensemble(ds.root, big, oof, heatmap_dirs=[{"heatmap": None, "heatmap_l0": None}] * 2)
+    assert fit.fine_tuned == {"heatmap": False, "heatmap_l0": False}
+    assert "heatmap is the start bundle's: no fine-tuned heatmap" in fit.note
 
     yolo_only = tmp_path / "yolo_only"
     yolo_only.mkdir()
@@ -240,7 +273,7 @@ def test_the_heatmap_and_the_ensemble_are_fitted_on_the_real_runs_and_shipped(tm
     shutil.copy(DEFAULT_BUNDLE / "czii_config.json", yolo_only / "czii_config.json")
     plan = finetune.plan_fine_tune(ds.root, FineTuneConfig(k_folds=2, init=str(yolo_only)))
     fit = finetune.fit_heatmap_ensemble(ds.root, plan, oof)
-    assert fit.aggregate is None and "holds no heatmap detector" in fit.note
+    assert not fit.aggregates and fit.aggregate is None and "holds no heatmap detector" in fit.note
     out = finetune.finish_bundle(yolo_only, tmp_path / "out2", tuned, plan, heatmap=fit)
     assert not (out / "ensemble.json").exists() and default_detectors(out) == ["yolo"]
 

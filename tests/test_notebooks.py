@@ -195,7 +195,7 @@ def test_train_notebook_fine_tunes_in_kaggles_layout(tmp_path, kernel_name):
     nb = _execute(
         "train",
         dict(data_root=str(ds.root), k_folds=3, fold_epochs=1, final_epochs=1, n_sim_runs=2, sim_val_runs=1,
-             sim_runs_shape_vox=TINY_SHAPE, imgsz=128, batch=8, workers=0, device="cpu",
+             sim_runs_shape_vox=TINY_SHAPE, imgsz=128, batch=8, workers=0, device="cpu", heatmap_steps=2,
              work_dir=str(tmp_path / "tmp" / "czii_finetune"), out_dir=str(out)),
         tmp_path,
         kernel_name,
@@ -206,7 +206,12 @@ def test_train_notebook_fine_tunes_in_kaggles_layout(tmp_path, kernel_name):
     assert sorted(r for h in held for r in h) == runs and all(len(h) == 1 for h in held)  # leave-one-run-out
     assert record["sim_runs"] == ["TS_sim_21_0", "TS_sim_21_1"] and record["sim_val_runs"] == ["TS_sim_21_1"]
     assert len(record["scores"]) == 3 and all(0.0 <= v <= 1.0 for v in record["scores"].values())
-    # these tiny runs are smaller than one heatmap window: the bundle runs YOLO alone, and says why
+    # these tiny runs are smaller than one window of either heatmap network: both fine-tunings fail (said), the
+    # start's networks cannot read them either, and the bundle runs YOLO alone, and says why
+    streams = "".join(_outputs(nb, "stream"))
+    for net in ("heatmap", "heatmap_l0"):
+        assert f"the fine-tuning of {net} in fold0 failed" in streams
+        assert f"{net} failed on {runs[0]}" in record["heatmap_note"]
     assert record["default_detectors"] == ["yolo"] and "smaller than one heatmap window" in record["heatmap_note"]
     assert not (out / "ensemble.json").exists()
     assert {r["particle_type"] for r in record["tuned_table"]} <= {"apo-ferritin", "beta-amylase",
@@ -231,7 +236,6 @@ def test_train_notebook_fine_tunes_in_kaggles_layout(tmp_path, kernel_name):
                          tmp_path, kernel_name)
     assert "1/1 runs predicted" in "".join(_outputs(inference, "stream"))
     assert (tmp_path / "submission.csv").is_file()
-    streams = "".join(_outputs(nb, "stream"))
     assert "estimate on one T4" in streams and "fold2: holds out" in streams and "start model, its own" in streams
 
 
