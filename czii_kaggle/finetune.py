@@ -56,7 +56,7 @@ from . import layout, outputs
 from .errors import CziiInputError
 
 # The pipeline calls this module makes, in one place (bundle loading, prediction, threshold saving).
-from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_ONNX_FILE, HEATMAP_WEIGHTS_FILE, MODEL_FILE,
+from .bundle import (DEFAULT_BUNDLE, HEATMAP_CONFIG_FILE, HEATMAP_WEIGHTS_FILE, MODEL_FILE,
                      export_bundle_onnx, held_detectors, load_bundle, load_detectors, load_heatmap_bundle,
                      save_aggregate_config, save_ensemble, save_heatmap_json, sources_record)
 from .train import train
@@ -820,8 +820,7 @@ def finish_bundle(final_dir: Path, out_dir: str | Path, tuned, plan: FineTunePla
             export_bundle_onnx(tmp)
         for name, src in sources.items():
             if src == start_dir or name == "heatmap":  # the files of this name, as they are
-                for f in heatmap_files(name) if src == start_dir else (HEATMAP_WEIGHTS_FILE, HEATMAP_CONFIG_FILE,
-                                                                        HEATMAP_ONNX_FILE):
+                for f in heatmap_files(name):  # a fine-tuned folder's files are heatmap.* too
                     if (src / f).is_file():
                         shutil.copy2(src / f, tmp / f)
             else:  # a fine-tuned further network (its files named heatmap.*): renamed with its record
