@@ -226,7 +226,7 @@ def main(argv=None) -> int:
             sub = submission.make_submission(scored_only(pick(looks_c)))
             table = metric.score_table(looks_t, sub)
             row["unseen-look validation"] = metric.score(looks_t, sub)
-            # the ground of a choice by the README's rule: the two validations' mean (4 digits: ties are 0.005)
+            # the ground of a choice by the rule of docs/EXPERIMENTS.md: the two validations' mean (4 digits: ties are 0.005)
             row["choice (mean of the validations)"] = f"{(row['validation'] + row['unseen-look validation']) / 2:.4f}"
             for n in ("beta-galactosidase", "thyroglobulin"):
                 row[f"unseen-look val {n}"] = float(table.loc[n, "f_beta"]) if n in table.index else np.nan

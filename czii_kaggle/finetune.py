@@ -74,7 +74,7 @@ RECORD_FILE = "FINETUNE.json"
 #: and write the slice images of one: measured on the 2-core build machine at a load average of
 #: 10-12 (benchmarks/results/finetune.md, 2026-12-01 15:51, the slower of two records; small runs
 #: scaled by voxels), kept as they are for Kaggle's 4 cores (conservative: 17.5 s to simulate at a
-#: less loaded moment, README).
+#: less loaded moment, docs/EXPERIMENTS.md).
 SIM_S_PER_RUN = 78.0
 DATASET_S_PER_RUN = 54.0
 #: Slice images of one full-size run with the recipe's dataset (every 3rd of 184 slices, 2 x 2

@@ -10,7 +10,7 @@ its data), and YOLO's thresholds (``aggregate``, ``tuned_on`` of ``czii_config.j
 checks that the ONNX copy is the export of these weights and that the weights stay under 10 MB.
 The bundle is made by copying ``czii_kaggle/models/*`` into a folder, putting the trained
 ``heatmap.pt`` / ``heatmap.json`` in, ``czii-kaggle export-onnx --detector heatmap`` and
-``czii-kaggle tune-ensemble`` (README: the heatmap on random looks).
+``czii-kaggle tune-ensemble`` (docs/EXPERIMENTS.md: the heatmap network's stages).
 """
 from __future__ import annotations
 

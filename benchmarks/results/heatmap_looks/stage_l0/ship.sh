@@ -1,6 +1,6 @@
 # How stage l0 was shipped in session 21 (czii_kaggle/models/heatmap_l0.*, ensemble.json), after the fresh-draw
 # check (selection.md 2026-12-03 16:40). runs/s20/bundle_l0 = the shipped bundle with stage l0's heatmap.pt /
-# heatmap.json / heatmap.onnx (statistics re-estimated on stage hn's 18 runs, adaptation 0.5): README, stage l0.
+# heatmap.json / heatmap.onnx (statistics re-estimated on stage hn's 18 runs, adaptation 0.5): docs/EXPERIMENTS.md, stage l0.
 set -e
 rm -rf runs/s21/bundle3 && cp -r czii_kaggle/models runs/s21/bundle3
 C=".venv/bin/czii-kaggle"
