@@ -31,6 +31,8 @@ All coordinates are in Angstrom.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
@@ -122,21 +124,23 @@ def _run_counts(solution: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFram
     )
 
 
+def _f_beta(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(precision, recall, f_beta)`` of count arrays of any (equal) shape, with the metric's zero rules."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        b2 = float(beta) ** 2
+        f_beta = np.where(precision + recall > 0, (1 + b2) * precision * recall / (b2 * precision + recall), 0.0)
+    return precision, recall, f_beta
+
+
 def _table_from_counts(counts: pd.DataFrame, beta: float) -> pd.DataFrame:
     """Per-type table from counts indexed by particle_type (tp, fp, fn)."""
     counts = counts.reindex(list(particles.SCORED), fill_value=0)
     tp = counts["tp"].to_numpy(np.int64)
     fp = counts["fp"].to_numpy(np.int64)
     fn = counts["fn"].to_numpy(np.int64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        b2 = float(beta) ** 2
-        f_beta = np.where(
-            precision + recall > 0,
-            (1 + b2) * precision * recall / (b2 * precision + recall),
-            0.0,
-        )
+    precision, recall, f_beta = _f_beta(tp, fp, fn, beta)
     table = pd.DataFrame(
         {
             "tp": tp,
@@ -215,3 +219,48 @@ def score_runs(
     out = pd.DataFrame.from_dict(rows, orient="index", columns=["score", *particles.SCORED])
     out.index.name = "experiment"
     return out.astype(np.float64)
+
+
+def bootstrap_scores(
+    solution: pd.DataFrame, submissions: Mapping[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0,
+    beta: float = METRIC_BETA,
+) -> pd.DataFrame:
+    """The score of each of ``submissions`` on ``n_boot`` resamples of the solution's experiments.
+
+    Each resample draws as many experiments as the solution holds, with replacement, and scores
+    every submission on that same draw (the counts of an experiment drawn twice count twice), so
+    differences between two columns are paired: their spread says how much of a lead the runs
+    themselves could make. Use quantiles of a column, or of a difference of two, as an interval.
+
+    Parameters
+    ----------
+    solution : pandas.DataFrame
+        As :func:`score_table`; at least one experiment.
+    submissions : mapping of str to pandas.DataFrame
+        Named submissions, as :func:`score_table`'s ``submission``.
+    n_boot, seed : int
+        Resamples, and the seed of their draw (the same seed, the same draws).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``n_boot`` rows, one column per submission (its name): the score on each resample.
+    """
+    experiments = sorted(set(frames.validate(solution, frames.SOLUTION)["experiment"]))
+    if not experiments:
+        raise ValueError("bootstrap_scores needs a solution with at least one experiment")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, not {n_boot}")
+    draws = np.random.default_rng(seed).integers(0, len(experiments), (n_boot, len(experiments)))
+    times = np.stack([np.bincount(row, minlength=len(experiments)) for row in draws]).astype(np.int64)  # (boot, runs)
+    weights = np.array([particles.get(n).weight for n in particles.SCORED], np.float64)
+    total_weight = sum(p.weight for p in particles.PARTICLES)
+    out = {}
+    for name, sub in submissions.items():
+        counts = _run_counts(solution, sub).set_index(["experiment", "particle_type"])
+        cube = np.stack([counts[c].unstack("particle_type").reindex(index=experiments, columns=list(particles.SCORED))
+                         .to_numpy(np.int64) for c in ("tp", "fp", "fn")], axis=-1)  # (runs, types, 3)
+        tp, fp, fn = np.moveaxis(np.einsum("br,rtc->btc", times, cube), -1, 0)
+        f_beta = _f_beta(tp, fp, fn, beta)[2]
+        out[name] = (f_beta * weights).sum(axis=1) / total_weight
+    return pd.DataFrame(out, columns=list(submissions))

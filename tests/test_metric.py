@@ -266,3 +266,48 @@ def test_matches_brute_force_on_random_data(seed):
     for exp in ("r0", "r1", "r2"):
         one = solution[solution.experiment == exp]
         assert runs.loc[exp, "score"] == pytest.approx(_brute_force(one, submission)[0])
+
+
+# ---------------------------------------------------------------- bootstrap_scores
+def _noisy(truth: pd.DataFrame, seed: int, keep: float) -> pd.DataFrame:
+    """The truth with some particles dropped, the rest jittered within range, and a few false picks."""
+    rng = np.random.default_rng(seed)
+    sub = truth[rng.random(len(truth)) < keep].copy()
+    sub[["x", "y", "z"]] += rng.normal(0, 5.0, (len(sub), 3))
+    false = truth.sample(n=len(truth) // 5, random_state=seed).copy()
+    false[["x", "y", "z"]] += 400.0
+    return pd.concat([sub, false], ignore_index=True)
+
+
+def test_bootstrap_scores_each_resample_as_the_metric_scores_the_resampled_runs(truth):
+    subs = {"good": _noisy(truth, 1, 0.9), "worse": _noisy(truth, 2, 0.6)}
+    boot = metric.bootstrap_scores(truth, subs, n_boot=5, seed=3)
+    assert list(boot.columns) == ["good", "worse"] and len(boot) == 5
+    experiments = sorted(truth["experiment"].unique())
+    draws = np.random.default_rng(3).integers(0, len(experiments), (5, len(experiments)))
+    for i, row in enumerate(draws):  # the resample by hand: each drawn run a copy of its own name
+        def resample(df):
+            return pd.concat([df[df.experiment == experiments[r]].assign(experiment=f"{experiments[r]}#{k}")
+                              for k, r in enumerate(row)], ignore_index=True)
+        for name, sub in subs.items():
+            assert boot.loc[i, name] == pytest.approx(metric.score(resample(truth), resample(sub)), abs=1e-12)
+    assert boot.loc[0, "good"] != boot.loc[1, "good"] or boot.loc[1, "good"] != boot.loc[2, "good"]  # runs differ
+
+
+def test_bootstrap_scores_are_paired_and_seeded(truth):
+    sub = _noisy(truth, 4, 0.8)
+    boot = metric.bootstrap_scores(truth, {"a": sub, "same": sub.copy(), "truth": truth}, n_boot=200, seed=0)
+    assert (boot["a"] == boot["same"]).all()  # the same draws for every submission
+    assert np.allclose(boot["truth"], 1.0)
+    assert boot["a"].std() > 0
+    assert boot.equals(metric.bootstrap_scores(truth, {"a": sub, "same": sub, "truth": truth}, n_boot=200, seed=0))
+    one = truth[truth.experiment == truth.experiment.iloc[0]]
+    single = metric.bootstrap_scores(one, {"a": sub}, n_boot=3)
+    assert np.allclose(single["a"], metric.score(one, sub))  # one run: every resample is that run
+
+
+def test_bootstrap_scores_refuses_an_empty_solution_or_no_resample(truth):
+    with pytest.raises(ValueError, match="at least one experiment"):
+        metric.bootstrap_scores(truth.iloc[:0], {"a": truth})
+    with pytest.raises(ValueError, match="n_boot"):
+        metric.bootstrap_scores(truth, {"a": truth}, n_boot=0)
