@@ -3,8 +3,9 @@
 Runs the detectors of a bundle's ``ensemble.json`` (YOLO, the 3D heatmap network and any
 further heatmap network, e.g. ``heatmap_l0``) once over held-out simulated test runs, keeps
 their unthresholded candidates, and scores each detector with its own tuned thresholds and
-the ensemble with its own; prints the score per type, the seconds per full tomogram by
-stage, and the peak memory of one full tomogram's inference by each heatmap network
+the ensemble with its own (the main one and each alternative of ``ensemble.json``); prints the
+score per type, the ensemble's lead over each of the others with its interval over runs (a
+paired bootstrap of each set's runs), the seconds per full tomogram by stage, and the peak memory of one full tomogram's inference by each heatmap network
 (measured in a child process that runs only that).
 
     .venv/bin/python benchmarks/bench_ensemble.py --weights runs/hm/bundle \\
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from bench_detection import DOMAINS, TRAINING_DOMAINS, blob_tuned, simulate  # noqa: E402
 from czii_kaggle import blob, layout, metric, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
-from czii_kaggle.bundle import load_detectors, load_ensemble  # noqa: E402
+from czii_kaggle.bundle import load_detectors, load_ensembles  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
 from czii_kaggle.ensemble import select_ensemble  # noqa: E402
 from czii_kaggle.particles import SCORED  # noqa: E402
@@ -172,7 +173,8 @@ def main(argv=None) -> int:
         return 0
 
     sets = test_sets(a)
-    ensemble = load_ensemble(a.weights)
+    ensembles = load_ensembles(a.weights)  # the main one, then its alternatives (scored beside it)
+    ensemble = ensembles[0] if ensembles else None
     names = list(ensemble.detectors) if ensemble is not None else ["yolo", "heatmap"]
     dets = [load_detectors(a.weights, [n], a.backend, tta_views=None if n == "yolo" else a.tta_views)[0]
             for n in names]
@@ -194,6 +196,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         picks["ensemble"] = select_ensemble(cands, ensemble)
         merge_s.append((time.perf_counter() - t0) / len(runs))
+        for alt in ensembles[1:]:
+            picks[f"ensemble {' + '.join(alt.detectors)}"] = select_ensemble(cands, alt)
         if blob_config is not None:
             t0 = time.perf_counter()
             bc, _ = blob.blob_candidates_runs(root, a.split, runs)
@@ -245,7 +249,8 @@ def main(argv=None) -> int:
         + f"; {networks}; {len(all_runs)} simulated test runs "
         f"(no real voxels): {', '.join(all_runs)}"
         + (f"; domains: {', '.join(f'{d} = `{json.dumps(DOMAINS[d])}`' for d in a.domains)}" if a.domains else ""),
-        "**Score** (competition metric; each detector with its own tuned thresholds, the ensemble with its own):\n\n"
+        "**Score** (competition metric; each detector with its own tuned thresholds, the ensemble (the bundle's main "
+        "one) with its own, and each alternative ensemble of `ensemble.json` with its own):\n\n"
         + fmt(pd.DataFrame(rows)),
         "**Per type**:\n\n" + fmt(pd.DataFrame(type_rows)),
         "**The ensemble's lead over each detector**, with the interval over runs (each set's runs resampled with "
