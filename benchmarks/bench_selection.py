@@ -134,8 +134,14 @@ def main(argv=None) -> int:
     ap.add_argument("--second", type=Path, help="a bundle folder with another heatmap network: adds its variants")
     ap.add_argument("--second-views", type=int, default=2, choices=(1, 2, 3, 4, 8, 16),
                     help="flipped views of each network in the map average (default 2)")
+    ap.add_argument("--baseline", metavar="VARIANT",
+                    help="a variant's full name (e.g. the shipped one): every other variant's lead over it on the choice "
+                         "ground, with its 95%% interval over runs (paired bootstrap of the validation runs; needs --val-looks)")
+    ap.add_argument("--n-boot", type=int, default=2000, help="resamples for --baseline's intervals")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
+    if a.baseline and not a.val_looks:
+        raise SystemExit("--baseline needs --val-looks: the choice ground is the mean of the two validations")
 
     dets = load_detectors(a.weights, ["yolo", "heatmap"])
     # (key in the candidate tables, detectors, bundle, cache tags)
@@ -215,15 +221,20 @@ def main(argv=None) -> int:
     chosen = [v for v in fits if not a.only or any(o in v for o in a.only)]
     if not chosen:
         raise SystemExit(f"--only {a.only}: no variant matches; the variants are: {'; '.join(fits)}")
+    if a.baseline and a.baseline not in chosen:
+        if a.baseline not in fits:
+            raise SystemExit(f"--baseline {a.baseline!r} is no variant; the variants are: {'; '.join(fits)}")
+        chosen.append(a.baseline)
     selectors = {v: fits[v]() for v in chosen}
 
-    rows = []
+    rows, val_subs, looks_subs = [], {}, {}
     for variant, pick in selectors.items():
         row, per = {"variant": variant}, {}
         # The runs everything was fitted on (in-sample): the score a choice between variants may use.
-        row["validation"] = metric.score(val_t, submission.make_submission(scored_only(pick(val_c))))
+        val_subs[variant] = submission.make_submission(scored_only(pick(val_c)))
+        row["validation"] = metric.score(val_t, val_subs[variant])
         if a.val_looks:  # a look no network trained on; in sample only with --fit-val-looks
-            sub = submission.make_submission(scored_only(pick(looks_c)))
+            sub = looks_subs[variant] = submission.make_submission(scored_only(pick(looks_c)))
             table = metric.score_table(looks_t, sub)
             row["unseen-look validation"] = metric.score(looks_t, sub)
             # the ground of a choice by the rule of docs/EXPERIMENTS.md: the two validations' mean (4 digits: ties are 0.005)
@@ -251,6 +262,16 @@ def main(argv=None) -> int:
         print(variant, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "variant"},
               flush=True)
 
+    leads = []
+    if a.baseline:  # the choice ground's two validations resampled apart, each variant on the same draws
+        choice = (metric.bootstrap_scores(val_t, val_subs, a.n_boot, seed=0)
+                  + metric.bootstrap_scores(looks_t, looks_subs, a.n_boot, seed=1)) / 2
+        for variant in [v for v in selectors if v != a.baseline]:
+            diff = choice[variant] - choice[a.baseline]
+            lo, hi = diff.quantile([0.025, 0.975])
+            leads.append({"variant": variant, "lead on the choice ground": float(diff.mean()),
+                          "95% interval low": float(lo), "95% interval high": float(hi),
+                          "share of resamples ahead": float((diff > 0).mean())})
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_selection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
@@ -268,6 +289,9 @@ def main(argv=None) -> int:
         "the ground for a choice by generalisation (in sample only with --fit-val-looks); "
         "held-out mean: the sets other than the given one and the training looks):\n\n"
         + fmt(pd.DataFrame(rows)),
+        *([f"**Lead over `{a.baseline}` on the choice ground** (mean of the two validations), with its 95% interval "
+           f"over runs (each validation's runs resampled with replacement {a.n_boot} times, apart; every variant on "
+           "the same draws):\n\n" + fmt(pd.DataFrame(leads), "{:.4f}")] if leads else []),
     ])
     print(text)
     if not a.no_write:
