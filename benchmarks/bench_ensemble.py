@@ -5,8 +5,9 @@ further heatmap network, e.g. ``heatmap_l0``) once over held-out simulated test 
 their unthresholded candidates, and scores each detector with its own tuned thresholds and
 the ensemble with its own (the main one and each alternative of ``ensemble.json``); prints the
 score per type, the ensemble's lead over each of the others with its interval over runs (a
-paired bootstrap of each set's runs), the seconds per full tomogram by stage, and the peak memory of one full tomogram's inference by each heatmap network
-(measured in a child process that runs only that).
+paired bootstrap of each set's runs), the seconds per full tomogram by stage, and the peak
+memory of one full tomogram's inference by each heatmap network (measured in a child process
+that runs only that).
 
     .venv/bin/python benchmarks/bench_ensemble.py --weights runs/hm/bundle \\
         --data runs/hm/test_medium/czii-cryo-et-object-identification --solution runs/hm/test_medium/test_solution.csv
@@ -116,11 +117,10 @@ def held_out_sets(a, names: list[str]) -> list[str]:
     return [n for n in names if (n != a.label or a.data is None) and n not in TRAINING_DOMAINS]
 
 
-def score_rows(set_name: str, picks: dict[str, pd.DataFrame], truth: pd.DataFrame) -> tuple[list, list]:
-    """One score row per detector and one per (detector, type)."""
+def score_rows(set_name: str, subs: dict[str, pd.DataFrame], truth: pd.DataFrame) -> tuple[list, list]:
+    """One score row per detector and one per (detector, type), of each detector's submission."""
     rows, type_rows = [], []
-    for name, p in picks.items():
-        sub = submission.make_submission(scored_only(p))
+    for name, sub in subs.items():
         table = metric.score_table(truth, sub)
         rows.append({"set": set_name, "detector": name, "score": metric.score(truth, sub),
                      **{n: float(table.loc[n, "f_beta"]) for n in SCORED if n in table.index}})
@@ -129,6 +129,14 @@ def score_rows(set_name: str, picks: dict[str, pd.DataFrame], truth: pd.DataFram
                               "fn": int(r.fn), "precision": float(r.precision), "recall": float(r.recall),
                               "f_beta": float(r.f_beta)})
     return rows, type_rows
+
+
+def lead(diff: pd.Series, level: float = 0.95) -> dict:
+    """One option's lead over another on paired resamples (``diff``: their score differences): its mean, the
+    central ``level`` interval and the share of resamples where it is ahead."""
+    lo, hi = diff.quantile([(1 - level) / 2, (1 + level) / 2])
+    return {"lead (mean of resamples)": float(diff.mean()), f"{level:.0%} interval low": float(lo),
+            f"{level:.0%} interval high": float(hi), "share of resamples ahead": float((diff > 0).mean())}
 
 
 def lead_rows(boots: dict[str, pd.DataFrame], held: list[str], level: float = 0.95) -> list[dict]:
@@ -141,11 +149,8 @@ def lead_rows(boots: dict[str, pd.DataFrame], held: list[str], level: float = 0.
     rows = []
     for set_name, boot in parts.items():
         for other in [c for c in boot.columns if c != "ensemble"]:
-            diff = boot["ensemble"] - boot[other]
-            lo, hi = diff.quantile([(1 - level) / 2, (1 + level) / 2])
-            rows.append({"set": set_name, "ensemble against": other, "resamples": len(diff),
-                         "lead (mean of resamples)": float(diff.mean()), f"{level:.0%} interval low": float(lo),
-                         f"{level:.0%} interval high": float(hi), "share of resamples ahead": float((diff > 0).mean())})
+            rows.append({"set": set_name, "ensemble against": other, "resamples": len(boot),
+                         **lead(boot["ensemble"] - boot[other], level)})
     return rows
 
 
@@ -203,9 +208,9 @@ def main(argv=None) -> int:
             bc, _ = blob.blob_candidates_runs(root, a.split, runs)
             picks["blob floor"] = select(bc, blob_config)
             blob_s.append((time.perf_counter() - t0) / len(runs))
-        r, t = score_rows(set_name, picks, truth)
-        boots[set_name] = metric.bootstrap_scores(
-            truth, {n: submission.make_submission(scored_only(p)) for n, p in picks.items()}, a.n_boot, seed=len(boots))
+        subs = {n: submission.make_submission(scored_only(p)) for n, p in picks.items()}
+        r, t = score_rows(set_name, subs, truth)
+        boots[set_name] = metric.bootstrap_scores(truth, subs, a.n_boot, seed=len(boots))
         rows += r
         type_rows += t
         print(fmt(pd.DataFrame(r)), flush=True)

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_ensemble import add_test_set_args, fmt, held_out_sets, test_sets  # noqa: E402
+from bench_ensemble import add_test_set_args, fmt, held_out_sets, lead, test_sets  # noqa: E402
 from czii_kaggle import layout, metric, picks, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, MODEL_FILE, file_sha256, load_detectors, load_heatmap_bundle  # noqa: E402
@@ -266,12 +266,7 @@ def main(argv=None) -> int:
     if a.baseline:  # the choice ground's two validations resampled apart, each variant on the same draws
         choice = (metric.bootstrap_scores(val_t, val_subs, a.n_boot, seed=0)
                   + metric.bootstrap_scores(looks_t, looks_subs, a.n_boot, seed=1)) / 2
-        for variant in [v for v in selectors if v != a.baseline]:
-            diff = choice[variant] - choice[a.baseline]
-            lo, hi = diff.quantile([0.025, 0.975])
-            leads.append({"variant": variant, "lead on the choice ground": float(diff.mean()),
-                          "95% interval low": float(lo), "95% interval high": float(hi),
-                          "share of resamples ahead": float((diff > 0).mean())})
+        leads = [{"variant": v, **lead(choice[v] - choice[a.baseline])} for v in selectors if v != a.baseline]
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_selection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"

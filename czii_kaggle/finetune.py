@@ -732,7 +732,7 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
         aggregates[name] = hm_start[name] if keep else tune_network(name)(cands, truth)
         tuned_on[name] = None if keep else sources_record([(real_root, runs)])
         held_out[name] = max(tuned, start_score)
-        kept.append(f"{name}'s thresholds: {'the start' + chr(39) + 's' if keep else 'tuned on the real runs'}")
+        kept.append(f"{name}'s thresholds: " + ("the start's" if keep else "tuned on the real runs"))
     for detectors in ensemble_sets(start_dir, ["yolo", *networks]):
         key, own = ",".join(detectors), ensemble_of(start_ensembles, detectors)
         fit = fit_set(detectors, own or main)  # a set the start has no ensemble of: its main one's floor
@@ -747,7 +747,7 @@ def fit_heatmap_ensemble(real_root: str | Path, plan: FineTunePlan, oof: pd.Data
         else:
             ensembles[key], tables[key] = fit(cands, truth)
         held_out[key] = fitted if start_score is None else max(fitted, start_score)
-        kept.append(f"{label}: {'the start' + chr(39) + 's' if ensembles[key] is own else 'fitted on the real runs'}")
+        kept.append(f"{label}: " + ("the start's" if ensembles[key] is own else "fitted on the real runs"))
     best = max(held_out, key=lambda k: (held_out[k], -k.count(",")))
     note = "; ".join([f"default detectors: {best} (the best on the real runs, each run scored by thresholds "
                       "fitted on the others)", *kept, *notes])

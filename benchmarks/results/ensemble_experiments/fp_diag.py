@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from scipy.spatial import cKDTree
 
-exec(open(Path(__file__).resolve().parent / 'agree_diag.py').read().split('rows = []')[0])
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agree_diag import C, K, MATCH_RADIUS_FRACTION, NAMES, PARTICLES, REPO, SCORED, TAGS, sets  # noqa: E402
 out = []
 for group, s, truth in sets():
     for run in sorted(truth['experiment'].astype(str).unique()):

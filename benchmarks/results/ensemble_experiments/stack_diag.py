@@ -5,7 +5,8 @@ import sys, glob
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy.spatial import cKDTree
-exec(open(Path(__file__).resolve().parent / 'agree_diag.py').read().split('rows = []')[0])
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agree_diag import C, K, MATCH_RADIUS_FRACTION, NAMES, PARTICLES, REPO, SCORED, TAGS, sets  # noqa: E402
 from czii_kaggle.bundle import load_ensemble
 from czii_kaggle.ensemble import combine, is_true_positive, fit_logistic, _logit
 from czii_kaggle.aggregate import EXPERIMENT_GAP_A
