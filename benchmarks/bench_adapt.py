@@ -102,8 +102,18 @@ def step_cost(sources, config, train: HeatmapTrainConfig, n: int = 10) -> tuple[
     return float(np.median(seconds)), flops.get_total_flops() / 1e9
 
 
+def submission_of(picked: pd.DataFrame) -> pd.DataFrame:
+    """The scored types of ``picked`` as a submission."""
+    return submission.make_submission(scored_only(picked))
+
+
 def scores(picked: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
-    sub = submission.make_submission(scored_only(picked))
+    """The score and each scored type's F-beta of ``picked``."""
+    return score_submission(submission_of(picked), truth)
+
+
+def score_submission(sub: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """The score and each scored type's F-beta of a submission."""
     table = metric.score_table(truth, sub)
     return {"score": metric.score(truth, sub), **{n: float(table.loc[n, "f_beta"]) for n in SCORED if n in table.index}}
 

@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_adapt import scores, simulate_labelled  # noqa: E402
+from bench_adapt import score_submission, simulate_labelled, submission_of  # noqa: E402
 from bench_detection import DOMAINS, TRAINING_DOMAINS  # noqa: E402
-from bench_ensemble import add_test_set_args, fmt, test_sets  # noqa: E402
-from czii_kaggle import finetune, layout  # noqa: E402
+from bench_ensemble import add_test_set_args, fmt, lead, test_sets  # noqa: E402
+from czii_kaggle import finetune, layout, metric  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import default_detectors, load_bundle, load_detectors, load_ensembles, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
@@ -67,6 +67,24 @@ def pick(option: str, cands: dict[str, pd.DataFrame], aggregates: dict, ensemble
     return select(cands[option], aggregates[option])
 
 
+def refit_leads(boots: dict[str, pd.DataFrame], level: float = 0.95) -> list[dict]:
+    """Refit's lead over shipped for each option, per look and on the mean of the looks, with the central
+    ``level`` interval of the paired run bootstrap (``boots[look]``: :func:`czii_kaggle.metric.bootstrap_scores`
+    with columns ``"{option} [shipped]"`` and ``"{option} [refit]"``; the mean's resamples are the looks' own, drawn apart, averaged;
+    an option is in the mean only where every look has both of its columns)."""
+    parts = dict(boots)
+    if len(boots) > 1:
+        common = set.intersection(*(set(b.columns) for b in boots.values()))
+        parts["mean of the looks"] = sum(b[sorted(common)] for b in boots.values()) / len(boots)
+    rows = []
+    for look, boot in parts.items():
+        for option in dict.fromkeys(c.rsplit(" [", 1)[0] for c in boot.columns):
+            if f"{option} [shipped]" in boot.columns and f"{option} [refit]" in boot.columns:
+                rows.append({"look": look, "detectors": option, "resamples": len(boot),
+                             **lead(boot[f"{option} [refit]"] - boot[f"{option} [shipped]"], level)})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, default=REPO / "czii_kaggle" / "models", help="the start bundle")
@@ -76,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_refit")
     ap.add_argument("--cache", type=Path, help="reuse / keep the heatmap networks' test candidates in DIR/{detector}/{set}")
     ap.add_argument("--cache-yolo", type=Path, help="reuse / keep YOLO's test candidates in DIR/{set}")
+    ap.add_argument("--n-boot", type=int, default=2000, help="resamples of the test runs for the leads' intervals")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     unknown = [d for d in a.domains if d not in DOMAINS or d in ("random", *TRAINING_DOMAINS)]
@@ -89,7 +108,7 @@ def main(argv=None) -> int:
     shipped_ens = {",".join(e.detectors): e for e in load_ensembles(a.weights)}
     default = ",".join(default_detectors(a.weights))
     sets = {name: (root, truth) for name, root, truth in test_sets(a)}
-    rows, seconds = [], {}
+    rows, seconds, boots = [], {}, {}
     for domain in a.domains:
         seed = a.refit_seed + 1000 * list(DOMAINS).index(domain)
         t0 = time.perf_counter()
@@ -110,26 +129,33 @@ def main(argv=None) -> int:
                                     a.cache, a.cache_yolo)
         refit_agg = {"yolo": yolo_tuned, **fit.aggregates}
         chosen = ",".join(fit.default)
+        subs = {}  # "{option} [{variant}]" -> submission on the test runs; the fit's choice as option "(the fit's choice)"
         for option in fit.held_out:
             for variant, aggs, ens in (("shipped", shipped_agg, shipped_ens), ("refit", refit_agg, fit.ensembles)):
                 if "," in option and option not in ens:
                     continue
+                subs[f"{option} [{variant}]"] = sub = submission_of(pick(option, cands, aggs, ens))
                 mark = (option == default) if variant == "shipped" else (option == chosen)
                 row = {"look": domain, "detectors": option, "thresholds": variant,
                        "default": ("shipped default" if variant == "shipped" else "chosen") if mark else "",
                        f"left out on the {len(runs)}": fit.held_out[option] if variant == "refit" else float("nan"),
-                       **scores(pick(option, cands, aggs, ens), truth)}
+                       **score_submission(sub, truth)}
                 rows.append(row)
                 print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-        # the fit's choice, as the fine-tuned bundle would run it
+        # the fit's choice, as the fine-tuned bundle would run it, against the shipped default as shipped
+        subs["(the fit's choice) [refit]"] = subs[f"{chosen} [refit]"]
+        subs["(the fit's choice) [shipped]"] = subs[f"{default} [shipped]"]
         rows.append({"look": domain, "detectors": "(the fit's choice)", "thresholds": "refit", "default": chosen,
                      f"left out on the {len(runs)}": fit.held_out[chosen],
-                     **scores(pick(chosen, cands, refit_agg, fit.ensembles), truth)})
+                     **score_submission(subs[f"{chosen} [refit]"], truth)})
+        boots[domain] = metric.bootstrap_scores(truth, subs, a.n_boot, seed=list(DOMAINS).index(domain))
     table = pd.DataFrame(rows)
     mean = (table.groupby(["detectors", "thresholds"], sort=False).mean(numeric_only=True).reset_index()
             .assign(look="mean of the looks", default=""))
     table = pd.concat([table, mean[table.columns]], ignore_index=True)
+    leads = pd.DataFrame(refit_leads(boots))
     print(fmt(table))
+    print(fmt(leads, "{:.4f}"))
     if not a.no_write:
         text = "\n".join([
             f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
@@ -147,6 +173,12 @@ def main(argv=None) -> int:
             "labelled run selected by thresholds fitted on the others); (chosen): the fit's default.",
             "",
             fmt(table),
+            "",
+            f"**Refit's lead over shipped** per option (for `(the fit's choice)`: the fit's default, refit, over the "
+            f"shipped default, shipped), with its 95% interval over test runs (each look's runs resampled with "
+            f"replacement {a.n_boot} times, the looks apart; every option on the same draws):",
+            "",
+            fmt(leads, "{:.4f}"),
         ])
         append_result(RESULTS, "What labelled runs of an unseen look buy without training (the fine-tuning's fit)", text)
     return 0
