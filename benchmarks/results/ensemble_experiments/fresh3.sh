@@ -47,6 +47,9 @@ if [ "$STEP" = sim ] || [ "$STEP" = all ]; then
   sim $OUT/val_diffusion 6 5341 "$DIFFUSION"; sim $OUT/val_diffusion2 6 5351 "$DIFFUSION"
   sim $OUT/val_lobes 6 5342 "$LOBES"; sim $OUT/val_lobes2 6 5352 "$LOBES"
   sim $OUT/val_wiener 6 5343 "$WIENER"; sim $OUT/val_wiener2 6 5353 "$WIENER"
+  # bench_selection needs a test set: the classic medium test of README's headline (not part of the check)
+  [ -f runs/hml/test_medium/test_solution.csv ] || \
+    $PY -m czii_kaggle simulate --out runs/hml/test_medium --n-train 0 --n-test 4 --difficulty medium --seed 90211
 fi
 
 if [ "$STEP" = check ] || [ "$STEP" = all ]; then
@@ -63,10 +66,11 @@ if [ "$STEP" = check ] || [ "$STEP" = all ]; then
   VAL="runs/hml/val/$D runs/hml/val_classic/$D runs/hml/val2/$D runs/hml/val2_classic/$D"
   TRAIN_LOOKS="$OUT/val/$D $OUT/val_classic/$D $OUT/val2/$D $OUT/val2_classic/$D"
   UNSEEN="$OUT/val_diffusion/$D $OUT/val_diffusion2/$D $OUT/val_lobes/$D $OUT/val_lobes2/$D $OUT/val_wiener/$D $OUT/val_wiener2/$D"
-  for v in 1 2; do
-    for ground in training unseen; do
+  for ground in training unseen; do
+    for v in 1 2; do
       if [ $ground = training ]; then LOOKS=$TRAIN_LOOKS; else LOOKS=$UNSEEN; fi
       $PY benchmarks/bench_selection.py --weights czii_kaggle/models --second $OUT/bundle_l0_v$v --val $VAL --val-looks $LOOKS \
+        --data runs/hml/test_medium/$D --solution runs/hml/test_medium/test_solution.csv --label classic-test \
         --cache runs/cache/fresh3 --no-write --only "heatmap + heatmap2" "second heatmap" 2>&1 | tee $OUT/check_v${v}_$ground.log
     done
   done
