@@ -60,7 +60,7 @@ if [ "$STEP" = check ] || [ "$STEP" = all ]; then
       mkdir -p $B
       cp czii_kaggle/models/czii_config.json $B/
       cp czii_kaggle/models/heatmap_l0.pt $B/heatmap.pt
-      $PY -c "import json,sys; c=json.load(open('czii_kaggle/models/heatmap_l0.json')); c['tta_views']=$v; json.dump(c, open('$B/heatmap.json','w'), indent=2)"
+      $PY -c "import json,sys; c=json.load(open('czii_kaggle/models/heatmap_l0.json')); c['config']['tta_views']=$v; json.dump(c, open('$B/heatmap.json','w'), indent=2)"
     fi
   done
   VAL="runs/hml/val/$D runs/hml/val_classic/$D runs/hml/val2/$D runs/hml/val2_classic/$D"
