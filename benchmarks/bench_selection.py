@@ -259,7 +259,7 @@ def main(argv=None) -> int:
             for n in SCORED:
                 row[f"{a.label} {n}"] = per[a.label].get(n, np.nan)
         rows.append(row)
-        print(variant, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "variant"},
+        print(variant, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items() if k != "variant"},
               flush=True)
 
     leads = []
