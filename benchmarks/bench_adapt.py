@@ -48,15 +48,14 @@ from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from bench_detection import DOMAINS, TRAINING_DOMAINS  # noqa: E402
-from bench_ensemble import add_test_set_args, fmt, test_sets  # noqa: E402
+from bench_ensemble import add_test_set_args, fmt, submission_of, test_sets  # noqa: E402
 from bench_selection import candidates  # noqa: E402
-from czii_kaggle import layout, metric, picks, submission  # noqa: E402
+from czii_kaggle import layout, metric, picks  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import HEATMAP_WEIGHTS_FILE, load_heatmap_bundle  # noqa: E402
 from czii_kaggle.cli import _sources  # noqa: E402
 from czii_kaggle.detectors.heatmap import HeatmapDetector  # noqa: E402
 from czii_kaggle.particles import NAMES, SCORED  # noqa: E402
-from czii_kaggle.predict import scored_only  # noqa: E402
 from czii_kaggle.train_heatmap import HeatmapTrainConfig, recalibrate_heatmap, train_heatmap  # noqa: E402
 from czii_kaggle.tune import tune_thresholds  # noqa: E402
 
@@ -100,11 +99,6 @@ def step_cost(sources, config, train: HeatmapTrainConfig, n: int = 10) -> tuple[
     with FlopCounterMode(display=False) as flops:
         focal_heatmap_loss(build_net(config)(torch.from_numpy(x)), torch.from_numpy(y)).backward()
     return float(np.median(seconds)), flops.get_total_flops() / 1e9
-
-
-def submission_of(picked: pd.DataFrame) -> pd.DataFrame:
-    """The scored types of ``picked`` as a submission."""
-    return submission.make_submission(scored_only(picked))
 
 
 def scores(picked: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:

@@ -117,6 +117,11 @@ def held_out_sets(a, names: list[str]) -> list[str]:
     return [n for n in names if (n != a.label or a.data is None) and n not in TRAINING_DOMAINS]
 
 
+def submission_of(picked: pd.DataFrame) -> pd.DataFrame:
+    """The scored types of ``picked`` as a submission."""
+    return submission.make_submission(scored_only(picked))
+
+
 def score_rows(set_name: str, subs: dict[str, pd.DataFrame], truth: pd.DataFrame) -> tuple[list, list]:
     """One score row per detector and one per (detector, type), of each detector's submission."""
     rows, type_rows = [], []
@@ -208,7 +213,7 @@ def main(argv=None) -> int:
             bc, _ = blob.blob_candidates_runs(root, a.split, runs)
             picks["blob floor"] = select(bc, blob_config)
             blob_s.append((time.perf_counter() - t0) / len(runs))
-        subs = {n: submission.make_submission(scored_only(p)) for n, p in picks.items()}
+        subs = {n: submission_of(p) for n, p in picks.items()}
         r, t = score_rows(set_name, subs, truth)
         boots[set_name] = metric.bootstrap_scores(truth, subs, a.n_boot, seed=len(boots))
         rows += r

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_adapt import score_submission, simulate_labelled, submission_of  # noqa: E402
+from bench_adapt import score_submission, simulate_labelled  # noqa: E402
 from bench_detection import DOMAINS, TRAINING_DOMAINS  # noqa: E402
-from bench_ensemble import add_test_set_args, fmt, lead, test_sets  # noqa: E402
+from bench_ensemble import add_test_set_args, fmt, lead, submission_of, test_sets  # noqa: E402
 from czii_kaggle import finetune, layout, metric  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import default_detectors, load_bundle, load_detectors, load_ensembles, load_heatmap_bundle  # noqa: E402
