@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     parts = [
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_detection.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {describe_machine()}\n- model: `{bundle.weights}`, {bundle.detect.tta_views} view(s) per slice, "
+        f"- machine: {describe_machine(with_pace=True)}\n- model: `{bundle.weights}`, {bundle.detect.tta_views} view(s) per slice, "
         f"spectral step `{bundle.preprocess.spectral}`; "
         f"test shape {tuple(a.shape)}, seeds from {a.seed} (+1000 per domain index), {a.n_runs} run(s) per "
         f"difficulty and domain, simulated data (no real voxels; our own simulator's looks, "

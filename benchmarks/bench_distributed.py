@@ -96,7 +96,7 @@ def main() -> None:
     cmd = " ".join(shlex.quote(x) for x in [".venv/bin/python", *sys.argv])
     text = "\n".join([
         f"## {datetime.datetime.now().isoformat(timespec='seconds')}", "",
-        f"- command: `{cmd}`", f"- machine: {describe_machine()}",
+        f"- command: `{cmd}`", f"- machine: {describe_machine(with_pace=True)}",
         f"- {a.n_runs} simulated test runs of shape {tuple(a.shape)} (z, y, x), medium difficulty, the shipped "
         f"model, backend {one.report['backend'].iloc[0]}; {len(one.picks)} picks", "", table, "",
     ])

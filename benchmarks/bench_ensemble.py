@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_ensemble.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {describe_machine()}\n"
+        f"- machine: {describe_machine(with_pace=True)}\n"
         f"- bundle: `{a.weights}`; ensemble of {' + '.join(names)}"
         + "".join(f"; YOLO by {d.backend}" for d in dets if d.name == "yolo")
         + f"; {networks}; {len(all_runs)} simulated test runs "

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_pipeline.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {describe_machine()}\n- model: `{weights}` run by {backend} on the CPU (one worker); "
+        f"- machine: {describe_machine(with_pace=True)}\n- model: `{weights}` run by {backend} on the CPU (one worker); "
         f"{a.n_runs} simulated medium runs {tuple(a.shape)}, seed {a.seed}",
         "**Serial vs overlapped** (the same runs; seconds per run, mean; `model_wait_share`: the model's time spent "
         "waiting for data):\n\n" + fmt(table, "{:.2f}"),

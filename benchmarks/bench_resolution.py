@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_resolution.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
-        f"- machine: {describe_machine()}\n"
+        f"- machine: {describe_machine(with_pace=True)}\n"
         f"- each network from scratch: widths {channels}, {a.steps} steps of batch {a.batch}, patch 48 x 96 x 96 voxels of "
         f"its level, lr {a.lr}, look augmentation {a.look_augment}, seed {a.train_seed}; the input step, targets, peaks and "
         f"test-time adaptation of `{a.weights}`'s heatmap, one view; statistics re-estimated on the training runs; "

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         f"## {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         f"- command: `{cmd}`",
-        f"- machine: {describe_machine()}",
+        f"- machine: {describe_machine(with_pace=True)}",
         f"- shape {shape} (z, y, x), difficulty {a.difficulty}, look {a.look}"
         + (f" (model/CTF/filter per repeat: {', '.join(looks)})" if looks else "")
         + f", {a.repeat} repeat(s); seconds per stage "
