@@ -24,7 +24,9 @@ cd "$(dirname "$0")/../../.."
 STEP=${1:-all}
 PY=.venv/bin/python
 D=czii-cryo-et-object-identification
-OUT=runs/fresh3
+OUT=${FRESH_OUT:-runs/fresh3}        # fresh4.sh: another draw through this script (its seeds, folder and cache)
+CACHE=${FRESH_CACHE:-runs/cache/fresh3}
+read -r S1 S3 S4 S5 SD1 SD2 SL1 SL2 SW1 SW2 <<< "${FRESH_SEEDS:-5441 5443 5444 5445 5341 5351 5342 5352 5343 5353}"
 SPEC='{"particle_model": ["classic", "envelope"], "filter": ["none", "gaussian", "median", "lowpass"], "ctf_mode": ["flipped", "none"]}'
 DIFFUSION='{"particle_model": ["classic", "envelope"], "filter": "diffusion", "ctf_mode": ["flipped", "none"]}'
 LOBES='{"particle_model": "lobes", "filter": ["none", "gaussian", "median", "lowpass"], "ctf_mode": ["flipped", "none"]}'
@@ -42,11 +44,11 @@ if [ "$STEP" = sim ] || [ "$STEP" = all ]; then
   sim runs/hml/val 3 5201 "$SPEC"; sim runs/hml/val_classic 1 5203 classic
   sim runs/hml/val2 3 5204 "$SPEC"; sim runs/hml/val2_classic 2 5205 classic
   # the fresh draw
-  sim $OUT/val 3 5441 "$SPEC"; sim $OUT/val_classic 1 5443 classic
-  sim $OUT/val2 3 5444 "$SPEC"; sim $OUT/val2_classic 2 5445 classic
-  sim $OUT/val_diffusion 6 5341 "$DIFFUSION"; sim $OUT/val_diffusion2 6 5351 "$DIFFUSION"
-  sim $OUT/val_lobes 6 5342 "$LOBES"; sim $OUT/val_lobes2 6 5352 "$LOBES"
-  sim $OUT/val_wiener 6 5343 "$WIENER"; sim $OUT/val_wiener2 6 5353 "$WIENER"
+  sim $OUT/val 3 $S1 "$SPEC"; sim $OUT/val_classic 1 $S3 classic
+  sim $OUT/val2 3 $S4 "$SPEC"; sim $OUT/val2_classic 2 $S5 classic
+  sim $OUT/val_diffusion 6 $SD1 "$DIFFUSION"; sim $OUT/val_diffusion2 6 $SD2 "$DIFFUSION"
+  sim $OUT/val_lobes 6 $SL1 "$LOBES"; sim $OUT/val_lobes2 6 $SL2 "$LOBES"
+  sim $OUT/val_wiener 6 $SW1 "$WIENER"; sim $OUT/val_wiener2 6 $SW2 "$WIENER"
   # bench_selection needs a test set: the classic medium test of README's headline (not part of the check)
   [ -f runs/hml/test_medium/test_solution.csv ] || \
     $PY -m czii_kaggle simulate --out runs/hml/test_medium --n-train 0 --n-test 4 --difficulty medium --seed 90211
@@ -71,7 +73,7 @@ if [ "$STEP" = check ] || [ "$STEP" = all ]; then
       if [ $ground = training ]; then LOOKS=$TRAIN_LOOKS; else LOOKS=$UNSEEN; fi
       $PY benchmarks/bench_selection.py --weights czii_kaggle/models --second $OUT/bundle_l0_v$v --val $VAL --val-looks $LOOKS \
         --data runs/hml/test_medium/$D --solution runs/hml/test_medium/test_solution.csv --label classic-test \
-        --cache runs/cache/fresh3 --no-write --only "heatmap + heatmap2" "second heatmap" 2>&1 | tee $OUT/check_v${v}_$ground.log
+        --cache $CACHE --no-write --only "heatmap + heatmap2" "second heatmap" 2>&1 | tee $OUT/check_v${v}_$ground.log
     done
   done
 fi
