@@ -3,7 +3,8 @@
 Each log is bench_selection.py's printout with the fresh training-look (or unseen-look) roots as --val-looks; the check
 is the mean of the two fresh columns (fresh3.sh's header: the rule, set before the figures). In session 24 the
 shipped default was "YOLO + hn + l0, 1 view", its candidates (b) "YOLO + hn + l0, 2 views" and (a) "hn + l0, 2 views".
-Also fresh4.sh's table (session 25): `fresh3_table.py runs/fresh4`."""
+Also fresh4.sh's table (session 25): `fresh3_table.py runs/fresh4 "YOLO + hn + l0, 2 views"` (the second argument:
+the shipped variant the leads are taken over)."""
 import ast
 import sys
 from pathlib import Path
