@@ -543,7 +543,7 @@ def train_heatmap_fold(plan: FineTunePlan, real_root: str | Path, sim_root: str 
         try:
             train_heatmap(sources, training, config, train, init=init, command=command)
             done[name] = recalibrate_heatmap(training, sources[:1], bundle_dir, command=command,
-                                             replace=bundle_dir.exists())
+                                             replace=bundle_dir.exists(), device=train.device)
         except (CziiInputError, ValueError, RuntimeError, OSError) as exc:  # YOLO's fine-tuning is not lost for it
             print(f"[czii_kaggle] the fine-tuning of {name} in {fold.name} failed "
                   f"({str(exc).strip().splitlines()[-1]}): the start bundle's {name} is used", file=sys.stderr)

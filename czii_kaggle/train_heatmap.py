@@ -310,6 +310,12 @@ def sample_batch(runs: list[TrainRun], step: int, config: HeatmapConfig, train: 
     return np.stack(xs), np.stack(ys)
 
 
+def _median_s(seconds: list[float]) -> float | None:
+    """The median of ``seconds`` without the first 3 where there are more than 3; None for none."""
+    kept = seconds[3:] if len(seconds) > 3 else seconds
+    return round(float(np.median(kept)), 4) if kept else None
+
+
 def _log(out: Path, text: str) -> None:
     with open(out / LOG_FILE, "a") as f:
         f.write(text + "\n")
@@ -407,18 +413,23 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         _log(out, f"resumed at step {step}")
     net.train()
     t_start = time.perf_counter() - seconds
+    data_s, compute_s = [], []  # this session's steps: drawing the batch (CPU), and the network's step to its loss
     while step < train.steps:
         lr = train.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / train.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
+        t0 = time.perf_counter()
         x, y = sample_batch(runs, step, config, train)
+        t1 = time.perf_counter()
         xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last_3d)
         loss = focal_heatmap_loss(net(xt), torch.from_numpy(y).to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
-        losses.append(loss.item())
+        losses.append(loss.item())  # waits for the device: the step's compute is done
+        data_s.append(t1 - t0)
+        compute_s.append(time.perf_counter() - t1)
         _log(out, f"step {step} loss {losses[-1]:.4f} lr {lr:.5f} t {time.perf_counter() - t_start:.0f}s")
         if step % train.checkpoint_every == 0 or step == train.steps:
             tmp = ckpt_path.with_suffix(".tmp")
@@ -444,6 +455,9 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "device": device,
         "hard_negatives": int(sum(len(r.negatives_zyx) for r in runs)),
+        # medians over this session's steps (a resumed run: the steps after resuming), the first 3 left out
+        # where there are more (start-up: memory, kernel selection on a GPU)
+        "step_seconds": {"data": _median_s(data_s), "compute": _median_s(compute_s), "steps": len(data_s)},
     }
     # a start bundle's selection options (thresholds, floor) are the trained bundle's starting point for tuning
     start_json = Path(init).parent / HEATMAP_CONFIG_FILE if init is not None else None
@@ -453,7 +467,8 @@ def train_heatmap(sources: list[tuple[str | Path, list[str] | None]], out: str |
 
 
 def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, list[str] | None]], out: str | Path,
-                        bn_adapt: float | None = None, command: str | None = None, replace: bool = False) -> Path:
+                        bn_adapt: float | None = None, command: str | None = None, replace: bool = False,
+                        device: str | None = None) -> Path:
     """A copy of the bundle ``bundle_dir`` in the new folder ``out`` whose heatmap network's batch-norm
     statistics are re-estimated on the whole tomograms of ``sources`` (``(root, runs)``, ``train``
     split; ``runs`` None: all).
@@ -465,7 +480,8 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
     the bundle is copied as it is (not a training's checkpoint and log); the ONNX copy is exported
     anew (where the onnx package is installed); ``out`` must be absent or empty unless ``replace``
     (an earlier output of the caller's, swapped out only when the new one is complete; never
-    ``bundle_dir`` itself); the record is
+    ``bundle_dir`` itself); ``device``: torch's device for the windows (None or ``"auto"``: the first usable GPU,
+    else the CPU; :func:`czii_kaggle.detectors.heatmap.heatmap_device`); the record is
     ``heatmap.json`` ``training.recalibration``. A run that cannot be read is reported and left
     out (none readable: :class:`CziiInputError`). The thresholds (``heatmap.json``,
     ``ensemble.json``) were tuned for the old statistics: tune the copy again. Returns ``out``.
@@ -484,7 +500,8 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
         raise CziiInputError(bundle_dir, "not a bundle folder (recalibrate-heatmap copies the whole bundle)")
     config = bundle.config if bn_adapt is None else HeatmapConfig.from_dict({**bundle.config.to_dict(),
                                                                             "bn_adapt": float(bn_adapt)})
-    net = load_net(bundle)
+    device = heatmap_device() if device in (None, "auto") else device
+    net = load_net(bundle).to(device)
     runs, failed = [], []
     for root, names in sources:
         for run in (names if names is not None else layout.list_runs(root, "train")):
@@ -509,7 +526,7 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
                     HEATMAP_WEIGHTS_FILE, HEATMAP_ONNX_FILE, CHECKPOINT_FILE, LOG_FILE):  # training's own files stay
                 copy_file(f, tmp / f.name)
         with atomic_path(tmp / HEATMAP_WEIGHTS_FILE) as w:
-            torch.save({k: v.contiguous() for k, v in adapted.state_dict().items()}, w)
+            torch.save({k: v.detach().cpu().contiguous() for k, v in adapted.state_dict().items()}, w)
         record = {
             "command": command or " ".join(sys.argv),
             "from": str(bundle_dir),
@@ -517,6 +534,7 @@ def recalibrate_heatmap(bundle_dir: str | Path, sources: list[tuple[str | Path, 
             "runs": len(runs) - len(failed),
             "skipped": failed,
             "seconds": round(time.perf_counter() - t0, 1),
+            "device": str(device),
         }
         save_heatmap_json(tmp, config=config.to_dict(), training={**bundle.record, "recalibration": record}, onnx={})
         if importlib.util.find_spec("onnx") is not None:

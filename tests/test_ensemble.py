@@ -332,6 +332,7 @@ def test_the_yolo_detector_gives_the_pipelines_candidates(tmp_path):
     zarr_path = layout.tomogram_path(ds.root, "test", run)
     bundle = load_bundle()
     det = YoloDetector(bundle, backend="torch")
+    assert det.device == "cpu"  # the first usable device: no GPU here
     cands, times = det.candidates(zarr_path, run)
     assert {"read_s", "preprocess_s", "inference_s", "aggregate_s"} <= set(times)
     _, picks, _ = predict_one(load_model(bundle.weights), zarr_path, run, bundle)
@@ -630,3 +631,21 @@ def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_p
                         "--own", "yolo"], "--own names yolo, not among heatmap, heatmap_b")):
         assert main([*args, "--weights", str(bundle)]) != 0
         assert why in capsys.readouterr().err, why
+
+
+def test_the_yolo_detector_takes_the_first_usable_gpu(monkeypatch):
+    """Given no device, the YOLO detector runs on the first GPU torch can run (torch, not ONNX Runtime's CPU),
+    as the prediction pipeline does; given one, that one; on a CPU-only machine the ONNX copy."""
+    from czii_kaggle.bundle import load_bundle
+    from czii_kaggle.detect import onnxruntime_available
+    from czii_kaggle.detectors import yolo
+
+    bundle = load_bundle()
+    monkeypatch.setattr(yolo, "visible_devices", lambda: ["cuda:1", "cuda:0"])
+    det = yolo.YoloDetector(bundle)
+    assert (det.backend, det.device) == ("torch", "cuda:1")
+    assert (yolo.YoloDetector(bundle, device="cpu").device, yolo.YoloDetector(bundle, backend="onnx").device) == \
+        ("cpu", "cpu")
+    monkeypatch.setattr(yolo, "visible_devices", lambda: ["cpu"])
+    if bundle.onnx is not None and onnxruntime_available():
+        assert yolo.YoloDetector(bundle).backend == "onnx"

@@ -608,6 +608,7 @@ def test_recalibration_copies_the_bundle_with_whole_tomogram_statistics(tmp_path
     doc = json.loads((out / "heatmap.json").read_text())
     rec = doc["training"]["recalibration"]
     assert doc["config"]["bn_adapt"] == 0.5 and rec["runs"] == 2 and len(rec["skipped"]) == 1
+    assert rec["device"] == "cpu"  # the first usable GPU, none here
     assert "TS_bad" in rec["skipped"][0] and rec["sources"] == [{"root": str(root), "runs": None}]
     assert doc["onnx"]["source_sha256"] == file_sha256(out / "heatmap.pt")
     # the bundle itself, a used folder, and runs that cannot be read are refused; nothing is written
@@ -650,6 +651,9 @@ def test_training_writes_weights_and_resumes(tmp_path):
     assert "resumed at step 2" in log and "step 3 loss" in log and log.count("step 1 loss") == 1
     bundle = load_heatmap_bundle(out)
     assert bundle.record["steps"] == 3 and bundle.record["runs"] and bundle.record["device"] == "cpu"  # no GPU here
+    # where the step's time went: the resumed session's one step, data and compute apart
+    timing = bundle.record["step_seconds"]
+    assert timing["steps"] == 1 and timing["data"] > 0 and timing["compute"] > 0
     assert not torch.equal(first["head.weight"], torch.load(out / "heatmap.pt", weights_only=True)["head.weight"])
     # a wider network started from these weights: widened, trained, and its record says from what
     wide = train_heatmap([(ds.root, None)], tmp_path / "wide", replace(cfg, channels=(6, 8, 12)), replace(tr, steps=1),

@@ -118,13 +118,16 @@ class YoloDetector:
     """The 2.5D YOLO path behind the :class:`czii_kaggle.detectors.Detector` interface (CPU or one device).
 
     ``bundle``: a loaded :class:`czii_kaggle.bundle.Bundle` (:func:`czii_kaggle.bundle.load_detectors`
-    opens a bundle folder's detectors).
+    opens a bundle folder's detectors). ``device``: ``"cpu"``, ``"cuda:N"``, or None: the first usable
+    GPU, else the CPU (before 2026-12-04 it was always the CPU, so ``tune-ensemble`` and the benches
+    ran YOLO there, with ONNX Runtime, even beside a GPU).
     """
 
     name = "yolo"
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", device: str = "cpu"):
+    def __init__(self, bundle: Bundle, backend: str = "auto", device: str | None = None):
         self.bundle = bundle
+        device = device or visible_devices()[0]  # the first usable GPU, else the CPU
         self.backend = choose_backend(bundle, backend, [device])
         self.device = "cpu" if self.backend == "onnx" else device
         self.model = load_yolo(bundle, self.backend)
