@@ -62,7 +62,16 @@ def memory_probe(weights: Path, zarr: Path, tta_views: int | None = None, name: 
     det = load_detectors(weights, [name], tta_views=tta_views)[0]
     t0 = time.perf_counter()
     cands, times = det.candidates(zarr, "probe")
-    print(json.dumps({"peak_rss_GiB": peak_rss_gib(), "seconds": time.perf_counter() - t0, **times}))
+    print(json.dumps({"peak_rss_GiB": peak_rss_gib(), "seconds": time.perf_counter() - t0,
+                      "peak_gpu_GiB": peak_gpu_gib(), **times}))
+
+
+def peak_gpu_gib() -> float | None:
+    """The largest peak of memory torch allocated on any GPU in this process (GiB), or None where none was used."""
+    import torch
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30
 
 
 def peak_rss_gib() -> float:
@@ -173,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, help="reuse / keep every other detector's candidates in DIR/{detector} "
                                               "(for re-scoring the same weights; a folder per bundle)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
+    ap.add_argument("--warmup", action="store_true",
+                    help="run each detector once on the first run of the first set before the timed pass (results "
+                         "dropped): on a GPU the first run pays for start-up (CUDA context, kernel selection)")
     ap.add_argument("--n-boot", type=int, default=2000, help="resamples of each set's runs for the leads' intervals")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--memory-probe", type=Path, help=argparse.SUPPRESS)
@@ -192,6 +204,9 @@ def main(argv=None) -> int:
     blob_config = blob_tuned(a.sim_work, a.blob_val_runs, a.shape)[0] if a.blob else None
     rows, type_rows, reports, merge_s, blob_s, all_runs, boots = [], [], [], [], [], [], {}
     a.work.mkdir(parents=True, exist_ok=True)
+    if a.warmup:
+        root0 = sets[0][1]
+        run_candidates(dets, root0, a.split, layout.list_runs(root0, a.split)[:1], progress=False)
     for set_name, root, truth in sets:
         runs = layout.list_runs(root, a.split)
         all_runs += [f"{set_name}/{r}" for r in runs]
@@ -246,8 +261,10 @@ def main(argv=None) -> int:
                                     *(["--tta-views", str(a.tta_views)] if a.tta_views else [])],
                                    capture_output=True, text=True, check=True, cwd=REPO)
             mem = json.loads(probe.stdout.strip().splitlines()[-1])
+            gpu = f"; GPU {mem['peak_gpu_GiB']:.2f} GiB allocated by torch" if mem.get("peak_gpu_GiB") else ""
             parts_mem.append(f"**Peak memory** of one full tomogram's {det.name} inference (child process, read + "
-                             f"inference + peaks): {mem['peak_rss_GiB']:.2f} GiB ({mem['seconds']:.1f} s)")
+                             f"inference + peaks): {mem['peak_rss_GiB']:.2f} GiB{gpu} ({mem['seconds']:.1f} s, "
+                             "the first run of a fresh process)")
     networks = "; ".join(f"{d.name} by {type(d.model).__name__} ({d.bundle.config.tta_views} view(s), level "
                          f"{d.bundle.config.level}, windows {d.bundle.config.window_vox})" for d in heatmaps)
     text = "\n\n".join([
@@ -255,7 +272,7 @@ def main(argv=None) -> int:
         f"- command: `python benchmarks/bench_ensemble.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
         f"- machine: {describe_machine(with_pace=True)}\n"
         f"- bundle: `{a.weights}`; ensemble of {' + '.join(names)}"
-        + "".join(f"; YOLO by {d.backend}" for d in dets if d.name == "yolo")
+        + "".join(f"; YOLO by {d.backend} on {d.device}" for d in dets if d.name == "yolo")
         + f"; {networks}; {len(all_runs)} simulated test runs "
         f"(no real voxels): {', '.join(all_runs)}"
         + (f"; domains: {', '.join(f'{d} = `{json.dumps(DOMAINS[d])}`' for d in a.domains)}" if a.domains else ""),
@@ -267,7 +284,8 @@ def main(argv=None) -> int:
         f"replacement {a.n_boot} times, every detector scored on the same resample; a set of 4 runs says little):\n\n"
         + fmt(pd.DataFrame(lead_rows(boots, held))),
         "**Seconds per full tomogram** by stage (mean over runs; the ensemble runs its detectors one after "
-        "the other):\n\n" + fmt(speed, "{:.2f}"),
+        "the other" + ("; after one warm-up run of each detector, not counted" if a.warmup else "") + "):\n\n"
+        + fmt(speed, "{:.2f}"),
         *parts_mem,
     ])
     print(text)

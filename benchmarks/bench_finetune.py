@@ -17,6 +17,16 @@ The T4 figure is derived, not measured (no GPU here): a step is bound by the slo
 - compute: 3 x the model's forward GFLOPs per image x batch at an assumed 2 TFLOP/s achieved on
   a T4 (a quarter of its 8.1 TFLOP/s fp32 peak; this 8-64-channel network cannot fill it), and
   never under 0.03 s per step (kernel launches of ~300 layers forward and backward).
+With ``--device cuda:N`` (a lent GPU) the steps run there and are measured, not derived:
+``--workers`` data-loader processes (3: a Kaggle GPU kernel's 4 cores less the one driving
+the GPU) feed them, so ``data`` is the step's measured wait for its batch; the T4's compute is
+then the measured one times ``--gpu-to-t4`` (default 15: an H200's dense fp16 989 TFLOP/s over a
+T4's 65, a pessimistic bound, since a network this small fills neither). ``--heatmap-runs N``
+(N >= 1) also simulates N full-size random-look runs and trains each heatmap network of the
+shipped bundle on them for ``--heatmap-steps`` steps with the fine-tuning's settings, taking each
+step's data (drawing the batch, on the CPU, before the step) and compute from the training's
+record, and times the re-estimation of its statistics over those runs; its T4 step is data +
+compute times ``--gpu-to-t4`` (the batch is drawn between steps, not beside them).
 Appends the table to benchmarks/results/finetune.md.
 """
 from __future__ import annotations
@@ -47,11 +57,19 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=(40, 320, 320))
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda:N to measure the steps on a GPU")
+    ap.add_argument("--workers", type=int, default=0, help="data-loader processes (0: in the training process)")
+    ap.add_argument("--gpu-to-t4", type=float, default=15.0,
+                    help="a T4's step compute over this GPU's (with --device cuda:N)")
+    ap.add_argument("--heatmap-runs", type=int, default=0, help="full-size runs to time the heatmap networks' steps on")
+    ap.add_argument("--heatmap-steps", type=int, default=25)
     a = ap.parse_args(argv)
+    gpu = a.device.startswith("cuda")
 
     from dataclasses import replace
 
     from czii_kaggle import offline
+    from czii_kaggle.bundle import load_ensembles
     from czii_kaggle.dataset import build_dataset
     from czii_kaggle.finetune import FineTuneConfig, estimate_s
     from czii_kaggle.predict import DEFAULT_BUNDLE, load_bundle
@@ -79,7 +97,8 @@ def main(argv=None) -> int:
     marks: list[tuple[str, float]] = []
     base.default_callbacks["on_train_batch_start"].append(lambda t: marks.append(("start", time.perf_counter())))
     base.default_callbacks["on_train_batch_end"].append(lambda t: marks.append(("end", time.perf_counter())))
-    tr = recipe.train_config(model=DEFAULT_BUNDLE / "model.pt", epochs=a.epochs, device="cpu", workers=0)
+    tr = recipe.train_config(model=DEFAULT_BUNDLE / "model.pt", epochs=a.epochs,
+                             device=a.device.replace("cuda:", "") if gpu else "cpu", workers=a.workers)
     t0 = time.perf_counter()
     train(data_yaml, work / "bundle", tr)
     train_wall = time.perf_counter() - t0
@@ -90,30 +109,57 @@ def main(argv=None) -> int:
     from ultralytics.utils.torch_utils import get_flops
 
     gflops = get_flops(ultralytics.YOLO(str(DEFAULT_BUNDLE / "model.pt")).model, imgsz=tr.imgsz)
-    t4_compute = max(T4_STEP_FLOOR_S, 3 * gflops * tr.batch / (T4_TFLOPS_ACHIEVED * 1000))
-    t4_data = data_s / KAGGLE_LOADER_PROCESSES
+    where = "GPU" if gpu else "CPU"
+    achieved_gflops_s = 3 * gflops * tr.batch / compute_s
+    if gpu:  # measured on the GPU, fed by --workers loaders: scaled to a T4
+        t4_compute = max(T4_STEP_FLOOR_S, compute_s * a.gpu_to_t4)
+        t4_data = data_s * a.workers / KAGGLE_LOADER_PROCESSES if a.workers else data_s / KAGGLE_LOADER_PROCESSES
+        data_how = (f"the measured wait with {a.workers} loaders" + (f", as {KAGGLE_LOADER_PROCESSES}"
+                    if a.workers != KAGGLE_LOADER_PROCESSES else "") if a.workers else
+                    f"data / {KAGGLE_LOADER_PROCESSES} loader processes")
+        compute_how = f"the measured compute x {a.gpu_to_t4:g}, floor {T4_STEP_FLOOR_S} s"
+    else:
+        t4_compute = max(T4_STEP_FLOOR_S, 3 * gflops * tr.batch / (T4_TFLOPS_ACHIEVED * 1000))
+        t4_data = data_s / KAGGLE_LOADER_PROCESSES
+        data_how = f"data / {KAGGLE_LOADER_PROCESSES} loader processes"
+        compute_how = f"compute at {T4_TFLOPS_ACHIEVED:g} TFLOP/s, floor {T4_STEP_FLOOR_S} s"
     t4_step = max(t4_compute, t4_data)
-    cpu_gflops_s = 3 * gflops * tr.batch / compute_s
 
     plan = FineTuneConfig.from_recipe()
-    est = estimate_s(plan, 7, step_s=t4_step, dataset_s_per_run=dataset_s, sim_s_per_run=sim_s)
+    heat = heatmap_steps(work, a, plan) if a.heatmap_runs else []
+    est_kw = {}
+    if heat and gpu:  # a CPU's heatmap steps say nothing of a T4's: the estimate keeps its derived constant then
+        est_kw = {"heatmap_step_s": max(h["t4_step_s"] for h in heat),
+                  "heatmap_levels": tuple(h["level"] for h in heat), "n_ensembles": len(load_ensembles(DEFAULT_BUNDLE))}
+    est = estimate_s(plan, 7, step_s=t4_step, dataset_s_per_run=dataset_s, sim_s_per_run=sim_s, **est_kw)
     rows = [
         ("simulate, s per full-size random-look run (CPU here)", f"{sim_s:.1f}"),
         ("slice dataset, s per full-size run (read, preprocess, write PNGs; CPU here)", f"{dataset_s:.1f}"),
         (f"training images ({a.n_runs - 1} runs of {'x'.join(map(str, a.shape))}, every slice)", f"{n_images}"),
-        (f"CPU step, batch {tr.batch} at imgsz {tr.imgsz}: data (median of {len(data)})", f"{data_s:.2f} s"),
-        (f"CPU step: compute, forward + backward + optimizer (median of {len(compute)})", f"{compute_s:.2f} s"),
+        (f"{where} step, batch {tr.batch} at imgsz {tr.imgsz}, {a.workers} loader processes: data, the wait for the "
+         f"batch (median of {len(data)})", f"{data_s:.3f} s"),
+        (f"{where} step: compute, forward + backward + optimizer (median of {len(compute)})", f"{compute_s:.3f} s"),
         ("training wall time incl. set-up and validation", f"{train_wall:.0f} s"),
-        ("model forward GFLOPs per image at imgsz 320; CPU achieved GFLOP/s in training",
-         f"{gflops:.3f}; {cpu_gflops_s:.0f}"),
-        (f"T4 step, derived: data / {KAGGLE_LOADER_PROCESSES} loader processes", f"{t4_data:.2f} s"),
-        (f"T4 step, derived: compute at {T4_TFLOPS_ACHIEVED:g} TFLOP/s, floor {T4_STEP_FLOOR_S} s", f"{t4_compute:.3f} s"),
+        (f"model forward GFLOPs per image at imgsz 320; {where} achieved GFLOP/s in training",
+         f"{gflops:.3f}; {achieved_gflops_s:.0f}"),
+        (f"T4 step, derived: {data_how}", f"{t4_data:.2f} s"),
+        (f"T4 step, derived: {compute_how}", f"{t4_compute:.3f} s"),
         ("**T4 step used (the larger)**", f"**{t4_step:.2f} s**"),
     ]
+    for h in heat:
+        rows += [
+            (f"{h['name']} (level {h['level']}) {where} step, batch {h['batch']} of {h['patch']} voxels: data, drawing "
+             f"the batch (median of {h['steps']})", f"{h['data_s']:.3f} s"),
+            (f"{h['name']} {where} step: compute", f"{h['compute_s']:.3f} s"),
+            (f"{h['name']} statistics re-estimated, s per full-size run ({where})", f"{h['recal_s_per_run']:.2f}"),
+        ]
+        rows += [(f"**{h['name']} T4 step, derived: data + compute x {a.gpu_to_t4:g}**", f"**{h['t4_step_s']:.2f} s**")
+                 ] if gpu else []
     c = plan
     rows.append((f"recipe plan on one T4 (7 real runs, k={c.k_folds}, {c.fold_epochs}+{c.final_epochs} epochs, "
-                 f"{c.n_sim_runs} simulated runs): " + ", ".join(f"{k[:-2]} {v / 60:.0f} min"
-                                                                 for k, v in est.items() if k != "total_s"),
+                 f"{c.n_sim_runs} simulated runs" + (f", {c.heatmap_steps} steps of each heatmap network at the "
+                                                     "slower one's T4 step" if heat and gpu else "") + "): "
+                 + ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in est.items() if k != "total_s"),
                  f"**{est['total_s'] / 3600:.2f} h**"))
     table = "| quantity | value |\n| --- | ---: |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     print(table)
@@ -121,6 +167,41 @@ def main(argv=None) -> int:
     append_result(REPO / "benchmarks" / "results" / "finetune.md", "Kaggle fine-tuning: step times",
                   f"## {time.strftime('%Y-%m-%d %H:%M')}\n\n`{command}`\n\n{describe()}\n\n{table}")
     return 0 if math.isfinite(t4_step) else 1
+
+
+def heatmap_steps(work: Path, a, plan) -> list[dict]:
+    """Each heatmap network of the shipped bundle trained ``a.heatmap_steps`` steps on ``a.heatmap_runs`` full-size
+    random-look runs with the fine-tuning's settings on ``a.device``, and its statistics re-estimated on them."""
+    import json
+
+    from czii_kaggle.bundle import heatmap_files, load_heatmap_bundle
+    from czii_kaggle.detectors import detector_kind
+    from czii_kaggle.finetune import HEATMAP_BATCH, HEATMAP_LOOK_AUGMENT
+    from czii_kaggle.predict import DEFAULT_BUNDLE
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+    from czii_kaggle.train_heatmap import HeatmapTrainConfig, recalibrate_heatmap, train_heatmap, training_start
+
+    ds = simulate_dataset(work / "sim_full", n_train=a.heatmap_runs, n_test=0, seed=32,
+                          config=SimConfig(look="random"), overwrite=True)
+    sources = [(ds.root, None)]
+    names = [f.stem for f in sorted(DEFAULT_BUNDLE.glob("heatmap*.json")) if detector_kind(f.stem) == "heatmap"]
+    out = []
+    for name in names:
+        config, init = training_start(DEFAULT_BUNDLE / heatmap_files(name)[0])
+        train = HeatmapTrainConfig(patch_vox=tuple(plan.heatmap_patch_vox), batch=HEATMAP_BATCH, steps=a.heatmap_steps,
+                                   lr=plan.heatmap_lr, seed=plan.seed, threads=max(1, a.workers),
+                                   look_augment=HEATMAP_LOOK_AUGMENT, device=a.device)
+        trained = train_heatmap(sources, work / f"train_{name}", config, train, init=init,
+                                command=f"bench_finetune ({name})")
+        timing = load_heatmap_bundle(trained).record["step_seconds"]
+        recal = recalibrate_heatmap(trained, sources, work / f"recal_{name}", replace=True)
+        recal_s = json.loads((recal / "heatmap.json").read_text())["training"]["recalibration"]["seconds"]
+        factor = a.gpu_to_t4 if a.device.startswith("cuda") else float("nan")  # used on a GPU only
+        out.append({"name": name, "level": config.level, "batch": train.batch, "steps": timing["steps"],
+                    "patch": "x".join(map(str, train.patch_vox)), "data_s": timing["data"],
+                    "compute_s": timing["compute"], "recal_s_per_run": recal_s / a.heatmap_runs,
+                    "t4_step_s": timing["data"] + timing["compute"] * factor})
+    return out
 
 
 if __name__ == "__main__":
