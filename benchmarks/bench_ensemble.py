@@ -57,9 +57,10 @@ def fmt(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return "\n".join(lines)
 
 
-def memory_probe(weights: Path, zarr: Path, tta_views: int | None = None, name: str = "heatmap") -> None:
+def memory_probe(weights: Path, zarr: Path, tta_views: int | None = None, name: str = "heatmap",
+                 precision: str | None = None) -> None:
     """Child process: one full tomogram through the heatmap detector ``name``; prints its peak RSS (GiB) as JSON."""
-    det = load_detectors(weights, [name], tta_views=tta_views)[0]
+    det = load_detectors(weights, [name], tta_views=tta_views, precision=precision)[0]
     t0 = time.perf_counter()
     cands, times = det.candidates(zarr, "probe")
     print(json.dumps({"peak_rss_GiB": peak_rss_gib(), "seconds": time.perf_counter() - t0,
@@ -175,6 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blob", action="store_true", help="also score the training-free blob floor on every set")
     ap.add_argument("--blob-val-runs", type=int, default=2)
     ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4, 8, 16), help="the heatmap's flipped views (default: its own)")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), help="the heatmap networks' (default: their own)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_ensemble")
@@ -191,15 +193,15 @@ def main(argv=None) -> int:
     ap.add_argument("--probe-detector", default="heatmap", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.memory_probe:
-        memory_probe(a.weights, a.memory_probe, a.tta_views, a.probe_detector)
+        memory_probe(a.weights, a.memory_probe, a.tta_views, a.probe_detector, a.precision)
         return 0
 
     sets = test_sets(a)
     ensembles = load_ensembles(a.weights)  # the main one, then its alternatives (scored beside it)
     ensemble = ensembles[0] if ensembles else None
     names = list(ensemble.detectors) if ensemble is not None else ["yolo", "heatmap"]
-    dets = [load_detectors(a.weights, [n], a.backend, tta_views=None if n == "yolo" else a.tta_views)[0]
-            for n in names]
+    dets = [load_detectors(a.weights, [n], a.backend, tta_views=None if n == "yolo" else a.tta_views,
+                           precision=a.precision)[0] for n in names]
     heatmaps = [d for d in dets if d.name != "yolo"]
     blob_config = blob_tuned(a.sim_work, a.blob_val_runs, a.shape)[0] if a.blob else None
     rows, type_rows, reports, merge_s, blob_s, all_runs, boots = [], [], [], [], [], [], {}
@@ -258,7 +260,8 @@ def main(argv=None) -> int:
         for det in heatmaps:
             probe = subprocess.run([sys.executable, __file__, "--weights", str(a.weights), "--memory-probe", str(zarr0),
                                     "--probe-detector", det.name,
-                                    *(["--tta-views", str(a.tta_views)] if a.tta_views else [])],
+                                    *(["--tta-views", str(a.tta_views)] if a.tta_views else []),
+                                    *(["--precision", a.precision] if a.precision else [])],
                                    capture_output=True, text=True, check=True, cwd=REPO)
             mem = json.loads(probe.stdout.strip().splitlines()[-1])
             gpu = f"; GPU {mem['peak_gpu_GiB']:.2f} GiB allocated by torch" if mem.get("peak_gpu_GiB") else ""
@@ -266,7 +269,8 @@ def main(argv=None) -> int:
                              f"inference + peaks): {mem['peak_rss_GiB']:.2f} GiB{gpu} ({mem['seconds']:.1f} s, "
                              "the first run of a fresh process)")
     networks = "; ".join(f"{d.name} by {type(d.model).__name__} ({d.bundle.config.tta_views} view(s), level "
-                         f"{d.bundle.config.level}, windows {d.bundle.config.window_vox})" for d in heatmaps)
+                         f"{d.bundle.config.level}, windows {d.bundle.config.window_vox}, "
+                         f"{d.bundle.config.precision})" for d in heatmaps)
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_ensemble.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"

@@ -590,7 +590,8 @@ def check_views(bundle_dir: str | Path | None, names: list[str], tta_views: int 
 
 
 def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto",
-                   tta_views: int | None = None, bn_adapt: float | None = None) -> list:
+                   tta_views: int | None = None, bn_adapt: float | None = None,
+                   precision: str | None = None) -> list:
     """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each
     behind :class:`czii_kaggle.detectors.Detector`'s interface.
 
@@ -598,6 +599,8 @@ def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "aut
     for YOLO (1-4), per 3D window for the heatmap (1-4, 8 and 16 with x-y swaps and z flips;
     thresholds were tuned for the bundle's own).
     ``bn_adapt`` (default: the heatmap's own): its test-time batch-norm adaptation, 0..1 (0: off).
+    ``precision`` (default: each heatmap network's own): ``"float32"`` or ``"bfloat16"``
+    (:attr:`czii_kaggle.detectors.heatmap.HeatmapConfig.precision`).
     """
     out = []
     names = parse_detectors(",".join(names), bundle_dir)
@@ -608,5 +611,5 @@ def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "aut
             out.append(DETECTORS[n](b if tta_views is None else with_tta(b, tta_views), backend=backend))
         else:
             out.append(DETECTORS[detector_kind(n)](load_heatmap_bundle(bundle_dir, n), backend=backend,
-                                                   tta_views=tta_views, bn_adapt=bn_adapt))
+                                                   tta_views=tta_views, bn_adapt=bn_adapt, precision=precision))
     return out

@@ -546,6 +546,40 @@ def test_batchnorm_adaptation_takes_the_tomograms_statistics():
         assert not torch.allclose(full(x), net(x))
 
 
+def test_bfloat16_runs_only_where_the_device_does_it_natively_and_stays_close(monkeypatch):
+    """precision "bfloat16": the network (and the adaptation's pass) in bfloat16 where the CPU has AVX512-BF16
+    or AMX, else float32 bit for bit; probabilities float32 either way, close to float32's."""
+    from czii_kaggle.detectors import heatmap as hm
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        HeatmapConfig(precision="float16")
+    assert hm.autocast_dtype("cpu", "float32") is None and hm.autocast_dtype("cuda:0", "float32") is None
+    cfg = HeatmapConfig(channels=(4, 8, 8), window_vox=(16, 32, 32), overlap_vox=8)
+    net = _trained_like_net()
+    volume = np.random.default_rng(1).normal(0.0, 0.2, (24, 40, 40)).astype(np.float32)
+    f32 = predict_heatmaps(hm.TorchHeatmapModel(net, "cpu"), volume, cfg)
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert hm.autocast_dtype("cpu", "bfloat16") == (torch.bfloat16 if native else None)
+        b16 = predict_heatmaps(hm.TorchHeatmapModel(net, "cpu", "bfloat16"), volume, cfg)
+        assert b16.dtype == np.float32 and b16.shape == f32.shape
+        adapted32 = adapt_batchnorm(net, volume, cfg, 1.0)
+        adapted16 = adapt_batchnorm(net, volume, replace(cfg, precision="bfloat16"), 1.0)
+        if native:  # bfloat16 keeps about 3 significant digits: close, not equal
+            assert not np.array_equal(b16, f32) and np.abs(b16 - f32).max() < 0.02
+            torch.testing.assert_close(adapted16.stem[1].running_mean, adapted32.stem[1].running_mean,
+                                       rtol=0.05, atol=0.01)
+        else:  # no native bfloat16: float32, the same numbers
+            np.testing.assert_array_equal(b16, f32)
+            torch.testing.assert_close(adapted16.stem[1].running_mean, adapted32.stem[1].running_mean, rtol=0, atol=0)
+    # a bundle's detector takes its config's precision, or the one it is given
+    shipped = load_heatmap_bundle(DEFAULT_BUNDLE)
+    assert shipped.config.precision in ("float32", "bfloat16")
+    det = HeatmapDetector(shipped, backend="torch", device="cpu", precision="bfloat16")
+    assert det.bundle.config.precision == "bfloat16" and det.model.precision == "bfloat16"
+
+
 def test_heatmap_runs_on_the_first_usable_gpu_unless_onnx():
     assert heatmap_device("auto", ["cuda:1", "cuda:0"]) == "cuda:1"
     assert heatmap_device("torch", ["cuda:0"]) == "cuda:0"

@@ -50,6 +50,8 @@ LEVEL_WINDOWS = {1: (96, 168, 168), 0: (184, 224, 224)}
 VIEWS = {n: [(f, False) for f in _FLIPS[:n]] for n in (1, 2, 3, 4)}
 VIEWS[8] = VIEWS[4] + [(f, True) for f in _FLIPS]
 VIEWS[16] = VIEWS[8] + [((2, *f), t) for f, t in VIEWS[8]]
+#: What the network runs in (:attr:`HeatmapConfig.precision`).
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,12 @@ class HeatmapConfig:
         Per-tomogram spectral step on the level read, before the percentile clip
         (:func:`czii_kaggle.preprocess.spectral_filter`): ``"none"``, ``"whiten"``, ``"whiten_zxy"``
         or ``"bandpass"``. Part of the input, so training and prediction apply the same one.
+    precision : str
+        ``"float32"`` (the records before it) or ``"bfloat16"``: torch runs the network, and the
+        test-time adaptation's pass, in bfloat16 (``torch.autocast``) where the device does
+        bfloat16 natively (a CPU with AVX512-BF16 or AMX; a GPU torch says supports it, not a T4),
+        else in float32 (:func:`autocast_dtype`). Probabilities and peaks stay float32; ONNX
+        Runtime runs float32.
     """
 
     level: int = 1
@@ -114,8 +122,11 @@ class HeatmapConfig:
     min_peak: float = 0.02
     bn_adapt: float = 0.0
     spectral: str = "none"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.spectral not in SPECTRAL:
             raise ValueError(f"spectral must be one of {SPECTRAL}, not {self.spectral!r}")
         if any(w <= 0 or w % 8 for w in self.window_vox):
@@ -201,23 +212,51 @@ def read_input(zarr_path: str | Path, config: HeatmapConfig) -> tuple[np.ndarray
 # --------------------------------------------------------------------------- models
 
 
+def autocast_dtype(device: str, precision: str = "float32"):
+    """The torch dtype the network runs in on ``device`` for ``precision`` (:attr:`HeatmapConfig.precision`):
+    ``torch.bfloat16`` where asked for and the device does it natively, else None (float32)."""
+    import torch
+
+    if precision != "bfloat16":
+        return None
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return torch.bfloat16 if any(f() for f in native) else None
+
+
+def _autocast(device, precision: str):
+    """``torch.autocast`` to :func:`autocast_dtype` on ``device``, or nothing (float32)."""
+    import contextlib
+
+    import torch
+
+    dtype = autocast_dtype(str(device), precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype)
+
+
 class TorchHeatmapModel:
     """Callable ``(N, 1, Z, Y, X) float32 -> (N, C, Z/2, Y/2, X/2)`` probabilities with torch on ``device``
-    (``"cpu"`` or ``"cuda:N"``); numpy in and out."""
+    (``"cpu"`` or ``"cuda:N"``), the network in ``precision`` (:attr:`HeatmapConfig.precision`); numpy in
+    and float32 out."""
 
-    def __init__(self, net, device: str = "cpu"):
+    def __init__(self, net, device: str = "cpu", precision: str = "float32"):
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
+        self.precision = precision
         self.net = net.eval().to(self.device, memory_format=torch.channels_last_3d)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(self.device, self.precision):
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
             x = x.contiguous(memory_format=torch.channels_last_3d)
-            return torch.sigmoid(self.net(x)).cpu().contiguous().numpy()
+            logits = self.net(x)
+        return torch.sigmoid(logits.float()).cpu().contiguous().numpy()
 
 
 class OnnxHeatmapModel:
@@ -296,7 +335,7 @@ def load_model(bundle: HeatmapBundle, backend: str = "auto", device: str = "cpu"
     wants_onnx = backend == "onnx" or (backend == "auto" and device == "cpu" and not adapt)
     if wants_onnx and bundle.onnx is not None and onnxruntime_available():
         return OnnxHeatmapModel(bundle.onnx)
-    return TorchHeatmapModel(load_net(bundle), device)
+    return TorchHeatmapModel(load_net(bundle), device, bundle.config.precision)
 
 
 # --------------------------------------------------------------------------- inference
@@ -367,7 +406,7 @@ def adapt_batchnorm(net, volumes, config: HeatmapConfig, weight: float = 1.0, pa
         m.momentum = None  # cumulative average over the windows
     adapted.train()
     device = next(adapted.parameters()).device
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(device, config.precision):
         for volume in volumes:
             for _, win in _windows(pad_to_windows(volume, config, path), config):
                 x = torch.from_numpy(np.ascontiguousarray(win[None, None], dtype=np.float32)).to(device)
@@ -470,8 +509,9 @@ class HeatmapDetector:
     """The heatmap detector behind :class:`czii_kaggle.detectors.Detector`'s interface."""
 
     def __init__(self, bundle: HeatmapBundle, backend: str = "auto", tta_views: int | None = None,
-                 bn_adapt: float | None = None, device: str | None = None):
+                 bn_adapt: float | None = None, device: str | None = None, precision: str | None = None):
         """``device``: ``"cpu"``, ``"cuda:N"`` or None: the first usable GPU, else the CPU (:func:`heatmap_device`).
+        ``tta_views``, ``bn_adapt``, ``precision``: the bundle's config's unless given.
         The detector's name is the bundle's (``heatmap``, or ``heatmap_<tag>`` for a further network)."""
         self.bundle = bundle
         self.name = bundle.name
@@ -479,6 +519,8 @@ class HeatmapDetector:
             self.bundle = replace(self.bundle, config=replace(self.bundle.config, tta_views=tta_views))
         if bn_adapt is not None:
             self.bundle = replace(self.bundle, config=replace(self.bundle.config, bn_adapt=float(bn_adapt)))
+        if precision is not None:
+            self.bundle = replace(self.bundle, config=replace(self.bundle.config, precision=precision))
         self.device = device or heatmap_device(backend)
         self.model = load_model(self.bundle, backend, self.device)
         self.aggregate = self.bundle.aggregate
@@ -504,7 +546,8 @@ class HeatmapDetector:
         if self.bundle.config.bn_adapt > 0:
             t = time.perf_counter()
             model = TorchHeatmapModel(adapt_batchnorm(self.model.net, volume, self.bundle.config,
-                                                      self.bundle.config.bn_adapt, zarr_path), self.device)
+                                                      self.bundle.config.bn_adapt, zarr_path), self.device,
+                                      self.bundle.config.precision)
             times["adapt_s"] = time.perf_counter() - t
         t = time.perf_counter()
         prob = predict_heatmaps(model, volume, self.bundle.config, zarr_path)
