@@ -17,6 +17,7 @@ from pathlib import Path
 from . import outputs
 from .detect import BACKENDS
 from .preprocess import SPECTRAL
+from .detectors.heatmap import PRECISIONS
 from .errors import CziiInputError
 
 #: Exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -222,6 +223,9 @@ def _cmd_predict(a) -> int:
     if a.bn_adapt is not None and names == ["yolo"]:
         raise CziiInputError(bundle_dir, "--bn-adapt adapts the heatmap detectors, and yolo alone runs none: "
                                          "pass --detectors heatmap or yolo,heatmap")
+    if a.precision is not None and names == ["yolo"]:
+        raise CziiInputError(bundle_dir, "--precision sets the heatmap networks', and yolo alone runs none: "
+                                         "pass --detectors heatmap or yolo,heatmap")
     if names != ["yolo"]:
         yolo_only = [flag for flag, given in (
             ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
@@ -265,7 +269,8 @@ def _predict_detectors(a, bundle_dir: Path, names: list[str]) -> int:
     outputs.check_writable(a.out)  # before the runs are predicted, not after
     check_outputs([a.out], [a.data, bundle_dir])
     pred = predict_detectors(a.data, a.split, runs=a.runs, bundle_dir=bundle_dir, detectors=names, backend=a.backend,
-                              tta_views=a.tta_views, tomo_type=a.tomo_type, bn_adapt=a.bn_adapt)
+                              tta_views=a.tta_views, tomo_type=a.tomo_type, bn_adapt=a.bn_adapt,
+                              precision=a.precision)
     print(pred.report.drop(columns="error").to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = pred.report[pred.report["status"] != "ok"]
     for _, row in failed.iterrows():
@@ -504,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bn-adapt", type=_fraction,
                    help="heatmap: weight of each tomogram's own batch-norm statistics, 0..1 (0: off, ONNX Runtime "
                         "allowed); default: the bundle's, as its thresholds were tuned")
+    s.add_argument("--precision", choices=PRECISIONS,
+                   help="heatmap: float32, or bfloat16 where the device does it natively (else float32); default: "
+                        "each network's own (the shipped ones: bfloat16, as measured to score the same)")
     s.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch, onnx (ONNX Runtime, CPU) or auto: onnx on a CPU-only machine when the bundle has it")
     g = s.add_argument_group("beyond Kaggle (README: Beyond Kaggle: copick, RELION, Dask)")

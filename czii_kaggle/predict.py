@@ -350,10 +350,10 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
                       bundle_dir: str | Path | None = None, detectors: list[str] | None = None,
                       backend: str = "auto", progress: bool = True,
                       tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, tta_views: int | None = None,
-                      bn_adapt: float | None = None) -> DetectorsPrediction:
+                      bn_adapt: float | None = None, precision: str | None = None) -> DetectorsPrediction:
     """Predict runs with any of a bundle's detectors: one (its own thresholds) or several (the
     bundle's ensemble); ``detectors`` default: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`).
-    ``tta_views``, ``bn_adapt``: as :func:`czii_kaggle.bundle.load_detectors`.
+    ``tta_views``, ``bn_adapt``, ``precision``: as :func:`czii_kaggle.bundle.load_detectors`.
 
     A run that fails in one detector is reported (a ``failed`` row of the report) and the
     ensemble of the detectors that succeeded on it, where the bundle holds one fitted, else the
@@ -372,7 +372,7 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
             raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
                                  f"no ensemble of {', '.join(names)} fitted in this bundle (it holds: {fitted}; "
                                  f"run `czii-kaggle tune-ensemble --detectors {','.join(names)}`)")
-    dets = load_detectors(bundle_dir, names, backend, tta_views, bn_adapt)
+    dets = load_detectors(bundle_dir, names, backend, tta_views, bn_adapt, precision)
     runs = select_runs(root, split, runs)
     others = [d for d in dets if d.name != "yolo"]
     cands, report = run_candidates(others, root, split, runs, tomo_type, progress)

@@ -293,6 +293,10 @@ def test_predict_exit_status_and_nothing_replaced_by_an_empty_result(tmp_path, c
     err = _lines(capsys.readouterr().err)
     assert len(err) == 1 and "--bn-adapt adapts the heatmap detectors, and yolo alone runs none" in err[0]
     assert out.read_text() == "an earlier submission\n"
+    assert _predict(sim_root, "--out", out, "--detectors", "yolo", "--precision", "float32") == 2
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and "--precision sets the heatmap networks', and yolo alone runs none" in err[0]
+    assert out.read_text() == "an earlier submission\n"
 
 
 @pytest.mark.slow

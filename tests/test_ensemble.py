@@ -274,6 +274,19 @@ def test_cli_predict_with_the_heatmap_detector_and_clear_errors(tmp_path, capsys
     assert main(["predict", "--data", str(root), "--out", str(out_y8), "--tta-views", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "8 test-time views are the heatmap's alone" in err[0] and not out_y8.exists()
+    # the networks' precision: float32 as the bundle says is the same run; bfloat16 is float32 bit for bit where
+    # the CPU has no bfloat16 in hardware, and a submission either way
+    from czii_kaggle.detectors.heatmap import autocast_dtype
+
+    out32, out16 = tmp_path / "sub32.csv", tmp_path / "sub16.csv"
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out32),
+                 "--detectors", "heatmap", "--precision", "float32"]) == 0
+    assert pd.read_csv(out32).equals(one)
+    assert main(["predict", "--data", str(root), "--weights", str(bundle), "--out", str(out16),
+                 "--detectors", "heatmap", "--precision", "bfloat16"]) == 0
+    if autocast_dtype("cpu", "bfloat16") is None:
+        assert pd.read_csv(out16).equals(one)
+    assert set(validate_submission(out16)["experiment"]) == {"TS_a", "TS_b"}
     # test-time batch-norm adaptation: the tomogram's own statistics, so other scores again
     assert load_detectors(bundle, ["heatmap"], bn_adapt=0.5)[0].bundle.config.bn_adapt == 0.5
     out_bn = tmp_path / "sub_bn.csv"
