@@ -42,6 +42,7 @@ from czii_kaggle import blob, layout, metric, submission  # noqa: E402
 from czii_kaggle.aggregate import select  # noqa: E402
 from czii_kaggle.bundle import load_detectors, load_ensembles  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
+from czii_kaggle.detectors.heatmap import PRECISIONS  # noqa: E402
 from czii_kaggle.ensemble import select_ensemble  # noqa: E402
 from czii_kaggle.particles import SCORED  # noqa: E402
 from czii_kaggle.predict import scored_only  # noqa: E402
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blob", action="store_true", help="also score the training-free blob floor on every set")
     ap.add_argument("--blob-val-runs", type=int, default=2)
     ap.add_argument("--tta-views", type=int, choices=(1, 2, 3, 4, 8, 16), help="the heatmap's flipped views (default: its own)")
-    ap.add_argument("--precision", choices=("float32", "bfloat16"), help="the heatmap networks' (default: their own)")
+    ap.add_argument("--precision", choices=PRECISIONS, help="the heatmap networks' (default: their own)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_ensemble")

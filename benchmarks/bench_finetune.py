@@ -113,10 +113,11 @@ def main(argv=None) -> int:
     achieved_gflops_s = 3 * gflops * tr.batch / compute_s
     if gpu:  # measured on the GPU, fed by --workers loaders: scaled to a T4
         t4_compute = max(T4_STEP_FLOOR_S, compute_s * a.gpu_to_t4)
-        t4_data = data_s * a.workers / KAGGLE_LOADER_PROCESSES if a.workers else data_s / KAGGLE_LOADER_PROCESSES
-        data_how = (f"the measured wait with {a.workers} loaders" + (f", as {KAGGLE_LOADER_PROCESSES}"
-                    if a.workers != KAGGLE_LOADER_PROCESSES else "") if a.workers else
-                    f"data / {KAGGLE_LOADER_PROCESSES} loader processes")
+        # the measured wait with --workers loaders (0: the data in the training process), as Kaggle's 3 would be
+        t4_data = data_s * max(a.workers, 1) / KAGGLE_LOADER_PROCESSES
+        data_how = (f"the measured wait with {a.workers} loaders"
+                    + (f", as {KAGGLE_LOADER_PROCESSES}" if a.workers != KAGGLE_LOADER_PROCESSES else "")
+                    if a.workers else f"data / {KAGGLE_LOADER_PROCESSES} loader processes")
         compute_how = f"the measured compute x {a.gpu_to_t4:g}, floor {T4_STEP_FLOOR_S} s"
     else:
         t4_compute = max(T4_STEP_FLOOR_S, 3 * gflops * tr.batch / (T4_TFLOPS_ACHIEVED * 1000))
@@ -172,11 +173,8 @@ def main(argv=None) -> int:
 def heatmap_steps(work: Path, a, plan) -> list[dict]:
     """Each heatmap network of the shipped bundle trained ``a.heatmap_steps`` steps on ``a.heatmap_runs`` full-size
     random-look runs with the fine-tuning's settings on ``a.device``, and its statistics re-estimated on them."""
-    import json
-
     from czii_kaggle.bundle import heatmap_files, load_heatmap_bundle
-    from czii_kaggle.detectors import detector_kind
-    from czii_kaggle.finetune import HEATMAP_BATCH, HEATMAP_LOOK_AUGMENT
+    from czii_kaggle.finetune import HEATMAP_BATCH, HEATMAP_LOOK_AUGMENT, heatmap_networks
     from czii_kaggle.predict import DEFAULT_BUNDLE
     from czii_kaggle.simulate import SimConfig, simulate_dataset
     from czii_kaggle.train_heatmap import HeatmapTrainConfig, recalibrate_heatmap, train_heatmap, training_start
@@ -184,9 +182,8 @@ def heatmap_steps(work: Path, a, plan) -> list[dict]:
     ds = simulate_dataset(work / "sim_full", n_train=a.heatmap_runs, n_test=0, seed=32,
                           config=SimConfig(look="random"), overwrite=True)
     sources = [(ds.root, None)]
-    names = [f.stem for f in sorted(DEFAULT_BUNDLE.glob("heatmap*.json")) if detector_kind(f.stem) == "heatmap"]
     out = []
-    for name in names:
+    for name in heatmap_networks(DEFAULT_BUNDLE):
         config, init = training_start(DEFAULT_BUNDLE / heatmap_files(name)[0])
         train = HeatmapTrainConfig(patch_vox=tuple(plan.heatmap_patch_vox), batch=HEATMAP_BATCH, steps=a.heatmap_steps,
                                    lr=plan.heatmap_lr, seed=plan.seed, threads=max(1, a.workers),
@@ -195,7 +192,7 @@ def heatmap_steps(work: Path, a, plan) -> list[dict]:
                                 command=f"bench_finetune ({name})")
         timing = load_heatmap_bundle(trained).record["step_seconds"]
         recal = recalibrate_heatmap(trained, sources, work / f"recal_{name}", replace=True)
-        recal_s = json.loads((recal / "heatmap.json").read_text())["training"]["recalibration"]["seconds"]
+        recal_s = load_heatmap_bundle(recal).record["recalibration"]["seconds"]
         factor = a.gpu_to_t4 if a.device.startswith("cuda") else float("nan")  # used on a GPU only
         out.append({"name": name, "level": config.level, "batch": train.batch, "steps": timing["steps"],
                     "patch": "x".join(map(str, train.patch_vox)), "data_s": timing["data"],
