@@ -264,3 +264,85 @@ def bootstrap_scores(
         f_beta = _f_beta(tp, fp, fn, beta)[2]
         out[name] = (f_beta * weights).sum(axis=1) / total_weight
     return pd.DataFrame(out, columns=list(submissions))
+
+
+#: Columns of :func:`candidate_audit`'s table.
+AUDIT_COLUMNS = ["particle_type", "particles", "found", "found_2r", "found_any_type", "in_top",
+                 "top", "top_on_self", "top_on_other", "top_on_nothing"]
+
+
+def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor: float = 3.0) -> pd.DataFrame:
+    """Where a detector's losses lie, per scored type: in finding, in placing or in ranking.
+
+    ``candidates`` are a detector's scored candidates before any threshold (picks columns and
+    ``score``). Per scored type, summed over the solution's experiments (fractions of its particles
+    or of its top candidates):
+
+    * ``found``: particles with a candidate of their type within the metric's match radius
+      (``MATCH_RADIUS_FRACTION * radius_A``), whatever its score: what any threshold can reach;
+    * ``found_2r``: the same within twice that radius (the rest of it lost to placing);
+    * ``found_any_type``: with a candidate of any type within the match radius (the rest of
+      ``found_any_type - found`` lost to the type's label);
+    * ``in_top``: particles matched by the ``ceil(top_factor * n)`` best-scored candidates of their
+      type in their experiment (``n``: its particles of the type), a threshold that keeps about
+      ``top_factor`` candidates per particle; ``found - in_top`` is lost to ranking;
+    * ``top``: those top candidates counted, and the shares of them whose centre lies on a particle
+      of their own type (within the match radius), else inside another particle of the solution
+      (within that particle's radius), else on nothing the solution holds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`AUDIT_COLUMNS`, one row per scored type (``particles`` and ``top`` counts, the rest
+        fractions; NaN where there is nothing to divide by).
+    """
+    solution = frames.validate(solution, frames.SOLUTION)
+    cands = frames.validate(candidates, frames.CANDIDATES, what="candidates")
+    if top_factor <= 0:
+        raise ValueError(f"top_factor must be positive, not {top_factor}")
+    experiments = sorted(set(solution["experiment"].astype(str)))
+    refs, by_type = _groups(solution), {}
+    cands = cands[cands["experiment"].astype(str).isin(experiments)]
+    for key, idx in cands.groupby([cands["experiment"].astype(str), cands["particle_type"].astype(str)],
+                                  sort=False).indices.items():
+        rows = cands.iloc[idx]
+        order = np.argsort(-rows["score"].to_numpy(np.float64), kind="stable")
+        by_type[key] = rows[_XYZ].to_numpy(np.float64)[order]
+    empty = np.empty((0, 3))
+    out = []
+    for name in particles.SCORED:
+        reach = MATCH_RADIUS_FRACTION * particles.get(name).radius_A
+        n = found = found2 = found_any = in_top = top = on_self = on_other = 0
+        for experiment in experiments:
+            ref = refs.get((experiment, name), empty)
+            mine = by_type.get((experiment, name), empty)
+            k = int(np.ceil(top_factor * len(ref)))
+            best = mine[:k]
+            n += len(ref)
+            top += len(best)
+            if len(ref) and len(mine):
+                d = cKDTree(mine).query(ref)[0]
+                found += int((d <= reach).sum())
+                found2 += int((d <= 2 * reach).sum())
+            if len(ref):
+                every = [p for (e, _), p in by_type.items() if e == experiment]
+                if every:
+                    found_any += int((cKDTree(np.concatenate(every)).query(ref)[0] <= reach).sum())
+            if len(ref) and len(best):
+                in_top += int((cKDTree(best).query(ref)[0] <= reach).sum())
+            if len(best):
+                hit_self = (cKDTree(ref).query(best)[0] <= reach) if len(ref) else np.zeros(len(best), bool)
+                inside = np.zeros(len(best), bool)
+                for (e, other), pts in refs.items():
+                    if e == experiment and other != name:
+                        inside |= cKDTree(pts).query(best)[0] <= particles.get(other).radius_A
+                on_self += int(hit_self.sum())
+                on_other += int((inside & ~hit_self).sum())
+
+        def share(x: int, of: int) -> float:
+            return x / of if of else float("nan")
+        out.append({"particle_type": name, "particles": n, "found": share(found, n), "found_2r": share(found2, n),
+                    "found_any_type": share(found_any, n), "in_top": share(in_top, n), "top": top,
+                    "top_on_self": share(on_self, top), "top_on_other": share(on_other, top),
+                    "top_on_nothing": share(top - on_self - on_other, top)})
+    return pd.DataFrame(out, columns=AUDIT_COLUMNS)

@@ -311,3 +311,47 @@ def test_bootstrap_scores_refuses_an_empty_solution_or_no_resample(truth):
         metric.bootstrap_scores(truth.iloc[:0], {"a": truth})
     with pytest.raises(ValueError, match="n_boot"):
         metric.bootstrap_scores(truth, {"a": truth}, n_boot=0)
+
+
+# ---------------------------------------------------------------- candidate_audit
+def _cands(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=[*COLS, "score"]).astype({"x": float, "y": float, "z": float, "score": float})
+
+
+def test_candidate_audit_hand_worked():
+    """Two apo-ferritin (radius 60 A, match 30 A) and one thyroglobulin (radius 130 A) in one run."""
+    sol = _frame([("r", "apo-ferritin", 0, 0, 0), ("r", "apo-ferritin", 1000, 0, 0),
+                  ("r", "thyroglobulin", 0, 1000, 0)])
+    cands = _cands([
+        ("r", "apo-ferritin", 10, 0, 0, 0.2),          # finds particle 0, ranked 5th
+        ("r", "apo-ferritin", 1045, 0, 0, 0.1),        # 45 A off particle 1: within 2 radii only
+        ("r", "apo-ferritin", 0, 1050, 0, 0.9),        # inside the thyroglobulin (50 A < 130 A)
+        ("r", "apo-ferritin", 5000, 5000, 0, 0.8),     # on nothing
+        ("r", "apo-ferritin", 6000, 5000, 0, 0.7),
+        ("r", "apo-ferritin", 7000, 5000, 0, 0.6),
+        ("r", "apo-ferritin", 8000, 5000, 0, 0.5),
+        ("r", "ribosome", 1000, 20, 0, 0.3),           # another type's candidate on particle 1
+        ("other-run", "apo-ferritin", 0, 0, 0, 1.0),   # a run the solution lacks: ignored
+    ])
+    table = metric.candidate_audit(sol, cands, top_factor=2.0).set_index("particle_type")
+    assert list(table.reset_index().columns) == metric.AUDIT_COLUMNS
+    apo = table.loc["apo-ferritin"]
+    assert apo["particles"] == 2 and apo["top"] == 4  # ceil(2 * 2) best: 0.9, 0.8, 0.7, 0.6
+    assert apo["found"] == 0.5 and apo["found_2r"] == 1.0 and apo["found_any_type"] == 1.0
+    assert apo["in_top"] == 0.0  # the one that finds particle 0 is 5th
+    assert (apo["top_on_self"], apo["top_on_other"], apo["top_on_nothing"]) == (0.0, 0.25, 0.75)
+    thy = table.loc["thyroglobulin"]
+    assert thy["particles"] == 1 and thy["found"] == 0.0 and thy["found_any_type"] == 1.0  # the apo one, 50 A < 65 A
+    assert thy["top"] == 0 and np.isnan(thy["top_on_self"])
+    assert table.loc["ribosome", "particles"] == 0 and np.isnan(table.loc["ribosome", "found"])
+
+
+def test_candidate_audit_of_the_truth_itself_finds_and_ranks_everything(truth):
+    cands = truth.assign(score=1.0)
+    table = metric.candidate_audit(truth, cands, top_factor=1.0)
+    scored = table[table["particles"] > 0]
+    assert len(scored) == 5
+    assert (scored[["found", "found_2r", "found_any_type", "in_top", "top_on_self"]] == 1.0).all().all()
+    assert (scored["top_on_nothing"] == 0.0).all()
+    with pytest.raises(ValueError, match="top_factor"):
+        metric.candidate_audit(truth, cands, top_factor=0)
