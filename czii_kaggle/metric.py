@@ -267,7 +267,7 @@ def bootstrap_scores(
 
 
 #: Columns of :func:`candidate_audit`'s table.
-AUDIT_COLUMNS = ["particle_type", "particles", "found", "found_2r", "found_any_type", "in_top",
+AUDIT_COLUMNS = ["particle_type", "particles", "found", "found_2r", "offset_A", "found_any_type", "in_top",
                  "top", "top_on_self", "top_on_other", "top_on_nothing"]
 
 
@@ -280,7 +280,8 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
 
     * ``found``: particles with a candidate of their type within the metric's match radius
       (``MATCH_RADIUS_FRACTION * radius_A``), whatever its score: what any threshold can reach;
-    * ``found_2r``: the same within twice that radius (the rest of it lost to placing);
+    * ``found_2r``: the same within twice that radius (the rest of it lost to placing), and
+      ``offset_A``: the median distance from those particles to their nearest such candidate;
     * ``found_any_type``: with a candidate of any type within the match radius (the rest of
       ``found_any_type - found`` lost to the type's label);
     * ``in_top``: particles matched by the ``ceil(top_factor * n)`` best-scored candidates of their
@@ -313,6 +314,7 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
     for name in particles.SCORED:
         reach = MATCH_RADIUS_FRACTION * particles.get(name).radius_A
         n = found = found2 = found_any = in_top = top = on_self = on_other = 0
+        offsets = []
         for experiment in experiments:
             ref = refs.get((experiment, name), empty)
             mine = by_type.get((experiment, name), empty)
@@ -324,6 +326,7 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
                 d = cKDTree(mine).query(ref)[0]
                 found += int((d <= reach).sum())
                 found2 += int((d <= 2 * reach).sum())
+                offsets.append(d[d <= 2 * reach])
             if len(ref):
                 every = [p for (e, _), p in by_type.items() if e == experiment]
                 if every:
@@ -342,6 +345,7 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
         def share(x: int, of: int) -> float:
             return x / of if of else float("nan")
         out.append({"particle_type": name, "particles": n, "found": share(found, n), "found_2r": share(found2, n),
+                    "offset_A": float(np.median(np.concatenate(offsets))) if found2 else float("nan"),
                     "found_any_type": share(found_any, n), "in_top": share(in_top, n), "top": top,
                     "top_on_self": share(on_self, top), "top_on_other": share(on_other, top),
                     "top_on_nothing": share(top - on_self - on_other, top)})
