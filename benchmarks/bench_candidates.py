@@ -6,9 +6,12 @@ its layout, so a cache it filled is read, not recomputed) and audits each detect
 unthresholded candidates, and the ensemble's merged ones (``ensemble.combine``), with
 :func:`czii_kaggle.metric.candidate_audit`, per scored type: the share of particles with a
 candidate of their type within the metric's radius at any score (what a threshold can reach),
-within twice it (what placing loses; with the median distance of those), of any type (what the label loses), among the type's
+within twice it (what placing loses; with the median distance of those), of any type (what the label loses)
+and outscored there by another type's candidate (taken for something else), among the type's
 ``--top-factor`` x n best candidates of their run (what ranking loses), and where those best
-candidates lie (on their particle, inside another particle, on nothing the truth holds).
+candidates lie (on their particle, inside another particle, on nothing the truth holds). It replaces
+``bench_confusion.py`` (session 27; its records stay in ``benchmarks/results/confusion.md``), which
+looked at the heatmap detector alone.
 
     .venv/bin/python benchmarks/bench_candidates.py --weights czii_kaggle/models \\
         --data runs/hml/test_medium/czii-cryo-et-object-identification --solution runs/hml/test_medium/test_solution.csv \\
@@ -40,7 +43,7 @@ from czii_kaggle.ensemble import combine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "candidates.md"
 #: The audit's columns shown in the tables: fractions and ``offset_A`` (``top`` and ``particles`` are counts).
-SHOWN = ["found", "found_2r", "offset_A", "found_any_type", "in_top", "top_on_self", "top_on_other", "top_on_nothing"]
+SHOWN = ["found", "found_2r", "offset_A", "found_any_type", "other_higher", "in_top", "top_on_self", "top_on_other", "top_on_nothing"]
 
 
 def audits(sources: dict[str, pd.DataFrame], truth: pd.DataFrame, top_factor: float) -> pd.DataFrame:
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
         f"- machine: {describe_machine()}\n"
         f"- bundle `{a.weights}`, its ensemble `{' + '.join(names)}`; unthresholded candidates; 'top': the "
         f"ceil({a.top_factor:g} x n) best-scored candidates of a type in a run of n such particles; fractions of "
-        f"particles (found, found_2r, found_any_type, in_top) or of top candidates (top_on_*); offset_A: the median "
+        f"particles (found, found_2r, found_any_type, other_higher, in_top) or of top candidates (top_on_*); offset_A: the median "
         f"distance (A) of the particles found within twice the radius to their nearest candidate; all simulated, no real "
         f"voxels",
         *texts,

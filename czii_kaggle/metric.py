@@ -266,9 +266,19 @@ def bootstrap_scores(
     return pd.DataFrame(out, columns=list(submissions))
 
 
+def _best_within(xyz: np.ndarray, score: np.ndarray, ref: np.ndarray, reach: float) -> np.ndarray:
+    """Per point of ``ref``, the best ``score`` of the points ``xyz`` within ``reach`` (-inf where none)."""
+    best = np.full(len(ref), -np.inf)
+    if len(xyz) and len(ref):
+        for i, near in enumerate(cKDTree(xyz).query_ball_point(ref, reach)):
+            if near:
+                best[i] = score[near].max()
+    return best
+
+
 #: Columns of :func:`candidate_audit`'s table.
-AUDIT_COLUMNS = ["particle_type", "particles", "found", "found_2r", "offset_A", "found_any_type", "in_top",
-                 "top", "top_on_self", "top_on_other", "top_on_nothing"]
+AUDIT_COLUMNS = ["particle_type", "particles", "found", "found_2r", "offset_A", "found_any_type", "other_higher",
+                 "in_top", "top", "top_on_self", "top_on_other", "top_on_nothing"]
 
 
 def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor: float = 3.0) -> pd.DataFrame:
@@ -283,7 +293,9 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
     * ``found_2r``: the same within twice that radius (the rest of it lost to placing), and
       ``offset_A``: the median distance from those particles to their nearest such candidate;
     * ``found_any_type``: with a candidate of any type within the match radius (the rest of
-      ``found_any_type - found`` lost to the type's label);
+      ``found_any_type - found`` lost to the type's label), and ``other_higher``: with a candidate of
+      another type within the match radius that outscores every candidate of their own type there (the
+      detector takes them for something else);
     * ``in_top``: particles matched by the ``ceil(top_factor * n)`` best-scored candidates of their
       type in their experiment (``n``: its particles of the type), a threshold that keeps about
       ``top_factor`` candidates per particle; ``found - in_top`` is lost to ranking;
@@ -308,16 +320,17 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
                                   sort=False).indices.items():
         rows = cands.iloc[idx]
         order = np.argsort(-rows["score"].to_numpy(np.float64), kind="stable")
-        by_type[key] = rows[_XYZ].to_numpy(np.float64)[order]
+        by_type[key] = (rows[_XYZ].to_numpy(np.float64)[order], rows["score"].to_numpy(np.float64)[order])
     empty = np.empty((0, 3))
+    none = (empty, np.empty(0))
     out = []
     for name in particles.SCORED:
         reach = MATCH_RADIUS_FRACTION * particles.get(name).radius_A
-        n = found = found2 = found_any = in_top = top = on_self = on_other = 0
+        n = found = found2 = found_any = rival = in_top = top = on_self = on_other = 0
         offsets = []
         for experiment in experiments:
             ref = refs.get((experiment, name), empty)
-            mine = by_type.get((experiment, name), empty)
+            mine, mine_score = by_type.get((experiment, name), none)
             k = int(np.ceil(top_factor * len(ref)))
             best = mine[:k]
             n += len(ref)
@@ -328,9 +341,15 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
                 found2 += int((d <= 2 * reach).sum())
                 offsets.append(d[d <= 2 * reach])
             if len(ref):
-                every = [p for (e, _), p in by_type.items() if e == experiment]
+                every = [p for (e, _), (p, _) in by_type.items() if e == experiment]
                 if every:
                     found_any += int((cKDTree(np.concatenate(every)).query(ref)[0] <= reach).sum())
+                own = _best_within(mine, mine_score, ref, reach)
+                for (e, other), (pts, sc) in by_type.items():
+                    if e == experiment and other != name:
+                        beaten = _best_within(pts, sc, ref, reach) > own
+                        own = np.where(beaten, np.inf, own)  # counted once however many types beat it
+                rival += int(np.isinf(own).sum())
             if len(ref) and len(best):
                 in_top += int((cKDTree(best).query(ref)[0] <= reach).sum())
             if len(best):
@@ -346,7 +365,7 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
             return x / of if of else float("nan")
         out.append({"particle_type": name, "particles": n, "found": share(found, n), "found_2r": share(found2, n),
                     "offset_A": float(np.median(np.concatenate(offsets))) if found2 else float("nan"),
-                    "found_any_type": share(found_any, n), "in_top": share(in_top, n), "top": top,
+                    "found_any_type": share(found_any, n), "other_higher": share(rival, n), "in_top": share(in_top, n), "top": top,
                     "top_on_self": share(on_self, top), "top_on_other": share(on_other, top),
                     "top_on_nothing": share(top - on_self - on_other, top)})
     return pd.DataFrame(out, columns=AUDIT_COLUMNS)

@@ -339,10 +339,12 @@ def test_candidate_audit_hand_worked():
     assert apo["particles"] == 2 and apo["top"] == 4  # ceil(2 * 2) best: 0.9, 0.8, 0.7, 0.6
     assert apo["found"] == 0.5 and apo["found_2r"] == 1.0 and apo["found_any_type"] == 1.0
     assert apo["offset_A"] == 27.5  # the median of 10 A and 45 A
+    assert apo["other_higher"] == 0.5  # particle 1: the ribosome candidate 20 A off, its own 45 A off
     assert apo["in_top"] == 0.0  # the one that finds particle 0 is 5th
     assert (apo["top_on_self"], apo["top_on_other"], apo["top_on_nothing"]) == (0.0, 0.25, 0.75)
     thy = table.loc["thyroglobulin"]
     assert thy["particles"] == 1 and thy["found"] == 0.0 and thy["found_any_type"] == 1.0  # the apo one, 50 A < 65 A
+    assert thy["other_higher"] == 1.0
     assert thy["top"] == 0 and np.isnan(thy["top_on_self"]) and np.isnan(thy["offset_A"])
     assert table.loc["ribosome", "particles"] == 0 and np.isnan(table.loc["ribosome", "found"])
 
@@ -353,6 +355,6 @@ def test_candidate_audit_of_the_truth_itself_finds_and_ranks_everything(truth):
     scored = table[table["particles"] > 0]
     assert len(scored) == 5
     assert (scored[["found", "found_2r", "found_any_type", "in_top", "top_on_self"]] == 1.0).all().all()
-    assert (scored["top_on_nothing"] == 0.0).all() and (scored["offset_A"] == 0.0).all()
+    assert (scored[["top_on_nothing", "offset_A", "other_higher"]] == 0.0).all().all()
     with pytest.raises(ValueError, match="top_factor"):
         metric.candidate_audit(truth, cands, top_factor=0)
