@@ -332,9 +332,9 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
             ref = refs.get((experiment, name), empty)
             mine, mine_score = by_type.get((experiment, name), none)
             k = int(np.ceil(top_factor * len(ref)))
-            best = mine[:k]
+            top_xyz = mine[:k]
             n += len(ref)
-            top += len(best)
+            top += len(top_xyz)
             if len(ref) and len(mine):
                 d = cKDTree(mine).query(ref)[0]
                 found += int((d <= reach).sum())
@@ -349,15 +349,15 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
                     if e == experiment and other != name:
                         beaten = _best_within(pts, sc, ref, reach) > own
                         own = np.where(beaten, np.inf, own)  # counted once however many types beat it
-                rival += int(np.isinf(own).sum())
-            if len(ref) and len(best):
-                in_top += int((cKDTree(best).query(ref)[0] <= reach).sum())
-            if len(best):
-                hit_self = (cKDTree(ref).query(best)[0] <= reach) if len(ref) else np.zeros(len(best), bool)
-                inside = np.zeros(len(best), bool)
+                rival += int((own == np.inf).sum())
+            if len(ref) and len(top_xyz):
+                in_top += int((cKDTree(top_xyz).query(ref)[0] <= reach).sum())
+            if len(top_xyz):
+                hit_self = (cKDTree(ref).query(top_xyz)[0] <= reach) if len(ref) else np.zeros(len(top_xyz), bool)
+                inside = np.zeros(len(top_xyz), bool)
                 for (e, other), pts in refs.items():
                     if e == experiment and other != name:
-                        inside |= cKDTree(pts).query(best)[0] <= particles.get(other).radius_A
+                        inside |= cKDTree(pts).query(top_xyz)[0] <= particles.get(other).radius_A
                 on_self += int(hit_self.sum())
                 on_other += int((inside & ~hit_self).sum())
 
@@ -365,7 +365,8 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
             return x / of if of else float("nan")
         out.append({"particle_type": name, "particles": n, "found": share(found, n), "found_2r": share(found2, n),
                     "offset_A": float(np.median(np.concatenate(offsets))) if found2 else float("nan"),
-                    "found_any_type": share(found_any, n), "other_higher": share(rival, n), "in_top": share(in_top, n), "top": top,
+                    "found_any_type": share(found_any, n), "other_higher": share(rival, n),
+                    "in_top": share(in_top, n), "top": top,
                     "top_on_self": share(on_self, top), "top_on_other": share(on_other, top),
                     "top_on_nothing": share(top - on_self - on_other, top)})
     return pd.DataFrame(out, columns=AUDIT_COLUMNS)

@@ -358,3 +358,10 @@ def test_candidate_audit_of_the_truth_itself_finds_and_ranks_everything(truth):
     assert (scored[["top_on_nothing", "offset_A", "other_higher"]] == 0.0).all().all()
     with pytest.raises(ValueError, match="top_factor"):
         metric.candidate_audit(truth, cands, top_factor=0)
+
+
+def test_candidate_audit_a_particle_with_nothing_near_is_lost_not_taken_for_another():
+    sol = _frame([("r", "ribosome", 0, 0, 0), ("r", "ribosome", 3000, 0, 0)])
+    cands = _cands([("r", "ribosome", 3000, 0, 0, 0.5), ("r", "thyroglobulin", 3010, 0, 0, 0.9)])
+    rib = metric.candidate_audit(sol, cands).set_index("particle_type").loc["ribosome"]
+    assert (rib["found"], rib["other_higher"], rib["in_top"], rib["top"]) == (0.5, 0.5, 0.5, 1)
