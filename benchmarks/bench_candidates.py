@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import append_result, describe as describe_machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 
-from bench_ensemble import add_test_set_args, fmt, held_out_sets, test_sets  # noqa: E402
+from bench_ensemble import add_cache_args, add_test_set_args, fmt, held_out_sets, set_cache, test_sets  # noqa: E402
 from czii_kaggle import layout, metric  # noqa: E402
 from czii_kaggle.bundle import load_detectors, load_ensembles  # noqa: E402
 from czii_kaggle.detectors import run_candidates  # noqa: E402
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
                     help="best candidates per particle of a type and run that count as 'top' (default 3)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--cache-yolo", type=Path, help="bench_ensemble.py's --cache-yolo: YOLO candidates per set")
-    ap.add_argument("--cache", type=Path, help="bench_ensemble.py's --cache: DIR/{detector}/{set}")
+    add_cache_args(ap)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
 
@@ -77,9 +76,7 @@ def main(argv=None) -> int:
     parts, texts = [], []
     for set_name, root, truth in sets:
         runs = layout.list_runs(root, a.split)
-        cache = {**({n: a.cache / n / set_name for n in names if n != "yolo"} if a.cache else {}),
-                 **({"yolo": a.cache_yolo / set_name} if a.cache_yolo else {})}
-        cands, report = run_candidates(dets, root, a.split, runs, progress=False, cache=cache)
+        cands, report = run_candidates(dets, root, a.split, runs, progress=False, cache=set_cache(a, names, set_name))
         bad = report[report["status"] != "ok"]
         if len(bad):
             raise SystemExit(f"{set_name}: {'; '.join(bad['error'].astype(str))}")

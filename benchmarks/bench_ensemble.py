@@ -105,6 +105,19 @@ def add_test_set_args(ap: argparse.ArgumentParser) -> None:
                     help="bench_detection.py --work: where the --domains sets are (or are simulated)")
 
 
+def add_cache_args(ap: argparse.ArgumentParser) -> None:
+    """``--cache`` / ``--cache-yolo``: where the detectors' candidates of each set are kept (:func:`set_cache`)."""
+    ap.add_argument("--cache-yolo", type=Path, help="reuse / keep YOLO candidates and seconds per run in this folder")
+    ap.add_argument("--cache", type=Path, help="reuse / keep every other detector's candidates in DIR/{detector} "
+                                              "(for re-scoring the same weights; a folder per bundle)")
+
+
+def set_cache(a, names: list[str], set_name: str) -> dict[str, Path]:
+    """Each detector's cache folder for ``set_name``: ``--cache``/{detector}/{set}, YOLO's ``--cache-yolo``/{set}."""
+    return {**({n: a.cache / n / set_name for n in names if n != "yolo"} if a.cache else {}),
+            **({"yolo": a.cache_yolo / set_name} if a.cache_yolo else {})}
+
+
 def test_sets(a) -> list[tuple[str, Path, pd.DataFrame]]:
     """``(name, Kaggle-layout root, truth)`` of ``--data`` and of every ``--domains`` set."""
     sets = []
@@ -181,9 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_ensemble")
-    ap.add_argument("--cache-yolo", type=Path, help="reuse / keep YOLO candidates and seconds per run in this folder")
-    ap.add_argument("--cache", type=Path, help="reuse / keep every other detector's candidates in DIR/{detector} "
-                                              "(for re-scoring the same weights; a folder per bundle)")
+    add_cache_args(ap)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     ap.add_argument("--warmup", action="store_true",
                     help="run each detector once on the first run of the first set before the timed pass (results "
@@ -213,9 +224,7 @@ def main(argv=None) -> int:
     for set_name, root, truth in sets:
         runs = layout.list_runs(root, a.split)
         all_runs += [f"{set_name}/{r}" for r in runs]
-        cache = {**({n: a.cache / n / set_name for n in names if n != "yolo"} if a.cache else {}),
-                 **({"yolo": a.cache_yolo / set_name} if a.cache_yolo else {})}
-        cands, report = run_candidates(dets, root, a.split, runs, progress=False, cache=cache)
+        cands, report = run_candidates(dets, root, a.split, runs, progress=False, cache=set_cache(a, names, set_name))
         reports.append(report.assign(set=set_name))
         for name, c in cands.items():
             c.to_csv(a.work / f"candidates_{name}{'' if set_name == a.label else '_' + set_name}.csv", index=False)

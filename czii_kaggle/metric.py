@@ -323,6 +323,8 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
         by_type[key] = (rows[_XYZ].to_numpy(np.float64)[order], rows["score"].to_numpy(np.float64)[order])
     empty = np.empty((0, 3))
     none = (empty, np.empty(0))
+    every = {e: cKDTree(np.concatenate([p for (e2, _), (p, _) in by_type.items() if e2 == e]))
+             for e in {e for e, _ in by_type}}  # each experiment's candidates of every type
     out = []
     for name in particles.SCORED:
         reach = MATCH_RADIUS_FRACTION * particles.get(name).radius_A
@@ -340,16 +342,12 @@ def candidate_audit(solution: pd.DataFrame, candidates: pd.DataFrame, top_factor
                 found += int((d <= reach).sum())
                 found2 += int((d <= 2 * reach).sum())
                 offsets.append(d[d <= 2 * reach])
-            if len(ref):
-                every = [p for (e, _), (p, _) in by_type.items() if e == experiment]
-                if every:
-                    found_any += int((cKDTree(np.concatenate(every)).query(ref)[0] <= reach).sum())
-                own = _best_within(mine, mine_score, ref, reach)
-                for (e, other), (pts, sc) in by_type.items():
-                    if e == experiment and other != name:
-                        beaten = _best_within(pts, sc, ref, reach) > own
-                        own = np.where(beaten, np.inf, own)  # counted once however many types beat it
-                rival += int((own == np.inf).sum())
+            if len(ref) and experiment in every:
+                found_any += int((every[experiment].query(ref)[0] <= reach).sum())
+                others = [_best_within(pts, sc, ref, reach) for (e, other), (pts, sc) in by_type.items()
+                          if e == experiment and other != name]
+                if others:
+                    rival += int((np.max(others, axis=0) > _best_within(mine, mine_score, ref, reach)).sum())
             if len(ref) and len(top_xyz):
                 in_top += int((cKDTree(top_xyz).query(ref)[0] <= reach).sum())
             if len(top_xyz):
