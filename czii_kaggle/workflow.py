@@ -186,8 +186,7 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
     rows = []
     for run, rep in pred.report.groupby("experiment", sort=False):
         failed = rep[rep["status"] != "ok"]
-        yolo = rep[rep["detector"] == "yolo"]
-        device = yolo["device"].iloc[0] if len(yolo) and "device" in yolo else "cpu"  # the others run on the CPU
+        device = ",".join(sorted(set(rep["device"].dropna().astype(str)))) or None  # every detector's
         rows.append({"experiment": run, "status": "failed" if len(failed) == len(rep) else "ok",
                      "backend": backend, "device": device, "n_detections": int(rep["n_candidates"].sum()),
                      "n_picks": int((pred.picks["experiment"] == run).sum()),

@@ -181,7 +181,9 @@ class _Fake:
 def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path):
     dets = [_Fake("yolo", {"A"}, 0.9), _Fake("heatmap", {"B"}, 0.8)]
     runs = ["A", "B", "C", "D"]
+    dets[1].device = "cuda:1"  # where its network ran; the one without the attribute counts as the CPU
     cands, report = run_candidates(dets, tmp_path, "test", runs, progress=False)
+    assert report.groupby("detector")["device"].agg(set).to_dict() == {"yolo": {"cpu"}, "heatmap": {"cuda:1"}}
     failed = report[report["status"] == "failed"]
     assert sorted(zip(failed["experiment"], failed["detector"])) == [("A", "yolo"), ("B", "heatmap")]
     assert "broken tomogram" in failed["error"].iloc[0]
@@ -327,6 +329,22 @@ def test_predict_bundle_passes_the_detectors_through(tmp_path):
     assert set(sub["experiment"]) == {"TS_a", "TS_b"}
     with pytest.raises(CziiInputError, match="is inside"):  # outputs among the inputs are refused
         write_prediction(pred, bundle / "sub.csv")
+
+
+def test_predict_bundle_reports_every_detectors_device(tmp_path, monkeypatch):
+    """The per-run report names where each detector ran (the heatmap on a GPU without YOLO: not 'cpu')."""
+    import czii_kaggle.predict as predict
+    from czii_kaggle.detectors import DetectorsPrediction
+    from czii_kaggle.workflow import predict_bundle
+
+    root, bundle = _heatmap_only_bundle(tmp_path)
+    report = pd.DataFrame({"experiment": ["TS_a", "TS_a", "TS_b", "TS_b"], "detector": ["heatmap", "heatmap_l0"] * 2,
+                           "device": ["cuda:0", "cuda:0", "cuda:0", "cpu"], "status": "ok", "n_candidates": 1,
+                           "seconds": 1.0, "error": ""})
+    monkeypatch.setattr(predict, "predict_detectors", lambda *a, **k: DetectorsPrediction(
+        empty_candidates(), {}, report))
+    pred = predict_bundle(root, bundle=bundle, detectors="heatmap", progress=False)
+    assert pred.report.set_index("experiment")["device"].to_dict() == {"TS_a": "cuda:0", "TS_b": "cpu,cuda:0"}
 
 
 @pytest.mark.slow

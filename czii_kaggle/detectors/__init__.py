@@ -63,6 +63,7 @@ class Detector(Protocol):
 
     name: str
     aggregate: AggregateConfig
+    device: str  # where its network runs ("cpu", "cuda:N"); "cpu" for one without a network
 
     def candidates(self, zarr_path: str | Path, experiment: str) -> tuple[pd.DataFrame, dict]:
         """Unthresholded candidates of one tomogram, and the seconds each stage took."""
@@ -77,8 +78,8 @@ class DetectorsPrediction:
 
     picks : selected candidates of every run (Angstrom).
     candidates : ``{detector: unthresholded candidates}``.
-    report : one row per (run, detector): ``experiment, detector, status, n_candidates, seconds``
-    and each stage's seconds, ``error``.
+    report : one row per (run, detector): ``experiment, detector, device, status, n_candidates,
+    seconds`` and each stage's seconds, ``error``.
     """
 
     picks: pd.DataFrame
@@ -117,18 +118,19 @@ def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs
     rows = []
     for run in tqdm(runs, desc="runs", unit="run", disable=not progress):
         for det in detectors:
+            where = {"experiment": run, "detector": det.name, "device": str(getattr(det, "device", "cpu"))}
             t0 = time.perf_counter()
             try:
                 cands, times = _cached_candidates(det, layout.tomogram_path(root, split, run, tomo_type), run,
                                                   (cache or {}).get(det.name))
                 found[det.name].append(cands)
                 seconds = times.pop("total_s", None) or time.perf_counter() - t0
-                rows.append({"experiment": run, "detector": det.name, "status": "ok", "n_candidates": len(cands),
+                rows.append({**where, "status": "ok", "n_candidates": len(cands),
                              **times, "seconds": seconds, "error": ""})
             except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
                 msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
                 tqdm.write(f"[czii_kaggle] run {run} failed in the {det.name} detector: {msg.strip().splitlines()[-1]}")
-                rows.append({"experiment": run, "detector": det.name, "status": "failed", "n_candidates": 0,
+                rows.append({**where, "status": "failed", "n_candidates": 0,
                              "seconds": time.perf_counter() - t0, "error": msg.strip()})
     cands = {k: pd.concat(v, ignore_index=True) if v else empty_candidates() for k, v in found.items()}
     return cands, pd.DataFrame(rows)
