@@ -10,7 +10,7 @@ much more than with the shipped thresholds, its thresholds are what fails to car
 
 .venv/bin/python benchmarks/results/ensemble_experiments/oracle_ceiling.py
 
-Result (2026-12-04 18:15): held-out looks, shipped / oracle thresholds: heatmap 0.6637 / 0.6785, ensemble of three
+Result (2026-12-04 18:01): held-out looks, shipped / oracle thresholds: heatmap 0.6637 / 0.6785, ensemble of three
 0.6647 / 0.6791 (lead +0.001 / +0.001), yolo+heatmap 0.6590 / 0.6751, heatmap_l0 0.6408 / 0.6625, yolo 0.5320 /
 0.5657. Training looks: heatmap 0.8790 / 0.8882, ensemble of three 0.8917 / 0.9071 (lead +0.013 / +0.019).
 The ensemble's ranking adds nothing on the held-out looks; its thresholds are not what is missing.

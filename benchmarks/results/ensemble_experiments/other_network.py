@@ -12,7 +12,7 @@ cached under runs/other_network/<set>/.
 
 .venv/bin/python benchmarks/results/ensemble_experiments/other_network.py
 
-Result (2026-12-04 18:25): on filter-anisotropic (seen by neither network) the shipped heatmap scores 0.7717 with
+Result (2026-12-04 18:04): on filter-anisotropic (seen by neither network) the shipped heatmap scores 0.7717 with
 its shipped thresholds, 0.7526 with thresholds from the training looks; the second network 0.7227; the ensemble
 of the two fitted on the training looks 0.7115 (beta-galactosidase 0.410 against the heatmap's 0.574 / 0.604).
 Training looks: heatmap 0.8882, ensemble 0.8849. No lead: a network trained apart, on other looks, does not err

@@ -10,7 +10,7 @@ the set itself (the ranking's ceiling). Candidates cached under runs/peak_scorin
 
 .venv/bin/python benchmarks/results/ensemble_experiments/peak_scoring.py [--variants raw g0.15 g0.3]
 
-Result (2026-12-04 17:00, 8 runs per set): held-out looks, thresholds from the training looks / oracle:
+Result (2026-12-04 17:03, 8 runs per set): held-out looks, thresholds from the training looks / oracle:
 raw 0.6414 / 0.6785 (beta-galactosidase 0.372 / 0.444), g0.15 0.6514 / 0.6811, g0.3 0.6425 / 0.6793, g0.5 0.5887 /
 0.6405; with the shipped thresholds raw 0.6637. Not a lever (docs/EXPERIMENTS.md).
 """
