@@ -14,7 +14,8 @@
 #   3. czii-kaggle predict end to end on the same runs (the bundle's default ensemble), timed, scored;
 #   4. bench_finetune.py --device cuda:0: YOLO's fine-tuning step and each heatmap network's step
 #      measured on the GPU, the T4 estimate of the recipe's plan from them;
-#   5. (not in the default, about 7 minutes: a call of its own) the train notebook end to end on the GPU
+#   5. (not in the default: a call of its own; 8.5 minutes on an H200 in session 28, its bounds of
+#      45 + 480 + 45 s within one 600 s device call) the train notebook end to end on the GPU
 #      (benchmarks/exec_notebook.py: its cells as a script, no Jupyter there) on 3 full-size random-look
 #      training runs with heatmaps (3 folds of 2 epochs, 50 heatmap steps, 2 simulated runs), then the
 #      inference notebook with the bundle it wrote, on a test run of the same look, scored.
@@ -94,7 +95,7 @@ fi
 if want 5; then
   part "5. the train notebook end to end on the GPU, then the inference notebook with its bundle"
   FT=/tmp/ft_data
-  timeout 90 $PY -m czii_kaggle simulate --out $FT --n-train 3 --n-test 1 --seed 26 --look random \
+  timeout 45 $PY -m czii_kaggle simulate --out $FT --n-train 3 --n-test 1 --seed 26 --look random \
     >/dev/null 2>&1 || echo "simulate failed"
   timeout 480 $PY benchmarks/exec_notebook.py notebooks/train.ipynb --cwd /tmp \
     -p data_root="'$FT/czii-cryo-et-object-identification'" -p k_folds=3 -p fold_epochs=2 -p final_epochs=2 \
@@ -102,7 +103,7 @@ if want 5; then
     -p work_dir="'/tmp/ft_work'" -p out_dir="'/tmp/ft_bundle'" 2>&1 | grep -v "━\|──"
   echo "train notebook exit ${PIPESTATUS[0]}"
   cp /tmp/ft_bundle/FINETUNE.json "$OUT/" 2>/dev/null
-  timeout 120 $PY benchmarks/exec_notebook.py notebooks/inference.ipynb --cwd /tmp \
+  timeout 45 $PY benchmarks/exec_notebook.py notebooks/inference.ipynb --cwd /tmp \
     -p data_root="'$FT/czii-cryo-et-object-identification'" -p weights="'/tmp/ft_bundle'" \
     -p out_csv="'/tmp/ft_submission.csv'" && \
     $PY -m czii_kaggle score --solution $FT/test_solution.csv --submission /tmp/ft_submission.csv
