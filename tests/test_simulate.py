@@ -350,3 +350,52 @@ def test_real_layouts_need_an_explicit_root():
     with pytest.raises(CziiInputError, match="^real layouts need real_root"):
         sim.real_layouts(None)
     assert not hasattr(sim, "default_real_root")  # the library does not search beside a checkout
+
+
+def _blob_runs(rng, noise_sigma, n_runs=4, shape=(40, 96, 96), vs=10.0, amp=1.0, sigma_vox=2.5):
+    """Volumes of white noise with Gaussian blobs at apo-ferritin picks, and beta-amylase picks on nothing."""
+    vols, picks = [], []
+    g = np.indices(shape).astype(float)
+    for _ in range(n_runs):
+        centres = []
+        while len(centres) < 10:
+            c = rng.uniform([10, 10, 10], np.array(shape) - 10)
+            if all(np.linalg.norm(c - o) > 16 for o in centres):
+                centres.append(c)
+        vol = noise_sigma * rng.standard_normal(shape)
+        for c in centres[:7]:
+            vol += amp * np.exp(-((g - c[:, None, None, None]) ** 2).sum(0) / (2 * sigma_vox**2))
+        rows = [("apo-ferritin", c) for c in centres[:7]] + [("beta-amylase", c) for c in centres[7:]]
+        picks.append(pd.DataFrame({"experiment": f"TS_{len(picks)}", "particle_type": [n for n, _ in rows], "x": [c[2] * vs for _, c in rows],
+                                   "y": [c[1] * vs for _, c in rows], "z": [c[0] * vs for _, c in rows]}))
+        vols.append(vol.astype(np.float32))
+    return vols, picks
+
+
+def test_class_average_snr_is_the_matched_filters_and_scales_with_the_noise():
+    rng = np.random.default_rng(5)
+    vs, sigma_vox = 10.0, 2.5
+    h = int(np.ceil(1.2 * BY_NAME["apo-ferritin"].radius_A / vs))
+    g = np.arange(-h, h + 1)
+    r2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
+    blob = np.exp(-r2 / (2 * sigma_vox**2))
+    inside = r2 <= h**2
+    ideal = np.linalg.norm(np.where(inside, blob - blob[inside].mean(), 0.0))  # the known template's SNR at unit noise
+    got = {}
+    for noise in (0.25, 0.5):
+        vols, picks = _blob_runs(rng, noise, vs=vs, sigma_vox=sigma_vox)
+        table = sim.class_average_snr(vols, picks, vs, seed=1)
+        got[noise] = table.loc["apo-ferritin", "snr"]
+        assert table.loc["apo-ferritin", "n"] == 28
+        assert abs(table.loc["beta-amylase", "snr"]) < 1.5  # picks on nothing: no signal
+    # the class average of 14 noisy copies stands in for the true template: under the ideal matched filter
+    # (the known blob), by more where its copies are noisier (seeds 0-5: 81-86 % of it, then 70-79 %)
+    assert 0.7 * ideal / 0.25 < got[0.25] <= 1.05 * ideal / 0.25
+    assert 0.6 * ideal / 0.5 < got[0.5] <= 1.05 * ideal / 0.5
+    assert 1.8 < got[0.25] / got[0.5] < 2.8  # twice the noise: half the signal-to-noise, less a noisier average
+
+
+def test_class_average_snr_needs_two_runs():
+    vols, picks = _blob_runs(np.random.default_rng(0), 0.5, n_runs=1)
+    with pytest.raises(ValueError, match="at least 2 volumes"):
+        sim.class_average_snr(vols, picks, 10.0)

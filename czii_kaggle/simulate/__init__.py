@@ -19,7 +19,8 @@ data. It follows the physics that makes the real problem hard; one module per jo
 - :mod:`~czii_kaggle.simulate.tomogram`: one tomogram from picks (:func:`simulate_tomogram`);
 - :mod:`~czii_kaggle.simulate.disk`: a dataset on disk in the Kaggle layout
   (:func:`simulate_dataset`);
-- :mod:`~czii_kaggle.simulate.measure`: matched-filter detection SNR.
+- :mod:`~czii_kaggle.simulate.measure`: matched-filter detection SNR (of our templates, and of
+  the data's own class average).
 
 One 184 x 630 x 630 tomogram takes a few seconds and about 1 GiB
 (``benchmarks/results/simulate.md``).
@@ -41,7 +42,7 @@ from .config import (
 from .disk import SimDataset, simulate_dataset
 from .layouts import count_scales, crop_layout, random_layout, real_layouts
 from .look import EXTRA_CHOICES, LOOK_CHOICES, LOOK_RANGES, Look, classic_look, draw_look, hold_out
-from .measure import detection_snr
+from .measure import class_average_snr, detection_snr
 from .microscope import add_gradient, apply_microscope, ctf_envelope, electron_wavelength_A, wedge_mask
 from .scene import render_clutter, render_gold, render_ice, render_membranes, render_targets
 from .shapes import (
@@ -59,7 +60,7 @@ __all__ = [
     "DIFFICULTY", "FULL_SHAPE_VOX", "KAGGLE_VOXEL_SIZE_A", "REAL_MEAN_COUNTS",
     "STRUCTURE_SIGMA", "DifficultyKnobs", "SimConfig", "difficulty_knobs", "difficulty_value", "SimDataset",
     "simulate_dataset", "count_scales", "crop_layout", "random_layout", "real_layouts",
-    "EXTRA_CHOICES", "LOOK_CHOICES", "LOOK_RANGES", "Look", "classic_look", "draw_look", "hold_out", "detection_snr", "add_gradient",
+    "EXTRA_CHOICES", "LOOK_CHOICES", "LOOK_RANGES", "Look", "classic_look", "draw_look", "hold_out", "detection_snr", "class_average_snr", "add_gradient",
     "apply_microscope", "ctf_envelope", "electron_wavelength_A", "wedge_mask", "render_clutter", "render_gold",
     "render_ice", "render_membranes", "render_targets", "DIMENSIONS_A", "TYPE_CONTRAST", "Blob", "model_blobs",
     "particle_blobs", "random_rotations", "render_particle", "simulate_tomogram",
