@@ -366,8 +366,9 @@ def _blob_runs(rng, noise_sigma, n_runs=4, shape=(40, 96, 96), vs=10.0, amp=1.0,
         for c in centres[:7]:
             vol += amp * np.exp(-((g - c[:, None, None, None]) ** 2).sum(0) / (2 * sigma_vox**2))
         rows = [("apo-ferritin", c) for c in centres[:7]] + [("beta-amylase", c) for c in centres[7:]]
-        picks.append(pd.DataFrame({"experiment": f"TS_{len(picks)}", "particle_type": [n for n, _ in rows], "x": [c[2] * vs for _, c in rows],
-                                   "y": [c[1] * vs for _, c in rows], "z": [c[0] * vs for _, c in rows]}))
+        picks.append(pd.DataFrame({"experiment": f"TS_{len(picks)}", "particle_type": [n for n, _ in rows],
+                                   "x": [c[2] * vs for _, c in rows], "y": [c[1] * vs for _, c in rows],
+                                   "z": [c[0] * vs for _, c in rows]}))
         vols.append(vol.astype(np.float32))
     return vols, picks
 

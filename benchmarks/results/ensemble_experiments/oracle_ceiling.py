@@ -39,7 +39,8 @@ CACHES = {"yolo": REPO / "runs/cache/s26/yolo", "heatmap": REPO / "runs/cache/s2
 def solutions() -> dict[str, Path]:
     out = {"classic-test": REPO / "runs/hml/test_medium/test_solution.csv"}
     for look in [*HELD_OUT, "training-looks"]:
-        out[look] = Path(glob.glob(f"{REPO}/runs/bench_detection/{look}/medium/seed*_n8_184x630x630")[0]) / "test_solution.csv"
+        found = glob.glob(f"{REPO}/runs/bench_detection/{look}/medium/seed*_n8_184x630x630")
+        out[look] = Path(found[0]) / "test_solution.csv"
     return out
 
 

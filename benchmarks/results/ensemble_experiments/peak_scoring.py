@@ -94,7 +94,8 @@ def main() -> None:
         tuned, _ = tune_thresholds(data[tune_set][0][v], data[tune_set][1], det.aggregate)
         for name, (cands, truth) in data.items():
             oracle, _ = tune_thresholds(cands[v], truth, det.aggregate)
-            for how, cfg in [("tuned on training looks", tuned), ("oracle", oracle), ("shipped thresholds", det.aggregate)]:
+            for how, cfg in [("tuned on training looks", tuned), ("oracle", oracle),
+                             ("shipped thresholds", det.aggregate)]:
                 sub = submission.make_submission(scored_only(select(cands[v], cfg)))
                 t = metric.score_table(truth, sub)
                 rows.append({"variant": v, "thresholds": how, "set": name, "score": metric.score(truth, sub),
