@@ -70,22 +70,38 @@ def detection_snr(
         g = np.arange(-h, h + 1)
         inside = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) <= (1.6 * r_vox) ** 2
         w = np.where(inside, template - template[inside].mean(), 0.0)
-        w = (-w / np.abs(w).sum()).astype(volume.dtype).reshape(-1)
-        bg = rng.uniform(0, shape - 1, (4 * n_background, 3))
-        if tree is not None:
-            d, _ = tree.query(bg, k=1)
-            bg = bg[d >= 1.5 * r_vox]
-        bg = bg[:n_background]
-
-        def statistic(centres: np.ndarray) -> np.ndarray:
-            lo = np.clip(np.rint(centres).astype(int), 0, shape - 1) + pad - h
-            n = 2 * h + 1
-            return np.array([np.dot(padded[z : z + n, y : y + n, x : x + n].ravel(), w) for z, y, x in lo], float)
-
-        s_true, s_bg = statistic(all_vox[sel]), statistic(bg)
-        snr = (s_true.mean() - s_bg.mean()) / max(float(s_bg.std()), 1e-12) if len(s_bg) > 2 else float("nan")
-        rows[name] = {"n": int(sel.sum()), "snr": float(snr)}
+        w = (-w / np.abs(w).sum()).astype(volume.dtype)
+        bg = _background(rng, shape, tree, r_vox, n_background)
+        s_true, s_bg = _statistic(padded, pad, all_vox[sel], w), _statistic(padded, pad, bg, w)
+        rows[name] = {"n": int(sel.sum()), "snr": _snr(s_true, s_bg)}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _background(rng: np.random.Generator, shape: np.ndarray, tree: cKDTree | None, r_vox: float, n: int) -> np.ndarray:
+    """Up to ``n`` random points (voxels) of a volume of ``shape`` at least 1.5 ``r_vox`` from every pick of
+    ``tree`` (None: no picks)."""
+    bg = rng.uniform(0, shape - 1, (4 * n, 3))
+    if tree is not None:
+        d, _ = tree.query(bg, k=1)
+        bg = bg[d >= 1.5 * r_vox]
+    return bg[:n]
+
+
+def _statistic(padded: np.ndarray, pad: int, centres: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """The correlation of the cubic ``template`` (side ``2h + 1``) with the volume at ``centres`` (voxels,
+    outside points moved to the nearest voxel); ``padded`` is the volume edge-padded by ``pad`` >= h."""
+    n = template.shape[0]
+    shape = np.array(padded.shape) - 2 * pad
+    lo = np.clip(np.rint(centres).astype(int), 0, shape - 1) + pad - n // 2
+    w = template.ravel()
+    return np.array([np.dot(padded[z : z + n, y : y + n, x : x + n].ravel(), w) for z, y, x in lo], float)
+
+
+def _snr(signal: np.ndarray, background: np.ndarray) -> float:
+    """(mean signal - mean background) / background std; NaN with fewer than 3 background points."""
+    if len(background) <= 2:
+        return float("nan")
+    return float((np.mean(signal) - background.mean()) / max(float(background.std()), 1e-12))
 
 
 
@@ -135,6 +151,9 @@ def class_average_snr(
         frames.validate(p, frames.PICKS)
     vox = [_picks_vox(p, voxel_size_A) for p in picks]
     types = [p["particle_type"].to_numpy() for p in picks]
+    trees = [cKDTree(v) if len(v) else None for v in vox]
+    pad = int(math.ceil(1.2 * max(p.radius_A for p in BY_NAME.values()) / voxel_size_A))
+    padded = [np.pad(v, pad, mode="edge") for v in vols]  # edge voxels repeat outside the volume
     halves = (list(range(0, len(vols), 2)), list(range(1, len(vols), 2)))
     rows = {}
     for name in NAMES:
@@ -154,19 +173,10 @@ def class_average_snr(
             t = (t / max(float(np.linalg.norm(t)), 1e-12)).astype(np.float32)
             for i in test:
                 shape = np.array(vols[i].shape)
-                padded = np.pad(vols[i], h, mode="edge")
-                points = rng.uniform(0, shape - 1, (4 * n_background, 3))
-                if len(vox[i]):
-                    d, _ = cKDTree(vox[i]).query(points, k=1)
-                    points = points[d >= 1.5 * r_vox]
-                for out, centres in ((fg, vox[i][types[i] == name]), (bg, points[:n_background])):
-                    lo = np.clip(np.rint(centres).astype(int), 0, shape - 1)
-                    out.extend(float(np.vdot(padded[z : z + 2 * h + 1, y : y + 2 * h + 1, x : x + 2 * h + 1], t))
-                               for z, y, x in lo)
+                fg.extend(_statistic(padded[i], pad, vox[i][types[i] == name], t))
+                bg.extend(_statistic(padded[i], pad, _background(rng, shape, trees[i], r_vox, n_background), t))
         else:
-            bg_a = np.asarray(bg)
-            snr = (np.mean(fg) - bg_a.mean()) / max(float(bg_a.std()), 1e-12) if len(bg_a) > 2 else float("nan")
-            rows[name] = {"n": len(fg), "snr": float(snr)}
+            rows[name] = {"n": len(fg), "snr": _snr(np.asarray(fg), np.asarray(bg))}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["n", "snr"])
 
 
