@@ -137,7 +137,19 @@ def blob_candidates(
         d /= np.float32(s)
         z_maps.append(d)
     blurred.clear()
+    return map_candidates(z_maps, voxel_size_A, experiment, config, origin_A)
 
+
+def map_candidates(
+    z_maps: list[np.ndarray], voxel_size_A: float, experiment: str, config: BlobConfig = BlobConfig(),
+    origin_A: float = 0.0,
+) -> pd.DataFrame:
+    """Candidates of every type from one standardised response map per type (in :data:`PARTICLES`' order):
+    local maxima within ``0.5 r`` above ``config.min_z``, at most ``config.max_per_type`` per type, scored
+    ``z / (z + config.score_half_z)``, with their ``share`` against the best other type's z at the same voxel.
+    The frame and coordinates of :func:`blob_candidates`, whose second half this is."""
+    if len(z_maps) != len(PARTICLES):
+        raise ValueError(f"need one map per type ({len(PARTICLES)}), not {len(z_maps)}")
     rows = []
     for k, p in enumerate(PARTICLES):
         d = z_maps[k]

@@ -73,3 +73,26 @@ def test_bad_config():
         blob.BlobConfig(inner_fraction=1.5, outer_fraction=1.0)
     with pytest.raises(ValueError):
         blob.BlobConfig(level=3)
+
+
+def test_map_candidates_peaks_and_shares():
+    """The shared second half: a peak in one type's map is that type's candidate, scored and shared against the
+    best other type's response at the voxel; a wrong number of maps is refused."""
+    from czii_kaggle.particles import PARTICLES
+
+    shape = (20, 30, 30)
+    maps = [np.zeros(shape, np.float32) for _ in PARTICLES]
+    k = [p.name for p in PARTICLES].index("thyroglobulin")
+    maps[k][10, 12, 20] = 6.0
+    maps[(k + 1) % len(PARTICLES)][10, 12, 20] = 2.0  # a weaker rival at the same voxel
+    c = blob.map_candidates(maps, VS, "r", blob.BlobConfig(), origin_A=5.0)
+    assert list(c.columns) == list(CANDIDATE_COLUMNS)
+    own = c[c["particle_type"] == "thyroglobulin"]
+    assert len(own) == 1
+    row = own.iloc[0]
+    assert (row.x, row.y, row.z) == (5.0 + 20 * VS, 5.0 + 12 * VS, 5.0 + 10 * VS)
+    assert row.score == pytest.approx(6.0 / (6.0 + blob.BlobConfig().score_half_z))
+    assert row.share == pytest.approx(6.0 / 8.0)
+    assert set(c["particle_type"]) == {"thyroglobulin", PARTICLES[(k + 1) % len(PARTICLES)].name}
+    with pytest.raises(ValueError, match="one map per type"):
+        blob.map_candidates(maps[:-1], VS, "r")
