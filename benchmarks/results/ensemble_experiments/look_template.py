@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_test_set_args(ap)
     ap.add_argument("--spectral", nargs="+", default=["none"], choices=["none", "whiten", "whiten_zxy"])
+    ap.add_argument("--save", type=Path, help="keep each set's candidates as DIR/{spectral}/{set}.csv")
     ap.set_defaults(domains=["model-subunits", "filter-anisotropic", "ctf-unflipped", "training-looks"], n_runs=8)
     a = ap.parse_args(argv)
     rows = []
@@ -126,6 +127,9 @@ def main(argv=None) -> int:
                 cands.append(run_candidates(vols[i], templates, vs, origin_A, run))
             seconds = (time.perf_counter() - t0) / len(runs)
             allc = pd.concat(cands, ignore_index=True)
+            if a.save:
+                (a.save / spectral).mkdir(parents=True, exist_ok=True)
+                allc.to_csv(a.save / spectral / f"{name}.csv", index=False)
             oracle, _ = tune_thresholds(allc, truth, blob.start_config(), support_grid=(1,))
             loo = []
             for i, run in enumerate(runs):
