@@ -418,6 +418,24 @@ def _cmd_show(a) -> None:
     print(save_run_figure(a.data, a.run, a.out, split=a.split))
 
 
+def _cmd_signal(a) -> None:
+    from .stats import look_signal
+
+    table, report = look_signal(_sources(a.data), level=a.level)
+    for _, r in report[report["status"] != "ok"].iterrows():
+        print(f"skipped {r.root}:{r.experiment}: {r.error}", file=sys.stderr)
+    print(f"matched-filter SNR of each type's own class average over {int((report['status'] == 'ok').sum())} "
+          f"runs (zarr level {a.level}; docs/EXPERIMENTS.md, 'How much signal the looks hold', compares it with "
+          "the simulated looks' scores)")
+    print(table.to_string(float_format=lambda v: f"{v:.1f}"))
+    if a.out:
+        from .outputs import atomic_path
+
+        with atomic_path(a.out) as tmp:
+            table.reset_index().to_csv(tmp, index=False)
+        print(f"wrote {a.out}")
+
+
 def _cmd_demo(a) -> None:
     from .demo import run_demo
 
@@ -643,6 +661,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="train", choices=("train", "test"))
     s.add_argument("--out", type=Path, default=Path("run.png"))
     s.set_defaults(func=_cmd_show)
+
+    s = sub.add_parser("signal", help="how much signal of each type labelled runs of one look hold: the matched-filter "
+                                      "SNR of the runs' own class averages, no detector (needs 2 runs or more)")
+    s.add_argument("--data", required=True, nargs="+", help="Kaggle-layout roots, ROOT or ROOT:RUN,RUN (train split, "
+                                                             "runs with picks)")
+    s.add_argument("--level", type=int, default=1, choices=(0, 1, 2), help="zarr level read (1: about 20 A)")
+    s.add_argument("--out", type=Path, help="also write the table as CSV")
+    s.set_defaults(func=_cmd_signal)
 
     s = sub.add_parser("demo", help="the main job: simulate a test set, predict it with the shipped model, score")
     s.add_argument("--out", type=Path, default=Path("out/demo"))

@@ -205,3 +205,63 @@ def average_crop(crops: np.ndarray) -> np.ndarray:
     n = valid.sum(axis=0)
     total = np.where(valid, crops, 0.0).sum(axis=0)
     return np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+
+
+def look_signal(
+    sources: list[tuple[str, list[str] | None]], level: int = 1, n_background: int = 300, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How much signal of each type a set of labelled tomograms of one look holds, with no detector.
+
+    :func:`czii_kaggle.simulate.class_average_snr` over the runs with picks of Kaggle-layout roots (train
+    split): each type's class average from half the runs, its matched-filter SNR on the other half, halves
+    swapped. Compare with the simulated looks' figures in docs/EXPERIMENTS.md ("How much signal the looks
+    hold"): e.g. beta-galactosidase about 7 where the shipped ensemble scores about 0.76 on it, about 3-4
+    where it scores about 0.4. A run whose picks or tomogram cannot be read is reported and left out; the
+    others are measured.
+
+    Parameters
+    ----------
+    sources : list of (root, runs or None)
+        Kaggle-layout roots and their runs (None: every run with a ``Picks`` folder).
+    level : int
+        Zarr level read (1: about 20 A per voxel).
+    n_background, seed : int
+        As :func:`~czii_kaggle.simulate.class_average_snr`.
+
+    Returns
+    -------
+    table : DataFrame indexed by particle type
+        ``n`` (particles measured), ``snr``; the types with particles in both halves.
+    report : DataFrame
+        ``root, experiment, status`` ("ok" or "skipped"), ``error``, one row per run.
+    """
+    from . import layout, omezarr, picks as picks_io
+    from .errors import CziiInputError
+    from .simulate import class_average_snr
+
+    volumes, tables, rows, voxel = [], [], [], None
+    for root, runs in sources:
+        for run in layout.list_pick_runs(root) if runs is None else runs:
+            try:
+                p = picks_io.read_run_picks(root, run)
+                v, vs = omezarr.read_tomogram(layout.tomogram_path(root, "train", run), level=level)
+                if voxel is not None and abs(vs - voxel) > 1e-3 * voxel:
+                    raise CziiInputError(layout.tomogram_path(root, "train", run),
+                                         f"voxel size {vs:g} A at level {level}, not the other runs' {voxel:g} A")
+            except (CziiInputError, OSError, ValueError, KeyError) as exc:
+                rows.append({"root": str(root), "experiment": run, "status": "skipped", "error": str(exc)})
+                continue
+            voxel = vs
+            volumes.append(v)
+            tables.append(p)
+            rows.append({"root": str(root), "experiment": run, "status": "ok", "error": ""})
+    report = pd.DataFrame(rows, columns=["root", "experiment", "status", "error"])
+    if len(volumes) < 2:
+        where = ", ".join(str(r) for r, _ in sources)
+        skipped = "; ".join(f"{r.experiment}: {r.error}" for r in report.itertuples() if r.status != "ok")
+        raise CziiInputError(where, f"{len(volumes)} readable run(s) with picks: the signal needs at least 2 "
+                                    "(each half's class average is measured on the other)"
+                                    + (f"; skipped {skipped}" if skipped else ""))
+    table = class_average_snr(volumes, tables, voxel, n_background=n_background, seed=seed)
+    table.index.name = "particle_type"
+    return table, report

@@ -332,3 +332,43 @@ def test_yolo_only_options_run_yolo_alone_when_the_detectors_are_the_bundles_def
     assert len(pd.read_csv(det)) > 0 and len(submission.validate_submission(out)) > 0
     assert _predict(sim_root, "--out", tmp_path / "s2.csv", "--detectors", "yolo,heatmap", "--detections-out", det) == 2
     assert "run the YOLO detector alone, not yolo+heatmap" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def labelled_root(tmp_path_factory):
+    """Four small labelled (train split) runs of one look, and a fifth whose tomogram is missing."""
+    import shutil
+
+    from czii_kaggle import layout
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path_factory.mktemp("labelled"), n_train=5, n_test=0, seed=11,
+                          config=SimConfig(shape_vox=(64, 192, 192), difficulty="easy"))
+    runs = layout.list_pick_runs(ds.root)
+    shutil.rmtree(layout.tomogram_path(ds.root, "train", runs[-1]))
+    return ds.root, runs
+
+
+def test_signal_measures_the_readable_runs_and_reports_the_rest(tmp_path, capsys, labelled_root):
+    from czii_kaggle.stats import look_signal
+
+    root, runs = labelled_root
+    out = tmp_path / "signal.csv"
+    assert main(["signal", "--data", str(root), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {root}:{runs[-1]}:" in captured.err and "over 4 runs" in captured.out
+    table = pd.read_csv(out).set_index("particle_type")
+    # the same as the library on the four good runs alone: the broken run changed nothing but the report
+    direct, report = look_signal([(root, runs[:-1])])
+    assert list(report["status"]) == ["ok"] * 4
+    pd.testing.assert_series_equal(table["snr"], direct["snr"], check_names=False)
+    # large, clean particles stand well out of the background at the easy noise
+    assert table.loc["ribosome", "snr"] > 3 and np.isfinite(table["snr"]).all()
+
+
+def test_signal_needs_two_readable_runs(tmp_path, capsys, labelled_root):
+    root, runs = labelled_root
+    assert main(["signal", "--data", f"{root}:{runs[0]},{runs[-1]}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("czii-kaggle: error: ") and str(root) in err and "at least 2" in err
+    assert len(err.strip().splitlines()) == 1 and f"skipped {runs[-1]}: " in err  # one line, saying why
