@@ -108,9 +108,9 @@ def main(argv=None) -> int:
                     rows.append({"difficulty": difficulty, "set": name, "particle_type": t,
                                  "held_out": name not in TRAINING_DOMAINS and (name != a.label or a.data is None),
                                  "snr": float(snr[t]), "f_beta": float(table.loc[t, "f_beta"])})
+            here = [r for r in rows if r["set"] == name and r["difficulty"] == difficulty]
             print(f"{difficulty} {name}: " + ", ".join(f"{r['particle_type']} {r['snr']:.1f} / {r['f_beta']:.3f}"
-                                                       for r in rows if r["set"] == name and r["difficulty"] == difficulty),
-                  flush=True)
+                                                       for r in here), flush=True)
     df = pd.DataFrame(rows)
     wide = df.assign(cell=[f"{s:.1f} / {f:.3f}" for s, f in zip(df["snr"], df["f_beta"])]).pivot_table(
         index=["difficulty", "set"], columns="particle_type", values="cell", aggfunc="first", sort=False
@@ -124,8 +124,9 @@ def main(argv=None) -> int:
         inside = held[(held["snr"] >= train["snr"].min()) & (held["snr"] <= train["snr"].max())]
         if len(train) >= 2 and len(inside):
             expected = np.interp(np.log(inside["snr"]), np.log(train["snr"]), train["f_beta"])
+            gap = float(np.mean(inside["f_beta"] - expected))
             gaps.append({"particle_type": t, "points": len(inside),
-                         "held-out F-beta - training looks' at the same SNR": float(np.mean(inside["f_beta"] - expected))})
+                         "held-out F-beta - training looks' at the same SNR": gap})
     gap_table = fmt(pd.DataFrame(gaps)) if gaps else "(no held-out point within the training looks' SNR range)"
     print(fmt(wide))
     print(gap_table)

@@ -425,8 +425,8 @@ def _cmd_signal(a) -> None:
     for _, r in report[report["status"] != "ok"].iterrows():
         print(f"skipped {r.root}:{r.experiment}: {r.error}", file=sys.stderr)
     print(f"matched-filter SNR of each type's own class average over {int((report['status'] == 'ok').sum())} "
-          f"runs (zarr level {a.level}; docs/EXPERIMENTS.md, 'How much signal the looks hold', compares it with "
-          "the simulated looks' scores)")
+          f"runs (zarr level {a.level}; read it against the simulated looks' F-beta at each SNR: docs/EXPERIMENTS.md, "
+          "'Score against signal')")
     print(table.to_string(float_format=lambda v: f"{v:.1f}"))
     if a.out:
         from .outputs import atomic_path

@@ -8,6 +8,8 @@ reads them. Picks are ``experiment, particle_type, x, y, z`` in Angstrom
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
@@ -208,16 +210,16 @@ def average_crop(crops: np.ndarray) -> np.ndarray:
 
 
 def look_signal(
-    sources: list[tuple[str, list[str] | None]], level: int = 1, n_background: int = 300, seed: int = 0
+    sources: list[tuple[str | Path, list[str] | None]], level: int = 1, n_background: int = 300, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How much signal of each type a set of labelled tomograms of one look holds, with no detector.
 
     :func:`czii_kaggle.simulate.class_average_snr` over the runs with picks of Kaggle-layout roots (train
     split): each type's class average from half the runs, its matched-filter SNR on the other half, halves
-    swapped. Compare with the simulated looks' figures in docs/EXPERIMENTS.md ("How much signal the looks
-    hold"): e.g. beta-galactosidase about 7 where the shipped ensemble scores about 0.76 on it, about 3-4
-    where it scores about 0.4. A run whose picks or tomogram cannot be read is reported and left out; the
-    others are measured.
+    swapped. Read it against the simulated looks' curve of F-beta against this SNR (docs/EXPERIMENTS.md,
+    "Score against signal"; docs/figures/signal_score.png), on which looks the model saw and looks it never saw
+    lie alike: e.g. beta-galactosidase at SNR 7-9 scores 0.72-0.85 with the shipped default, at 3-4 0.2-0.5.
+    A run whose picks or tomogram cannot be read is reported and left out; the others are measured.
 
     Parameters
     ----------

@@ -96,7 +96,8 @@ def main() -> int:
                                 command="benchmarks/results/ensemble_experiments/noise_mix.py",
                                 replace=bundle_dir.exists())
         cands = heatmap_candidates(bundle_dir, val, "train", val_runs, cache, "val")
-        start = load_heatmap_bundle(bundle_dir).aggregate.with_ref_rank({n: shipped.aggregate[n].ref_rank for n in NAMES})
+        ref_rank = {n: shipped.aggregate[n].ref_rank for n in NAMES}  # scores as the shipped bundle's
+        start = load_heatmap_bundle(bundle_dir).aggregate.with_ref_rank(ref_rank)
         bundles[arm] = (bundle_dir, tune_thresholds(cands, val_truth, start, support_grid=None)[0])
     rows = []
     for arm, (bundle_dir, aggregate) in bundles.items():
@@ -107,7 +108,8 @@ def main() -> int:
                          "oracle": scores(select(c, oracle), truth)["score"]})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
-    mean = df[df["set"].isin(HELD_OUT)].groupby("network", sort=False)[["score", *SCORED, "oracle"]].mean().reset_index()
+    held = df[df["set"].isin(HELD_OUT)]
+    mean = held.groupby("network", sort=False)[["score", *SCORED, "oracle"]].mean().reset_index()
     print(fmt(pd.concat([df, mean.assign(set="mean of the held-out looks")], ignore_index=True)))
     return 0
 
