@@ -244,12 +244,12 @@ def look_signal(
     volumes, tables, rows, voxel = [], [], [], None
     for root, runs in sources:
         for run in layout.list_pick_runs(root) if runs is None else runs:
+            path = layout.tomogram_path(root, "train", run)
             try:
                 p = picks_io.read_run_picks(root, run)
-                v, vs = omezarr.read_tomogram(layout.tomogram_path(root, "train", run), level=level)
+                v, vs = omezarr.read_tomogram(path, level=level)
                 if voxel is not None and abs(vs - voxel) > 1e-3 * voxel:
-                    raise CziiInputError(layout.tomogram_path(root, "train", run),
-                                         f"voxel size {vs:g} A at level {level}, not the other runs' {voxel:g} A")
+                    raise CziiInputError(path, f"voxel size {vs:g} A at level {level}, not the other runs' {voxel:g} A")
             except (CziiInputError, OSError, ValueError, KeyError) as exc:
                 rows.append({"root": str(root), "experiment": run, "status": "skipped", "error": str(exc)})
                 continue

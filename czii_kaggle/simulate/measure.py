@@ -104,7 +104,6 @@ def _snr(signal: np.ndarray, background: np.ndarray) -> float:
     return float((np.mean(signal) - background.mean()) / max(float(background.std()), 1e-12))
 
 
-
 def class_average_snr(
     volumes: list[np.ndarray],
     picks: list[pd.DataFrame],
