@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 11 and 12 in one call, for a lent GPU machine (the `device` tool's `run`;
-# README: "GPU table"). Nothing here is needed without one; CI never runs it.
+# docs/DETECTORS.md: "On a GPU"). Nothing here is needed without one; CI never runs it.
 #
 # On that machine (its own Python 3.12 with torch and CUDA; no internet): the run-time packages its image
 # lacks come as wheels in .whl/ (the offline archive's: zarr, numcodecs, asciitree, ultralytics and

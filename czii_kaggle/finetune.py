@@ -93,7 +93,7 @@ T4_STEP_S = 0.45
 T4_PREDICT_S_PER_RUN = 13.3
 #: Seconds for the start bundle's heatmap detector to predict one full-size run: 7.65 s (reading,
 #: its test-time batch-norm adaptation, inference with its 4 views, peaks; torch) on the 2-core build
-#: machine (README, the shipped stage r, 24/48/64 channels), kept for a Kaggle kernel (conservative:
+#: machine (docs/DETECTORS.md, the shipped stage r, 24/48/64 channels), kept for a Kaggle kernel (conservative:
 #: a T4 runs the network faster). A further network at level 0 (10 A, the shipped ``heatmap_l0``):
 #: 13.05 s (benchmarks/results/ensemble.md, 2026-12-03 16:57 record, the same machine).
 HEATMAP_S_PER_RUN = 7.65
