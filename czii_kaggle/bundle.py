@@ -561,7 +561,8 @@ def describe_bundle(bundle_dir: str | Path | None = None) -> tuple[list[dict], l
         if name == "yolo":
             b = load_bundle(d)
             rows.append({"detector": name, "weights": b.weights.name, "onnx": b.onnx.name if b.onnx else "-",
-                         "level": 0, "voxel_size_A": "-", "window": f"slices, {b.detect.max_imgsz} px",
+                         "level": 0, "voxel_size_A": "as it comes" if b.preprocess.voxel_size_A is None
+                         else round(b.preprocess.voxel_size_A, 2), "window": f"slices, {b.detect.max_imgsz} px",
                          "views": b.detect.tta_views, "bn_adapt": "-",
                          "tuned_on_runs": n_runs(read_json(d / CONFIG_FILE).get("tuned_on"))})
         else:

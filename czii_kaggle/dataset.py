@@ -15,10 +15,10 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import omezarr, layout, particles, picks as picks_io
+from . import layout, particles, picks as picks_io
 from .errors import CziiInputError
 from .outputs import atomic_dir
-from .preprocess import PreprocessConfig, preprocess_volume, stack_slices
+from .preprocess import PreprocessConfig, preprocess_volume, read_volume, stack_slices
 
 BOX_COLUMNS = ["experiment", "particle_type", "class_id", "z_index", "x", "y", "w", "h"]
 
@@ -340,7 +340,7 @@ def _write_images(root, out_dir: Path, runs: list[str], val_runs: list[str], con
     for run in tqdm(runs, desc="dataset", unit="run"):
         split = "val" if run in val_runs else "train"
         tomo = layout.tomogram_path(root, "train", run, config.tomo_type)
-        volume, voxel_size_A = omezarr.read_tomogram(tomo)
+        volume, voxel_size_A = read_volume(tomo, config.preprocess)
         vol_u8 = preprocess_volume(volume, config.preprocess, source=tomo)
         del volume
         boxes = slice_boxes(picks_io.read_run_picks(root, run), voxel_size_A, vol_u8.shape[0], config.labels)

@@ -19,6 +19,9 @@ KAGGLE_ROOT = Path("/kaggle/input/czii-cryo-et-object-identification")
 #: The folder name of the 10 Angstrom voxel-spacing tomograms (a name, not the spacing:
 #: the true spacing, 10.012444 Angstrom, is read from each zarr's ``.zattrs``).
 VOXEL_SPACING_DIR = "VoxelSpacing10.000"
+#: Kaggle's level-0 voxel size (Angstrom) in ``denoised.zarr/.zattrs``: what the shipped models were
+#: trained at, and the simulator's default.
+KAGGLE_VOXEL_SIZE_A = 10.012444537618887
 SPLITS = ("train", "test")
 DEFAULT_TOMOGRAM_TYPE = "denoised"
 

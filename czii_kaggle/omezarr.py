@@ -138,6 +138,11 @@ def _multiscale_datasets(zarr_path: Path) -> tuple[list, list]:
     return axes, datasets
 
 
+def n_levels(zarr_path: str | Path) -> int:
+    """How many multiscale levels the tomogram at ``zarr_path`` holds (3 on Kaggle); no voxel is read."""
+    return len(_multiscale_datasets(Path(zarr_path))[1])
+
+
 def _dataset(zarr_path: Path, level: int) -> tuple[list, dict]:
     axes, datasets = _multiscale_datasets(zarr_path)
     if not isinstance(level, (int, np.integer)) or not 0 <= level < len(datasets):

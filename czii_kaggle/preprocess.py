@@ -1,7 +1,8 @@
-"""Preprocessing shared by training and inference: normalise, denoise, stack slices (2.5D).
+"""Preprocessing shared by training and inference: resample, normalise, denoise, stack slices (2.5D).
 
-The same :func:`preprocess_volume` and :func:`stack_slices` feed the dataset
-builder and the detector, so a model always sees images made the same way.
+The same :func:`read_at_voxel_size`, :func:`preprocess_volume` and :func:`stack_slices` feed the
+dataset builder and the detectors, so a model always sees images made the same way, at the voxel
+size it was trained at, whatever the tomogram's.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from . import omezarr
 from .errors import CziiInputError
+from .layout import KAGGLE_VOXEL_SIZE_A
 
 
 #: Per-tomogram spectral steps (see :func:`spectral_filter`).
@@ -38,6 +41,11 @@ class PreprocessConfig:
         Per-tomogram spectral step before the denoise and the percentile clip (:func:`spectral_filter`):
         ``"none"``, ``"whiten"`` (flat radial power spectrum), ``"whiten_zxy"`` (flat over
         depth and in-plane frequency apart) or ``"bandpass"`` (only the particles' scales, 20-400 A).
+    voxel_size_A : float or None
+        The voxel size (Angstrom) the model reads: a tomogram at another is resampled to it first
+        (:func:`read_at_voxel_size`); ``None`` reads every tomogram as it comes. Default: Kaggle's,
+        10.012444 A, which every shipped model was trained at (a bundle's ``czii_config.json``
+        without the key means that too).
     """
 
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -45,8 +53,11 @@ class PreprocessConfig:
     denoise_size_vox: float = 0.7
     slice_offset: int = 3
     spectral: str = "none"
+    voxel_size_A: float | None = KAGGLE_VOXEL_SIZE_A
 
     def __post_init__(self):
+        if self.voxel_size_A is not None and not (np.isfinite(self.voxel_size_A) and self.voxel_size_A > 0):
+            raise ValueError(f"voxel_size_A must be a positive number or None, got {self.voxel_size_A!r}")
         lo, hi = self.clip_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"clip_percentiles must satisfy 0 <= lo < hi <= 100, got {self.clip_percentiles}")
@@ -66,6 +77,109 @@ class PreprocessConfig:
         if "clip_percentiles" in d:
             d["clip_percentiles"] = tuple(d["clip_percentiles"])
         return cls(**d)
+
+
+#: A tomogram level whose voxel size is within this fraction of the wanted one is read as it is.
+VOXEL_TOLERANCE = 0.02
+#: Finer data than a model's is binned down to it at any ratio; coarser data is interpolated up by
+#: at most this factor (beyond it the detail the model looks for is not in the tomogram).
+MAX_UPSAMPLE = 2.0
+
+
+def binned_origin_A(voxel_size_A: float, base_voxel_A: float) -> float:
+    """Where voxel 0 of a mean-binned level lies (Angstrom), level 0's voxel ``i`` lying at
+    ``i * base_voxel_A``: a level of ``voxel_size_A`` voxels averages level 0's from 0 on."""
+    return (voxel_size_A - base_voxel_A) / 2.0
+
+
+def resample(volume: np.ndarray, voxel_size_A: float, target_A: float, origin_in_A: float = 0.0,
+             origin_out_A: float = 0.0) -> np.ndarray:
+    """``volume`` on another voxel grid: linear interpolation, Gaussian anti-aliasing when coarser.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (nz, ny, nx)
+        Voxel ``i`` (on every axis) lies at ``origin_in_A + i * voxel_size_A`` Angstrom.
+    voxel_size_A, target_A : float
+        The input's and the output's voxel sizes (Angstrom, isotropic).
+    origin_in_A, origin_out_A : float
+        Where the input's and the output's voxel 0 lie (Angstrom).
+
+    Returns
+    -------
+    ndarray, float32
+        Voxel ``j`` lies at ``origin_out_A + j * target_A``; as many voxels per axis as fit inside
+        the input's extent. When the output is coarser, the input is first smoothed by a Gaussian of
+        ``(target_A / voxel_size_A - 1) / 2`` input voxels (scikit-image's anti-aliasing rule).
+    """
+    if not (voxel_size_A > 0 and target_A > 0):
+        raise ValueError(f"voxel sizes must be positive, got {voxel_size_A!r} and {target_A!r}")
+    scale = target_A / voxel_size_A
+    offset = (origin_out_A - origin_in_A) / voxel_size_A
+    shape = tuple(int(np.floor((n - 1 - offset) / scale + 1e-9)) + 1 for n in volume.shape)
+    if min(shape) < 1:
+        raise ValueError(f"a volume of {volume.shape} voxels of {voxel_size_A:g} A holds no voxel of {target_A:g} A")
+    src = np.asarray(volume, dtype=np.float32)
+    if scale > 1.0:
+        src = ndimage.gaussian_filter(src, sigma=(scale - 1.0) / 2.0)
+    return ndimage.affine_transform(src, np.full(3, scale), offset=np.full(3, offset), output_shape=shape,
+                                    order=1, mode="nearest", prefilter=False, output=np.float32)
+
+
+def read_at_voxel_size(zarr_path: str | Path, voxel_size_A: float, origin_A: float = 0.0,
+                       tolerance: float = VOXEL_TOLERANCE) -> tuple[np.ndarray, float]:
+    """The tomogram at ``zarr_path`` on a grid of ``voxel_size_A`` voxels, whatever its own.
+
+    It reads the coarsest level whose voxels are no larger than ``voxel_size_A`` (within
+    ``tolerance``; level 0 when every level is coarser) and returns it as it is when its voxel size
+    and voxel 0 match the wanted ones within ``tolerance`` (every Kaggle tomogram, for every shipped
+    model); otherwise it :func:`resample` s that level onto the wanted grid.
+
+    Parameters
+    ----------
+    zarr_path : str or Path
+        The tomogram's ``{type}.zarr`` folder.
+    voxel_size_A : float
+        The voxel size the model reads (Angstrom).
+    origin_A : float
+        Where the wanted grid's voxel 0 lies, level 0's voxel ``i`` lying at ``i * (its size)``
+        (:func:`binned_origin_A` for a model that reads a binned level, 0 for level 0).
+    tolerance : float
+        Relative voxel-size difference read as it is.
+
+    Returns
+    -------
+    volume : ndarray, float32, shape (nz, ny, nx)
+    voxel_size_A : float
+        The voxel size returned: the level's own when read as it is, else ``voxel_size_A``.
+
+    Raises
+    ------
+    CziiInputError
+        As :func:`czii_kaggle.omezarr.read_tomogram`, or when even level 0 is coarser than
+        :data:`MAX_UPSAMPLE` times ``voxel_size_A`` (naming both sizes).
+    """
+    zarr_path = Path(zarr_path)
+    sizes = [omezarr.read_voxel_size(zarr_path, level) for level in range(omezarr.n_levels(zarr_path))]
+    fine = [lv for lv, v in enumerate(sizes) if v <= voxel_size_A * (1.0 + tolerance)]
+    level = max(fine, key=lambda lv: sizes[lv]) if fine else 0
+    if sizes[level] > MAX_UPSAMPLE * voxel_size_A:
+        raise CziiInputError(zarr_path, f"its finest voxels are {sizes[level]:.3f} A, more than {MAX_UPSAMPLE:g} times "
+                                        f"the {voxel_size_A:.3f} A the model was trained at (wrong resolution)")
+    origin_level_A = binned_origin_A(sizes[level], sizes[0])
+    volume, size_A = omezarr.read_tomogram(zarr_path, level=level)
+    if abs(size_A / voxel_size_A - 1.0) <= tolerance and abs(origin_level_A - origin_A) <= tolerance * size_A:
+        return volume, size_A
+    return resample(volume, size_A, voxel_size_A, origin_level_A, origin_A), float(voxel_size_A)
+
+
+def read_volume(zarr_path: str | Path, config: PreprocessConfig) -> tuple[np.ndarray, float]:
+    """Level 0 of the tomogram at ``zarr_path`` as ``config`` has a model read it: at
+    ``config.voxel_size_A`` (:func:`read_at_voxel_size`), or as it comes where that is ``None``.
+    Returns the volume and its voxel size (Angstrom)."""
+    if config.voxel_size_A is None:
+        return omezarr.read_tomogram(zarr_path)
+    return read_at_voxel_size(zarr_path, config.voxel_size_A)
 
 
 def percentile_range(volume: np.ndarray, clip_percentiles=(0.5, 99.5), max_samples: int = 2_000_000):

@@ -611,6 +611,7 @@ def test_a_bundle_holds_a_further_heatmap_network_as_a_detector_of_its_own(tmp_p
     detectors, ensembles = describe_bundle(bundle)
     assert [r["detector"] for r in detectors] == ["yolo", "heatmap", "heatmap_b"]
     assert [(r["onnx"], r["tuned_on_runs"]) for r in detectors[1:]] == [("-", "-"), ("heatmap_b.onnx", str(len(runs)))]
+    assert detectors[0]["voxel_size_A"] == 10.01  # YOLO reads at Kaggle's voxel size (its config's default)
     assert ensembles == [{"ensemble": "yolo+heatmap+heatmap_b", "default": True, "fusion": "logit",
                           "fitted_on_runs": str(len(runs))}]
     assert main(["bundle", "--weights", str(bundle)]) in (None, 0)

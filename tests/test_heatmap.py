@@ -458,10 +458,12 @@ def _zarr(tmp_path, voxel_size_A, shape=(40, 72, 72)):
     return path
 
 
-def test_wrong_resolution_is_refused(tmp_path):
-    path = _zarr(tmp_path, 5.0)
+def test_other_resolutions_are_resampled_and_far_coarser_ones_refused(tmp_path):
+    vol, vs = read_input(_zarr(tmp_path, 5.0), HeatmapConfig())  # finer data: onto the weights' 20 A grid
+    assert vs == pytest.approx(VS1) and vol.shape == (10, 18, 18)  # level 2 (20 A), shifted 2.5 A onto the grid
+    (tmp_path / "coarse").mkdir()
     with pytest.raises(CziiInputError, match="wrong resolution"):
-        read_input(path, HeatmapConfig())
+        read_input(_zarr(tmp_path / "coarse", 45.0), HeatmapConfig())
     (tmp_path / "ok").mkdir()
     vol, vs = read_input(_zarr(tmp_path / "ok", 10.012444537618887), HeatmapConfig())
     assert vs == pytest.approx(VS1) and vol.shape == (20, 36, 36)

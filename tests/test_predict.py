@@ -471,3 +471,23 @@ def test_shipped_bundle_has_an_up_to_date_onnx_copy():
     bundle = load_bundle(None)
     assert bundle.onnx == DEFAULT_BUNDLE / "model.onnx"
     assert load_model(bundle.onnx).names == load_model(bundle.weights).names
+
+
+def test_yolo_reads_a_tomogram_of_another_voxel_size_at_its_own(tmp_path):
+    """The shipped YOLO model was trained at Kaggle's 10.012 A: a 7.84 A tomogram is resampled onto that
+    grid before its slices are made (positions stay in Angstrom); ``voxel_size_A = None`` reads it as it comes."""
+    import dataclasses
+
+    from czii_kaggle.detectors.yolo import prepare_run
+    from czii_kaggle.layout import KAGGLE_VOXEL_SIZE_A
+
+    bundle = load_bundle()
+    assert bundle.preprocess.voxel_size_A == KAGGLE_VOXEL_SIZE_A  # the shipped config has no key: the default
+    shape = (30, 50, 52)
+    path = omezarr.write_tomogram(tmp_path / "t.zarr", np.random.default_rng(0).random(shape), 7.84)
+    vol_u8, vs, times = prepare_run(path, bundle)
+    assert vs == KAGGLE_VOXEL_SIZE_A and vol_u8.dtype == np.uint8
+    assert vol_u8.shape == tuple(int(np.floor((n - 1) * 7.84 / KAGGLE_VOXEL_SIZE_A)) + 1 for n in shape)
+    raw = dataclasses.replace(bundle, preprocess=dataclasses.replace(bundle.preprocess, voxel_size_A=None))
+    vol_u8, vs, _ = prepare_run(path, raw)
+    assert vs == pytest.approx(7.84) and vol_u8.shape == shape

@@ -135,3 +135,81 @@ def test_whitening_over_depth_and_plane_undoes_an_anisotropic_filter():
     a, b = spectral_filter(blurred, "whiten_zxy"), spectral_filter(ndimage.gaussian_filter(white, 0.5), "whiten_zxy")
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.85  # the same noise through two filters: alike again
     assert np.corrcoef(blurred.ravel(), ndimage.gaussian_filter(white, 0.5).ravel())[0, 1] < 0.7
+
+
+# --------------------------------------------------------------------------- other voxel sizes
+
+def _blob(voxel_A, shape, centre_A, sigma_A=30.0, origin_A=0.0):
+    """A Gaussian density of ``sigma_A`` at ``centre_A`` (x, y, z) on a grid of ``voxel_A`` voxels."""
+    z, y, x = (origin_A + np.arange(n) * voxel_A for n in shape)
+    cx, cy, cz = centre_A
+    r2 = (z[:, None, None] - cz) ** 2 + (y[None, :, None] - cy) ** 2 + (x[None, None, :] - cx) ** 2
+    return np.exp(-r2 / (2 * sigma_A**2)).astype(np.float32)
+
+
+def _centroid_A(vol, voxel_A, origin_A=0.0):
+    w = np.where(vol > 0.5 * vol.max(), vol, 0.0)
+    idx = np.indices(vol.shape).reshape(3, -1) @ w.ravel() / w.sum()  # (z, y, x) in voxels
+    return origin_A + idx[::-1] * voxel_A  # (x, y, z) in Angstrom
+
+
+@pytest.mark.parametrize("voxel_A", [7.84, 13.48])
+def test_resample_keeps_angstrom_positions_and_linear_ramps(voxel_A):
+    from czii_kaggle.preprocess import resample
+
+    target = 10.012444537618887
+    shape = tuple(int(round(n / voxel_A)) for n in (400.0, 600.0, 640.0))
+    centre = (333.3, 281.7, 190.1)
+    for origin_out in (0.0, 5.0):
+        out = resample(_blob(voxel_A, shape, centre), voxel_A, target, origin_out_A=origin_out)
+        assert out.dtype == np.float32
+        assert out.shape == tuple(int(np.floor((n - 1) * voxel_A / target - origin_out / target + 1e-9)) + 1 for n in shape)
+        assert np.allclose(_centroid_A(out, target, origin_out), centre, atol=1.0)  # the same place in Angstrom
+    z, y, x = (np.arange(n) * voxel_A for n in shape)
+    ramp = (0.3 * x[None, None, :] + 0.1 * y[None, :, None] - 0.2 * z[:, None, None]).astype(np.float32)
+    out = resample(ramp, voxel_A, target)
+    zo, yo, xo = (np.arange(n) * target for n in out.shape)
+    want = 0.3 * xo[None, None, :] + 0.1 * yo[None, :, None] - 0.2 * zo[:, None, None]
+    inner = (slice(3, -3),) * 3  # away from the edges, where the smoothing meets the border
+    assert np.allclose(out[inner], want[inner], atol=1e-3)  # linear interpolation (and smoothing) keep a ramp
+    # binning down smooths first: white noise comes out quieter than plain interpolation leaves it
+    noise = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    if voxel_A < target:
+        assert resample(noise, voxel_A, 2 * target).std() < 0.6
+
+
+def test_read_at_voxel_size_reads_matching_levels_as_they_are(tmp_path):
+    from czii_kaggle import omezarr
+    from czii_kaggle.preprocess import binned_origin_A, read_at_voxel_size, read_volume
+
+    vs = 10.012444537618887
+    vol = np.random.default_rng(1).random((24, 40, 40)).astype(np.float32)
+    path = omezarr.write_tomogram(tmp_path / "t.zarr", vol, vs)
+    got, got_vs = read_at_voxel_size(path, vs)
+    assert np.array_equal(got, omezarr.read_tomogram(path)[0]) and got_vs == pytest.approx(vs)
+    got, got_vs = read_at_voxel_size(path, 2 * vs, origin_A=binned_origin_A(2 * vs, vs))  # a level-1 model
+    assert np.array_equal(got, omezarr.read_tomogram(path, level=1)[0]) and got_vs == pytest.approx(2 * vs)
+    assert np.array_equal(read_volume(path, PreprocessConfig())[0], omezarr.read_tomogram(path)[0])
+
+
+def test_read_at_voxel_size_resamples_other_spacings_and_refuses_far_coarser_data(tmp_path):
+    from czii_kaggle import omezarr
+    from czii_kaggle.preprocess import binned_origin_A, read_at_voxel_size, read_volume
+
+    target, own = 10.012444537618887, 7.84
+    shape = (52, 80, 84)
+    centre = (331.0, 297.5, 201.2)
+    path = omezarr.write_tomogram(tmp_path / "t.zarr", _blob(own, shape, centre), own)
+    vol, vs = read_at_voxel_size(path, target)  # a level-0 model (YOLO, heatmap_l0): from level 0
+    assert vs == target and vol.shape == tuple(int(np.floor((n - 1) * own / target)) + 1 for n in shape)
+    assert np.allclose(_centroid_A(vol, target), centre, atol=1.0)
+    origin = binned_origin_A(2 * target, target)  # a level-1 model (the heatmap): from level 1 (15.68 A)
+    vol1, vs1 = read_at_voxel_size(path, 2 * target, origin_A=origin)
+    assert vs1 == 2 * target and np.allclose(_centroid_A(vol1, 2 * target, origin), centre, atol=1.5)
+    as_it_comes, vs0 = read_volume(path, PreprocessConfig(voxel_size_A=None))
+    assert vs0 == pytest.approx(own) and as_it_comes.shape == shape
+    coarse = omezarr.write_tomogram(tmp_path / "c.zarr", np.random.default_rng(0).random((8, 16, 16)), 25.0)
+    with pytest.raises(CziiInputError, match=r"c\.zarr.*25\.000 A.*wrong resolution"):
+        read_at_voxel_size(coarse, target)
+    with pytest.raises(ValueError, match="voxel_size_A"):
+        PreprocessConfig(voxel_size_A=0.0)

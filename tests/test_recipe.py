@@ -15,6 +15,7 @@ from czii_kaggle import cli, tune
 from czii_kaggle.dataset import DatasetConfig, LabelConfig
 from czii_kaggle.detect import DetectConfig
 from czii_kaggle.errors import CziiInputError
+from czii_kaggle.layout import KAGGLE_VOXEL_SIZE_A
 from czii_kaggle.predict import DEFAULT_BUNDLE, load_bundle
 from czii_kaggle.preprocess import PreprocessConfig
 from czii_kaggle.recipe import load_recipe
@@ -79,6 +80,7 @@ def test_every_stage_matches_its_training_record(recipe):
         assert np.allclose(sim.run_difficulties(), [_difficulty(d) for d in rec["simulation"]["train_difficulties"]])
         ds = dict(rec["dataset"], preprocess=dict(rec["dataset"]["preprocess"]))
         ds["preprocess"].setdefault("spectral", "none")  # recorded before the option existed
+        ds["preprocess"].setdefault("voxel_size_A", KAGGLE_VOXEL_SIZE_A)  # the same
         assert ds == json.loads(json.dumps(stage.dataset.to_dict())), stage.name
         assert rec["train"]["epochs"] == stage.epochs, stage.name
         expected = {k: v for k, v in recipe.train.to_dict().items()

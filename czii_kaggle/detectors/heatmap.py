@@ -33,11 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .. import omezarr
 from ..aggregate import AggregateConfig, ClassParams, class_share, empty_candidates, select
 from ..errors import CziiInputError
 from ..particles import NAMES, PARTICLES
-from ..preprocess import SPECTRAL, percentile_range, spectral_filter
+from ..preprocess import SPECTRAL, binned_origin_A, percentile_range, read_at_voxel_size, spectral_filter
 
 if TYPE_CHECKING:  # the bundle module opens detectors; a detector only reads a loaded bundle
     from ..bundle import HeatmapBundle
@@ -199,13 +198,14 @@ def normalise(volume: np.ndarray, clip_percentiles=(0.5, 99.5)) -> np.ndarray:
 
 
 def read_input(zarr_path: str | Path, config: HeatmapConfig) -> tuple[np.ndarray, float]:
-    """The normalised level-``config.level`` volume (after ``config.spectral``) and its voxel size
-    (Angstrom); a level whose voxel size differs from the weights' by more than 10 % raises
-    :class:`CziiInputError`."""
-    volume, voxel_size_A = omezarr.read_tomogram(zarr_path, level=config.level)
-    if abs(voxel_size_A / config.voxel_size_A - 1.0) > 0.1:
-        raise CziiInputError(zarr_path, f"level {config.level} has {voxel_size_A:.3f} A voxels but the heatmap weights "
-                                        f"were trained at {config.voxel_size_A:.3f} A (wrong resolution)")
+    """The normalised volume the network reads (after ``config.spectral``) and its voxel size
+    (Angstrom): level ``config.level`` of a tomogram of the weights' resolution; a tomogram of
+    another is resampled onto the grid of ``config.voxel_size_A`` voxels that level would have
+    (:func:`~czii_kaggle.preprocess.read_at_voxel_size`; data coarser than twice that raises
+    :class:`CziiInputError`)."""
+    base_A = config.voxel_size_A / 2**config.level
+    volume, voxel_size_A = read_at_voxel_size(zarr_path, config.voxel_size_A,
+                                              origin_A=binned_origin_A(config.voxel_size_A, base_A))
     return normalise(spectral_filter(volume, config.spectral), config.clip_percentiles), voxel_size_A
 
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .. import omezarr, runtime
+from .. import runtime
 from ..aggregate import aggregate, select
 from ..detect import BACKENDS, detect_volume, load_model, onnxruntime_available
 from ..errors import CziiInputError
-from ..preprocess import preprocess_volume
+from ..preprocess import preprocess_volume, read_volume
 
 if TYPE_CHECKING:  # the bundle module opens detectors; a detector only reads a loaded bundle
     from ..bundle import Bundle
@@ -66,10 +66,11 @@ def load_yolo(bundle: Bundle, backend: str):
 
 
 def prepare_run(zarr_path: str | Path, bundle: Bundle) -> tuple[np.ndarray, float, dict]:
-    """Read and preprocess one tomogram: the uint8 volume ``(Z, Y, X)`` the model sees, the
-    voxel size in Angstrom, and the seconds spent reading (``read_s``) and preprocessing."""
+    """Read and preprocess one tomogram: the uint8 volume ``(Z, Y, X)`` the model sees (at the
+    bundle's voxel size, :func:`~czii_kaggle.preprocess.read_volume`), its voxel size in Angstrom,
+    and the seconds spent reading and resampling (``read_s``) and preprocessing."""
     t0 = time.perf_counter()
-    volume, voxel_size_A = omezarr.read_tomogram(zarr_path)
+    volume, voxel_size_A = read_volume(zarr_path, bundle.preprocess)
     t1 = time.perf_counter()
     vol_u8 = preprocess_volume(volume, bundle.preprocess, source=zarr_path)
     return vol_u8, voxel_size_A, {"read_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..layout import KAGGLE_VOXEL_SIZE_A
+
 DIFFICULTY: dict[str, float] = {"easy": 0.2, "medium": 0.5, "hard": 0.85}
 
 #: Mean pick counts per type over the five real training runs with picks
@@ -20,9 +22,6 @@ REAL_MEAN_COUNTS: dict[str, float] = {
 #: Std (density units, protein ~ 1) of the sample's structural density noise at difficulty 0
 #: (it doubles at difficulty 1); see :class:`DifficultyKnobs`.
 STRUCTURE_SIGMA: float = 0.3
-
-#: Kaggle's level-0 voxel size (Angstrom) in ``denoised.zarr/.zattrs``: the simulator's default.
-KAGGLE_VOXEL_SIZE_A: float = 10.012444537618887
 
 #: Full Kaggle tomogram shape ``(z, y, x)``: counts scale with the volume relative to it.
 FULL_SHAPE_VOX: tuple[int, int, int] = (184, 630, 630)
