@@ -482,7 +482,7 @@ def test_yolo_reads_a_tomogram_of_another_voxel_size_at_its_own(tmp_path):
     from czii_kaggle.layout import KAGGLE_VOXEL_SIZE_A
 
     bundle = load_bundle()
-    assert bundle.preprocess.voxel_size_A == KAGGLE_VOXEL_SIZE_A  # the shipped config has no key: the default
+    assert bundle.preprocess.voxel_size_A == KAGGLE_VOXEL_SIZE_A  # the shipped model was trained at it
     shape = (30, 50, 52)
     path = omezarr.write_tomogram(tmp_path / "t.zarr", np.random.default_rng(0).random(shape), 7.84)
     vol_u8, vs, times = prepare_run(path, bundle)
