@@ -255,7 +255,7 @@ def main(argv=None) -> int:
 
     report = pd.concat(reports, ignore_index=True)
     report = report[report["status"] == "ok"]
-    stage = report.drop(columns=["experiment", "status", "error", "n_candidates", "set"]).groupby("detector").mean()
+    stage = report.drop(columns=["experiment", "device", "status", "error", "n_candidates", "set"]).groupby("detector").mean()
     stage = stage.reindex(names).reset_index()
     per_run = report.groupby(["set", "experiment"])["seconds"].sum()
     mean_merge = sum(merge_s) / len(merge_s)
