@@ -1,0 +1,74 @@
+"""The benchmark scripts run end to end on tiny simulated runs (their figures are theirs to record; here
+only that they still run and print their tables: a bench broken by a change in the library is found here,
+not the next time someone needs its figures)."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle_and_runs(tmp_path_factory):
+    """The shipped YOLO model, an untrained small heatmap network (windows of 32 x 64 x 64) and an unfitted
+    ensemble of the two; 2 easy test runs of 64 x 192 x 192 voxels."""
+    import torch
+
+    from czii_kaggle.bundle import DEFAULT_BUNDLE, save_ensemble, save_heatmap_json
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
+    from czii_kaggle.ensemble import EnsembleConfig
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    tmp = tmp_path_factory.mktemp("bench")
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    for name in ("model.pt", "model.onnx", "czii_config.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
+    torch.manual_seed(0)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle / "heatmap.pt")
+    save_heatmap_json(bundle, config=HeatmapConfig(channels=(4, 8, 8), window_vox=(32, 64, 64)).to_dict())
+    save_ensemble(bundle, EnsembleConfig())
+    ds = simulate_dataset(tmp / "sim", n_train=0, n_test=2, seed=3,
+                          config=SimConfig(shape_vox=(64, 192, 192), difficulty="easy"))
+    return bundle, ds, tmp
+
+
+@pytest.mark.slow
+def test_bench_ensemble_runs_and_prints_every_table(tiny_bundle_and_runs, capsys):
+    bundle, ds, tmp = tiny_bundle_and_runs
+    bench = _bench("bench_ensemble")
+    code = bench.main(["--weights", str(bundle), "--data", str(ds.root), "--solution", str(ds.solution_csv),
+                       "--no-memory", "--no-write", "--n-boot", "20", "--work", str(tmp / "work")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| set | detector | score |" in out and "The ensemble's lead over each detector" in out
+    seconds = out[out.index("**Seconds per full tomogram**"):]
+    assert "| yolo |" in seconds and "| heatmap |" in seconds and "ensemble (yolo + heatmap + merge)" in seconds
+
+
+def test_bench_voxel_size_simulates_kaggles_field_of_view_with_the_noise_per_volume():
+    from czii_kaggle.layout import KAGGLE_VOXEL_SIZE_A
+    from czii_kaggle.simulate import FULL_SHAPE_VOX, SimConfig
+
+    bench = _bench("bench_voxel_size")
+    same = bench.sim_config(KAGGLE_VOXEL_SIZE_A, "medium", "classic")
+    assert same.shape_vox == FULL_SHAPE_VOX and same.noise_scale == pytest.approx(1.0)
+    assert same.denoise_sigma_vox == pytest.approx(SimConfig().denoise_sigma_vox)
+    fine = bench.sim_config(7.84, "medium", "classic")
+    assert all(abs(n * 7.84 - m * KAGGLE_VOXEL_SIZE_A) <= 7.84 for n, m in zip(fine.shape_vox, FULL_SHAPE_VOX))
+    assert fine.noise_scale == pytest.approx((KAGGLE_VOXEL_SIZE_A / 7.84) ** 1.5)  # finer voxels, more noise each
+    assert fine.denoise_sigma_vox * 7.84 == pytest.approx(SimConfig().denoise_sigma_vox * KAGGLE_VOXEL_SIZE_A)
