@@ -72,3 +72,16 @@ def test_bench_voxel_size_simulates_kaggles_field_of_view_with_the_noise_per_vol
     assert all(abs(n * 7.84 - m * KAGGLE_VOXEL_SIZE_A) <= 7.84 for n, m in zip(fine.shape_vox, FULL_SHAPE_VOX))
     assert fine.noise_scale == pytest.approx((KAGGLE_VOXEL_SIZE_A / 7.84) ** 1.5)  # finer voxels, more noise each
     assert fine.denoise_sigma_vox * 7.84 == pytest.approx(SimConfig().denoise_sigma_vox * KAGGLE_VOXEL_SIZE_A)
+
+
+@pytest.mark.slow
+def test_bench_candidates_and_bench_detection_run_on_tiny_runs(tiny_bundle_and_runs, capsys):
+    bundle, ds, tmp = tiny_bundle_and_runs
+    code = _bench("bench_candidates").main(["--weights", str(bundle), "--data", str(ds.root), "--solution",
+                                            str(ds.solution_csv), "--no-write"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| ensemble (yolo + heatmap) | ribosome |" in out
+    code = _bench("bench_detection").main(["--weights", str(bundle), "--n-runs", "1", "--shape", "64", "192", "192",
+                                           "--difficulties", "easy", "--no-write", "--work", str(tmp / "det")])
+    out = capsys.readouterr().out
+    assert code in (None, 0) and "| read_s | preprocess_s | inference_s |" in out
