@@ -156,3 +156,30 @@ def test_the_competitions_real_copick_config_reads_and_takes_our_picks(tmp_path,
     assert done["n_picks"].sum() == 1 and len(done) == len(particles.NAMES)
     back = copick_project.read_picks(copick_project.open_project(config), user_id="czii-kaggle")
     pd.testing.assert_frame_equal(back[picks.columns], picks, check_dtype=False)
+
+
+@pytest.mark.slow
+def test_a_copick_project_at_another_voxel_spacing_is_read_at_the_models(tmp_path):
+    """A run of a copick project at 7.84 A (a CryoET Data Portal spacing): YOLO reads it resampled onto its
+    10.012 A grid, and its picks land on the truth in Angstrom better than reading it as it comes."""
+    import dataclasses
+
+    from czii_kaggle import metric, submission
+    from czii_kaggle.predict import load_bundle, scored_only
+
+    vs = 7.84
+    ds = simulate_dataset(tmp_path / "sim", n_train=0, n_test=1, seed=13,
+                          config=SimConfig(shape_vox=(51, 286, 286), voxel_size_A=vs, difficulty="easy",
+                                           noise_scale=(10.012444537618887 / vs) ** 1.5))
+    run_dir = ds.root / "test" / "static" / "ExperimentRuns" / ds.test_runs[0]
+    (run_dir / layout.VOXEL_SPACING_DIR).rename(run_dir / "VoxelSpacing7.840")
+    config = copick_project.write_config(tmp_path / "copick.json", ds.root / "test" / "static", tmp_path / "overlay")
+    truth = pd.read_csv(ds.solution_csv, dtype={"experiment": str})
+    bundle = load_bundle()
+    as_it_comes = dataclasses.replace(bundle, preprocess=dataclasses.replace(bundle.preprocess, voxel_size_A=None))
+    scores = {}
+    for name, b in (("resampled", bundle), ("as it comes", as_it_comes)):
+        pred = predict_sources(resolve_sources(copick=config, voxel_spacing_A=vs), bundle=b, progress=False)
+        assert list(pred.report["status"]) == ["ok"], name
+        scores[name] = metric.score(truth, submission.make_submission(scored_only(pred.picks)))
+    assert scores["resampled"] >= 0.65 and scores["resampled"] > scores["as it comes"] + 0.05, scores
