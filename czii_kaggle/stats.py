@@ -226,7 +226,9 @@ def look_signal(
     sources : list of (root, runs or None)
         Kaggle-layout roots and their runs (None: every run with a ``Picks`` folder).
     level : int
-        Zarr level read (1: about 20 A per voxel).
+        The grid measured on: Kaggle's zarr level ``level`` (1: 20.02 A per voxel, the curve's). Tomograms of
+        another voxel size are resampled onto that grid (:func:`czii_kaggle.preprocess.read_at_voxel_size`), so
+        that their SNR reads against the same curve.
     n_background, seed : int
         As :func:`~czii_kaggle.simulate.class_average_snr`.
 
@@ -237,9 +239,13 @@ def look_signal(
     report : DataFrame
         ``root, experiment, status`` ("ok" or "skipped"), ``error``, one row per run.
     """
-    from . import layout, omezarr, picks as picks_io
+    from . import layout, picks as picks_io
     from .errors import CziiInputError
+    from .preprocess import binned_origin_A, read_at_voxel_size
     from .simulate import class_average_snr
+
+    grid_A = layout.KAGGLE_VOXEL_SIZE_A * 2**level
+    origin_A = binned_origin_A(grid_A, layout.KAGGLE_VOXEL_SIZE_A)
 
     volumes, tables, rows, voxel = [], [], [], None
     for root, runs in sources:
@@ -247,7 +253,7 @@ def look_signal(
             path = layout.tomogram_path(root, "train", run)
             try:
                 p = picks_io.read_run_picks(root, run)
-                v, vs = omezarr.read_tomogram(path, level=level)
+                v, vs = read_at_voxel_size(path, grid_A, origin_A=origin_A)
                 if voxel is not None and abs(vs - voxel) > 1e-3 * voxel:
                     raise CziiInputError(path, f"voxel size {vs:g} A at level {level}, not the other runs' {voxel:g} A")
             except (CziiInputError, OSError, ValueError, KeyError) as exc:
