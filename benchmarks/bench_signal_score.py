@@ -111,6 +111,9 @@ def main(argv=None) -> int:
             here = [r for r in rows if r["set"] == name and r["difficulty"] == difficulty]
             print(f"{difficulty} {name}: " + ", ".join(f"{r['particle_type']} {r['snr']:.1f} / {r['f_beta']:.3f}"
                                                        for r in here), flush=True)
+    if not rows:
+        raise SystemExit("bench_signal_score: no type had its signal measured on any set (each set needs runs with "
+                         "particles of a type in both halves: more or larger runs)")
     df = pd.DataFrame(rows)
     wide = df.assign(cell=[f"{s:.1f} / {f:.3f}" for s, f in zip(df["snr"], df["f_beta"])]).pivot_table(
         index=["difficulty", "set"], columns="particle_type", values="cell", aggfunc="first", sort=False

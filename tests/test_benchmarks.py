@@ -85,3 +85,11 @@ def test_bench_candidates_and_bench_detection_run_on_tiny_runs(tiny_bundle_and_r
                                            "--difficulties", "easy", "--no-write", "--work", str(tmp / "det")])
     out = capsys.readouterr().out
     assert code in (None, 0) and "| read_s | preprocess_s | inference_s |" in out
+
+
+@pytest.mark.slow
+def test_bench_signal_score_says_in_one_line_when_no_signal_can_be_measured(tiny_bundle_and_runs):
+    bundle, ds, tmp = tiny_bundle_and_runs  # 2 tiny runs: too few particles per type for two halves
+    with pytest.raises(SystemExit, match="no type had its signal measured on any set"):
+        _bench("bench_signal_score").main(["--weights", str(bundle), "--data", str(ds.root), "--solution",
+                                           str(ds.solution_csv), "--no-write", "--work", str(tmp / "ss")])
