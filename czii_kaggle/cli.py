@@ -436,6 +436,22 @@ def _cmd_signal(a) -> None:
         print(f"wrote {a.out}")
 
 
+def _cmd_import_mrc(a) -> int:
+    from .mrc import import_mrc
+
+    report = import_mrc(a.files, a.out, split=a.split, voxel_size_A=a.voxel_size, tomo_type=a.tomo_type)
+    for _, r in report.iterrows():
+        if r.status == "ok":
+            print(f"{r.experiment}: {r.shape} voxels of {r.voxel_size_A:.3f} A <- {r.source}")
+        else:
+            print(f"failed {r.experiment}: {r.error}", file=sys.stderr)
+    ok = int((report["status"] == "ok").sum())
+    if not ok:
+        raise CziiInputError(Path(a.out), f"no tomogram was written: all {len(report)} file(s) failed")
+    print(f"wrote {ok} run(s) under {a.out}; predict them with: czii-kaggle predict --data {a.out} --split {a.split}")
+    return 0 if ok == len(report) else 1
+
+
 def _cmd_demo(a) -> None:
     from .demo import run_demo
 
@@ -669,6 +685,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--level", type=int, default=1, choices=(0, 1, 2), help="zarr level read (1: about 20 A)")
     s.add_argument("--out", type=Path, help="also write the table as CSV")
     s.set_defaults(func=_cmd_signal)
+
+    s = sub.add_parser("import-mrc", help="MRC tomograms (IMOD, RELION, AreTomo, Warp) into a Kaggle-layout root, one run "
+                                          "per file, for predict --data (needs mrcfile: the copick extra)")
+    s.add_argument("files", nargs="+", type=Path, help="MRC files (.mrc, .rec); each becomes the run of its name")
+    s.add_argument("--out", required=True, type=Path, help="the Kaggle-layout root to write (a tomogram already there "
+                                                           "is never replaced)")
+    s.add_argument("--split", default="test", choices=("train", "test"))
+    s.add_argument("--voxel-size", type=_float_in(1.0), help="Angstrom per voxel, for files whose header gives none")
+    s.add_argument("--tomo-type", default="denoised", help="the tomogram type's name (default: denoised)")
+    s.set_defaults(func=_cmd_import_mrc)
 
     s = sub.add_parser("demo", help="the main job: simulate a test set, predict it with the shipped model, score")
     s.add_argument("--out", type=Path, default=Path("out/demo"))
