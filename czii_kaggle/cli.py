@@ -439,6 +439,12 @@ def _cmd_signal(a) -> None:
 def _cmd_import_mrc(a) -> int:
     from .mrc import import_mrc
 
+    if a.star:
+        from .star import check_star_names
+
+        if a.split != "train":
+            raise CziiInputError(None, "import-mrc: --star picks go with --split train (training runs)")
+        check_star_names(a.star)  # before any tomogram is written
     report = import_mrc(a.files, a.out, split=a.split, voxel_size_A=a.voxel_size, tomo_type=a.tomo_type)
     for _, r in report.iterrows():
         if r.status == "ok":
@@ -449,6 +455,13 @@ def _cmd_import_mrc(a) -> int:
     if not ok:
         raise CziiInputError(Path(a.out), f"no tomogram was written: all {len(report)} file(s) failed")
     print(f"wrote {ok} run(s) under {a.out}; predict them with: czii-kaggle predict --data {a.out} --split {a.split}")
+    if a.star:
+        from .star import import_picks
+
+        picks = import_picks(a.out, a.star)
+        counts = picks.groupby("particle_type").size()
+        print(f"picks of {picks['experiment'].nunique()} run(s): " + ", ".join(f"{n} {t}" for t, n in counts.items())
+              + f"; train on them with: czii-kaggle build-dataset --data {a.out} --out DATASET")
     return 0 if ok == len(report) else 1
 
 
@@ -694,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=("train", "test"))
     s.add_argument("--voxel-size", type=_float_in(1.0), help="Angstrom per voxel, for files whose header gives none")
     s.add_argument("--tomo-type", default="denoised", help="the tomogram type's name (default: denoised)")
+    s.add_argument("--star", nargs="+", type=Path, help="with --split train: RELION 5 STAR picks, one file per particle "
+                                                        "type named after it (ribosome.star ...; rlnTomoName = the run)")
     s.set_defaults(func=_cmd_import_mrc)
 
     s = sub.add_parser("demo", help="the main job: simulate a test set, predict it with the shipped model, score")

@@ -124,3 +124,37 @@ def read_star(path: str | Path, centers_A: dict[str, tuple[float, float, float]]
     xyz = df[CENTERED_COLUMNS].to_numpy(np.float64) + np.array([centers_A[n] for n in names]).reshape(-1, 3)
     return pd.DataFrame({"experiment": names.to_numpy(), "particle_type": path.stem,
                          "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]})
+
+
+def check_star_names(star_paths) -> None:
+    """Each STAR file to import holds one particle type and is named after it (``ribosome.star``), as
+    :func:`write_star` names them; raises :class:`CziiInputError` naming the first that is not."""
+    from .particles import NAMES
+
+    for p in star_paths:
+        if Path(p).stem not in NAMES:
+            raise CziiInputError(Path(p), f"names no particle type: name each STAR file after its type, one of "
+                                          f"{', '.join(NAMES)} (e.g. ribosome.star)")
+
+
+def import_picks(root: str | Path, star_paths) -> pd.DataFrame:
+    """RELION 5 STAR picks as the copick picks of the training runs of a Kaggle-layout ``root``.
+
+    Each file holds one particle type and is named after it (:func:`check_star_names`); its rows'
+    ``rlnTomoName`` name the runs, whose tomograms (under ``root/train``) give the centres the
+    coordinates are relative to (:func:`read_star`). Every run with picks gets its six pick files
+    (:func:`czii_kaggle.picks.write_run_picks`); runs already holding picks are refused, never replaced.
+    Returns the picks written (``experiment, particle_type, x, y, z``, Angstrom).
+    """
+    from . import layout, picks as picks_io
+
+    check_star_names(star_paths)
+    runs = layout.list_runs(root, "train")
+    centers = tomogram_centers_A({r: layout.tomogram_path(root, "train", r) for r in runs})
+    picks = pd.concat([read_star(p, centers) for p in star_paths], ignore_index=True)
+    for run in sorted(set(picks["experiment"])):
+        held = layout.picks_dir(root, run)
+        if held.is_dir() and any(held.iterdir()):
+            raise CziiInputError(held, "already holds picks (never replaced): import into a new --out")
+    picks_io.write_run_picks(root, picks)
+    return picks

@@ -101,3 +101,41 @@ def test_import_mrc_then_predict_gives_the_picks_of_the_same_voxels(tmp_path, ca
     assert "failed bad: " in err and "bad.mrc" in err
     assert main(["import-mrc", str(tmp_path / "bad.mrc"), "--out", str(tmp_path / "r3")]) == 2
     assert "no tomogram was written" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_import_mrc_with_relion_star_picks_gives_a_training_root(tmp_path, capsys):
+    """Labelled runs exported as MRC + RELION 5 STAR (our own writer, as RELION reads it) come back as
+    training runs with the same picks (Angstrom), ready for build-dataset; bad --star uses write nothing."""
+    pytest.importorskip("starfile")
+    from czii_kaggle import picks as picks_io, star
+    from czii_kaggle.simulate import SimConfig, simulate_dataset
+
+    ds = simulate_dataset(tmp_path / "sim", n_train=2, n_test=0, seed=6, count_scale=4.0,
+                          config=SimConfig(shape_vox=(32, 128, 128), difficulty="easy"))
+    files, tomos = [], {}
+    for run in ds.train_runs:
+        path = layout.tomogram_path(ds.root, "train", run)
+        vol, vs = omezarr.read_tomogram(path)
+        files.append(_write_mrc(tmp_path / f"{run}.mrc", vol, vs))
+        tomos[run] = path
+    truth = picks_io.read_all_picks(ds.root)
+    assert truth["particle_type"].nunique() >= 3
+    stars = star.write_star(truth, tmp_path / "star", star.tomogram_centers_A(tomos))
+    root = tmp_path / "labelled"
+    args = ["import-mrc", *map(str, files), "--out", str(root), "--split", "train"]
+    assert main([*args, "--star", *map(str, stars)]) == 0
+    assert "train on them with: czii-kaggle build-dataset" in capsys.readouterr().out
+    got = picks_io.read_all_picks(root)
+    key = ["experiment", "particle_type", "x"]
+    pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True)[truth.columns],
+                                  truth.sort_values(key).reset_index(drop=True), atol=1e-4, check_dtype=False)
+    assert layout.list_pick_runs(root) == sorted(ds.train_runs)
+    # refusals, each before anything is written
+    bad = tmp_path / "picks.star"
+    bad.write_bytes(stars[0].read_bytes())
+    out = tmp_path / "r"
+    assert main(["import-mrc", *map(str, files), "--out", str(out), "--split", "train", "--star", str(bad)]) == 2
+    assert "picks.star: names no particle type" in capsys.readouterr().err and not out.exists()
+    assert main(["import-mrc", str(files[0]), "--out", str(tmp_path / "t"), "--star", str(stars[0])]) == 2
+    assert "--split train" in capsys.readouterr().err and not (tmp_path / "t").exists()
