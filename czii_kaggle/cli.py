@@ -172,8 +172,9 @@ def _cmd_train(a) -> None:
     print(train(a.data_yaml, a.out, cfg))
 
 
-def _cmd_predict_beyond(a, bundle) -> int:
-    """``predict`` from a copick project, on a Dask cluster, or to STAR files (:mod:`czii_kaggle.workflow`)."""
+def _cmd_predict_beyond(a, bundle, detectors: list[str] | None = None) -> int:
+    """``predict`` from a copick project, on a Dask cluster, or to STAR files (:mod:`czii_kaggle.workflow`);
+    ``detectors`` (``bundle`` then a bundle folder): those and their ensemble, in this process."""
     from .workflow import (CopickTarget, check_copick_target, check_out, predict_sources, resolve_sources,
                            write_outputs)
 
@@ -183,7 +184,9 @@ def _cmd_predict_beyond(a, bundle) -> int:
         check_copick_target(sources, target)
     out = a.out if a.out is not None or a.copick else Path("submission.csv" if a.format == "csv" else "star")
     check_out(out, a.format)
-    pred = predict_sources(sources, bundle, a.backend, a.scheduler, a.workers, a.connect_timeout)
+    options = {"tta_views": a.tta_views, "bn_adapt": a.bn_adapt, "precision": a.precision} if detectors else {}
+    pred = predict_sources(sources, bundle, a.backend, a.scheduler, a.workers, a.connect_timeout,
+                           detectors=detectors, **options)
     lines = write_outputs(pred, sources, out, a.format, target, a.star_per_run, a.tilt_series_pixel_size)
     if a.detections_out:
         with outputs.atomic_path(a.detections_out) as tmp:
@@ -227,17 +230,20 @@ def _cmd_predict(a) -> int:
         raise CziiInputError(bundle_dir, "--precision sets the heatmap networks', and yolo alone runs none: "
                                          "pass --detectors heatmap or yolo,heatmap")
     if names != ["yolo"]:
+        beyond = [flag for flag, given in (("--copick", a.copick), ("--format star", a.format != "csv")) if given]
         yolo_only = [flag for flag, given in (
-            ("--copick", a.copick), ("--format star", a.format != "csv"), ("--scheduler", a.scheduler),
-            ("--workers", a.workers), ("--detections-out", a.detections_out), ("--slice-step", a.slice_step))
-            if given]
+            ("--scheduler", a.scheduler), ("--workers", a.workers), ("--detections-out", a.detections_out),
+            ("--slice-step", a.slice_step)) if given]
         if yolo_only and a.detectors is not None:
             raise CziiInputError(bundle_dir, f"{', '.join(yolo_only)} run the YOLO detector alone, not "
                                              f"{'+'.join(names)}: pass --detectors yolo or leave them out")
-        if not yolo_only:
+        if beyond and not yolo_only and a.detectors is not None:  # named detectors into copick or STAR
+            return _cmd_predict_beyond(a, bundle_dir, names)
+        if not yolo_only and not beyond:
             return _predict_detectors(a, bundle_dir, names)
-        print(f"detectors: yolo ({', '.join(yolo_only)}: the YOLO detector alone, not the bundle's default "
-              f"{'+'.join(names)})")
+        flags = yolo_only or beyond
+        print(f"detectors: yolo ({', '.join(flags)}: the YOLO detector alone, not the bundle's default "
+              f"{'+'.join(names)}{'; name them with --detectors to run them' if not yolo_only else ''})")
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)

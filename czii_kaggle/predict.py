@@ -63,9 +63,17 @@ class Prediction:
     inputs: list[Path] = field(default_factory=list)
 
 
-def select_runs(root: str | Path, split: str, runs: list[str] | None = None) -> list[str]:
-    """``runs`` (each once, in order), checked against the runs of ``split`` under ``root``;
-    every run there when ``None``. An unknown name is a :class:`CziiInputError` naming it."""
+def select_runs(root: str | Path | None, split: str, runs: list[str] | None = None,
+                tomograms: dict[str, str | Path] | None = None) -> list[str]:
+    """``runs`` (each once, in order), checked against the runs of ``split`` under ``root``, or against
+    the keys of ``tomograms`` (``{run: zarr path}``) where given; every run there when ``None``. An
+    unknown name is a :class:`CziiInputError` naming it."""
+    if tomograms is not None:
+        runs = list(dict.fromkeys(runs if runs is not None else tomograms))
+        unknown = [r for r in runs if r not in tomograms]
+        if unknown:
+            raise CziiInputError(None, f"no tomogram given for run(s) {', '.join(map(repr, unknown))}")
+        return runs
     available = layout.list_runs(root, split)
     if runs is None:
         return available
@@ -129,13 +137,7 @@ def predict_runs(
         unused; ``runs`` defaults to its keys), e.g. a copick project's
         (:func:`czii_kaggle.copick_project.tomogram_sources`).
     """
-    if tomograms is not None:
-        runs = list(dict.fromkeys(runs if runs is not None else tomograms))
-        unknown = [r for r in runs if r not in tomograms]
-        if unknown:
-            raise CziiInputError(None, f"no tomogram given for run(s) {', '.join(map(repr, unknown))}")
-    else:
-        runs = select_runs(root, split, runs)
+    runs = select_runs(root, split, runs, tomograms)
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, not {prefetch}")
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -350,10 +352,12 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
                       bundle_dir: str | Path | None = None, detectors: list[str] | None = None,
                       backend: str = "auto", progress: bool = True,
                       tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, tta_views: int | None = None,
-                      bn_adapt: float | None = None, precision: str | None = None) -> DetectorsPrediction:
+                      bn_adapt: float | None = None, precision: str | None = None,
+                      tomograms: dict[str, str | Path] | None = None) -> DetectorsPrediction:
     """Predict runs with any of a bundle's detectors: one (its own thresholds) or several (the
     bundle's ensemble); ``detectors`` default: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`).
-    ``tta_views``, ``bn_adapt``, ``precision``: as :func:`czii_kaggle.bundle.load_detectors`.
+    ``tta_views``, ``bn_adapt``, ``precision``: as :func:`czii_kaggle.bundle.load_detectors`. ``tomograms``:
+    ``{run: zarr path}`` predicted instead of the runs of ``root`` (a copick project's; ``root`` unused).
 
     A run that fails in one detector is reported (a ``failed`` row of the report) and the
     ensemble of the detectors that succeeded on it, where the bundle holds one fitted, else the
@@ -373,12 +377,13 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
                                  f"no ensemble of {', '.join(names)} fitted in this bundle (it holds: {fitted}; "
                                  f"run `czii-kaggle tune-ensemble --detectors {','.join(names)}`)")
     dets = load_detectors(bundle_dir, names, backend, tta_views, bn_adapt, precision)
-    runs = select_runs(root, split, runs)
+    runs = select_runs(root, split, runs, tomograms)
     others = [d for d in dets if d.name != "yolo"]
-    cands, report = run_candidates(others, root, split, runs, tomo_type, progress)
+    cands, report = run_candidates(others, root, split, runs, tomo_type, progress, tomograms=tomograms)
     yolo = next((d for d in dets if d.name == "yolo"), None)
     if yolo is not None:  # through predict_runs: the next run read while the model works, every device used
-        cands["yolo"], yolo_pred = yolo_run_candidates(root, split, runs, yolo.bundle, backend, tomo_type, progress)
+        cands["yolo"], yolo_pred = yolo_run_candidates(root, split, runs, yolo.bundle, backend, tomo_type, progress,
+                                                       tomograms=tomograms)
         yolo_report = _yolo_report(yolo_pred, cands["yolo"])
         order = {n: i for i, n in enumerate(names)}
         report = pd.concat([yolo_report, report], ignore_index=True)
@@ -390,14 +395,15 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble, fallbacks), cands, report)
 
 
-def yolo_run_candidates(root: str | Path, split: str, runs: list[str] | None, bundle: Bundle, backend: str = "auto",
-                        tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, progress: bool = False,
-                        devices: list[str] | None = None) -> tuple[pd.DataFrame, Prediction]:
+def yolo_run_candidates(root: str | Path | None, split: str, runs: list[str] | None, bundle: Bundle,
+                        backend: str = "auto", tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, progress: bool = False,
+                        devices: list[str] | None = None,
+                        tomograms: dict[str, str | Path] | None = None) -> tuple[pd.DataFrame, Prediction]:
     """The YOLO bundle's unthresholded 3D candidates of every run that succeeded, each aggregated with
     its own slice spacing, through :func:`predict_runs` (prefetch, one worker per device); and that
     prediction (its report says which runs failed and why)."""
     pred = predict_runs(root, split, runs=runs, bundle=bundle, devices=devices, backend=backend,
-                        tomo_type=tomo_type, progress=progress)
+                        tomo_type=tomo_type, progress=progress, tomograms=tomograms)
     by_run = dict(tuple(pred.detections.groupby("experiment", sort=False))) if len(pred.detections) else {}
     ok = pred.report[pred.report["status"] == "ok"]
     found = [aggregate(by_run.get(run, empty_detections()), bundle.aggregate, apply_thresholds=False,

@@ -78,18 +78,31 @@ def check_out(out: str | Path | None, fmt: str = "csv") -> None:
 
 
 def predict_sources(sources: Sources, bundle=None, backend: str = "auto", scheduler: str | None = None,
-                    n_workers: int | None = None, connect_timeout_s: float = 10.0, progress: bool = True):
+                    n_workers: int | None = None, connect_timeout_s: float = 10.0, progress: bool = True,
+                    detectors: list[str] | None = None, **options):
     """Predict ``sources`` in this process (every visible GPU, or the CPU) or, with ``scheduler``
     or ``n_workers``, on a Dask cluster (:mod:`czii_kaggle.distributed`). Runs that could not be
-    resolved are ``failed`` rows of the report. Returns a :class:`czii_kaggle.predict.Prediction`."""
+    resolved are ``failed`` rows of the report. Returns a :class:`czii_kaggle.predict.Prediction`.
+
+    The YOLO detector alone by default; ``detectors`` (e.g. ``["yolo", "heatmap", "heatmap_l0"]``, with
+    ``bundle`` a bundle folder or None) runs those and their ensemble in this process
+    (:func:`predict_bundle`; ``options``: its ``tta_views``, ``bn_adapt``, ``precision``), not on Dask."""
     from .aggregate import empty_candidates
     from .copick_project import with_failed_runs
     from .detect import empty_detections
     from .bundle import load_bundle
     from .predict import REPORT_COLUMNS, Prediction, predict_runs
 
-    bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
     on_dask = scheduler is not None or n_workers is not None
+    several = detectors is not None and list(detectors) != ["yolo"]
+    if several and on_dask:
+        raise CziiInputError(None, f"{'+'.join(detectors)} run in this process only: on Dask, the YOLO detector alone")
+    if several and sources.tomograms:
+        pred = predict_bundle(None, bundle=bundle, detectors=",".join(detectors), backend=backend, progress=progress,
+                              tomograms=sources.tomograms, **options)
+        pred.report = with_failed_runs(pred.report, sources.errors, order=sources.runs)
+        return pred
+    bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
     if not sources.tomograms:  # no run could be read: nothing to predict, every run reported
         if on_dask:  # still check the scheduler answers, so a wrong address never passes silently
             from .distributed import connect
@@ -145,8 +158,9 @@ def write_outputs(pred, sources: Sources, out: str | Path | None = None, fmt: st
     return lines
 
 
-def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors: str | None = None,
-                   runs: list[str] | None = None, backend: str = "auto", progress: bool = True):
+def predict_bundle(root: str | Path | None, split: str = "test", bundle=None, detectors: str | None = None,
+                   runs: list[str] | None = None, backend: str = "auto", progress: bool = True,
+                   tomograms: dict[str, str | Path] | None = None, **options):
     """Predict runs with a bundle's detectors, as one :class:`~czii_kaggle.predict.Prediction`.
 
     Parameters
@@ -158,6 +172,10 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
         several joined by commas (their ensemble, fitted in the bundle's ``ensemble.json``, e.g.
         ``"yolo,heatmap,heatmap_l0"``); None: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`),
         as ``czii-kaggle predict --detectors``. A name the bundle does not hold is a clear error.
+    tomograms : dict, optional
+        ``{run: zarr path}`` predicted instead of the runs of ``root`` (a copick project's).
+    options
+        ``tta_views``, ``bn_adapt``, ``precision``, as :func:`czii_kaggle.predict.predict_detectors` takes them.
 
     Returns
     -------
@@ -176,12 +194,13 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
 
     bundle_dir, names = weights_detectors(bundle, detectors)
     if names == ["yolo"]:
-        return predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, progress=progress)
+        return predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, progress=progress,
+                            tomograms=tomograms)
     if progress:
         print(f"detectors: {' + '.join(names)}", flush=True)
     t0 = time.perf_counter()
     pred = predict_detectors(root, split, runs=runs, bundle_dir=bundle_dir, detectors=names, backend=backend,
-                             progress=progress)
+                             progress=progress, tomograms=tomograms, **options)
     wall_s = time.perf_counter() - t0
     rows = []
     for run, rep in pred.report.groupby("experiment", sort=False):
@@ -194,4 +213,5 @@ def predict_bundle(root: str | Path, split: str = "test", bundle=None, detectors
                      "error": "; ".join(f"{r.detector}: {r.error}" for r in failed.itertuples()) or None})
     report = pd.DataFrame(rows).reindex(columns=REPORT_COLUMNS)
     return Prediction(picks=pred.picks, detections=frames.empty(frames.DETECTIONS), report=report, wall_s=wall_s,
-                      notes=[f"detectors: {' + '.join(names)}"], inputs=[Path(root), bundle_dir])
+                      notes=[f"detectors: {' + '.join(names)}"],
+                      inputs=[*([Path(root)] if root is not None else map(Path, tomograms.values())), bundle_dir])

@@ -52,3 +52,33 @@ def _cuts_by_loop(picks, axis, position_A):
 def cuts_by_loop():
     """:func:`_cuts_by_loop`, the plane sections of picks computed without the library."""
     return _cuts_by_loop
+
+
+def make_tiny_bundle(folder: Path, keep_all: bool = False) -> Path:
+    """A bundle in ``folder`` for fast tests of the detectors' plumbing: the shipped YOLO model, an untrained
+    small heatmap network (windows of 16 x 64 x 64 level-1 voxels) and an unfitted ensemble of the two
+    (``keep_all``: every merged candidate kept, so that picks come out whatever the untrained scores)."""
+    import shutil
+
+    import torch
+
+    from czii_kaggle.aggregate import AggregateConfig, ClassParams
+    from czii_kaggle.bundle import DEFAULT_BUNDLE, save_ensemble, save_heatmap_json
+    from czii_kaggle.detectors.heatmap import HeatmapConfig
+    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
+    from czii_kaggle.ensemble import EnsembleConfig
+    from czii_kaggle.particles import PARTICLES
+
+    folder.mkdir(parents=True)
+    for name in ("model.pt", "model.onnx", "czii_config.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, folder / name)
+    torch.manual_seed(0)
+    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), folder / "heatmap.pt")
+    save_heatmap_json(folder, config=HeatmapConfig(channels=(4, 8, 8), window_vox=(16, 64, 64), overlap_vox=8,
+                                                   min_peak=0.0).to_dict())
+    config = EnsembleConfig()
+    if keep_all:
+        config = EnsembleConfig(aggregate=AggregateConfig(
+            {p.name: ClassParams(min_support=1, conf_threshold=0.0) for p in PARTICLES}))
+    save_ensemble(folder, config)
+    return folder

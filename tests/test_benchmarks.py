@@ -4,7 +4,6 @@ not the next time someone needs its figures)."""
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,25 +22,12 @@ def _bench(name: str):
 
 @pytest.fixture(scope="module")
 def tiny_bundle_and_runs(tmp_path_factory):
-    """The shipped YOLO model, an untrained small heatmap network (windows of 32 x 64 x 64) and an unfitted
-    ensemble of the two; 2 easy test runs of 64 x 192 x 192 voxels."""
-    import torch
-
-    from czii_kaggle.bundle import DEFAULT_BUNDLE, save_ensemble, save_heatmap_json
-    from czii_kaggle.detectors.heatmap import HeatmapConfig
-    from czii_kaggle.detectors.heatmap_net import HeatmapUNet
-    from czii_kaggle.ensemble import EnsembleConfig
+    """:func:`conftest.make_tiny_bundle`'s bundle; 2 easy test runs of 64 x 192 x 192 voxels."""
+    from conftest import make_tiny_bundle
     from czii_kaggle.simulate import SimConfig, simulate_dataset
 
     tmp = tmp_path_factory.mktemp("bench")
-    bundle = tmp / "bundle"
-    bundle.mkdir()
-    for name in ("model.pt", "model.onnx", "czii_config.json"):
-        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
-    torch.manual_seed(0)
-    torch.save(HeatmapUNet(6, (4, 8, 8)).state_dict(), bundle / "heatmap.pt")
-    save_heatmap_json(bundle, config=HeatmapConfig(channels=(4, 8, 8), window_vox=(32, 64, 64)).to_dict())
-    save_ensemble(bundle, EnsembleConfig())
+    bundle = make_tiny_bundle(tmp / "bundle")
     ds = simulate_dataset(tmp / "sim", n_train=0, n_test=2, seed=3,
                           config=SimConfig(shape_vox=(64, 192, 192), difficulty="easy"))
     return bundle, ds, tmp

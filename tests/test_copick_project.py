@@ -183,3 +183,31 @@ def test_a_copick_project_at_another_voxel_spacing_is_read_at_the_models(tmp_pat
         assert list(pred.report["status"]) == ["ok"], name
         scores[name] = metric.score(truth, submission.make_submission(scored_only(pred.picks)))
     assert scores["resampled"] >= 0.65 and scores["resampled"] > scores["as it comes"] + 0.05, scores
+
+
+@pytest.mark.slow
+def test_predict_copick_with_named_detectors_runs_their_ensemble(tmp_path, sim, capsys):
+    """``--copick --detectors yolo,heatmap`` writes the ensemble's picks into the project: those the Kaggle-layout
+    path gives for the same tomograms; ``--format star`` takes named detectors too; Dask stays YOLO-only."""
+    from conftest import make_tiny_bundle
+    from czii_kaggle.workflow import predict_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", keep_all=True)
+    config = _project(tmp_path, sim)
+    assert cli.main(["predict", "--copick", str(config), "--weights", str(bundle), "--detectors", "yolo,heatmap",
+                     "--user-id", "ens", "--session-id", "0"]) == 0
+    want = predict_bundle(sim.root, "test", bundle=bundle, detectors="yolo,heatmap", progress=False).picks
+    assert len(want) > 5
+    for run in sim.test_runs:
+        got = _copick_picks(config, run, user="ens").sort_values(["particle_type", "x"]).reset_index(drop=True)
+        exp = want[want["experiment"] == run].sort_values(["particle_type", "x"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, exp[got.columns], check_dtype=False, atol=1e-4)
+    star_dir = tmp_path / "star"
+    capsys.readouterr()
+    assert cli.main(["predict", "--data", str(sim.root), "--weights", str(bundle), "--detectors", "yolo,heatmap",
+                     "--format", "star", "--out", str(star_dir)]) == 0
+    assert "detectors: yolo + heatmap" in capsys.readouterr().out
+    assert {p.stem for p in star_dir.glob("*.star")} == set(want["particle_type"])
+    assert cli.main(["predict", "--copick", str(config), "--weights", str(bundle), "--detectors", "yolo,heatmap",
+                     "--user-id", "ens", "--session-id", "1", "--workers", "1"]) == 2
+    assert "run the YOLO detector alone" in capsys.readouterr().err

@@ -104,15 +104,17 @@ def _cached_candidates(det: Detector, zarr_path: Path, run: str, folder: Path | 
     return cands, times
 
 
-def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs: list[str],
+def run_candidates(detectors: list[Detector], root: str | Path | None, split: str, runs: list[str],
                    tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, progress: bool = True,
-                   cache: dict[str, Path] | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+                   cache: dict[str, Path] | None = None,
+                   tomograms: dict[str, str | Path] | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every detector's unthresholded candidates of every run, and the report (see :class:`DetectorsPrediction`).
 
     A run that fails in a detector is reported (``status`` ``failed``) and skipped for it only.
     ``cache``: ``{detector: folder}``: that detector's candidates and stage seconds of a run are
     read from ``folder/{run}.csv`` / ``.json`` when there, else computed and written there (for
-    experiments that re-fit one detector beside another whose weights do not change).
+    experiments that re-fit one detector beside another whose weights do not change). ``tomograms``:
+    ``{run: zarr path}`` read instead of the Kaggle layout under ``root`` (a copick project's runs).
     """
     found: dict[str, list[pd.DataFrame]] = {d.name: [] for d in detectors}
     rows = []
@@ -121,8 +123,8 @@ def run_candidates(detectors: list[Detector], root: str | Path, split: str, runs
             where = {"experiment": run, "detector": det.name, "device": str(getattr(det, "device", "cpu"))}
             t0 = time.perf_counter()
             try:
-                cands, times = _cached_candidates(det, layout.tomogram_path(root, split, run, tomo_type), run,
-                                                  (cache or {}).get(det.name))
+                path = tomograms[run] if tomograms is not None else layout.tomogram_path(root, split, run, tomo_type)
+                cands, times = _cached_candidates(det, path, run, (cache or {}).get(det.name))
                 found[det.name].append(cands)
                 seconds = times.pop("total_s", None) or time.perf_counter() - t0
                 rows.append({**where, "status": "ok", "n_candidates": len(cands),
