@@ -163,7 +163,7 @@ def test_reading_overlaps_the_model_work(monkeypatch):
             return result() if callable(result) else result
         return fake
 
-    monkeypatch.setattr(predict_mod, "select_runs", lambda root, split, runs: ["a", "b", "c", "d"])
+    monkeypatch.setattr(predict_mod, "select_runs", lambda root, split, runs, tomograms=None: ["a", "b", "c", "d"])
     monkeypatch.setattr(predict_mod, "load_yolo", lambda bundle, backend: None)
     monkeypatch.setattr(predict_mod, "prepare_run", timed(
         "read", lambda: (np.zeros((2, 40, 40), np.uint8), 10.0, {"read_s": 0.15, "preprocess_s": 0.0})))
