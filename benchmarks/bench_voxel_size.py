@@ -37,13 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from czii_kaggle import metric, outputs, workflow  # noqa: E402
+from czii_kaggle import outputs, workflow  # noqa: E402
 from czii_kaggle.layout import KAGGLE_VOXEL_SIZE_A  # noqa: E402
-from czii_kaggle.particles import SCORED  # noqa: E402
 from czii_kaggle.predict import load_bundle  # noqa: E402
 from czii_kaggle.simulate import FULL_SHAPE_VOX, SimConfig, simulate_dataset  # noqa: E402
 
-from bench_ensemble import fmt, submission_of  # noqa: E402
+from bench_ensemble import fmt, score_rows, submission_of  # noqa: E402
 from machine import append_result, describe as describe_machine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "voxel_size.md"
@@ -94,10 +93,9 @@ def main(argv=None) -> int:
                 picks, failed = pred.picks, int((pred.report["status"] != "ok").sum())
                 with outputs.atomic_path(cache) as tmp:
                     picks.to_csv(tmp, index=False)
-            sub = submission_of(picks)
-            table = metric.score_table(truth, sub)
-            rows.append({"voxel size (A)": round(size, 3), "detectors": name, "score": metric.score(truth, sub),
-                         **{t: table.loc[t, "f_beta"] for t in SCORED},
+            (scores,), _ = score_rows(f"{size:.3f}", {name: submission_of(picks)}, truth)
+            rows.append({"voxel size (A)": round(size, 3), "detectors": name,
+                         **{k: v for k, v in scores.items() if k not in ("set", "detector")},
                          "s per tomogram": seconds, "failed runs": failed})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)

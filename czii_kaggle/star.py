@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import frames, omezarr
+from . import frames, layout, omezarr, picks as picks_io
 from .errors import CziiInputError
+from .particles import NAMES
 
 CENTERED_COLUMNS = ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst"]
 PIXEL_COLUMNS = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]
@@ -129,8 +130,6 @@ def read_star(path: str | Path, centers_A: dict[str, tuple[float, float, float]]
 def check_star_names(star_paths) -> None:
     """Each STAR file to import holds one particle type and is named after it (``ribosome.star``), as
     :func:`write_star` names them; raises :class:`CziiInputError` naming the first that is not."""
-    from .particles import NAMES
-
     for p in star_paths:
         if Path(p).stem not in NAMES:
             raise CziiInputError(Path(p), f"names no particle type: name each STAR file after its type, one of "
@@ -146,8 +145,6 @@ def import_picks(root: str | Path, star_paths) -> pd.DataFrame:
     (:func:`czii_kaggle.picks.write_run_picks`); runs already holding picks are refused, never replaced.
     Returns the picks written (``experiment, particle_type, x, y, z``, Angstrom).
     """
-    from . import layout, picks as picks_io
-
     check_star_names(star_paths)
     runs = layout.list_runs(root, "train")
     centers = tomogram_centers_A({r: layout.tomogram_path(root, "train", r) for r in runs})

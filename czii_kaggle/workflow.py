@@ -97,12 +97,8 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
     several = detectors is not None and list(detectors) != ["yolo"]
     if several and on_dask:
         raise CziiInputError(None, f"{'+'.join(detectors)} run in this process only: on Dask, the YOLO detector alone")
-    if several and sources.tomograms:
-        pred = predict_bundle(None, bundle=bundle, detectors=",".join(detectors), backend=backend, progress=progress,
-                              tomograms=sources.tomograms, **options)
-        pred.report = with_failed_runs(pred.report, sources.errors, order=sources.runs)
-        return pred
-    bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
+    if not several:  # the YOLO bundle, loaded once for this process or for the Dask workers
+        bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
     if not sources.tomograms:  # no run could be read: nothing to predict, every run reported
         if on_dask:  # still check the scheduler answers, so a wrong address never passes silently
             from .distributed import connect
@@ -112,6 +108,9 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
             if cluster is not None:
                 cluster.close()
         pred = Prediction(empty_candidates(), empty_detections(), pd.DataFrame(columns=REPORT_COLUMNS))
+    elif several:
+        pred = predict_bundle(None, bundle=bundle, detectors=",".join(detectors), backend=backend, progress=progress,
+                              tomograms=sources.tomograms, **options)
     elif on_dask:
         from .distributed import predict_runs_dask
 
