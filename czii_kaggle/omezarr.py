@@ -21,6 +21,7 @@ import math
 import struct
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -392,6 +393,30 @@ def iter_slabs(
         z0 = z1
 
 
+#: Inside :func:`shared_reads`: ``{(folder, level, nan_policy): (volume, voxel_size_A)}`` read so far.
+_SHARED: dict | None = None
+
+
+@contextmanager
+def shared_reads() -> Iterator[None]:
+    """Within this block, reading the same whole level of the same tomogram again returns the array
+    read the first time, made read-only, instead of reading it again.
+
+    The detectors of one run read the same level (YOLO and a level-0 heatmap network both read
+    level 0, 292 MB to decompress on Kaggle), so :func:`czii_kaggle.detectors.run_candidates` reads
+    each run inside one such block. Nested blocks share the outer one's reads; they are let go when
+    the outermost block ends. A z range is always read afresh. One process, one thread.
+    """
+    global _SHARED
+    outer = _SHARED
+    if outer is None:
+        _SHARED = {}
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
 def read_tomogram(
     zarr_path: str | Path,
     level: int = 0,
@@ -432,10 +457,24 @@ def read_tomogram(
     RuntimeWarning
         Naming the file: non-finite voxels filled, some chunk files absent, or an
         implausible or anisotropic voxel size (:func:`read_voxel_size`).
+
+    Inside :func:`shared_reads` a whole level read before is returned again (read-only).
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {nan_policy!r}")
     zarr_path = Path(zarr_path)
+    if _SHARED is None or z_range is not None:
+        return _read_level(zarr_path, level, z_range, nan_policy)
+    key = (str(zarr_path.resolve()), int(level), nan_policy)
+    if key not in _SHARED:
+        volume, voxel_size_A = _read_level(zarr_path, level, None, nan_policy)
+        volume.flags.writeable = False
+        _SHARED[key] = (volume, voxel_size_A)
+    return _SHARED[key]
+
+
+def _read_level(zarr_path: Path, level: int, z_range: tuple[int, int] | None,
+                nan_policy: str) -> tuple[np.ndarray, float]:
     voxel_size_A = read_voxel_size(zarr_path, level)
     nz, ny, nx = (int(s) for s in open_level(zarr_path, level).shape)
     start, stop = _z_bounds(zarr_path, nz, z_range)

@@ -211,6 +211,30 @@ def test_a_run_failing_in_one_detector_keeps_the_other_detectors_picks(tmp_path)
     assert without["C"] == pytest.approx(0.9)  # no fallback given: yolo's own selection
 
 
+def test_detectors_of_one_run_read_its_tomogram_once(tmp_path, monkeypatch):
+    """Two detectors that read the same level of a run read it from disk once (run_candidates reads
+    each run inside omezarr.shared_reads); the next run is read afresh."""
+    from czii_kaggle import layout, omezarr
+
+    runs = ["A", "B"]
+    for k, run in enumerate(runs):
+        omezarr.write_tomogram(layout.tomogram_path(tmp_path, "test", run), np.random.default_rng(k).normal(
+            size=(8, 16, 16)).astype(np.float32), 10.0, chunks=(8, 8, 8))
+    calls = []
+    real = omezarr._read_level
+    monkeypatch.setattr(omezarr, "_read_level", lambda *a: calls.append(a[0].parent.parent.name) or real(*a))
+
+    class Reader(_Fake):
+        def candidates(self, zarr_path, experiment):
+            volume, _ = omezarr.read_tomogram(zarr_path)
+            return super().candidates(zarr_path, experiment)[0], {"read_s": float(volume.mean())}
+
+    _, report = run_candidates([Reader("yolo", set(), 0.9), Reader("heatmap", set(), 0.8)], tmp_path, "test",
+                               runs, progress=False)
+    assert calls == runs and (report["status"] == "ok").all()
+    assert report.groupby("experiment")["read_s"].nunique().eq(1).all()  # both saw the same voxels
+
+
 def test_a_useless_detector_gets_no_weight():
     rng = np.random.default_rng(4)
     truth = _scene(rng, 60)

@@ -540,6 +540,14 @@ def test_batchnorm_adaptation_takes_the_tomograms_statistics():
     assert not full.training and full.stem[1].momentum == net.stem[1].momentum
     for k, v in net.state_dict().items():  # the shipped network itself is untouched
         assert torch.equal(v, before[k]), k
+    # bn_adapt_every 3: the statistics of windows 0, 3 and 6 in raster order (z, y, x) alone
+    every3 = adapt_batchnorm(net, volume, replace(cfg, bn_adapt_every=3), 1.0)
+    np.testing.assert_allclose(every3.stem[1].running_mean.numpy(), torch.cat([outs[k].flatten(2) for k in (0, 3, 6)],
+                               dim=2)[0].mean(1).numpy(), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(every3.stem[1].running_mean, full.stem[1].running_mean)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="bn_adapt_every"):
+            replace(cfg, bn_adapt_every=bad)
     # weight 0 keeps the training statistics: the same predictions
     none = adapt_batchnorm(net, volume, cfg, 0.0)
     x = torch.from_numpy(volume[None, None, :16, :32, :32].copy())

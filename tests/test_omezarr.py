@@ -119,6 +119,26 @@ def test_each_chunk_decoded_once(tomo, monkeypatch, z_range):
     assert sorted(z for a, b in reads for z in range(a, b)) == list(range(start, stop))
 
 
+def test_shared_reads_read_a_level_once_and_hand_it_out_read_only(tomo, volume, monkeypatch):
+    calls = []
+    real = omezarr._read_level
+    monkeypatch.setattr(omezarr, "_read_level", lambda *a: calls.append(a[1:3]) or real(*a))
+    with omezarr.shared_reads():
+        a, _ = omezarr.read_tomogram(tomo)
+        with omezarr.shared_reads():  # nested: the outer block's reads
+            b, _ = omezarr.read_tomogram(str(tomo))
+        np.testing.assert_array_equal(a, volume)
+        assert b is a and not a.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            a += 1
+        c, vs1 = omezarr.read_tomogram(tomo, level=1)
+        assert c is not a and vs1 == pytest.approx(2 * VOXEL_A)
+        omezarr.read_tomogram(tomo, z_range=(0, 4))  # a z range is read afresh
+    assert calls == [(0, None), (1, None), (0, (0, 4))]
+    d, _ = omezarr.read_tomogram(tomo)  # outside: a fresh array of one's own, as before
+    assert d is not a and d.flags.writeable and len(calls) == 4
+
+
 # ------------------------------------------------------------------ Kaggle's exact layout
 
 

@@ -38,6 +38,7 @@ from .. import layout
 from ..aggregate import AggregateConfig, empty_candidates
 from ..ensemble import EnsembleConfig, select_ensemble
 from ..errors import CziiInputError
+from ..omezarr import shared_reads
 
 from .heatmap import HeatmapDetector
 from .yolo import YoloDetector
@@ -119,23 +120,31 @@ def run_candidates(detectors: list[Detector], root: str | Path | None, split: st
     found: dict[str, list[pd.DataFrame]] = {d.name: [] for d in detectors}
     rows = []
     for run in tqdm(runs, desc="runs", unit="run", disable=not progress):
-        for det in detectors:
-            where = {"experiment": run, "detector": det.name, "device": str(getattr(det, "device", "cpu"))}
-            t0 = time.perf_counter()
-            try:
-                path = tomograms[run] if tomograms is not None else layout.tomogram_path(root, split, run, tomo_type)
-                cands, times = _cached_candidates(det, path, run, (cache or {}).get(det.name))
-                found[det.name].append(cands)
-                seconds = times.pop("total_s", None) or time.perf_counter() - t0
-                rows.append({**where, "status": "ok", "n_candidates": len(cands),
-                             **times, "seconds": seconds, "error": ""})
-            except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
-                msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
-                tqdm.write(f"[czii_kaggle] run {run} failed in the {det.name} detector: {msg.strip().splitlines()[-1]}")
-                rows.append({**where, "status": "failed", "n_candidates": 0,
-                             "seconds": time.perf_counter() - t0, "error": msg.strip()})
+        with shared_reads():  # a level two detectors read is read once per run
+            rows += _run_detectors(detectors, root, split, run, tomo_type, cache, tomograms, found)
     cands = {k: pd.concat(v, ignore_index=True) if v else empty_candidates() for k, v in found.items()}
     return cands, pd.DataFrame(rows)
+
+
+def _run_detectors(detectors, root, split, run, tomo_type, cache, tomograms, found) -> list[dict]:
+    """One run through every detector: its report rows; its candidates appended to ``found``."""
+    rows = []
+    for det in detectors:
+        where = {"experiment": run, "detector": det.name, "device": str(getattr(det, "device", "cpu"))}
+        t0 = time.perf_counter()
+        try:
+            path = tomograms[run] if tomograms is not None else layout.tomogram_path(root, split, run, tomo_type)
+            cands, times = _cached_candidates(det, path, run, (cache or {}).get(det.name))
+            found[det.name].append(cands)
+            seconds = times.pop("total_s", None) or time.perf_counter() - t0
+            rows.append({**where, "status": "ok", "n_candidates": len(cands),
+                         **times, "seconds": seconds, "error": ""})
+        except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
+            msg = str(exc) if isinstance(exc, (CziiInputError, ValueError)) else traceback.format_exc(limit=3)
+            tqdm.write(f"[czii_kaggle] run {run} failed in the {det.name} detector: {msg.strip().splitlines()[-1]}")
+            rows.append({**where, "status": "failed", "n_candidates": 0,
+                         "seconds": time.perf_counter() - t0, "error": msg.strip()})
+    return rows
 
 
 def select_picks(candidates: dict[str, pd.DataFrame], report: pd.DataFrame, detectors: list[Detector],

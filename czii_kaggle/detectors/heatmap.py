@@ -96,6 +96,10 @@ class HeatmapConfig:
         (:func:`adapt_batchnorm`): a look the network never saw shifts its features' scales, and
         this puts them back where the later layers expect them. Runs with torch (ONNX Runtime's
         graph has the statistics folded in); about one more view's seconds.
+    bn_adapt_every : int
+        The adaptation's pass reads every k-th sliding window (raster order) and gathers the
+        statistics over those: 1 (the default) reads all; 2 reads 5 of the 9 windows of a Kaggle
+        tomogram at level 0 (the corners and the centre), about half the adaptation's seconds.
     spectral : str
         Per-tomogram spectral step on the level read, before the percentile clip
         (:func:`czii_kaggle.preprocess.spectral_filter`): ``"none"``, ``"whiten"``, ``"whiten_zxy"``
@@ -120,6 +124,7 @@ class HeatmapConfig:
     peak_fraction: float = 0.5
     min_peak: float = 0.02
     bn_adapt: float = 0.0
+    bn_adapt_every: int = 1
     spectral: str = "none"
     precision: str = "float32"
 
@@ -139,6 +144,8 @@ class HeatmapConfig:
                              f"not {self.window_vox}")
         if not 0.0 <= self.bn_adapt <= 1.0:
             raise ValueError(f"bn_adapt must be in 0..1, not {self.bn_adapt}")
+        if not (isinstance(self.bn_adapt_every, int) and self.bn_adapt_every >= 1):
+            raise ValueError(f"bn_adapt_every must be a whole number >= 1, not {self.bn_adapt_every!r}")
         unknown = [c for c in self.classes if c not in NAMES]
         if unknown:
             raise ValueError(f"unknown particle types {unknown} in heatmap classes")
@@ -385,7 +392,7 @@ def adapt_batchnorm(net, volumes, config: HeatmapConfig, weight: float = 1.0, pa
     """A copy of ``net`` whose batch-norm statistics blend its own with those of ``volumes``.
 
     ``volumes``: normalised (:func:`normalise`) tomograms, or one. Every window of each (one
-    view) goes through the copy in training mode with cumulative statistics, so each layer's
+    view; every ``config.bn_adapt_every``-th) goes through the copy in training mode with cumulative statistics, so each layer's
     mean and variance are those of these tomograms (each layer seeing the layers before it
     already adapted); then ``(1 - weight) * own + weight * theirs``, per channel. ``net`` is
     unchanged. One tomogram with ``weight = config.bn_adapt`` is the detector's test-time
@@ -408,7 +415,9 @@ def adapt_batchnorm(net, volumes, config: HeatmapConfig, weight: float = 1.0, pa
     device = next(adapted.parameters()).device
     with torch.no_grad(), _autocast(device, config.precision):
         for volume in volumes:
-            for _, win in _windows(pad_to_windows(volume, config, path), config):
+            for k, (_, win) in enumerate(_windows(pad_to_windows(volume, config, path), config)):
+                if k % config.bn_adapt_every:
+                    continue
                 x = torch.from_numpy(np.ascontiguousarray(win[None, None], dtype=np.float32)).to(device)
                 adapted(x.contiguous(memory_format=torch.channels_last_3d))
     a = float(weight)
