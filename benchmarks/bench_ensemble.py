@@ -280,7 +280,8 @@ def main(argv=None) -> int:
                              "the first run of a fresh process)")
     networks = "; ".join(f"{d.name} by {type(d.model).__name__} ({d.bundle.config.tta_views} view(s), level "
                          f"{d.bundle.config.level}, windows {d.bundle.config.window_vox}, "
-                         f"{d.bundle.config.precision})" for d in heatmaps)
+                         f"{d.bundle.config.precision}, adaptation {d.bundle.config.bn_adapt:g} on 1 window in "
+                         f"{d.bundle.config.bn_adapt_every})" for d in heatmaps)
     text = "\n\n".join([
         f"## {_dt.datetime.now():%Y-%m-%d %H:%M}",
         f"- command: `python benchmarks/bench_ensemble.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
