@@ -592,9 +592,10 @@ def check_views(bundle_dir: str | Path | None, names: list[str], tta_views: int 
 
 def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "auto",
                    tta_views: int | None = None, bn_adapt: float | None = None,
-                   precision: str | None = None) -> list:
+                   precision: str | None = None, device: str | None = None) -> list:
     """The named detectors of a bundle folder (checked by :func:`parse_detectors` first), each
-    behind :class:`czii_kaggle.detectors.Detector`'s interface.
+    behind :class:`czii_kaggle.detectors.Detector`'s interface, on ``device`` (``"cpu"``,
+    ``"cuda:N"``; default: the first usable GPU, else the CPU).
 
     ``tta_views`` (default: each detector's own setting): flipped test-time views, per slice
     for YOLO (1-4), per 3D window for the heatmap (1-4, 8 and 16 with x-y swaps and z flips;
@@ -609,8 +610,10 @@ def load_detectors(bundle_dir: str | Path, names: list[str], backend: str = "aut
     for n in names:
         if n == "yolo":
             b = load_bundle(bundle_dir)
-            out.append(DETECTORS[n](b if tta_views is None else with_tta(b, tta_views), backend=backend))
+            out.append(DETECTORS[n](b if tta_views is None else with_tta(b, tta_views), backend=backend,
+                                    device=device))
         else:
             out.append(DETECTORS[detector_kind(n)](load_heatmap_bundle(bundle_dir, n), backend=backend,
-                                                   tta_views=tta_views, bn_adapt=bn_adapt, precision=precision))
+                                                   tta_views=tta_views, bn_adapt=bn_adapt, precision=precision,
+                                                   device=device))
     return out

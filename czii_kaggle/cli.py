@@ -230,14 +230,14 @@ def _cmd_predict(a) -> int:
         raise CziiInputError(bundle_dir, "--precision sets the heatmap networks', and yolo alone runs none: "
                                          "pass --detectors heatmap or yolo,heatmap")
     if names != ["yolo"]:
-        beyond = [flag for flag, given in (("--copick", a.copick), ("--format star", a.format != "csv")) if given]
-        yolo_only = [flag for flag, given in (
-            ("--scheduler", a.scheduler), ("--workers", a.workers), ("--detections-out", a.detections_out),
-            ("--slice-step", a.slice_step)) if given]
+        beyond = [flag for flag, given in (("--copick", a.copick), ("--format star", a.format != "csv"),
+                                           ("--scheduler", a.scheduler), ("--workers", a.workers)) if given]
+        yolo_only = [flag for flag, given in (("--detections-out", a.detections_out),
+                                              ("--slice-step", a.slice_step)) if given]
         if yolo_only and a.detectors is not None:
             raise CziiInputError(bundle_dir, f"{', '.join(yolo_only)} run the YOLO detector alone, not "
                                              f"{'+'.join(names)}: pass --detectors yolo or leave them out")
-        if beyond and not yolo_only and a.detectors is not None:  # named detectors into copick or STAR
+        if beyond and not yolo_only and a.detectors is not None:  # named detectors: copick, STAR, Dask
             return _cmd_predict_beyond(a, bundle_dir, names)
         if not yolo_only and not beyond:
             return _predict_detectors(a, bundle_dir, names)

@@ -1,5 +1,9 @@
 """Prediction on a Dask distributed cluster: one task per tomogram (``pip install czii_kaggle[distributed]``).
 
+The YOLO detector alone (:func:`predict_runs_dask`), or any detectors of a bundle folder and their
+ensemble (:func:`run_candidates_dask`, through :func:`czii_kaggle.predict.predict_detectors`): each task
+runs every detector on its tomogram, and the client fits their candidates together.
+
 ``predict --scheduler tcp://HOST:8786`` uses an existing cluster, ``predict --workers N`` starts a
 local one (N worker processes, one task at a time each). Each worker process loads the model once
 and keeps it for every task it runs; a GPU worker uses one GPU (the one ``CUDA_VISIBLE_DEVICES``
@@ -104,20 +108,37 @@ def _worker_identity() -> tuple[str, str]:
     return name, f"cuda:{int(name) % count if name.isdigit() else 0}"
 
 
-def worker_model(bundle, backend: str, device: str, cpu_threads: int | None = None):
-    """The model of ``bundle`` for this worker process, loaded on first use and kept."""
-    from .detectors.yolo import load_yolo
-
-    weights = (bundle.onnx or bundle.weights) if backend == "onnx" else bundle.weights
-    key = (str(weights), backend, device)
+def _worker_cached(key: tuple, load: Callable, device: str, cpu_threads: int | None):
+    """``load()`` once per worker process and ``key``, kept for every later task (CPU threads set first)."""
     with _MODELS_LOCK:
         if key not in _MODELS:
             if device == "cpu":
                 from . import offline
 
                 offline.set_cpu_threads(cpu_threads)
-            _MODELS[key] = load_yolo(bundle, backend)
+            _MODELS[key] = load()
         return _MODELS[key]
+
+
+def worker_model(bundle, backend: str, device: str, cpu_threads: int | None = None):
+    """The model of ``bundle`` for this worker process, loaded on first use and kept."""
+    from .detectors.yolo import load_yolo
+
+    weights = (bundle.onnx or bundle.weights) if backend == "onnx" else bundle.weights
+    return _worker_cached((str(weights), backend, device), lambda: load_yolo(bundle, backend), device, cpu_threads)
+
+
+def worker_detectors(bundle_dir: str | Path, names: list[str], backend: str, device: str,
+                     options: dict | None = None, cpu_threads: int | None = None) -> list:
+    """The named detectors of the bundle folder ``bundle_dir`` on this worker's ``device``, opened on
+    first use and kept (:func:`czii_kaggle.bundle.load_detectors`; ``options``: its ``tta_views``,
+    ``bn_adapt``, ``precision``)."""
+    from .bundle import load_detectors
+
+    options = dict(options or {})
+    key = ("detectors", str(bundle_dir), tuple(names), backend, device, tuple(sorted(options.items())))
+    return _worker_cached(key, lambda: load_detectors(bundle_dir, list(names), backend, device=device, **options),
+                          device, cpu_threads)
 
 
 def predict_task(run: str, zarr_path: str | Path, bundle, backend: str = "auto",
@@ -144,6 +165,23 @@ def predict_task(run: str, zarr_path: str | Path, bundle, backend: str = "auto",
         dets, found, info = empty_detections(), None, {"status": "failed", "error": msg.strip()}
     info.update(total_s=time.perf_counter() - t0, backend=used, device=device, worker=worker)
     return dets, found, info
+
+
+def detectors_task(run: str, zarr_path: str | Path, bundle_dir: str | Path, names: list[str],
+                   backend: str = "auto", options: dict | None = None,
+                   cpu_threads: int | None = None) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+    """One tomogram through the named detectors on the calling worker: ``({detector: unthresholded
+    candidates}, report rows)`` (:func:`czii_kaggle.detectors.candidates_of_run`); each row adds the
+    ``worker`` and ``model_s``, the seconds the task spent getting the worker's detectors (opening them
+    the first time, about 0 after). A detector that fails on the run is a ``failed`` row."""
+    from .detectors import candidates_of_run
+
+    t0 = time.perf_counter()
+    worker, device = _worker_identity()
+    dets = worker_detectors(bundle_dir, names, backend, device, options, cpu_threads)
+    model_s = time.perf_counter() - t0
+    cands, rows = candidates_of_run(dets, run, zarr_path)
+    return cands, [{**r, "worker": worker, "model_s": model_s} for r in rows]
 
 
 def run_tasks(client, fn: Callable, args: dict[str, tuple], progress: bool = True,
@@ -221,18 +259,9 @@ def predict_runs_dask(tomograms: dict[str, str | Path], bundle=None, scheduler: 
 
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     runs = list(tomograms)
-    if cpu_threads is None and n_workers:
-        import os
-
-        cpu_threads = max(1, len(os.sched_getaffinity(0)) // n_workers)
-    client, cluster = connect(scheduler, n_workers, timeout_s, allowed_failures)
-    try:
-        args = {run: (run, str(tomograms[run]), bundle, backend, cpu_threads) for run in runs}
-        results = run_tasks(client, predict_task, args, progress)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    cpu_threads = _cpu_threads(cpu_threads, n_workers)
+    args = {run: (run, str(tomograms[run]), bundle, backend, cpu_threads) for run in runs}
+    results = _on_cluster(predict_task, args, scheduler, n_workers, timeout_s, allowed_failures, progress)
     rows, picks, dets = [], [], []
     for run in runs:
         value, error = results[run]
@@ -250,3 +279,56 @@ def predict_runs_dask(tomograms: dict[str, str | Path], bundle=None, scheduler: 
         detections=pd.concat(dets, ignore_index=True) if dets else empty_detections(),
         report=pd.DataFrame(rows).reindex(columns=[*REPORT_COLUMNS, "model_s"]),
     )
+
+
+def _cpu_threads(cpu_threads: int | None, n_workers: int | None) -> int | None:
+    """Torch threads per CPU worker: as given, else the machine's CPUs shared by a local cluster's workers."""
+    if cpu_threads is None and n_workers:
+        import os
+
+        return max(1, len(os.sched_getaffinity(0)) // n_workers)
+    return cpu_threads
+
+
+def _on_cluster(fn: Callable, args: dict[str, tuple], scheduler: str | None, n_workers: int | None,
+                timeout_s: float, allowed_failures: int | None, progress: bool) -> dict[str, tuple[object, str]]:
+    """:func:`run_tasks` on the cluster :func:`connect` gives, closed (a local one stopped) after."""
+    client, cluster = connect(scheduler, n_workers, timeout_s, allowed_failures)
+    try:
+        return run_tasks(client, fn, args, progress)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_candidates_dask(tomograms: dict[str, str | Path], bundle_dir: str | Path, names: list[str],
+                        backend: str = "auto", options: dict | None = None, scheduler: str | None = None,
+                        n_workers: int | None = None, progress: bool = True,
+                        timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, cpu_threads: int | None = None,
+                        allowed_failures: int | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The named detectors of a bundle folder over ``{run: zarr path}`` on a Dask cluster, one task per
+    tomogram with every detector (:func:`detectors_task`; each worker opens the detectors once):
+    ``({detector: unthresholded candidates}, report)`` as :func:`czii_kaggle.detectors.run_candidates`
+    gives them, the report with each row's ``worker`` and ``model_s``. A run whose task failed or whose
+    worker died on every retry is a ``failed`` row for every detector; the other runs are kept. The
+    ensemble and the selection are the caller's (:func:`czii_kaggle.predict.predict_detectors`)."""
+    from .aggregate import empty_candidates
+
+    args = {run: (run, str(path), str(bundle_dir), list(names), backend, dict(options or {}),
+                  _cpu_threads(cpu_threads, n_workers)) for run, path in tomograms.items()}
+    results = _on_cluster(detectors_task, args, scheduler, n_workers, timeout_s, allowed_failures, progress)
+    found: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
+    rows: list[dict] = []
+    for run in tomograms:
+        value, error = results[run]
+        if value is None:
+            rows += [{"experiment": run, "detector": n, "status": "failed", "n_candidates": 0, "seconds": 0.0,
+                      "error": error} for n in names]
+            continue
+        cands, more = value
+        for n, c in cands.items():
+            if len(c):
+                found[n].append(c)
+        rows += more
+    return {n: pd.concat(v, ignore_index=True) if v else empty_candidates() for n, v in found.items()}, pd.DataFrame(rows)

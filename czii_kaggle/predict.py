@@ -353,11 +353,16 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
                       backend: str = "auto", progress: bool = True,
                       tomo_type: str = layout.DEFAULT_TOMOGRAM_TYPE, tta_views: int | None = None,
                       bn_adapt: float | None = None, precision: str | None = None,
-                      tomograms: dict[str, str | Path] | None = None) -> DetectorsPrediction:
+                      tomograms: dict[str, str | Path] | None = None, scheduler: str | None = None,
+                      n_workers: int | None = None, connect_timeout_s: float = 10.0) -> DetectorsPrediction:
     """Predict runs with any of a bundle's detectors: one (its own thresholds) or several (the
     bundle's ensemble); ``detectors`` default: what the bundle ships (:func:`czii_kaggle.bundle.default_detectors`).
     ``tta_views``, ``bn_adapt``, ``precision``: as :func:`czii_kaggle.bundle.load_detectors`. ``tomograms``:
     ``{run: zarr path}`` predicted instead of the runs of ``root`` (a copick project's; ``root`` unused).
+    ``scheduler`` (a Dask scheduler's address) or ``n_workers`` (a local Dask cluster of that many
+    processes): the detectors run there, one task per tomogram with all of them
+    (:func:`czii_kaggle.distributed.run_candidates_dask`; the report adds each run's ``worker`` and
+    ``model_s``), and the ensemble is fitted here, as in one process.
 
     A run that fails in one detector is reported (a ``failed`` row of the report) and the
     ensemble of the detectors that succeeded on it, where the bundle holds one fitted, else the
@@ -376,8 +381,22 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
             raise CziiInputError(Path(bundle_dir) / ENSEMBLE_FILE,
                                  f"no ensemble of {', '.join(names)} fitted in this bundle (it holds: {fitted}; "
                                  f"run `czii-kaggle tune-ensemble --detectors {','.join(names)}`)")
-    dets = load_detectors(bundle_dir, names, backend, tta_views, bn_adapt, precision)
+    on_dask = scheduler is not None or n_workers is not None
+    # on Dask, opened here (on the CPU) for their selections only, and to refuse a bad bundle before the cluster
+    dets = load_detectors(bundle_dir, names, backend, tta_views, bn_adapt, precision, "cpu" if on_dask else None)
+    # a run that fails in some detector: the ensemble of those that succeeded on it, where one is fitted
+    fallbacks = [e for e in ensembles if set(e.detectors) < set(names)] if ensemble else []
     runs = select_runs(root, split, runs, tomograms)
+    if on_dask:
+        from .distributed import run_candidates_dask
+
+        paths = {r: tomograms[r] if tomograms is not None else layout.tomogram_path(root, split, r, tomo_type)
+                 for r in runs}
+        options = {k: v for k, v in (("tta_views", tta_views), ("bn_adapt", bn_adapt), ("precision", precision))
+                   if v is not None}
+        cands, report = run_candidates_dask(paths, bundle_dir, names, backend, options, scheduler, n_workers,
+                                            progress, connect_timeout_s)
+        return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble, fallbacks), cands, report)
     others = [d for d in dets if d.name != "yolo"]
     cands, report = run_candidates(others, root, split, runs, tomo_type, progress, tomograms=tomograms)
     yolo = next((d for d in dets if d.name == "yolo"), None)
@@ -390,8 +409,6 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
         report = report.sort_values(["experiment", "detector"], key=lambda c: c.map(
             {r: i for i, r in enumerate(runs)} if c.name == "experiment" else order), kind="stable")
         report = report.reset_index(drop=True)
-    # a run that fails in some detector: the ensemble of those that succeeded on it, where one is fitted
-    fallbacks = [e for e in ensembles if set(e.detectors) < set(names)] if ensemble else []
     return DetectorsPrediction(select_picks(cands, report, dets, runs, ensemble, fallbacks), cands, report)
 
 

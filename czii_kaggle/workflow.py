@@ -85,8 +85,8 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
     resolved are ``failed`` rows of the report. Returns a :class:`czii_kaggle.predict.Prediction`.
 
     The YOLO detector alone by default; ``detectors`` (e.g. ``["yolo", "heatmap", "heatmap_l0"]``, with
-    ``bundle`` a bundle folder or None) runs those and their ensemble in this process
-    (:func:`predict_bundle`; ``options``: its ``tta_views``, ``bn_adapt``, ``precision``), not on Dask."""
+    ``bundle`` a bundle folder or None) runs those and their ensemble (:func:`predict_bundle`; ``options``:
+    its ``tta_views``, ``bn_adapt``, ``precision``), in this process or on Dask, one task per tomogram."""
     from .aggregate import empty_candidates
     from .copick_project import with_failed_runs
     from .detect import empty_detections
@@ -95,8 +95,6 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
 
     on_dask = scheduler is not None or n_workers is not None
     several = detectors is not None and list(detectors) != ["yolo"]
-    if several and on_dask:
-        raise CziiInputError(None, f"{'+'.join(detectors)} run in this process only: on Dask, the YOLO detector alone")
     if not several:  # the YOLO bundle, loaded once for this process or for the Dask workers
         bundle = load_bundle(bundle) if bundle is None or isinstance(bundle, (str, Path)) else bundle
     if not sources.tomograms:  # no run could be read: nothing to predict, every run reported
@@ -110,7 +108,8 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
         pred = Prediction(empty_candidates(), empty_detections(), pd.DataFrame(columns=REPORT_COLUMNS))
     elif several:
         pred = predict_bundle(None, bundle=bundle, detectors=",".join(detectors), backend=backend, progress=progress,
-                              tomograms=sources.tomograms, **options)
+                              tomograms=sources.tomograms, scheduler=scheduler, n_workers=n_workers,
+                              connect_timeout_s=connect_timeout_s, **options)
     elif on_dask:
         from .distributed import predict_runs_dask
 
@@ -159,7 +158,8 @@ def write_outputs(pred, sources: Sources, out: str | Path | None = None, fmt: st
 
 def predict_bundle(root: str | Path | None, split: str = "test", bundle=None, detectors: str | None = None,
                    runs: list[str] | None = None, backend: str = "auto", progress: bool = True,
-                   tomograms: dict[str, str | Path] | None = None, **options):
+                   tomograms: dict[str, str | Path] | None = None, scheduler: str | None = None,
+                   n_workers: int | None = None, connect_timeout_s: float = 10.0, **options):
     """Predict runs with a bundle's detectors, as one :class:`~czii_kaggle.predict.Prediction`.
 
     Parameters
@@ -173,6 +173,9 @@ def predict_bundle(root: str | Path | None, split: str = "test", bundle=None, de
         as ``czii-kaggle predict --detectors``. A name the bundle does not hold is a clear error.
     tomograms : dict, optional
         ``{run: zarr path}`` predicted instead of the runs of ``root`` (a copick project's).
+    scheduler, n_workers, connect_timeout_s
+        A Dask scheduler's address or the size of a local cluster to start: the runs go there, one task
+        per tomogram (:mod:`czii_kaggle.distributed`); the report adds ``model_s``.
     options
         ``tta_views``, ``bn_adapt``, ``precision``, as :func:`czii_kaggle.predict.predict_detectors` takes them.
 
@@ -189,9 +192,16 @@ def predict_bundle(root: str | Path | None, split: str = "test", bundle=None, de
 
     from . import frames
     from .bundle import weights_detectors
-    from .predict import REPORT_COLUMNS, Prediction, predict_detectors, predict_runs
+    from .predict import REPORT_COLUMNS, Prediction, predict_detectors, predict_runs, select_runs
 
     bundle_dir, names = weights_detectors(bundle, detectors)
+    on_dask = scheduler is not None or n_workers is not None
+    if names == ["yolo"] and on_dask:
+        from .distributed import predict_runs_dask
+
+        chosen = select_runs(root, split, runs, tomograms)
+        paths = {r: tomograms[r] if tomograms is not None else layout.tomogram_path(root, split, r) for r in chosen}
+        return predict_runs_dask(paths, bundle, scheduler, n_workers, backend, progress, connect_timeout_s)
     if names == ["yolo"]:
         return predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, progress=progress,
                             tomograms=tomograms)
@@ -199,18 +209,22 @@ def predict_bundle(root: str | Path | None, split: str = "test", bundle=None, de
         print(f"detectors: {' + '.join(names)}", flush=True)
     t0 = time.perf_counter()
     pred = predict_detectors(root, split, runs=runs, bundle_dir=bundle_dir, detectors=names, backend=backend,
-                             progress=progress, tomograms=tomograms, **options)
+                             progress=progress, tomograms=tomograms, scheduler=scheduler, n_workers=n_workers,
+                             connect_timeout_s=connect_timeout_s, **options)
     wall_s = time.perf_counter() - t0
     rows = []
     for run, rep in pred.report.groupby("experiment", sort=False):
         failed = rep[rep["status"] != "ok"]
         device = ",".join(sorted(set(rep["device"].dropna().astype(str)))) or None  # every detector's
+        on_workers = {"worker": ",".join(sorted(set(rep["worker"].dropna().astype(str)))) or None,
+                      "model_s": float(rep["model_s"].fillna(0.0).max())} if "worker" in rep else {}  # on Dask
         rows.append({"experiment": run, "status": "failed" if len(failed) == len(rep) else "ok",
-                     "backend": backend, "device": device, "n_detections": int(rep["n_candidates"].sum()),
+                     "backend": backend, "device": device, **on_workers, "n_detections": int(rep["n_candidates"].sum()),
                      "n_picks": int((pred.picks["experiment"] == run).sum()),
-                     "inference_s": float(rep["seconds"].sum()), "total_s": float(rep["seconds"].sum()),
+                     "inference_s": float(rep["seconds"].sum()),
+                     "total_s": float(rep["seconds"].sum()) + on_workers.get("model_s", 0.0),
                      "error": "; ".join(f"{r.detector}: {r.error}" for r in failed.itertuples()) or None})
-    report = pd.DataFrame(rows).reindex(columns=REPORT_COLUMNS)
+    report = pd.DataFrame(rows).reindex(columns=[*REPORT_COLUMNS, *(["model_s"] if on_dask else [])])
     return Prediction(picks=pred.picks, detections=frames.empty(frames.DETECTIONS), report=report, wall_s=wall_s,
                       notes=[f"detectors: {' + '.join(names)}"],
                       inputs=[*([Path(root)] if root is not None else map(Path, tomograms.values())), bundle_dir])

@@ -79,3 +79,40 @@ def test_bench_signal_score_says_in_one_line_when_no_signal_can_be_measured(tiny
     with pytest.raises(SystemExit, match="no type had its signal measured on any set"):
         _bench("bench_signal_score").main(["--weights", str(bundle), "--data", str(ds.root), "--solution",
                                            str(ds.solution_csv), "--no-write", "--work", str(tmp / "ss")])
+
+
+@pytest.mark.slow
+def test_bench_distributed_runs_the_ensemble_on_a_cluster_and_records_it(tmp_path, capsys):
+    """``--detectors``: the bundle's ensemble in one process and on a local cluster of one worker (the CPU
+    threads of one process: the same picks), its table with the F-beta of both written to ``--results``."""
+    from conftest import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", keep_all=True)  # picks whatever the untrained scores
+    results = tmp_path / "distributed.md"
+    assert _bench("bench_distributed").main(["--n-runs", "2", "--workers", "1", "--shape", "64", "192", "192",
+                                             "--noop-tasks", "3", "--detectors", "yolo,heatmap",
+                                             "--weights", str(bundle), "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "detectors yolo,heatmap (their ensemble)" in text and text in capsys.readouterr().out
+    assert int(text.split("medium difficulty")[1].split(" picks")[0].split("; ")[-1]) > 0
+    assert "| same picks (rounded to 1e-3 A) | 1.000 |" in text
+    assert "| picks of one process within 1 A of a cluster pick of the same type, share | 1.000 |" in text
+    one, two = (float(text.split(f"| F-beta, {k} | ")[1].split(" |")[0]) for k in ("one process", "cluster"))
+    assert one == two
+
+
+def test_matched_share_counts_picks_within_tolerance_of_the_same_type():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    def pred(rows):
+        return SimpleNamespace(picks=pd.DataFrame(rows, columns=["experiment", "particle_type", "x", "y", "z"]))
+
+    a = pred([("r", "ribosome", 0.0, 0.0, 0.0), ("r", "ribosome", 100.0, 0.0, 0.0), ("r", "apo-ferritin", 0, 0, 0)])
+    b = pred([("r", "ribosome", 0.5, 0.0, 0.0), ("r", "ribosome", 103.0, 0.0, 0.0), ("r", "ribosome", 0, 50, 0),
+              ("r", "thyroglobulin", 0, 0, 0)])
+    share = _bench("bench_distributed").matched_share
+    assert share(a, b) == pytest.approx(1 / 4)  # b's 4: one within 1 A of a's same-type pick
+    assert share(a, b, tol_A=5.0) == pytest.approx(2 / 4)
+    assert share(a, a) == 1.0 and share(pred([]), pred([])) == 1.0 and share(a, pred([])) == 0.0

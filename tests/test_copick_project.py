@@ -188,7 +188,8 @@ def test_a_copick_project_at_another_voxel_spacing_is_read_at_the_models(tmp_pat
 @pytest.mark.slow
 def test_predict_copick_with_named_detectors_runs_their_ensemble(tmp_path, sim, capsys):
     """``--copick --detectors yolo,heatmap`` writes the ensemble's picks into the project: those the Kaggle-layout
-    path gives for the same tomograms; ``--format star`` takes named detectors too; Dask stays YOLO-only."""
+    path gives for the same tomograms; ``--format star`` takes named detectors too, and so does a local Dask
+    cluster (``--workers``): the same picks again."""
     from conftest import make_tiny_bundle
     from czii_kaggle.workflow import predict_bundle
 
@@ -209,5 +210,8 @@ def test_predict_copick_with_named_detectors_runs_their_ensemble(tmp_path, sim, 
     assert "detectors: yolo + heatmap" in capsys.readouterr().out
     assert {p.stem for p in star_dir.glob("*.star")} == set(want["particle_type"])
     assert cli.main(["predict", "--copick", str(config), "--weights", str(bundle), "--detectors", "yolo,heatmap",
-                     "--user-id", "ens", "--session-id", "1", "--workers", "1"]) == 2
-    assert "run the YOLO detector alone" in capsys.readouterr().err
+                     "--user-id", "ens", "--session-id", "1", "--workers", "1"]) == 0
+    for run in sim.test_runs:
+        on_dask = _copick_picks(config, run, user="ens", session="1")
+        in_process = _copick_picks(config, run, user="ens", session="0")
+        pd.testing.assert_frame_equal(on_dask, in_process, check_dtype=False, atol=1e-4)

@@ -53,6 +53,53 @@ def test_local_cluster_equals_one_process_and_reports_the_corrupt_run(tmp_path):
                                   atol=1e-4, check_dtype=False)
 
 
+@pytest.mark.slow
+def test_the_ensemble_on_a_local_cluster_equals_one_process_and_keeps_a_run_one_detector_failed(tmp_path):
+    """YOLO + heatmap on a local Dask cluster, one task per tomogram with both detectors: the
+    same candidates, picks and statuses as in one process; a run whose level 0 is gone fails in YOLO
+    (which reads it) and keeps the heatmap's picks (level 1); a run with no tomogram fails in both and
+    is reported, the others kept; the worker opens the detectors once."""
+    from conftest import make_tiny_bundle
+    from czii_kaggle.aggregate import AggregateConfig, ClassParams, select
+    from czii_kaggle.bundle import save_heatmap_json
+    from czii_kaggle.particles import PARTICLES
+    from czii_kaggle.predict import predict_detectors
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", keep_all=True)
+    keep = AggregateConfig({p.name: ClassParams(min_support=1, conf_threshold=0.0) for p in PARTICLES})
+    save_heatmap_json(bundle, aggregate=keep.to_dict())  # the heatmap's own selection keeps picks too
+    sim = simulate_dataset(tmp_path / "sim", n_train=0, n_test=4,
+                           config=SimConfig(shape_vox=(32, 192, 192), difficulty="easy"), seed=23)
+    runs = sim.test_runs
+    shutil.rmtree(layout.tomogram_path(sim.root, "test", runs[1]) / "0")  # YOLO's level: gone
+    shutil.rmtree(layout.tomogram_path(sim.root, "test", runs[2]))  # no tomogram at all
+    one = predict_detectors(sim.root, "test", bundle_dir=bundle, detectors=["yolo", "heatmap"], progress=False)
+    # one worker: it gets this process's CPU threads, so the same float sums (another thread count moves
+    # the untrained network's near-equal scores by 1e-6, enough to add or drop a candidate at its floor)
+    two = predict_detectors(sim.root, "test", bundle_dir=bundle, detectors=["yolo", "heatmap"], progress=False,
+                            n_workers=1)
+    status = {(r.experiment, r.detector): r.status for r in two.report.itertuples()}
+    assert status == {(r.experiment, r.detector): r.status for r in one.report.itertuples()}
+    assert status == {(runs[0], "yolo"): "ok", (runs[0], "heatmap"): "ok", (runs[1], "yolo"): "failed",
+                      (runs[1], "heatmap"): "ok", (runs[2], "yolo"): "failed", (runs[2], "heatmap"): "failed",
+                      (runs[3], "yolo"): "ok", (runs[3], "heatmap"): "ok"}
+    assert str(layout.tomogram_path(sim.root, "test", runs[2])) in \
+        two.report.set_index(["experiment", "detector"]).loc[(runs[2], "heatmap"), "error"]
+    assert set(two.report["worker"].dropna()) == {"0"}
+    opened = two.report.drop_duplicates("experiment")["model_s"]
+    assert (opened > 0.5).sum() == 1 and (opened < 0.5).sum() == 3  # the worker opened the detectors once
+    key = ["experiment", "particle_type", "x", "y", "z"]
+    for name in ("yolo", "heatmap"):
+        pd.testing.assert_frame_equal(two.candidates[name].sort_values(key).reset_index(drop=True),
+                                      one.candidates[name].sort_values(key).reset_index(drop=True), atol=1e-4)
+    assert set(two.picks["experiment"]) == {runs[0], runs[1], runs[3]}
+    alone = two.candidates["heatmap"]  # runs[1], where YOLO failed: the heatmap's own selection
+    pd.testing.assert_frame_equal(two.picks[two.picks["experiment"] == runs[1]].reset_index(drop=True),
+                                  select(alone[alone["experiment"] == runs[1]], keep).reset_index(drop=True))
+    pd.testing.assert_frame_equal(two.picks.sort_values(key).reset_index(drop=True),
+                                  one.picks.sort_values(key).reset_index(drop=True), atol=1e-4)
+
+
 def _die_on(key, value, marker=None):
     """A task that kills its own worker process (a worker dying mid-run): always for ``TS_dies``,
     the first time only for ``TS_once`` (``marker`` records that it did)."""

@@ -126,6 +126,17 @@ def run_candidates(detectors: list[Detector], root: str | Path | None, split: st
     return cands, pd.DataFrame(rows)
 
 
+def candidates_of_run(detectors: list[Detector], run: str,
+                      zarr_path: str | Path) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+    """One tomogram through every detector, each zarr level read once: ``({detector: unthresholded
+    candidates}, report rows)`` as :func:`run_candidates` gives them for one run (a Dask task's work,
+    :func:`czii_kaggle.distributed.detectors_task`). A detector that fails on it is a ``failed`` row."""
+    found: dict[str, list[pd.DataFrame]] = {d.name: [] for d in detectors}
+    with shared_reads():
+        rows = _run_detectors(detectors, None, "", run, "", None, {run: zarr_path}, found)
+    return {k: v[0] if v else empty_candidates() for k, v in found.items()}, rows
+
+
 def _run_detectors(detectors, root, split, run, tomo_type, cache, tomograms, found) -> list[dict]:
     """One run through every detector: its report rows; its candidates appended to ``found``."""
     rows = []
