@@ -174,7 +174,7 @@ def _cmd_train(a) -> None:
 
 def _cmd_predict_beyond(a, bundle, detectors: list[str] | None = None) -> int:
     """``predict`` from a copick project, on a Dask cluster, or to STAR files (:mod:`czii_kaggle.workflow`);
-    ``detectors`` (``bundle`` then a bundle folder): those and their ensemble, in this process."""
+    ``detectors`` (``bundle`` then a bundle folder): those and their ensemble, in this process or on Dask."""
     from .workflow import (CopickTarget, check_copick_target, check_out, predict_sources, resolve_sources,
                            write_outputs)
 
@@ -237,13 +237,12 @@ def _cmd_predict(a) -> int:
         if yolo_only and a.detectors is not None:
             raise CziiInputError(bundle_dir, f"{', '.join(yolo_only)} run the YOLO detector alone, not "
                                              f"{'+'.join(names)}: pass --detectors yolo or leave them out")
-        if beyond and not yolo_only and a.detectors is not None:  # named detectors: copick, STAR, Dask
+        if beyond and not yolo_only:  # the named or default detectors into copick, STAR, on Dask
             return _cmd_predict_beyond(a, bundle_dir, names)
-        if not yolo_only and not beyond:
+        if not yolo_only:
             return _predict_detectors(a, bundle_dir, names)
-        flags = yolo_only or beyond
-        print(f"detectors: yolo ({', '.join(flags)}: the YOLO detector alone, not the bundle's default "
-              f"{'+'.join(names)}{'; name them with --detectors to run them' if not yolo_only else ''})")
+        print(f"detectors: yolo ({', '.join(yolo_only)}: the YOLO detector alone, not the bundle's default "
+              f"{'+'.join(names)})")
     bundle = load_bundle(a.weights)
     if a.slice_step:
         bundle = with_slice_step(bundle, a.slice_step)

@@ -41,7 +41,8 @@ def _copick_picks(config, run, user="czii-kaggle", session="0") -> pd.DataFrame:
 @pytest.mark.slow
 def test_predict_copick_writes_scored_picks_that_copick_reads_back(tmp_path, sim):
     config = _project(tmp_path, sim)
-    assert cli.main(["predict", "--copick", str(config), "--user-id", "czii-kaggle", "--session-id", "0"]) == 0
+    yolo = ["--detectors", "yolo"]  # the copick path here; the bundle's default ensemble: the test below
+    assert cli.main(["predict", "--copick", str(config), "--user-id", "czii-kaggle", "--session-id", "0", *yolo]) == 0
     want = predict_runs(sim.root, "test", progress=False).picks  # the Kaggle-layout path, same tomograms
     assert len(want) > 5
     root = copick.from_file(str(config))
@@ -56,12 +57,12 @@ def test_predict_copick_writes_scored_picks_that_copick_reads_back(tmp_path, sim
     before = pick_file.read_bytes()
     pick_file.write_text(pick_file.read_text())  # same bytes; mtime is what we watch next
     mtime = pick_file.stat().st_mtime_ns
-    assert cli.main(["predict", "--copick", str(config)]) == 2
+    assert cli.main(["predict", "--copick", str(config), *yolo]) == 2
     assert pick_file.read_bytes() == before and pick_file.stat().st_mtime_ns == mtime
     # another session is a new pick set beside the first; --overwrite replaces
-    assert cli.main(["predict", "--copick", str(config), "--session-id", "1", "--runs", sim.test_runs[0]]) == 0
+    assert cli.main(["predict", "--copick", str(config), "--session-id", "1", "--runs", sim.test_runs[0], *yolo]) == 0
     assert len(_copick_picks(config, sim.test_runs[0], session="1")) == (want["experiment"] == sim.test_runs[0]).sum()
-    assert cli.main(["predict", "--copick", str(config), "--overwrite", "--runs", sim.test_runs[0]]) == 0
+    assert cli.main(["predict", "--copick", str(config), "--overwrite", "--runs", sim.test_runs[0], *yolo]) == 0
 
 
 def test_bad_copick_configs_and_runs(tmp_path, sim, capsys):
@@ -187,16 +188,21 @@ def test_a_copick_project_at_another_voxel_spacing_is_read_at_the_models(tmp_pat
 
 @pytest.mark.slow
 def test_predict_copick_with_named_detectors_runs_their_ensemble(tmp_path, sim, capsys):
-    """``--copick --detectors yolo,heatmap`` writes the ensemble's picks into the project: those the Kaggle-layout
-    path gives for the same tomograms; ``--format star`` takes named detectors too, and so does a local Dask
-    cluster (``--workers``): the same picks again."""
+    """``--copick`` without ``--detectors`` runs the bundle's default (here the ensemble of YOLO and the heatmap)
+    and writes its picks into the project: those the Kaggle-layout path gives for the same tomograms;
+    ``--format star`` takes named detectors too, and so does a local Dask cluster (``--workers``): the same
+    picks again."""
     from conftest import make_tiny_bundle
+    from czii_kaggle.bundle import ENSEMBLE_FILE, default_detectors, update_json
     from czii_kaggle.workflow import predict_bundle
 
     bundle = make_tiny_bundle(tmp_path / "bundle", keep_all=True)
     config = _project(tmp_path, sim)
-    assert cli.main(["predict", "--copick", str(config), "--weights", str(bundle), "--detectors", "yolo,heatmap",
+    update_json(bundle / ENSEMBLE_FILE, {"default_detectors": ["yolo", "heatmap"]})  # what it ships to run
+    assert default_detectors(bundle) == ["yolo", "heatmap"]
+    assert cli.main(["predict", "--copick", str(config), "--weights", str(bundle),
                      "--user-id", "ens", "--session-id", "0"]) == 0
+    assert "detectors: yolo + heatmap" in capsys.readouterr().out
     want = predict_bundle(sim.root, "test", bundle=bundle, detectors="yolo,heatmap", progress=False).picks
     assert len(want) > 5
     for run in sim.test_runs:
