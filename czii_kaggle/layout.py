@@ -76,6 +76,13 @@ def tomogram_path(
     return run_dir(root, split, run) / f"{tomo_type}.zarr"
 
 
+def run_tomogram(root: str | Path | None, split: str, run: str, tomo_type: str = DEFAULT_TOMOGRAM_TYPE,
+                 tomograms: dict[str, str | Path] | None = None) -> Path:
+    """The zarr of ``run``: ``tomograms[run]`` where a ``{run: zarr path}`` mapping is given (a copick
+    project's runs), else its :func:`tomogram_path` under ``root``."""
+    return Path(tomograms[run]) if tomograms is not None else tomogram_path(root, split, run, tomo_type)
+
+
 def tomogram_types(root: str | Path, split: str, run: str) -> list[str]:
     """The tomogram types present for a run (``denoised``, ``wbp``, ...), sorted."""
     d = run_dir(root, split, run)

@@ -171,8 +171,7 @@ def predict_runs(
         except queue.Empty:
             return None
         try:
-            path = tomograms[run] if tomograms is not None else layout.tomogram_path(root, split, run, tomo_type)
-            return (run, *prepare_run(path, bundle), None)
+            return (run, *prepare_run(layout.run_tomogram(root, split, run, tomo_type, tomograms), bundle), None)
         except Exception as exc:  # noqa: BLE001 - one bad run must not lose the others
             return run, None, None, {}, exc
 
@@ -390,8 +389,7 @@ def predict_detectors(root: str | Path, split: str = "test", runs: list[str] | N
     if on_dask:
         from .distributed import run_candidates_dask
 
-        paths = {r: tomograms[r] if tomograms is not None else layout.tomogram_path(root, split, r, tomo_type)
-                 for r in runs}
+        paths = {r: layout.run_tomogram(root, split, r, tomo_type, tomograms) for r in runs}
         options = {k: v for k, v in (("tta_views", tta_views), ("bn_adapt", bn_adapt), ("precision", precision))
                    if v is not None}
         cands, report = run_candidates_dask(paths, bundle_dir, names, backend, options, scheduler, n_workers,

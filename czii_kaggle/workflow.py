@@ -91,7 +91,7 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
     from .copick_project import with_failed_runs
     from .detect import empty_detections
     from .bundle import load_bundle
-    from .predict import REPORT_COLUMNS, Prediction, predict_runs
+    from .predict import REPORT_COLUMNS, Prediction
 
     on_dask = scheduler is not None or n_workers is not None
     several = detectors is not None and list(detectors) != ["yolo"]
@@ -106,18 +106,10 @@ def predict_sources(sources: Sources, bundle=None, backend: str = "auto", schedu
             if cluster is not None:
                 cluster.close()
         pred = Prediction(empty_candidates(), empty_detections(), pd.DataFrame(columns=REPORT_COLUMNS))
-    elif several:
-        pred = predict_bundle(None, bundle=bundle, detectors=",".join(detectors), backend=backend, progress=progress,
-                              tomograms=sources.tomograms, scheduler=scheduler, n_workers=n_workers,
-                              connect_timeout_s=connect_timeout_s, **options)
-    elif on_dask:
-        from .distributed import predict_runs_dask
-
-        pred = predict_runs_dask(sources.tomograms, bundle, scheduler, n_workers, backend, progress,
-                                 connect_timeout_s)
-    else:
-        pred = predict_runs(None, runs=list(sources.tomograms), bundle=bundle, backend=backend, progress=progress,
-                            tomograms=sources.tomograms)
+    else:  # the named detectors and their ensemble, or (a loaded bundle) YOLO alone; here or on Dask
+        pred = predict_bundle(None, bundle=bundle, detectors=",".join(detectors) if several else None, backend=backend,
+                              progress=progress, tomograms=sources.tomograms, scheduler=scheduler,
+                              n_workers=n_workers, connect_timeout_s=connect_timeout_s, **options)
     pred.report = with_failed_runs(pred.report, sources.errors, order=sources.runs)
     return pred
 
@@ -199,8 +191,8 @@ def predict_bundle(root: str | Path | None, split: str = "test", bundle=None, de
     if names == ["yolo"] and on_dask:
         from .distributed import predict_runs_dask
 
-        chosen = select_runs(root, split, runs, tomograms)
-        paths = {r: tomograms[r] if tomograms is not None else layout.tomogram_path(root, split, r) for r in chosen}
+        paths = {r: layout.run_tomogram(root, split, r, tomograms=tomograms)
+                 for r in select_runs(root, split, runs, tomograms)}
         return predict_runs_dask(paths, bundle, scheduler, n_workers, backend, progress, connect_timeout_s)
     if names == ["yolo"]:
         return predict_runs(root, split, runs=runs, bundle=bundle, backend=backend, progress=progress,

@@ -144,7 +144,7 @@ def _run_detectors(detectors, root, split, run, tomo_type, cache, tomograms, fou
         where = {"experiment": run, "detector": det.name, "device": str(getattr(det, "device", "cpu"))}
         t0 = time.perf_counter()
         try:
-            path = tomograms[run] if tomograms is not None else layout.tomogram_path(root, split, run, tomo_type)
+            path = layout.run_tomogram(root, split, run, tomo_type, tomograms)
             cands, times = _cached_candidates(det, path, run, (cache or {}).get(det.name))
             found[det.name].append(cands)
             seconds = times.pop("total_s", None) or time.perf_counter() - t0
